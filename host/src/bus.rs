@@ -1,0 +1,189 @@
+//! The bus: the store, the runtime, the registry, dispatch and the poller,
+//! wired together. [`Bus::open`] validates and loads everything before any
+//! event moves; [`Bus::start`] starts the poller; [`Bus::shutdown`] drains.
+
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::event::{Event, EventError, EventLimits, EventStatus, NewEvent};
+use crate::outcome::{Next, Resolution};
+use crate::registry::Registry;
+use crate::runtime::{CallEnv, Runtime, RuntimeError};
+use crate::source::{Wakeup, poller};
+use crate::store::{Store, StoreError};
+use serde::Serialize;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use tokio::sync::broadcast;
+
+/// Why the bus could not start or refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("invalid event: {0}")]
+    Event(#[from] EventError),
+    #[error("another persona-bus host is already running on {0} (one host per data directory)")]
+    Locked(PathBuf),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+/// What happened on the bus, for live views (SSE, dashboard) and benchmarks.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Notice {
+    Published { event: Box<Event> },
+    Resolved { event_id: String, status: EventStatus, error: Option<String> },
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) store: Arc<Store>,
+    pub(crate) dispatcher: Dispatcher,
+    pub(crate) wakeup: Wakeup,
+    pub(crate) stopping: AtomicBool,
+    notices: broadcast::Sender<Notice>,
+    limits: EventLimits,
+    /// Held for the life of the bus: one host per data directory.
+    _lock: File,
+}
+
+impl Inner {
+    pub(crate) fn notify_resolved(&self, resolutions: &[Resolution]) {
+        if self.notices.receiver_count() == 0 {
+            return;
+        }
+        for r in resolutions {
+            let (status, error) = match &r.next {
+                Next::Final { status, error } => (*status, error.clone()),
+                Next::Retry { error, .. } => (EventStatus::Pending, Some(error.clone())),
+            };
+            let _ = self.notices.send(Notice::Resolved { event_id: r.event.id.clone(), status, error });
+        }
+    }
+}
+
+pub struct Bus {
+    inner: Arc<Inner>,
+    poller: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Bus {
+    /// Opens the store, takes the host lock, returns rows a crashed host
+    /// left in `processing`, starts the runtime and loads the handlers.
+    pub fn open(config: Config) -> Result<Self, BusError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| BusError::Io { what: format!("create {}", config.data_dir.display()), source })?;
+        let lock = take_lock(&config)?;
+        let store = Arc::new(Store::open(&config.data_dir)?);
+        // We hold the lock, so nothing is being processed: every
+        // `processing` row belongs to a host that died.
+        let returned = store.reap(i64::MAX)?;
+        if returned > 0 {
+            tracing::warn!(events = returned, "recovered events a previous host left in processing");
+        }
+        let runtime = Arc::new(Runtime::new(&config.runtime, &config.limits, Some(config.data_dir.join("cache")))?);
+        let registry = Arc::new(Registry::new(config.handlers_dir.clone(), runtime.clone(), store.clone(), config.limits.clone()));
+        registry.load_all()?;
+        let env = Arc::new(CallEnv { store: store.clone(), limits: config.limits.clone() });
+        let dispatcher = Dispatcher::new(runtime, store.clone(), registry, env, config.workers())
+            .map_err(|source| BusError::Io { what: "start the handler worker pool".into(), source })?;
+        let (notices, _) = broadcast::channel(16 * 1024);
+        let limits = EventLimits { max_payload_bytes: config.limits.max_payload_bytes };
+        let inner = Inner { config, store, dispatcher, wakeup: Wakeup::default(), stopping: AtomicBool::new(false), notices, limits, _lock: lock };
+        Ok(Self { inner: Arc::new(inner), poller: Mutex::new(None) })
+    }
+
+    /// Starts the SQLite poller (idempotent).
+    pub fn start(&self) -> Result<(), BusError> {
+        let mut slot = self.poller.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let inner = self.inner.clone();
+            let handle = std::thread::Builder::new()
+                .name("sqlite-poller".into())
+                .spawn(move || poller::run(inner))
+                .map_err(|source| BusError::Io { what: "start the poller".into(), source })?;
+            *slot = Some(handle);
+        }
+        Ok(())
+    }
+
+    /// Validates and stores an event, and wakes the poller.
+    pub fn publish(&self, new: NewEvent) -> Result<Event, BusError> {
+        let event = new.validate(self.inner.limits, 0)?;
+        self.inner.store.insert(&event)?;
+        self.inner.wakeup.ring();
+        if self.inner.notices.receiver_count() > 0 {
+            let _ = self.inner.notices.send(Notice::Published { event: Box::new(event.clone()) });
+        }
+        Ok(event)
+    }
+
+    /// Validates every event first, then stores them all in one transaction:
+    /// one bad event stores none.
+    pub fn publish_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<Event>, BusError> {
+        let events = batch.into_iter().map(|n| n.validate(self.inner.limits, 0)).collect::<Result<Vec<_>, _>>()?;
+        self.inner.store.insert_batch(&events)?;
+        self.inner.wakeup.ring();
+        Ok(events)
+    }
+
+    /// Processes what is pending now on the calling thread, without the
+    /// poller (tests, `run --once`). Returns how many events it processed.
+    pub fn drain(&self) -> Result<usize, BusError> {
+        let mut total = 0;
+        loop {
+            match poller::process_batch(&self.inner, self.inner.config.poll.batch_size)? {
+                0 => return Ok(total),
+                n => total += n,
+            }
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        self.inner.dispatcher.registry()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Live notices of publishes and outcomes.
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.inner.notices.subscribe()
+    }
+
+    /// Stops the poller after its current batch is committed.
+    pub fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.wakeup.ring();
+        if let Some(handle) = self.poller.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn take_lock(config: &Config) -> Result<File, BusError> {
+    let path = config.data_dir.join("host.lock");
+    let file = File::create(&path).map_err(|source| BusError::Io { what: format!("create {}", path.display()), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(BusError::Locked(config.data_dir.clone())),
+        Err(std::fs::TryLockError::Error(source)) => Err(BusError::Io { what: format!("lock {}", path.display()), source }),
+    }
+}

@@ -1,0 +1,393 @@
+//! The `persona-bus` command line.
+//!
+//! Every subcommand takes `--data-dir` (or `PERSONA_BUS_DATA_DIR`), so a
+//! second process can publish into, or inspect, a running host's store.
+
+use crate::config::Config;
+use crate::event::{EventStatus, NewEvent};
+use crate::registry::{load_handler, manifests_in};
+use crate::runtime::Runtime;
+use crate::store::{EventFilter, Store};
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+
+#[derive(Debug, Parser)]
+#[command(name = "persona-bus", version, about = "Event bus host running sandboxed WebAssembly handlers")]
+pub struct Cli {
+    /// Data directory: SQLite database, host lock, compiled-component cache
+    /// [env: PERSONA_BUS_DATA_DIR] [default: .data]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file; environment variables override it
+    #[arg(long, global = true, env = "PERSONA_BUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host: poll events, dispatch them to handlers
+    Run(RunArgs),
+    /// Publish one event; prints its id as the last line
+    Publish(PublishArgs),
+    /// Inspect events
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Inspect and check handlers
+    #[command(subcommand)]
+    Handlers(HandlersCommand),
+    /// Event counts, handlers and transport
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Handlers folder (`name.wasm` + `name.toml`) [env: PERSONA_BUS_HANDLERS_DIR] [default: build/handlers]
+    #[arg(long, value_name = "DIR")]
+    pub handlers: Option<PathBuf>,
+    /// Publish a little demo traffic every 2 s
+    #[arg(long)]
+    pub demo: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    #[arg(long, required_unless_present = "from_json")]
+    pub event_type: Option<String>,
+    #[arg(long, required_unless_present = "from_json")]
+    pub source_type: Option<String>,
+    #[arg(long)]
+    pub source_id: Option<String>,
+    /// Deliver only to this persona (handler)
+    #[arg(long)]
+    pub target_persona: Option<String>,
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Payload as JSON text (must parse)
+    #[arg(long, value_name = "JSON")]
+    pub payload: Option<String>,
+    /// A header, `key=value`; repeatable
+    #[arg(long = "header", value_name = "KEY=VALUE")]
+    pub headers: Vec<String>,
+    /// Read the whole event as a JSON object from FILE (`-` = stdin);
+    /// unknown fields are refused
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["event_type", "source_type", "payload"])]
+    pub from_json: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Newest events first
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        event_type: Option<String>,
+        /// pending, processing, completed, failed, skipped, dead_letter, ...
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One event with its status and handler runs
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HandlersCommand {
+    /// Handlers as the host last loaded them, with their subscriptions
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a manifest (or every manifest in a folder) and its component
+    /// without running anything
+    Validate { path: PathBuf },
+}
+
+impl Cli {
+    /// Log level when `RUST_LOG` is not set: the host narrates, tools are quiet.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Run(_) => "info,wasmtime=warn,cranelift=warn",
+            _ => "warn",
+        }
+    }
+}
+
+pub fn main(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::from_env(cli.config.as_deref()).context("invalid configuration")?;
+    if let Some(dir) = cli.data_dir {
+        config.data_dir = dir;
+    }
+    match cli.command {
+        Command::Run(args) => run(config, args),
+        Command::Publish(args) => publish(&config, args),
+        Command::Events(EventsCommand::List { limit, event_type, status, json }) => {
+            events_list(&config, limit, event_type, status, json)
+        }
+        Command::Events(EventsCommand::Show { id, json }) => events_show(&config, &id, json),
+        Command::Handlers(HandlersCommand::List { json }) => handlers_list(&config, json),
+        Command::Handlers(HandlersCommand::Validate { path }) => handlers_validate(&config, &path),
+        Command::Status { json } => status(&config, json),
+    }
+}
+
+fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
+    if let Some(dir) = args.handlers {
+        config.handlers_dir = dir;
+    }
+    if config.kafka.enabled {
+        bail!("KAFKA_ENABLED=true, but this build has no Kafka transport yet; unset it to run on the embedded SQLite bus");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let options = crate::RunOptions { demo: args.demo, demo_every: None };
+    runtime.block_on(crate::run(config, options, shutdown_signal()))
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Store::open(&config.data_dir).with_context(|| format!("cannot open the store in {}", config.data_dir.display()))
+}
+
+fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
+    let new = match &args.from_json {
+        Some(path) => {
+            let text = read_input(path)?;
+            NewEvent::from_json(&text)?
+        }
+        None => NewEvent {
+            event_type: args.event_type.unwrap_or_default(),
+            source_type: args.source_type.unwrap_or_default(),
+            source_id: args.source_id,
+            target_persona_id: args.target_persona,
+            project_id: args.project,
+            payload: args.payload.as_deref().map(NewEvent::parse_payload).transpose()?,
+            headers: args
+                .headers
+                .iter()
+                .map(|h| {
+                    h.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .with_context(|| format!("header {h:?} is not key=value"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+            schema_version: None,
+        },
+    };
+    let event = new.validate(crate::event::EventLimits { max_payload_bytes: config.limits.max_payload_bytes }, 0)?;
+    open_store(config)?.insert(&event).context("cannot store the event")?;
+    println!("{}", event.id);
+    Ok(())
+}
+
+fn read_input(path: &Path) -> anyhow::Result<String> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("cannot read stdin")?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+fn events_list(config: &Config, limit: usize, event_type: Option<String>, status: Option<String>, json: bool) -> anyhow::Result<()> {
+    let status = status
+        .map(|s| {
+            EventStatus::parse(&s).with_context(|| {
+                let known: Vec<_> = EventStatus::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown status {s:?}; expected one of {}", known.join(", "))
+            })
+        })
+        .transpose()?;
+    let page = open_store(config)?.list_events(&EventFilter { event_type, status, limit })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&page)?);
+        return Ok(());
+    }
+    println!("{:<26}  {:<24}  {:<12}  {:<12}  {:<24}  SOURCE", "ID", "CREATED", "STATUS", "PROJECT", "TYPE");
+    for e in &page.events {
+        println!(
+            "{:<26}  {:<24}  {:<12}  {:<12}  {:<24}  {}:{}",
+            e.id,
+            e.created_at,
+            e.status,
+            e.project_id,
+            e.event_type,
+            e.source_type,
+            e.source_id.as_deref().unwrap_or("-")
+        );
+    }
+    println!("{} shown, {} in all, {} pending", page.events.len(), page.total, page.pending_count);
+    Ok(())
+}
+
+fn events_show(config: &Config, id: &str, json: bool) -> anyhow::Result<()> {
+    let store = open_store(config)?;
+    let event = store.event(id)?;
+    let runs = store.executions(id)?;
+    if json {
+        let value = serde_json::json!({ "event": event, "executions": runs });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("id:          {}", event.id);
+    println!("status:      {}", event.status);
+    println!("type:        {}", event.event_type);
+    println!("source:      {}:{}", event.source_type, event.source_id.as_deref().unwrap_or("-"));
+    println!("project:     {}", event.project_id);
+    if let Some(t) = &event.target_persona_id {
+        println!("target:      {t}");
+    }
+    println!("created:     {}", event.created_at);
+    if let Some(p) = &event.processed_at {
+        println!("processed:   {p}");
+    }
+    println!("chain depth: {}   retries: {}", event.chain_depth, event.retry_count);
+    if let Some(err) = &event.error_message {
+        println!("error:       {err}");
+    }
+    println!("payload:     {}", event.payload);
+    println!("runs:");
+    if runs.is_empty() {
+        println!("  (none)");
+    }
+    for r in runs {
+        println!(
+            "  {}  {}@{}  attempt {}  {}  {} us{}",
+            r.started_at,
+            r.handler,
+            r.handler_version,
+            r.attempt,
+            r.outcome,
+            r.duration_us,
+            r.error.map(|e| format!("  {e}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn handlers_list(config: &Config, json: bool) -> anyhow::Result<()> {
+    let store = open_store(config)?;
+    let records = store.handler_records()?;
+    let subs = store.subscriptions()?;
+    if json {
+        let list: Vec<_> = records
+            .iter()
+            .map(|r| {
+                let mine: Vec<_> = subs.iter().filter(|s| s.persona_id == r.name).collect();
+                serde_json::json!({ "handler": r, "subscriptions": mine })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if records.is_empty() {
+        println!("no handlers recorded in {} yet: start the host with `persona-bus run`", config.data_dir.display());
+    }
+    for r in records {
+        let mine: Vec<String> = subs
+            .iter()
+            .filter(|s| s.persona_id == r.name)
+            .map(|s| {
+                let filter = s.source_filter.as_deref().map(|f| format!(" [{f}]")).unwrap_or_default();
+                format!("{}{}{}", s.event_type, filter, if s.enabled { "" } else { " (disabled)" })
+            })
+            .collect();
+        println!("{:<20} {:<10} {:<8} {}", r.name, r.version.as_deref().unwrap_or("-"), r.status, mine.join(", "));
+        if let Some(err) = r.error {
+            println!("    error: {err}");
+        }
+    }
+    Ok(())
+}
+
+fn handlers_validate(config: &Config, path: &Path) -> anyhow::Result<()> {
+    let manifests = if path.is_dir() {
+        manifests_in(path).with_context(|| format!("cannot read {}", path.display()))?
+    } else {
+        vec![path.to_owned()]
+    };
+    if manifests.is_empty() {
+        bail!("no manifests (*.toml) in {}", path.display());
+    }
+    let runtime = Runtime::new(&config.runtime, &config.limits, None)?;
+    let mut failed = 0;
+    for m in &manifests {
+        match load_handler(&runtime, m, &config.limits) {
+            Ok(h) => println!(
+                "ok     {} {} ({} subscriptions, timeout {:?}, memory {} MiB)",
+                h.name,
+                h.version,
+                h.manifest.subscriptions.len(),
+                h.manifest.limits.timeout,
+                h.manifest.limits.memory_bytes >> 20
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("error  {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} handlers are invalid", manifests.len());
+    }
+    Ok(())
+}
+
+fn status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let store = open_store(config)?;
+    let counts = store.status_counts()?;
+    let handlers = store.handler_records()?;
+    let kafka = if config.kafka.enabled { format!("enabled ({})", config.kafka.brokers) } else { "disabled (embedded SQLite bus)".into() };
+    if json {
+        let counts: serde_json::Map<String, serde_json::Value> =
+            counts.iter().map(|(s, n)| (s.as_str().to_owned(), (*n).into())).collect();
+        let value = serde_json::json!({ "data_dir": config.data_dir, "events": counts, "handlers": handlers, "kafka": kafka });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("data dir: {}", config.data_dir.display());
+    println!("kafka:    {kafka}");
+    let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    println!("events:   {}", if counts.is_empty() { "none".into() } else { counts.join(", ") });
+    let loaded = handlers.iter().filter(|h| h.status == "loaded").count();
+    println!("handlers: {loaded} loaded of {} recorded", handlers.len());
+    Ok(())
+}

@@ -1,0 +1,415 @@
+//! Host configuration: an optional TOML file, overridden by environment
+//! variables (the migration plan's `KAFKA_*` names and `PERSONA_BUS_*`), then
+//! validated as a whole before anything starts.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Everything the host can be told. Defaults run the embedded bus: SQLite
+/// only, Kafka off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Holds the SQLite database, the host lock and the compiled-component
+    /// cache. A CLI process pointed at the same folder publishes into the
+    /// running host's store. Env: `PERSONA_BUS_DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// Folder of handler components (`name.wasm`) and manifests
+    /// (`name.toml`). Env: `PERSONA_BUS_HANDLERS_DIR`.
+    pub handlers_dir: PathBuf,
+    pub poll: PollConfig,
+    pub limits: HostLimits,
+    pub runtime: RuntimeConfig,
+    pub kafka: KafkaConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(".data"),
+            handlers_dir: PathBuf::from("build/handlers"),
+            poll: PollConfig::default(),
+            limits: HostLimits::default(),
+            runtime: RuntimeConfig::default(),
+            kafka: KafkaConfig::default(),
+        }
+    }
+}
+
+/// How the SQLite poller looks for pending events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollConfig {
+    /// Interval while events keep arriving. Events published in this process
+    /// wake the poller at once; this bounds the delay for events written by
+    /// another process (the CLI, a second tool on the same database).
+    pub active_interval_ms: u64,
+    /// Interval once the bus has been quiet for `idle_after_empty_polls`.
+    pub idle_interval_ms: u64,
+    pub idle_after_empty_polls: u32,
+    /// Most events claimed in one transaction.
+    pub batch_size: usize,
+    /// A row left in `processing` this long is returned to `pending` by the
+    /// reaper (rows of a crashed host are returned at once on restart).
+    pub stuck_after_ms: u64,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            active_interval_ms: 20,
+            idle_interval_ms: 500,
+            idle_after_empty_polls: 100,
+            batch_size: 256,
+            stuck_after_ms: 300_000,
+        }
+    }
+}
+
+/// Limits the host imposes on events and handlers. Handler manifests choose
+/// their own limits up to the ceilings here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostLimits {
+    /// Largest accepted payload (JSON text), from any publisher.
+    pub max_payload_bytes: usize,
+    /// Most `publish` hops in a chain of events; the loop guard.
+    pub max_chain_depth: u32,
+    /// Defaults for handlers whose manifest is silent.
+    pub default_timeout_ms: u64,
+    pub default_memory_mb: u64,
+    pub default_max_publishes: u32,
+    pub default_max_log_lines: u32,
+    /// Ceilings: a manifest asking for more is refused.
+    pub max_timeout_ms: u64,
+    pub max_memory_mb: u64,
+    pub max_publishes: u32,
+    /// Largest key and value in a handler's key-value state.
+    pub max_state_key_bytes: usize,
+    pub max_state_value_bytes: usize,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 1 << 20,
+            max_chain_depth: 3,
+            default_timeout_ms: 5_000,
+            default_memory_mb: 64,
+            default_max_publishes: 16,
+            default_max_log_lines: 1_000,
+            max_timeout_ms: 60_000,
+            max_memory_mb: 1_024,
+            max_publishes: 1_000,
+            max_state_key_bytes: 512,
+            max_state_value_bytes: 64 << 10,
+        }
+    }
+}
+
+/// The WebAssembly runtime.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Threads that run handlers; 0 = one per core.
+    pub workers: usize,
+    /// Instance slots of the pooling allocator: how many handler instances
+    /// may exist at once.
+    pub pool_slots: u32,
+    /// Granularity of handler timeouts.
+    pub epoch_tick_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { workers: 0, pool_slots: 128, epoch_tick_ms: 5 }
+    }
+}
+
+/// When Kafka may consume `latest` or `earliest` offsets for a new group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+/// Kafka, named as in the migration plan. Off by default.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `KAFKA_ENABLED`: the master switch.
+    pub enabled: bool,
+    /// `KAFKA_BROKERS`: comma-separated `host:port` list.
+    pub brokers: String,
+    /// `KAFKA_CLIENT_ID`: also names this device in event headers.
+    pub client_id: String,
+    /// `KAFKA_REQUIRED`: fail instead of falling back to SQLite.
+    pub required: bool,
+    /// `KAFKA_DUAL_WRITE`: write each event to SQLite and Kafka.
+    pub dual_write: bool,
+    /// `KAFKA_CONSUMER_GROUP`.
+    pub consumer_group: String,
+    /// `KAFKA_AUTO_OFFSET_RESET`: `latest` or `earliest`.
+    pub auto_offset_reset: OffsetReset,
+    /// `KAFKA_SASL_USERNAME` / `KAFKA_SASL_PASSWORD`: optional SASL auth.
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<String>,
+    /// `KAFKA_SSL_ENABLED`.
+    pub ssl_enabled: bool,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            brokers: "localhost:9092".into(),
+            client_id: "vibeman-local".into(),
+            required: false,
+            dual_write: false,
+            consumer_group: "vibeman-event-processor".into(),
+            auto_offset_reset: OffsetReset::Latest,
+            sasl_username: None,
+            sasl_password: None,
+            ssl_enabled: false,
+        }
+    }
+}
+
+// Secrets never reach a log line through `{:?}`.
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("enabled", &self.enabled)
+            .field("brokers", &self.brokers)
+            .field("client_id", &self.client_id)
+            .field("required", &self.required)
+            .field("dual_write", &self.dual_write)
+            .field("consumer_group", &self.consumer_group)
+            .field("auto_offset_reset", &self.auto_offset_reset)
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &self.sasl_password.as_ref().map(|_| "<redacted>"))
+            .field("ssl_enabled", &self.ssl_enabled)
+            .finish()
+    }
+}
+
+/// A configuration that cannot be used, with where the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}, line {line}: {message}")]
+    Parse { path: PathBuf, line: usize, message: String },
+    #[error("environment variable {var}={value:?}: {reason}")]
+    Env { var: &'static str, value: String, reason: String },
+    #[error("config `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Every environment variable the host reads, for `.env.example` and `--help`.
+pub const ENV_VARS: &[&str] = &[
+    "PERSONA_BUS_CONFIG",
+    "PERSONA_BUS_DATA_DIR",
+    "PERSONA_BUS_HANDLERS_DIR",
+    "KAFKA_BROKERS",
+    "KAFKA_CLIENT_ID",
+    "KAFKA_ENABLED",
+    "KAFKA_REQUIRED",
+    "KAFKA_DUAL_WRITE",
+    "KAFKA_CONSUMER_GROUP",
+    "KAFKA_AUTO_OFFSET_RESET",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_SSL_ENABLED",
+];
+
+impl Config {
+    /// Reads `file` (if any), applies the environment as seen through `env`,
+    /// and validates the result.
+    pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads the process environment.
+    pub fn from_env(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load(file, |k| std::env::var(k).ok())
+    }
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            line: line_of(&text, e.span()),
+            message: e.message().to_owned(),
+        })
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        if let Some(v) = env("PERSONA_BUS_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = env("PERSONA_BUS_HANDLERS_DIR") {
+            self.handlers_dir = v.into();
+        }
+        let k = &mut self.kafka;
+        if let Some(v) = env("KAFKA_BROKERS") {
+            k.brokers = v;
+        }
+        if let Some(v) = env("KAFKA_CLIENT_ID") {
+            k.client_id = v;
+        }
+        if let Some(v) = env("KAFKA_CONSUMER_GROUP") {
+            k.consumer_group = v;
+        }
+        if let Some(v) = env("KAFKA_SASL_USERNAME") {
+            k.sasl_username = Some(v);
+        }
+        if let Some(v) = env("KAFKA_SASL_PASSWORD") {
+            k.sasl_password = Some(v);
+        }
+        for (var, slot) in [
+            ("KAFKA_ENABLED", &mut k.enabled),
+            ("KAFKA_REQUIRED", &mut k.required),
+            ("KAFKA_DUAL_WRITE", &mut k.dual_write),
+            ("KAFKA_SSL_ENABLED", &mut k.ssl_enabled),
+        ] {
+            if let Some(v) = env(var) {
+                *slot = parse_bool(var, &v)?;
+            }
+        }
+        if let Some(v) = env("KAFKA_AUTO_OFFSET_RESET") {
+            k.auto_offset_reset = match v.trim().to_ascii_lowercase().as_str() {
+                "earliest" => OffsetReset::Earliest,
+                "latest" => OffsetReset::Latest,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "KAFKA_AUTO_OFFSET_RESET",
+                        value: v,
+                        reason: "expected `earliest` or `latest`".into(),
+                    });
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Checks the whole configuration; every problem names its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.into() });
+        let p = &self.poll;
+        if p.active_interval_ms == 0 || p.idle_interval_ms < p.active_interval_ms {
+            return invalid("poll", "need 0 < active_interval_ms <= idle_interval_ms");
+        }
+        if p.batch_size == 0 || p.batch_size > 10_000 {
+            return invalid("poll.batch_size", "must be between 1 and 10000");
+        }
+        let l = &self.limits;
+        if l.max_payload_bytes == 0 {
+            return invalid("limits.max_payload_bytes", "must be above 0");
+        }
+        if l.default_timeout_ms > l.max_timeout_ms || l.default_memory_mb > l.max_memory_mb {
+            return invalid("limits", "a default is above its ceiling");
+        }
+        if self.runtime.pool_slots == 0 || self.runtime.epoch_tick_ms == 0 {
+            return invalid("runtime", "pool_slots and epoch_tick_ms must be above 0");
+        }
+        let k = &self.kafka;
+        if k.enabled {
+            if k.brokers.split(',').any(|b| b.trim().rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())) {
+                return invalid("kafka.brokers", "expected a comma-separated list of host:port");
+            }
+            if k.client_id.trim().is_empty() || k.consumer_group.trim().is_empty() {
+                return invalid("kafka", "client_id and consumer_group must not be empty");
+            }
+            if k.sasl_username.is_some() != k.sasl_password.is_some() {
+                return invalid("kafka.sasl", "set both KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD, or neither");
+            }
+        }
+        Ok(())
+    }
+
+    /// Worker threads to run handlers on.
+    pub fn workers(&self) -> usize {
+        match self.runtime.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+fn parse_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::Env { var, value: value.into(), reason: "expected true or false".into() }),
+    }
+}
+
+/// 1-based line of a byte span in `text` (for TOML errors).
+pub(crate) fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> usize {
+    let at = span.map_or(0, |s| s.start.min(text.len()));
+    text[..at].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load(None, |k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_embedded_sqlite() {
+        let c = load(&[]).unwrap();
+        assert!(!c.kafka.enabled && !c.kafka.required && !c.kafka.dual_write);
+        assert_eq!(c.kafka.consumer_group, "vibeman-event-processor");
+    }
+
+    #[test]
+    fn plan_variables_override() {
+        let c = load(&[
+            ("KAFKA_ENABLED", "true"),
+            ("KAFKA_BROKERS", "a:9092,b:9093"),
+            ("KAFKA_CLIENT_ID", "vibeman-device-001"),
+            ("KAFKA_AUTO_OFFSET_RESET", "earliest"),
+            ("KAFKA_SASL_USERNAME", "u"),
+            ("KAFKA_SASL_PASSWORD", "hunter2"),
+        ])
+        .unwrap();
+        assert!(c.kafka.enabled);
+        assert_eq!(c.kafka.auto_offset_reset, OffsetReset::Earliest);
+        assert!(!format!("{c:?}").contains("hunter2"), "secrets are redacted");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = load(&[("KAFKA_ENABLED", "maybe")]).unwrap_err();
+        assert!(e.to_string().contains("KAFKA_ENABLED"), "{e}");
+        let e = load(&[("KAFKA_ENABLED", "1"), ("KAFKA_BROKERS", "nohost")]).unwrap_err();
+        assert!(e.to_string().contains("kafka.brokers"), "{e}");
+        let e = load(&[("KAFKA_ENABLED", "1"), ("KAFKA_SASL_USERNAME", "u")]).unwrap_err();
+        assert!(e.to_string().contains("sasl"), "{e}");
+    }
+
+    #[test]
+    fn unknown_file_keys_report_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bus.toml");
+        std::fs::write(&path, "[poll]\nactive_interval_ms = 5\nbogus = 1\n").unwrap();
+        let e = Config::load(Some(&path), |_| None).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("line 3") && text.contains("bogus"), "{text}");
+    }
+}

@@ -1,0 +1,326 @@
+//! Handler manifests: the `name.toml` beside each `name.wasm`.
+//!
+//! Parsed strictly (unknown keys are errors with file and line) and resolved
+//! against the host's defaults and ceilings at load time, so a bad manifest is
+//! refused before its handler ever sees an event.
+
+use crate::config::{HostLimits, line_of};
+use crate::matching::SourceFilter;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A manifest as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    version: String,
+    #[serde(default)]
+    description: Option<String>,
+    /// The component file, relative to the manifest; default `<name>.wasm`.
+    #[serde(default)]
+    component: Option<PathBuf>,
+    #[serde(default)]
+    subscriptions: Vec<RawSubscription>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    capabilities: Capabilities,
+    #[serde(default)]
+    config: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubscription {
+    event_type: String,
+    /// A string (`"watcher-*"`) or a table in the original JSON object form.
+    #[serde(default)]
+    source_filter: Option<toml::Value>,
+    #[serde(default)]
+    project: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    timeout_ms: Option<u64>,
+    memory_mb: Option<u64>,
+    fuel: Option<u64>,
+    max_publishes: Option<u32>,
+    max_log_lines: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: Option<u32>,
+    backoff_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+}
+
+/// What a handler may touch beyond the bus API. Nothing by default.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Let the guest write to the host's stdout/stderr (debugging).
+    #[serde(default)]
+    pub stdio: bool,
+}
+
+/// A subscription a manifest declares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestSubscription {
+    pub event_type: String,
+    /// Stored as text in `persona_event_subscriptions.source_filter`.
+    pub source_filter: Option<String>,
+    pub project_id: Option<String>,
+}
+
+/// Per-handler limits, resolved against the host's defaults and ceilings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+    /// Instructions budget per call, when set.
+    pub fuel: Option<u64>,
+    pub max_publishes: u32,
+    pub max_log_lines: u32,
+}
+
+/// When and how often a failed delivery is tried again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Deliveries in all, the first included; then the event is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles for each one after.
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `attempt + 1`: exponential, capped, with "equal
+    /// jitter" (a random point in the upper half) so that many events failing
+    /// together do not come back together.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let exp = self.backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let full = exp.min(self.backoff_max);
+        let half = full / 2;
+        half + Duration::from_micros(fastrand::u64(0..=half.as_micros() as u64))
+    }
+}
+
+/// A validated manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub description: Option<String>,
+    /// The manifest file itself.
+    pub path: PathBuf,
+    pub component: PathBuf,
+    pub subscriptions: Vec<ManifestSubscription>,
+    pub limits: Limits,
+    pub retry: RetryPolicy,
+    pub capabilities: Capabilities,
+    pub config: BTreeMap<String, String>,
+}
+
+/// A manifest that cannot be loaded; always names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{file}, line {line}: {message}")]
+    Parse { file: PathBuf, line: usize, message: String },
+    #[error("{file}: `{key}`: {reason}")]
+    Invalid { file: PathBuf, key: String, reason: String },
+}
+
+impl Manifest {
+    pub fn load(path: &Path, host: &HostLimits) -> Result<Self, ManifestError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ManifestError::Read { file: path.to_owned(), source })?;
+        Self::parse(path, &text, host)
+    }
+
+    pub fn parse(path: &Path, text: &str, host: &HostLimits) -> Result<Self, ManifestError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            file: path.to_owned(),
+            line: line_of(text, e.span()),
+            message: e.message().trim().to_owned(),
+        })?;
+        let invalid = |key: &str, reason: String| ManifestError::Invalid { file: path.to_owned(), key: key.to_owned(), reason };
+
+        if raw.name.is_empty()
+            || raw.name.len() > 64
+            || !raw.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            return Err(invalid("name", "use 1-64 characters of a-z, 0-9, `-` and `_`".into()));
+        }
+        if raw.version.trim().is_empty() {
+            return Err(invalid("version", "must not be empty".into()));
+        }
+        if raw.subscriptions.is_empty() {
+            return Err(invalid("subscriptions", "a handler needs at least one subscription".into()));
+        }
+        let mut subscriptions = Vec::with_capacity(raw.subscriptions.len());
+        for (i, s) in raw.subscriptions.into_iter().enumerate() {
+            let key = format!("subscriptions[{i}]");
+            if s.event_type.trim().is_empty() {
+                return Err(invalid(&format!("{key}.event_type"), "must not be empty".into()));
+            }
+            let source_filter = match s.source_filter {
+                None => None,
+                Some(toml::Value::String(text)) => Some(text),
+                Some(table @ toml::Value::Table(_)) => Some(serde_json::to_string(&table).map_err(|e| invalid(&key, e.to_string()))?),
+                Some(other) => {
+                    return Err(invalid(&format!("{key}.source_filter"), format!("expected a string or a table, found {}", other.type_str())));
+                }
+            };
+            SourceFilter::parse(source_filter.as_deref()).map_err(|e| invalid(&format!("{key}.source_filter"), e.reason))?;
+            subscriptions.push(ManifestSubscription { event_type: s.event_type, source_filter, project_id: s.project });
+        }
+
+        let timeout_ms = raw.limits.timeout_ms.unwrap_or(host.default_timeout_ms);
+        ceiling(timeout_ms, host.max_timeout_ms, "ms").map_err(|r| invalid("limits.timeout_ms", r))?;
+        let memory_mb = raw.limits.memory_mb.unwrap_or(host.default_memory_mb);
+        ceiling(memory_mb, host.max_memory_mb, "MiB").map_err(|r| invalid("limits.memory_mb", r))?;
+        let max_publishes = raw.limits.max_publishes.unwrap_or(host.default_max_publishes);
+        ceiling(max_publishes as u64, host.max_publishes as u64, "events").map_err(|r| invalid("limits.max_publishes", r))?;
+        if timeout_ms == 0 || memory_mb == 0 {
+            return Err(invalid("limits", "timeout_ms and memory_mb must be above 0".into()));
+        }
+        if raw.limits.fuel == Some(0) {
+            return Err(invalid("limits.fuel", "must be above 0 (leave it out for no fuel limit)".into()));
+        }
+        let limits = Limits {
+            timeout: Duration::from_millis(timeout_ms),
+            memory_bytes: (memory_mb as usize) << 20,
+            fuel: raw.limits.fuel,
+            max_publishes,
+            max_log_lines: raw.limits.max_log_lines.unwrap_or(host.default_max_log_lines),
+        };
+
+        let retry = RetryPolicy {
+            max_attempts: raw.retry.max_attempts.unwrap_or(3),
+            backoff: Duration::from_millis(raw.retry.backoff_ms.unwrap_or(500)),
+            backoff_max: Duration::from_millis(raw.retry.backoff_max_ms.unwrap_or(60_000)),
+        };
+        if retry.max_attempts == 0 || retry.max_attempts > 100 {
+            return Err(invalid("retry.max_attempts", "must be between 1 and 100".into()));
+        }
+        if retry.backoff > retry.backoff_max {
+            return Err(invalid("retry.backoff_ms", "is above retry.backoff_max_ms".into()));
+        }
+
+        let mut config = BTreeMap::new();
+        for (key, value) in raw.config {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => value.to_string(),
+                other => {
+                    return Err(invalid(&format!("config.{key}"), format!("expected a string, number or boolean, found {}", other.type_str())));
+                }
+            };
+            config.insert(key, text);
+        }
+
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let component = dir.join(raw.component.unwrap_or_else(|| PathBuf::from(format!("{}.wasm", raw.name))));
+        Ok(Self {
+            name: raw.name,
+            version: raw.version,
+            description: raw.description,
+            path: path.to_owned(),
+            component,
+            subscriptions,
+            limits,
+            retry,
+            capabilities: raw.capabilities,
+            config,
+        })
+    }
+}
+
+fn ceiling(asked: u64, max: u64, unit: &str) -> Result<(), String> {
+    if asked > max {
+        Err(format!("asks for {asked} {unit}, above the host ceiling of {max} {unit}"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(Path::new("/h/x.toml"), text, &HostLimits::default())
+    }
+
+    const MIN: &str = "name = \"x\"\nversion = \"1\"\n[[subscriptions]]\nevent_type = \"*\"\n";
+
+    #[test]
+    fn minimal_manifest_takes_host_defaults() {
+        let m = parse(MIN).unwrap();
+        assert_eq!(m.component, Path::new("/h/x.wasm"));
+        assert_eq!(m.limits.timeout, Duration::from_millis(5_000));
+        assert_eq!(m.retry.max_attempts, 3);
+        assert_eq!(m.capabilities, Capabilities::default());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse(&format!("{MIN}[limits]\ntimeout_ms = 10\nmemroy_mb = 4\n")).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("/h/x.toml, line 7"), "{text}");
+        assert!(text.contains("memroy_mb"), "{text}");
+    }
+
+    #[test]
+    fn ceilings_and_bad_values_are_refused() {
+        let e = parse(&format!("{MIN}[limits]\nmemory_mb = 100000\n")).unwrap_err();
+        assert!(e.to_string().contains("limits.memory_mb") && e.to_string().contains("ceiling"), "{e}");
+        let e = parse("name = \"Bad Name\"\nversion = \"1\"\n[[subscriptions]]\nevent_type = \"*\"\n").unwrap_err();
+        assert!(e.to_string().contains("`name`"), "{e}");
+        let e = parse("name = \"x\"\nversion = \"1\"\n").unwrap_err();
+        assert!(e.to_string().contains("subscriptions"), "{e}");
+        let e = parse(&format!("{MIN}[retry]\nmax_attempts = 0\n")).unwrap_err();
+        assert!(e.to_string().contains("retry.max_attempts"), "{e}");
+    }
+
+    #[test]
+    fn source_filters_take_both_forms() {
+        let m = parse(
+            "name = \"x\"\nversion = \"1\"\n[[subscriptions]]\nevent_type = \"a\"\nsource_filter = \"w-*\"\n\
+             [[subscriptions]]\nevent_type = \"b\"\nsource_filter = { source_type = \"webhook\", exclude_system = true }\n\
+             [config]\nn = 3\nflag = true\n",
+        )
+        .unwrap();
+        assert_eq!(m.subscriptions[0].source_filter.as_deref(), Some("w-*"));
+        let obj: serde_json::Value = serde_json::from_str(m.subscriptions[1].source_filter.as_deref().unwrap()).unwrap();
+        assert_eq!(obj["source_type"], "webhook");
+        assert_eq!(m.config["n"], "3");
+        assert_eq!(m.config["flag"], "true");
+        let e = parse("name = \"x\"\nversion = \"1\"\n[[subscriptions]]\nevent_type = \"a\"\nsource_filter = { bogus = 1 }\n").unwrap_err();
+        assert!(e.to_string().contains("source_filter"), "{e}");
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let p = RetryPolicy { max_attempts: 5, backoff: Duration::from_millis(100), backoff_max: Duration::from_millis(300) };
+        for _ in 0..50 {
+            let d1 = p.delay_after(1);
+            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
+            let d2 = p.delay_after(2);
+            assert!(d2 >= Duration::from_millis(100) && d2 <= Duration::from_millis(200), "{d2:?}");
+            let d9 = p.delay_after(9);
+            assert!(d9 >= Duration::from_millis(150) && d9 <= Duration::from_millis(300), "{d9:?}");
+        }
+    }
+}

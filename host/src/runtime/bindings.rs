@@ -1,0 +1,11 @@
+//! Host bindings generated from `wit/bus.wit`. Nothing else lives here, so
+//! the generated names (`persona::bus::types::Event`, `Handler`,
+//! `HandlerPre`) have one home.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "handler",
+    // Host imports may trap the guest: that is how a log flood or a state
+    // quota stops a handler.
+    imports: { default: trappable },
+});

@@ -1,0 +1,198 @@
+//! The host API a handler imports (`persona:bus/host` and `/state`).
+//!
+//! Nothing here writes to the database: publishes and state writes are
+//! buffered in [`Call::effects`] and committed by the store together with the
+//! ledger entry, only if the call completes.
+
+use super::bindings::persona::bus::{host, state, types};
+use super::limits::LimitHit;
+use super::{CallEnv, HostState};
+use crate::event::{self, EventLimits};
+use crate::manifest::Limits;
+use crate::outcome::{Effects, StateOp};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Most state operations one call may buffer.
+const MAX_STATE_OPS: usize = 10_000;
+/// Longest log line kept; the rest is cut.
+const MAX_LOG_LINE: usize = 4096;
+
+/// What the host knows about the call in progress.
+pub(crate) struct Call {
+    pub(crate) handler: Arc<str>,
+    pub(crate) config: Arc<BTreeMap<String, String>>,
+    pub(crate) limits: Limits,
+    pub(crate) event_id: String,
+    pub(crate) project_id: String,
+    pub(crate) chain_depth: u32,
+    pub(crate) env: Arc<CallEnv>,
+    pub(crate) event_limits: EventLimits,
+    pub(crate) effects: Effects,
+    pub(crate) log_lines: u32,
+    pub(crate) note: Option<String>,
+}
+
+impl Call {
+    /// The value of `key` as this call sees it: the committed value with this
+    /// call's own buffered writes on top.
+    fn current(&self, key: &str) -> wasmtime::Result<Option<Vec<u8>>> {
+        let mut added: i64 = 0;
+        let mut base: Option<Option<Vec<u8>>> = None;
+        for op in self.effects.state.iter().rev() {
+            match op {
+                StateOp::Set(k, v) if k == key => {
+                    base = Some(Some(v.clone()));
+                    break;
+                }
+                StateOp::Delete(k) if k == key => {
+                    base = Some(None);
+                    break;
+                }
+                StateOp::Add(k, d) if k == key => added = added.saturating_add(*d),
+                _ => {}
+            }
+        }
+        let base = match base {
+            Some(b) => b,
+            None => self
+                .env
+                .store
+                .state_get(&self.handler, key)
+                .map_err(|e| wasmtime::Error::msg(format!("state read failed: {e}")))?,
+        };
+        if added == 0 {
+            return Ok(base);
+        }
+        let n = base.as_deref().and_then(crate::store::parse_counter).unwrap_or(0);
+        Ok(Some(n.saturating_add(added).to_string().into_bytes()))
+    }
+
+    fn push_state(&mut self, op: StateOp) -> wasmtime::Result<()> {
+        if self.effects.state.len() >= MAX_STATE_OPS {
+            return Err(wasmtime::Error::new(LimitHit(format!("more than {MAX_STATE_OPS} state writes in one call"))));
+        }
+        self.effects.state.push(op);
+        Ok(())
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), types::StateError> {
+        let max = self.env.limits.max_state_key_bytes;
+        if key.is_empty() || key.len() > max {
+            return Err(types::StateError::TooLarge(format!("keys must be 1 to {max} bytes, this one is {}", key.len())));
+        }
+        Ok(())
+    }
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: types::Level, mut message: String) -> wasmtime::Result<()> {
+        let call = &mut self.call;
+        call.log_lines += 1;
+        if call.log_lines > call.limits.max_log_lines {
+            return Err(wasmtime::Error::new(LimitHit(format!(
+                "log flood: more than {} lines in one call (limits.max_log_lines)",
+                call.limits.max_log_lines
+            ))));
+        }
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let (handler, event_id) = (&*call.handler, &call.event_id);
+        match level {
+            types::Level::Trace => tracing::trace!(target: "handler", handler, event_id, "{message}"),
+            types::Level::Debug => tracing::debug!(target: "handler", handler, event_id, "{message}"),
+            types::Level::Info => tracing::info!(target: "handler", handler, event_id, "{message}"),
+            types::Level::Warn => tracing::warn!(target: "handler", handler, event_id, "{message}"),
+            types::Level::Error => tracing::error!(target: "handler", handler, event_id, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, new: types::NewEvent) -> wasmtime::Result<Result<String, types::PublishError>> {
+        let call = &mut self.call;
+        let depth = call.chain_depth + 1;
+        if depth > call.env.limits.max_chain_depth {
+            call.note = Some(format!("publish refused: chain depth {depth} is above the limit"));
+            return Ok(Err(types::PublishError::ChainTooDeep(depth)));
+        }
+        let max = call.limits.max_publishes;
+        if call.effects.published.len() >= max as usize {
+            call.note = Some(format!("publish refused: limit of {max} events per call reached"));
+            return Ok(Err(types::PublishError::TooMany(max)));
+        }
+        let payload = match event::NewEvent::parse_payload(&new.payload) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(types::PublishError::Invalid(e.to_string()))),
+        };
+        let mut headers = new.headers;
+        headers.push(("parent-event-id".into(), call.event_id.clone()));
+        let draft = event::NewEvent {
+            event_type: new.event_type,
+            source_type: new.source_type.unwrap_or_else(|| "persona".into()),
+            // The host names the source: a handler cannot pose as another.
+            source_id: Some(call.handler.to_string()),
+            target_persona_id: new.target_persona_id,
+            project_id: Some(new.project_id.unwrap_or_else(|| call.project_id.clone())),
+            payload: Some(payload),
+            headers,
+            schema_version: None,
+        };
+        match draft.validate(call.event_limits, depth) {
+            Ok(event) => {
+                let id = event.id.clone();
+                call.effects.published.push(event);
+                Ok(Ok(id))
+            }
+            Err(e) => Ok(Err(types::PublishError::Invalid(e.to_string()))),
+        }
+    }
+
+    fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.call.config.get(&key).cloned())
+    }
+}
+
+impl state::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        self.call.current(&key)
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), types::StateError>> {
+        if let Err(e) = self.call.check_key(&key) {
+            return Ok(Err(e));
+        }
+        let max = self.call.env.limits.max_state_value_bytes;
+        if value.len() > max {
+            return Ok(Err(types::StateError::TooLarge(format!("values may be {max} bytes, this one is {}", value.len()))));
+        }
+        self.call.push_state(StateOp::Set(key, value))?;
+        Ok(Ok(()))
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.call.push_state(StateOp::Delete(key))
+    }
+
+    fn increment(&mut self, key: String, delta: i64) -> wasmtime::Result<Result<i64, types::StateError>> {
+        if let Err(e) = self.call.check_key(&key) {
+            return Ok(Err(e));
+        }
+        let current = match self.call.current(&key)? {
+            None => 0,
+            Some(bytes) => match crate::store::parse_counter(&bytes) {
+                Some(n) => n,
+                None => return Ok(Err(types::StateError::NotANumber(format!("`{key}` does not hold a decimal integer")))),
+            },
+        };
+        self.call.push_state(StateOp::Add(key, delta))?;
+        Ok(Ok(current.saturating_add(delta)))
+    }
+}

@@ -1,0 +1,200 @@
+//! Event rows: insert, claim, reap, list.
+
+use super::{Op, Store, StoreError, headers_from_json, headers_to_json};
+use crate::event::{Event, EventStatus};
+use rusqlite::{Connection, Row, params};
+
+/// The columns [`event_from_row`] reads, in order.
+pub(crate) const EVENT_COLUMNS: &str = "id, project_id, event_type, source_type, source_id, target_persona_id, \
+     payload, status, error_message, processed_at, created_at, headers, schema_version, chain_depth, retry_count";
+
+const INSERT_EVENT: &str = "INSERT INTO persona_events (id, project_id, event_type, source_type, source_id, \
+     target_persona_id, payload, status, created_at, headers, schema_version, chain_depth) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?11)";
+
+pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
+    event_at(row, 0)
+}
+
+/// Reads an event from the columns starting at `at` (RETURNING rows carry
+/// extra leading columns).
+fn event_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Event> {
+    let col = |i: usize| i + at;
+    let status: String = row.get(col(7))?;
+    let headers: String = row.get(col(11))?;
+    Ok(Event {
+        id: row.get(col(0))?,
+        project_id: row.get(col(1))?,
+        event_type: row.get(col(2))?,
+        source_type: row.get(col(3))?,
+        source_id: row.get(col(4))?,
+        target_persona_id: row.get(col(5))?,
+        payload: row.get::<_, Option<String>>(col(6))?.unwrap_or_else(|| "null".into()),
+        // A status written by another tool is shown as failed rather than lost.
+        status: EventStatus::parse(&status).unwrap_or(EventStatus::Failed),
+        error_message: row.get(col(8))?,
+        processed_at: row.get(col(9))?,
+        created_at: row.get(col(10))?,
+        headers: headers_from_json(&headers),
+        schema_version: row.get(col(12))?,
+        chain_depth: row.get(col(13))?,
+        retry_count: row.get(col(14))?,
+    })
+}
+
+/// Inserts a validated event as `pending` (inside the caller's transaction).
+pub(crate) fn insert_event(conn: &Connection, e: &Event) -> Result<(), StoreError> {
+    conn.prepare_cached(INSERT_EVENT)
+        .op("prepare insert event")?
+        .execute(params![
+            e.id,
+            e.project_id,
+            e.event_type,
+            e.source_type,
+            e.source_id,
+            e.target_persona_id,
+            e.payload,
+            e.created_at,
+            headers_to_json(&e.headers),
+            e.schema_version,
+            e.chain_depth,
+        ])
+        .op("insert event")?;
+    Ok(())
+}
+
+/// Filters for [`Store::list_events`].
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub event_type: Option<String>,
+    pub status: Option<EventStatus>,
+    pub limit: usize,
+}
+
+/// A page of events, newest first, with the counts the original API returned.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    #[serde(rename = "pendingCount")]
+    pub pending_count: u64,
+    pub total: u64,
+}
+
+impl Store {
+    /// Stores one validated event as `pending`.
+    pub fn insert(&self, event: &Event) -> Result<(), StoreError> {
+        self.insert_batch(std::slice::from_ref(event))
+    }
+
+    /// Stores validated events as `pending`, all in one transaction.
+    pub fn insert_batch(&self, events: &[Event]) -> Result<(), StoreError> {
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).op("begin insert")?;
+        for e in events {
+            insert_event(&tx, e)?;
+        }
+        tx.commit().op("commit insert")
+    }
+
+    /// Atomically moves up to `limit` due `pending` events to `processing`
+    /// and returns them in publish order, each with how many times it has
+    /// been claimed (1 = first delivery).
+    pub fn claim(&self, limit: usize, now_ms: i64) -> Result<Vec<(Event, u32)>, StoreError> {
+        let conn = self.writer();
+        let sql = format!(
+            "UPDATE persona_events SET status = 'processing', claimed_at = ?1, claims = claims + 1 \
+             WHERE rowid IN (SELECT rowid FROM persona_events \
+                             WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY rowid LIMIT ?2) \
+             RETURNING rowid, claims, {EVENT_COLUMNS}"
+        );
+        let mut stmt = conn.prepare_cached(&sql).op("prepare claim")?;
+        let mut rows: Vec<(i64, u32, Event)> = stmt
+            .query_map(params![now_ms, limit as i64], |row| {
+                // RETURNING puts rowid and claims first; the event follows.
+                let rowid: i64 = row.get(0)?;
+                let claims: u32 = row.get(1)?;
+                let event = event_at(row, 2)?;
+                Ok((rowid, claims, event))
+            })
+            .op("claim")?
+            .collect::<rusqlite::Result<_>>()
+            .op("read claimed")?;
+        // RETURNING gives no order guarantee; publish order is rowid order.
+        rows.sort_unstable_by_key(|(rowid, ..)| *rowid);
+        Ok(rows.into_iter().map(|(_, claims, e)| (e, claims)).collect())
+    }
+
+    /// Earliest `next_attempt_at` of a pending event scheduled in the future,
+    /// so the poller can sleep until a retry is due.
+    pub fn next_retry_at(&self, now_ms: i64) -> Result<Option<i64>, StoreError> {
+        let conn = self.writer();
+        conn.query_row(
+            "SELECT min(next_attempt_at) FROM persona_events WHERE status = 'pending' AND next_attempt_at > ?1",
+            [now_ms],
+            |r| r.get(0),
+        )
+        .op("next retry")
+    }
+
+    /// Returns to `pending` every event claimed before `claimed_before_ms`
+    /// (all of them with `i64::MAX`: a restarted host owns nothing yet).
+    pub fn reap(&self, claimed_before_ms: i64) -> Result<usize, StoreError> {
+        let conn = self.writer();
+        conn.execute(
+            "UPDATE persona_events SET status = 'pending', claimed_at = NULL \
+             WHERE status = 'processing' AND (claimed_at IS NULL OR claimed_at < ?1)",
+            [claimed_before_ms],
+        )
+        .op("reap")
+    }
+
+    pub fn event(&self, id: &str) -> Result<Event, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM persona_events WHERE id = ?1"))
+                .op("prepare get event")?
+                .query_row([id], event_from_row)
+                .map_err(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => StoreError::EventNotFound(id.to_owned()),
+                    source => StoreError::Sqlite { op: "get event", source },
+                })
+        })
+    }
+
+    /// Newest events first, with the pending count and total of the filter.
+    pub fn list_events(&self, filter: &EventFilter) -> Result<EventPage, StoreError> {
+        self.read(|conn| {
+            let ty = filter.event_type.as_deref();
+            let st = filter.status.map(|s| s.as_str());
+            let cond = "(?1 IS NULL OR event_type = ?1) AND (?2 IS NULL OR status = ?2)";
+            let events = conn
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM persona_events WHERE {cond} ORDER BY created_at DESC, id DESC LIMIT ?3"
+                ))
+                .op("prepare list events")?
+                .query_map(params![ty, st, filter.limit.max(1) as i64], event_from_row)
+                .op("list events")?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .op("read events")?;
+            let (total, pending_count): (i64, i64) = conn
+                .prepare_cached(&format!(
+                    "SELECT count(*), count(*) FILTER (WHERE status = 'pending') FROM persona_events WHERE {cond}"
+                ))
+                .op("prepare count events")?
+                .query_row(params![ty, st], |r| Ok((r.get(0)?, r.get(1)?)))
+                .op("count events")?;
+            Ok(EventPage { events, pending_count: pending_count as u64, total: total as u64 })
+        })
+    }
+
+    /// How many events are in each status.
+    pub fn status_counts(&self) -> Result<Vec<(EventStatus, u64)>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT status, count(*) FROM persona_events GROUP BY status")
+                .op("prepare status counts")?
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+                .op("status counts")?
+                .filter_map(|r| r.ok().and_then(|(s, n)| EventStatus::parse(&s).map(|s| (s, n))).map(Ok))
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,70 @@
+//! `persona_handlers`: what the running host loaded, for other processes.
+
+use super::{Op, Store, StoreError};
+use crate::event::now_rfc3339;
+use rusqlite::params;
+use serde::Serialize;
+
+/// A handler as the host last saw it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HandlerRecord {
+    pub name: String,
+    pub version: Option<String>,
+    /// `loaded`, `failed` (the error says why) or `removed`.
+    pub status: String,
+    pub error: Option<String>,
+    pub manifest_path: String,
+    /// SHA-256 of the component that is serving.
+    pub digest: Option<String>,
+    pub updated_at: String,
+}
+
+impl Store {
+    pub fn record_handler(&self, r: &HandlerRecord) -> Result<(), StoreError> {
+        self.writer()
+            .execute(
+                "INSERT INTO persona_handlers (name, version, status, error, manifest_path, digest, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (name) DO UPDATE SET version = excluded.version, status = excluded.status, \
+                 error = excluded.error, manifest_path = excluded.manifest_path, digest = excluded.digest, \
+                 updated_at = excluded.updated_at",
+                params![r.name, r.version, r.status, r.error, r.manifest_path, r.digest, now_rfc3339()],
+            )
+            .op("record handler")?;
+        Ok(())
+    }
+
+    /// Marks every handler not in `present` as removed.
+    pub fn mark_removed_except(&self, present: &[String]) -> Result<Vec<String>, StoreError> {
+        let all = self.handler_records()?;
+        let mut removed = Vec::new();
+        for r in all.into_iter().filter(|r| r.status != "removed" && !present.contains(&r.name)) {
+            self.record_handler(&HandlerRecord { status: "removed".into(), error: None, ..r.clone() })?;
+            removed.push(r.name);
+        }
+        Ok(removed)
+    }
+
+    pub fn handler_records(&self) -> Result<Vec<HandlerRecord>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT name, version, status, error, manifest_path, digest, updated_at FROM persona_handlers ORDER BY name",
+            )
+            .op("prepare handlers")?
+            .query_map([], |r| {
+                Ok(HandlerRecord {
+                    name: r.get(0)?,
+                    version: r.get(1)?,
+                    status: r.get(2)?,
+                    error: r.get(3)?,
+                    manifest_path: r.get(4)?,
+                    digest: r.get(5)?,
+                    updated_at: r.get(6)?,
+                })
+            })
+            .op("handlers")?
+            .collect::<rusqlite::Result<_>>()
+            .op("read handlers")
+        })
+    }
+}

@@ -1,0 +1,164 @@
+//! The SQLite store: the only module that speaks SQL.
+//!
+//! One writer connection (SQLite has one writer anyway) behind a mutex, and a
+//! small pool of reader connections, which WAL mode lets run beside it. Every
+//! method is blocking; async callers run them on a blocking thread.
+
+mod events;
+mod handlers;
+mod outcomes;
+mod schema;
+mod state;
+mod subscriptions;
+
+pub use events::{EventFilter, EventPage};
+pub use handlers::HandlerRecord;
+pub use outcomes::{Committed, DeadLetter, Execution};
+pub use state::parse_counter;
+pub use subscriptions::NewSubscription;
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "bus.db";
+
+/// A store operation that failed, with what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("sqlite ({op}): {source}")]
+    Sqlite {
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{path} has schema version {found}, newer than this build knows ({known}): upgrade persona-bus")]
+    TooNew { path: PathBuf, found: usize, known: usize },
+    #[error("event {0} not found")]
+    EventNotFound(String),
+    #[error("invalid subscription: {0}")]
+    InvalidSubscription(String),
+    #[error("subscription {0} not found")]
+    SubscriptionNotFound(String),
+}
+
+/// Attaches the operation name to a rusqlite error.
+pub(crate) trait Op<T> {
+    fn op(self, op: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Op<T> for rusqlite::Result<T> {
+    fn op(self, op: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Sqlite { op, source })
+    }
+}
+
+/// Durability of a commit. `Normal` (the default) survives a crash of the
+/// process; `Full` also survives a power cut, at an fsync per commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    Normal,
+    Full,
+}
+
+pub struct Store {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir` and migrates it.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, Sync::Normal)
+    }
+
+    pub fn open_with(data_dir: &Path, sync: Sync) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| StoreError::DataDir { path: data_dir.to_owned(), source })?;
+        let path = data_dir.join(DB_FILE);
+        let writer = connect(&path, sync)?;
+        migrate(&writer, &path)?;
+        Ok(Self { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The writer connection. A panic while holding it cannot leave a
+    /// transaction half-applied (rusqlite rolls back on drop), so a poisoned
+    /// lock is safe to take over.
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on a pooled reader connection.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => connect(&self.path, Sync::Normal)?,
+        };
+        let result = f(&conn);
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+        result
+    }
+}
+
+fn connect(path: &Path, sync: Sync) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).op("open")?;
+    // Another process (a CLI publisher) may hold the write lock for a moment.
+    conn.busy_timeout(Duration::from_secs(10)).op("busy_timeout")?;
+    let synchronous = match sync {
+        Sync::Normal => "NORMAL",
+        Sync::Full => "FULL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = {synchronous};
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -32768;
+         PRAGMA foreign_keys = ON;"
+    ))
+    .op("pragmas")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let version = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).op("read schema version")? as usize;
+    if version > schema::MIGRATIONS.len() {
+        return Err(StoreError::TooNew { path: path.to_owned(), found: version, known: schema::MIGRATIONS.len() });
+    }
+    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version) {
+        // Each migration and its version bump commit together, or not at all.
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))
+            .map_err(|source| {
+                let _ = conn.execute_batch("ROLLBACK");
+                StoreError::Sqlite { op: "migrate", source }
+            })?;
+        tracing::info!(version = i + 1, path = %path.display(), "applied schema migration");
+    }
+    Ok(())
+}
+
+/// Headers are stored as a JSON array of `[key, value]` pairs.
+pub(crate) fn headers_to_json(headers: &[(String, String)]) -> String {
+    serde_json::to_string(headers).unwrap_or_else(|_| "[]".into())
+}
+
+pub(crate) fn headers_from_json(text: &str) -> Vec<(String, String)> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

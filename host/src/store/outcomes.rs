@@ -1,0 +1,285 @@
+//! Committing what handlers did: executions, the processed ledger, effects,
+//! dead letters and the event's next state, all in one transaction.
+
+use super::events::insert_event;
+use super::{Op, Store, StoreError, headers_to_json};
+use crate::event::{Event, now_rfc3339};
+use crate::outcome::{Next, Resolution, Run, StateOp, Verdict};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// What a commit changed, for notifications and metrics.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Follow-up events that handlers published (now pending).
+    pub published: usize,
+    /// Runs whose ledger entry already existed: their effects were dropped.
+    pub duplicates: usize,
+}
+
+/// A row of `persona_executions`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Execution {
+    pub id: i64,
+    pub event_id: String,
+    pub handler: String,
+    pub handler_version: String,
+    pub attempt: u32,
+    pub outcome: String,
+    pub duration_us: i64,
+    pub error: Option<String>,
+    pub started_at: String,
+}
+
+/// A row of `persona_dead_letters`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub event_id: String,
+    pub handler: String,
+    pub handler_version: String,
+    pub attempts: u32,
+    pub reason: String,
+    pub last_error: String,
+    pub headers: Vec<(String, String)>,
+    pub created_at: String,
+    pub retried_at: Option<String>,
+}
+
+impl Store {
+    /// Commits a batch of resolutions atomically. For each run that finished
+    /// (completed or dead-lettered) the ledger row is inserted first; its
+    /// effects are applied only if that insert was new, so a run that happens
+    /// twice (a redelivery, a crash between run and commit) takes effect once.
+    pub fn commit(&self, resolutions: &[Resolution]) -> Result<Committed, StoreError> {
+        let now = now_rfc3339();
+        let mut done = Committed::default();
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).op("begin commit")?;
+        for res in resolutions {
+            for run in &res.runs {
+                insert_execution(&tx, &res.event.id, run, &now)?;
+                let ledger_outcome = match run.verdict {
+                    Verdict::Done => "completed",
+                    Verdict::DeadLetter { .. } => "dead_letter",
+                    Verdict::RetryAt(_) => continue,
+                };
+                let fresh = tx
+                    .prepare_cached(
+                        "INSERT INTO persona_processed (event_id, handler, outcome, processed_at) \
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                    )
+                    .op("prepare ledger")?
+                    .execute(params![res.event.id, &*run.handler, ledger_outcome, now])
+                    .op("insert ledger")?
+                    == 1;
+                if !fresh {
+                    done.duplicates += 1;
+                    continue;
+                }
+                match run.verdict {
+                    Verdict::Done => {
+                        apply_state(&tx, &run.handler, &run.effects.state, &now)?;
+                        for e in &run.effects.published {
+                            insert_event(&tx, e)?;
+                        }
+                        done.published += run.effects.published.len();
+                    }
+                    Verdict::DeadLetter { reason } => insert_dead_letter(&tx, &res.event, run, reason, &now)?,
+                    Verdict::RetryAt(_) => unreachable!("skipped above"),
+                }
+            }
+            match &res.next {
+                Next::Final { status, error } => tx
+                    .prepare_cached(
+                        "UPDATE persona_events SET status = ?2, error_message = ?3, processed_at = ?4, claimed_at = NULL \
+                         WHERE id = ?1",
+                    )
+                    .op("prepare finish event")?
+                    .execute(params![res.event.id, status.as_str(), error, now])
+                    .op("finish event")?,
+                Next::Retry { at_ms, error } => tx
+                    .prepare_cached(
+                        "UPDATE persona_events SET status = 'pending', error_message = ?2, next_attempt_at = ?3, \
+                         retry_count = retry_count + 1, claimed_at = NULL WHERE id = ?1",
+                    )
+                    .op("prepare schedule retry")?
+                    .execute(params![res.event.id, error, at_ms])
+                    .op("schedule retry")?,
+            };
+        }
+        tx.commit().op("commit outcomes")?;
+        Ok(done)
+    }
+
+    /// Ledger entries (handler, outcome) of events claimed more than once:
+    /// the handlers that must not run on them again.
+    pub fn processed_for<'a>(
+        &self,
+        event_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<HashMap<String, Vec<(String, String)>>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT handler, outcome FROM persona_processed WHERE event_id = ?1")
+                .op("prepare ledger lookup")?;
+            let mut out = HashMap::new();
+            for id in event_ids {
+                let rows: Vec<(String, String)> = stmt
+                    .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .op("ledger lookup")?
+                    .collect::<rusqlite::Result<_>>()
+                    .op("read ledger")?;
+                if !rows.is_empty() {
+                    out.insert(id.to_owned(), rows);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Handler runs of one event, oldest first.
+    pub fn executions(&self, event_id: &str) -> Result<Vec<Execution>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT id, event_id, handler, handler_version, attempt, outcome, duration_us, error, started_at \
+                 FROM persona_executions WHERE event_id = ?1 ORDER BY id",
+            )
+            .op("prepare executions")?
+            .query_map([event_id], |r| {
+                Ok(Execution {
+                    id: r.get(0)?,
+                    event_id: r.get(1)?,
+                    handler: r.get(2)?,
+                    handler_version: r.get(3)?,
+                    attempt: r.get(4)?,
+                    outcome: r.get(5)?,
+                    duration_us: r.get(6)?,
+                    error: r.get(7)?,
+                    started_at: r.get(8)?,
+                })
+            })
+            .op("executions")?
+            .collect::<rusqlite::Result<_>>()
+            .op("read executions")
+        })
+    }
+
+    /// Dead letters, newest first.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT id, event_id, handler, handler_version, attempts, reason, last_error, headers, created_at, retried_at \
+                 FROM persona_dead_letters ORDER BY id DESC LIMIT ?1",
+            )
+            .op("prepare dead letters")?
+            .query_map([limit as i64], |r| {
+                Ok(DeadLetter {
+                    id: r.get(0)?,
+                    event_id: r.get(1)?,
+                    handler: r.get(2)?,
+                    handler_version: r.get(3)?,
+                    attempts: r.get(4)?,
+                    reason: r.get(5)?,
+                    last_error: r.get(6)?,
+                    headers: super::headers_from_json(&r.get::<_, String>(7)?),
+                    created_at: r.get(8)?,
+                    retried_at: r.get(9)?,
+                })
+            })
+            .op("dead letters")?
+            .collect::<rusqlite::Result<_>>()
+            .op("read dead letters")
+        })
+    }
+
+    /// Counts (ledger rows, executions) per handler, for tests and status.
+    pub fn ledger_count(&self, handler: &str) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT count(*) FROM persona_processed WHERE handler = ?1", [handler], |r| r.get::<_, i64>(0))
+                .op("count ledger")
+                .map(|n| n as u64)
+        })
+    }
+}
+
+fn insert_execution(conn: &Connection, event_id: &str, run: &Run, now: &str) -> Result<(), StoreError> {
+    // A run that completed but ran into a limit (publish refused) keeps the
+    // note in `error`, so it is visible without failing the event.
+    let error = run.outcome.error().or_else(|| run.note.clone());
+    conn.prepare_cached(
+        "INSERT INTO persona_executions (event_id, handler, handler_version, attempt, outcome, duration_us, error, started_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .op("prepare execution")?
+    .execute(params![
+        event_id,
+        &*run.handler,
+        &*run.version,
+        run.attempt,
+        run.outcome.label(),
+        run.duration.as_micros() as i64,
+        error,
+        if run.started_at.is_empty() { now } else { &run.started_at },
+    ])
+    .op("insert execution")?;
+    Ok(())
+}
+
+fn insert_dead_letter(conn: &Connection, event: &Event, run: &Run, reason: &str, now: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO persona_dead_letters (event_id, handler, handler_version, attempts, reason, last_error, headers, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .op("prepare dead letter")?
+    .execute(params![
+        event.id,
+        &*run.handler,
+        &*run.version,
+        run.attempt,
+        reason,
+        run.outcome.error().unwrap_or_default(),
+        headers_to_json(&event.headers),
+        now,
+    ])
+    .op("insert dead letter")?;
+    Ok(())
+}
+
+fn apply_state(conn: &Connection, handler: &str, ops: &[StateOp], now: &str) -> Result<(), StoreError> {
+    for op in ops {
+        match op {
+            StateOp::Set(key, value) => put(conn, handler, key, value, now)?,
+            StateOp::Delete(key) => {
+                conn.prepare_cached("DELETE FROM persona_handler_state WHERE handler = ?1 AND key = ?2")
+                    .op("prepare state delete")?
+                    .execute(params![handler, key])
+                    .op("state delete")?;
+            }
+            StateOp::Add(key, delta) => {
+                let current: Option<Vec<u8>> = conn
+                    .prepare_cached("SELECT value FROM persona_handler_state WHERE handler = ?1 AND key = ?2")
+                    .op("prepare state read")?
+                    .query_row(params![handler, key], |r| r.get(0))
+                    .optional()
+                    .op("state read")?;
+                // The guest saw a number when it called increment; a value
+                // overwritten since by a non-number restarts from 0.
+                let base = current.as_deref().and_then(super::state::parse_counter).unwrap_or(0);
+                put(conn, handler, key, base.saturating_add(*delta).to_string().as_bytes(), now)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn put(conn: &Connection, handler: &str, key: &str, value: &[u8], now: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO persona_handler_state (handler, key, value, updated_at) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (handler, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+    )
+    .op("prepare state put")?
+    .execute(params![handler, key, value, now])
+    .op("state put")?;
+    Ok(())
+}
