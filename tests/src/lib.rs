@@ -1,0 +1,101 @@
+//! Shared helpers for the integration tests and benchmarks: compiled guest
+//! paths, throwaway data and handler folders, a bus with test-friendly
+//! settings, and waiting with a deadline.
+
+use persona_bus::config::Config;
+use persona_bus::event::NewEvent;
+use persona_bus::{Bus, Event};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Paths of the compiled guest components (built by `build.rs`).
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+/// A data folder and a handlers folder that vanish with the test.
+pub struct Sandbox {
+    pub root: tempfile::TempDir,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(root.path().join("handlers")).unwrap();
+        Self { root }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    pub fn handlers_dir(&self) -> PathBuf {
+        self.root.path().join("handlers")
+    }
+
+    /// Installs `wasm` as handler `name` with a manifest made of `name`,
+    /// version "1" and `body` (subscriptions, limits, config, ...).
+    pub fn install(&self, name: &str, wasm: &str, body: &str) -> &Self {
+        self.install_versioned(name, "1", wasm, body)
+    }
+
+    pub fn install_versioned(&self, name: &str, version: &str, wasm: &str, body: &str) -> &Self {
+        let dir = self.handlers_dir();
+        std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).expect("copy component");
+        std::fs::write(dir.join(format!("{name}.toml")), format!("name = \"{name}\"\nversion = \"{version}\"\n{body}\n"))
+            .expect("write manifest");
+        self
+    }
+
+    /// Installs a first-party handler with the manifest it ships with.
+    pub fn install_shipped(&self, name: &str, wasm: &str, manifest: &str) -> &Self {
+        let dir = self.handlers_dir();
+        std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).expect("copy component");
+        std::fs::copy(manifest, dir.join(format!("{name}.toml"))).expect("copy manifest");
+        self
+    }
+
+    /// Settings for tests: fast polling, this sandbox's folders.
+    pub fn config(&self) -> Config {
+        let mut c = Config { data_dir: self.data_dir(), handlers_dir: self.handlers_dir(), ..Config::default() };
+        c.poll.active_interval_ms = 10;
+        c.poll.idle_interval_ms = 50;
+        c
+    }
+
+    pub fn open(&self) -> Bus {
+        Bus::open(self.config()).expect("open bus")
+    }
+}
+
+/// A minimal event of `event_type` from source type `system`.
+pub fn event(event_type: &str) -> NewEvent {
+    NewEvent { event_type: event_type.into(), source_type: "system".into(), ..Default::default() }
+}
+
+/// Polls `check` every 10 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until the event is in a final state and returns it.
+pub fn wait_final(bus: &Bus, id: &str, timeout: Duration) -> Event {
+    let mut last = None;
+    wait_for(timeout, &format!("event {id} to finish"), || {
+        let e = bus.store().event(id).expect("event");
+        let done = e.status.is_final();
+        last = Some(e);
+        done
+    });
+    last.unwrap()
+}
