@@ -30,15 +30,24 @@ pub enum BusError {
     #[error("another persona-bus host is already running on {0} (one host per data directory)")]
     Locked(PathBuf),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 /// What happened on the bus, for live views (SSE, dashboard) and benchmarks.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Notice {
-    Published { event: Box<Event> },
-    Resolved { event_id: String, status: EventStatus, error: Option<String> },
+    Published {
+        event: Box<Event>,
+    },
+    Resolved {
+        event_id: String,
+        status: EventStatus,
+        error: Option<String>,
+    },
 }
 
 pub(crate) struct Inner {
@@ -63,7 +72,11 @@ impl Inner {
                 Next::Final { status, error } => (*status, error.clone()),
                 Next::Retry { error, .. } => (EventStatus::Pending, Some(error.clone())),
             };
-            let _ = self.notices.send(Notice::Resolved { event_id: r.event.id.clone(), status, error });
+            let _ = self.notices.send(Notice::Resolved {
+                event_id: r.event.id.clone(),
+                status,
+                error,
+            });
         }
     }
 }
@@ -77,26 +90,60 @@ impl Bus {
     /// Opens the store, takes the host lock, returns rows a crashed host
     /// left in `processing`, starts the runtime and loads the handlers.
     pub fn open(config: Config) -> Result<Self, BusError> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|source| BusError::Io { what: format!("create {}", config.data_dir.display()), source })?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| BusError::Io {
+            what: format!("create {}", config.data_dir.display()),
+            source,
+        })?;
         let lock = take_lock(&config)?;
         let store = Arc::new(Store::open(&config.data_dir)?);
         // We hold the lock, so nothing is being processed: every
         // `processing` row belongs to a host that died.
         let returned = store.reap(i64::MAX)?;
         if returned > 0 {
-            tracing::warn!(events = returned, "recovered events a previous host left in processing");
+            tracing::warn!(
+                events = returned,
+                "recovered events a previous host left in processing"
+            );
         }
-        let runtime = Arc::new(Runtime::new(&config.runtime, &config.limits, Some(config.data_dir.join("cache")))?);
-        let registry = Arc::new(Registry::new(config.handlers_dir.clone(), runtime.clone(), store.clone(), config.limits.clone()));
+        let runtime = Arc::new(Runtime::new(
+            &config.runtime,
+            &config.limits,
+            Some(config.data_dir.join("cache")),
+        )?);
+        let registry = Arc::new(Registry::new(
+            config.handlers_dir.clone(),
+            runtime.clone(),
+            store.clone(),
+            config.limits.clone(),
+        ));
         registry.load_all()?;
-        let env = Arc::new(CallEnv { store: store.clone(), limits: config.limits.clone() });
+        let env = Arc::new(CallEnv {
+            store: store.clone(),
+            limits: config.limits.clone(),
+        });
         let dispatcher = Dispatcher::new(runtime, store.clone(), registry, env, config.workers())
-            .map_err(|source| BusError::Io { what: "start the handler worker pool".into(), source })?;
+            .map_err(|source| BusError::Io {
+            what: "start the handler worker pool".into(),
+            source,
+        })?;
         let (notices, _) = broadcast::channel(16 * 1024);
-        let limits = EventLimits { max_payload_bytes: config.limits.max_payload_bytes };
-        let inner = Inner { config, store, dispatcher, wakeup: Wakeup::default(), stopping: AtomicBool::new(false), notices, limits, _lock: lock };
-        Ok(Self { inner: Arc::new(inner), poller: Mutex::new(None) })
+        let limits = EventLimits {
+            max_payload_bytes: config.limits.max_payload_bytes,
+        };
+        let inner = Inner {
+            config,
+            store,
+            dispatcher,
+            wakeup: Wakeup::default(),
+            stopping: AtomicBool::new(false),
+            notices,
+            limits,
+            _lock: lock,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+            poller: Mutex::new(None),
+        })
     }
 
     /// Starts the SQLite poller (idempotent).
@@ -107,7 +154,10 @@ impl Bus {
             let handle = std::thread::Builder::new()
                 .name("sqlite-poller".into())
                 .spawn(move || poller::run(inner))
-                .map_err(|source| BusError::Io { what: "start the poller".into(), source })?;
+                .map_err(|source| BusError::Io {
+                    what: "start the poller".into(),
+                    source,
+                })?;
             *slot = Some(handle);
         }
         Ok(())
@@ -119,7 +169,9 @@ impl Bus {
         self.inner.store.insert(&event)?;
         self.inner.wakeup.ring();
         if self.inner.notices.receiver_count() > 0 {
-            let _ = self.inner.notices.send(Notice::Published { event: Box::new(event.clone()) });
+            let _ = self.inner.notices.send(Notice::Published {
+                event: Box::new(event.clone()),
+            });
         }
         Ok(event)
     }
@@ -127,7 +179,10 @@ impl Bus {
     /// Validates every event first, then stores them all in one transaction:
     /// one bad event stores none.
     pub fn publish_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<Event>, BusError> {
-        let events = batch.into_iter().map(|n| n.validate(self.inner.limits, 0)).collect::<Result<Vec<_>, _>>()?;
+        let events = batch
+            .into_iter()
+            .map(|n| n.validate(self.inner.limits, 0))
+            .collect::<Result<Vec<_>, _>>()?;
         self.inner.store.insert_batch(&events)?;
         self.inner.wakeup.ring();
         Ok(events)
@@ -180,10 +235,16 @@ impl Drop for Bus {
 
 fn take_lock(config: &Config) -> Result<File, BusError> {
     let path = config.data_dir.join("host.lock");
-    let file = File::create(&path).map_err(|source| BusError::Io { what: format!("create {}", path.display()), source })?;
+    let file = File::create(&path).map_err(|source| BusError::Io {
+        what: format!("create {}", path.display()),
+        source,
+    })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(BusError::Locked(config.data_dir.clone())),
-        Err(std::fs::TryLockError::Error(source)) => Err(BusError::Io { what: format!("lock {}", path.display()), source }),
+        Err(std::fs::TryLockError::Error(source)) => Err(BusError::Io {
+            what: format!("lock {}", path.display()),
+            source,
+        }),
     }
 }

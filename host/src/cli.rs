@@ -13,9 +13,12 @@ use clap::{Args, Parser, Subcommand};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-
 #[derive(Debug, Parser)]
-#[command(name = "persona-bus", version, about = "Event bus host running sandboxed WebAssembly handlers")]
+#[command(
+    name = "persona-bus",
+    version,
+    about = "Event bus host running sandboxed WebAssembly handlers"
+)]
 pub struct Cli {
     /// Data directory: SQLite database, host lock, compiled-component cache
     /// [env: PERSONA_BUS_DATA_DIR] [default: .data]
@@ -134,9 +137,12 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(config, args),
         Command::Publish(args) => publish(&config, args),
-        Command::Events(EventsCommand::List { limit, event_type, status, json }) => {
-            events_list(&config, limit, event_type, status, json)
-        }
+        Command::Events(EventsCommand::List {
+            limit,
+            event_type,
+            status,
+            json,
+        }) => events_list(&config, limit, event_type, status, json),
         Command::Events(EventsCommand::Show { id, json }) => events_show(&config, &id, json),
         Command::Handlers(HandlersCommand::List { json }) => handlers_list(&config, json),
         Command::Handlers(HandlersCommand::Validate { path }) => handlers_validate(&config, &path),
@@ -149,14 +155,19 @@ fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
         config.handlers_dir = dir;
     }
     if config.kafka.enabled {
-        bail!("KAFKA_ENABLED=true, but this build has no Kafka transport yet; unset it to run on the embedded SQLite bus");
+        bail!(
+            "KAFKA_ENABLED=true, but this build has no Kafka transport yet; unset it to run on the embedded SQLite bus"
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let options = crate::RunOptions { demo: args.demo, demo_every: None };
+    let options = crate::RunOptions {
+        demo: args.demo,
+        demo_every: None,
+    };
     runtime.block_on(crate::run(config, options, shutdown_signal()))
 }
 
@@ -183,7 +194,8 @@ async fn shutdown_signal() {
 }
 
 fn open_store(config: &Config) -> anyhow::Result<Store> {
-    Store::open(&config.data_dir).with_context(|| format!("cannot open the store in {}", config.data_dir.display()))
+    Store::open(&config.data_dir)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))
 }
 
 fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
@@ -198,7 +210,11 @@ fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
             source_id: args.source_id,
             target_persona_id: args.target_persona,
             project_id: args.project,
-            payload: args.payload.as_deref().map(NewEvent::parse_payload).transpose()?,
+            payload: args
+                .payload
+                .as_deref()
+                .map(NewEvent::parse_payload)
+                .transpose()?,
             headers: args
                 .headers
                 .iter()
@@ -211,8 +227,15 @@ fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
             schema_version: None,
         },
     };
-    let event = new.validate(crate::event::EventLimits { max_payload_bytes: config.limits.max_payload_bytes }, 0)?;
-    open_store(config)?.insert(&event).context("cannot store the event")?;
+    let event = new.validate(
+        crate::event::EventLimits {
+            max_payload_bytes: config.limits.max_payload_bytes,
+        },
+        0,
+    )?;
+    open_store(config)?
+        .insert(&event)
+        .context("cannot store the event")?;
     println!("{}", event.id);
     Ok(())
 }
@@ -220,14 +243,22 @@ fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
 fn read_input(path: &Path) -> anyhow::Result<String> {
     if path == Path::new("-") {
         let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).context("cannot read stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read stdin")?;
         Ok(text)
     } else {
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
     }
 }
 
-fn events_list(config: &Config, limit: usize, event_type: Option<String>, status: Option<String>, json: bool) -> anyhow::Result<()> {
+fn events_list(
+    config: &Config,
+    limit: usize,
+    event_type: Option<String>,
+    status: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
     let status = status
         .map(|s| {
             EventStatus::parse(&s).with_context(|| {
@@ -236,12 +267,19 @@ fn events_list(config: &Config, limit: usize, event_type: Option<String>, status
             })
         })
         .transpose()?;
-    let page = open_store(config)?.list_events(&EventFilter { event_type, status, limit })?;
+    let page = open_store(config)?.list_events(&EventFilter {
+        event_type,
+        status,
+        limit,
+    })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&page)?);
         return Ok(());
     }
-    println!("{:<26}  {:<24}  {:<12}  {:<12}  {:<24}  SOURCE", "ID", "CREATED", "STATUS", "PROJECT", "TYPE");
+    println!(
+        "{:<26}  {:<24}  {:<12}  {:<12}  {:<24}  SOURCE",
+        "ID", "CREATED", "STATUS", "PROJECT", "TYPE"
+    );
     for e in &page.events {
         println!(
             "{:<26}  {:<24}  {:<12}  {:<12}  {:<24}  {}:{}",
@@ -254,7 +292,12 @@ fn events_list(config: &Config, limit: usize, event_type: Option<String>, status
             e.source_id.as_deref().unwrap_or("-")
         );
     }
-    println!("{} shown, {} in all, {} pending", page.events.len(), page.total, page.pending_count);
+    println!(
+        "{} shown, {} in all, {} pending",
+        page.events.len(),
+        page.total,
+        page.pending_count
+    );
     Ok(())
 }
 
@@ -270,7 +313,11 @@ fn events_show(config: &Config, id: &str, json: bool) -> anyhow::Result<()> {
     println!("id:          {}", event.id);
     println!("status:      {}", event.status);
     println!("type:        {}", event.event_type);
-    println!("source:      {}:{}", event.source_type, event.source_id.as_deref().unwrap_or("-"));
+    println!(
+        "source:      {}:{}",
+        event.source_type,
+        event.source_id.as_deref().unwrap_or("-")
+    );
     println!("project:     {}", event.project_id);
     if let Some(t) = &event.target_persona_id {
         println!("target:      {t}");
@@ -279,7 +326,10 @@ fn events_show(config: &Config, id: &str, json: bool) -> anyhow::Result<()> {
     if let Some(p) = &event.processed_at {
         println!("processed:   {p}");
     }
-    println!("chain depth: {}   retries: {}", event.chain_depth, event.retry_count);
+    println!(
+        "chain depth: {}   retries: {}",
+        event.chain_depth, event.retry_count
+    );
     if let Some(err) = &event.error_message {
         println!("error:       {err}");
     }
@@ -319,18 +369,36 @@ fn handlers_list(config: &Config, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     if records.is_empty() {
-        println!("no handlers recorded in {} yet: start the host with `persona-bus run`", config.data_dir.display());
+        println!(
+            "no handlers recorded in {} yet: start the host with `persona-bus run`",
+            config.data_dir.display()
+        );
     }
     for r in records {
         let mine: Vec<String> = subs
             .iter()
             .filter(|s| s.persona_id == r.name)
             .map(|s| {
-                let filter = s.source_filter.as_deref().map(|f| format!(" [{f}]")).unwrap_or_default();
-                format!("{}{}{}", s.event_type, filter, if s.enabled { "" } else { " (disabled)" })
+                let filter = s
+                    .source_filter
+                    .as_deref()
+                    .map(|f| format!(" [{f}]"))
+                    .unwrap_or_default();
+                format!(
+                    "{}{}{}",
+                    s.event_type,
+                    filter,
+                    if s.enabled { "" } else { " (disabled)" }
+                )
             })
             .collect();
-        println!("{:<20} {:<10} {:<8} {}", r.name, r.version.as_deref().unwrap_or("-"), r.status, mine.join(", "));
+        println!(
+            "{:<20} {:<10} {:<8} {}",
+            r.name,
+            r.version.as_deref().unwrap_or("-"),
+            r.status,
+            mine.join(", ")
+        );
         if let Some(err) = r.error {
             println!("    error: {err}");
         }
@@ -375,10 +443,16 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let store = open_store(config)?;
     let counts = store.status_counts()?;
     let handlers = store.handler_records()?;
-    let kafka = if config.kafka.enabled { format!("enabled ({})", config.kafka.brokers) } else { "disabled (embedded SQLite bus)".into() };
+    let kafka = if config.kafka.enabled {
+        format!("enabled ({})", config.kafka.brokers)
+    } else {
+        "disabled (embedded SQLite bus)".into()
+    };
     if json {
-        let counts: serde_json::Map<String, serde_json::Value> =
-            counts.iter().map(|(s, n)| (s.as_str().to_owned(), (*n).into())).collect();
+        let counts: serde_json::Map<String, serde_json::Value> = counts
+            .iter()
+            .map(|(s, n)| (s.as_str().to_owned(), (*n).into()))
+            .collect();
         let value = serde_json::json!({ "data_dir": config.data_dir, "events": counts, "handlers": handlers, "kafka": kafka });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
@@ -386,7 +460,14 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     println!("data dir: {}", config.data_dir.display());
     println!("kafka:    {kafka}");
     let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
-    println!("events:   {}", if counts.is_empty() { "none".into() } else { counts.join(", ") });
+    println!(
+        "events:   {}",
+        if counts.is_empty() {
+            "none".into()
+        } else {
+            counts.join(", ")
+        }
+    );
     let loaded = handlers.iter().filter(|h| h.status == "loaded").count();
     println!("handlers: {loaded} loaded of {} recorded", handlers.len());
     Ok(())

@@ -122,7 +122,11 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { workers: 0, pool_slots: 128, epoch_tick_ms: 5 }
+        Self {
+            workers: 0,
+            pool_slots: 128,
+            epoch_tick_ms: 5,
+        }
     }
 }
 
@@ -188,7 +192,10 @@ impl std::fmt::Debug for KafkaConfig {
             .field("consumer_group", &self.consumer_group)
             .field("auto_offset_reset", &self.auto_offset_reset)
             .field("sasl_username", &self.sasl_username)
-            .field("sasl_password", &self.sasl_password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "sasl_password",
+                &self.sasl_password.as_ref().map(|_| "<redacted>"),
+            )
             .field("ssl_enabled", &self.ssl_enabled)
             .finish()
     }
@@ -198,11 +205,22 @@ impl std::fmt::Debug for KafkaConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}, line {line}: {message}")]
-    Parse { path: PathBuf, line: usize, message: String },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("environment variable {var}={value:?}: {reason}")]
-    Env { var: &'static str, value: String, reason: String },
+    Env {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("config `{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
 }
@@ -227,7 +245,10 @@ pub const ENV_VARS: &[&str] = &[
 impl Config {
     /// Reads `file` (if any), applies the environment as seen through `env`,
     /// and validates the result.
-    pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut config = match file {
             Some(path) => Self::from_file(path)?,
             None => Self::default(),
@@ -243,8 +264,10 @@ impl Config {
     }
 
     fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             line: line_of(&text, e.span()),
@@ -304,7 +327,12 @@ impl Config {
 
     /// Checks the whole configuration; every problem names its field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.into() });
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.into(),
+            })
+        };
         let p = &self.poll;
         if p.active_interval_ms == 0 || p.idle_interval_ms < p.active_interval_ms {
             return invalid("poll", "need 0 < active_interval_ms <= idle_interval_ms");
@@ -324,14 +352,24 @@ impl Config {
         }
         let k = &self.kafka;
         if k.enabled {
-            if k.brokers.split(',').any(|b| b.trim().rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())) {
-                return invalid("kafka.brokers", "expected a comma-separated list of host:port");
+            if k.brokers.split(',').any(|b| {
+                b.trim()
+                    .rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            }) {
+                return invalid(
+                    "kafka.brokers",
+                    "expected a comma-separated list of host:port",
+                );
             }
             if k.client_id.trim().is_empty() || k.consumer_group.trim().is_empty() {
                 return invalid("kafka", "client_id and consumer_group must not be empty");
             }
             if k.sasl_username.is_some() != k.sasl_password.is_some() {
-                return invalid("kafka.sasl", "set both KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD, or neither");
+                return invalid(
+                    "kafka.sasl",
+                    "set both KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD, or neither",
+                );
             }
         }
         Ok(())
@@ -350,7 +388,11 @@ fn parse_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(ConfigError::Env { var, value: value.into(), reason: "expected true or false".into() }),
+        _ => Err(ConfigError::Env {
+            var,
+            value: value.into(),
+            reason: "expected true or false".into(),
+        }),
     }
 }
 
@@ -366,7 +408,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::load(None, |k| vars.get(k).cloned())
     }
 
@@ -390,7 +435,10 @@ mod tests {
         .unwrap();
         assert!(c.kafka.enabled);
         assert_eq!(c.kafka.auto_offset_reset, OffsetReset::Earliest);
-        assert!(!format!("{c:?}").contains("hunter2"), "secrets are redacted");
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "secrets are redacted"
+        );
     }
 
     #[test]

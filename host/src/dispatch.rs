@@ -28,13 +28,25 @@ pub struct Dispatcher {
 pub type Claimed = (Event, u32);
 
 impl Dispatcher {
-    pub fn new(runtime: Arc<Runtime>, store: Arc<Store>, registry: Arc<Registry>, env: Arc<CallEnv>, workers: usize) -> std::io::Result<Self> {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        store: Arc<Store>,
+        registry: Arc<Registry>,
+        env: Arc<CallEnv>,
+        workers: usize,
+    ) -> std::io::Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(workers.max(1))
             .thread_name(|i| format!("handler-{i}"))
             .build()
             .map_err(std::io::Error::other)?;
-        Ok(Self { runtime, store, registry, env, pool })
+        Ok(Self {
+            runtime,
+            store,
+            registry,
+            env,
+            pool,
+        })
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -43,11 +55,18 @@ impl Dispatcher {
 
     /// Runs every claimed event through its handlers. Handlers that already
     /// finished an event (its ledger says so) are not run again.
-    pub fn dispatch(&self, claimed: Vec<Claimed>, origin: &Origin) -> Result<Vec<Resolution>, StoreError> {
+    pub fn dispatch(
+        &self,
+        claimed: Vec<Claimed>,
+        origin: &Origin,
+    ) -> Result<Vec<Resolution>, StoreError> {
         let snapshot = self.registry.snapshot();
         // Only events seen before can have ledger entries: skip the lookup
         // for first deliveries, which are nearly all of them.
-        let seen_before = claimed.iter().filter(|(e, claims)| *claims > 1 || e.retry_count > 0).map(|(e, _)| e.id.as_str());
+        let seen_before = claimed
+            .iter()
+            .filter(|(e, claims)| *claims > 1 || e.retry_count > 0)
+            .map(|(e, _)| e.id.as_str());
         let ledger = self.store.processed_for(seen_before)?;
 
         let lanes = into_lanes(claimed, self.pool.current_num_threads());
@@ -58,17 +77,33 @@ impl Dispatcher {
         Ok(if lanes.len() == 1 {
             lanes.into_iter().flatten().map(resolve).collect()
         } else {
-            self.pool.install(|| lanes.into_par_iter().flat_map_iter(|lane| lane.into_iter().map(resolve)).collect())
+            self.pool.install(|| {
+                lanes
+                    .into_par_iter()
+                    .flat_map_iter(|lane| lane.into_iter().map(resolve))
+                    .collect()
+            })
         })
     }
 
-    fn resolve(&self, snapshot: &Snapshot, event: Event, done: &[(String, String)], origin: &Origin) -> Resolution {
+    fn resolve(
+        &self,
+        snapshot: &Snapshot,
+        event: Event,
+        done: &[(String, String)],
+        origin: &Origin,
+    ) -> Resolution {
         let subscribers: Vec<_> = if event.chain_depth > self.env.limits.max_chain_depth {
             // Only an event from a host with a laxer limit gets here.
             tracing::warn!(event_id = %event.id, depth = event.chain_depth, "not dispatching: chain too deep");
             Vec::new()
         } else {
-            snapshot.matcher.subscribers(&event).into_iter().filter_map(|name| snapshot.handlers.get(&name).cloned()).collect()
+            snapshot
+                .matcher
+                .subscribers(&event)
+                .into_iter()
+                .filter_map(|name| snapshot.handlers.get(&name).cloned())
+                .collect()
         };
         let attempt = event.retry_count + 1;
         let mut earlier = Vec::new();
@@ -80,8 +115,11 @@ impl Dispatcher {
             }
             let span = tracing::debug_span!("handle", handler = %handler.name, event_id = %event.id, attempt);
             let _enter = span.enter();
-            let inv = self.runtime.invoke(handler.handle_ref(), &event, origin, attempt, &self.env);
-            let verdict = Verdict::decide(&inv.outcome, attempt, &handler.manifest.retry, now_millis());
+            let inv = self
+                .runtime
+                .invoke(handler.handle_ref(), &event, origin, attempt, &self.env);
+            let verdict =
+                Verdict::decide(&inv.outcome, attempt, &handler.manifest.retry, now_millis());
             if let Some(error) = inv.outcome.error() {
                 tracing::warn!(handler = %handler.name, event_id = %event.id, attempt, verdict = ?verdict, "{error}");
             }
@@ -128,9 +166,19 @@ mod tests {
     fn lanes_keep_each_project_in_order() {
         let claimed: Vec<Claimed> = (0..40)
             .map(|i| {
-                let e = NewEvent { event_type: "t".into(), source_type: "s".into(), project_id: Some(format!("p{}", i % 5)), ..Default::default() }
-                    .validate(EventLimits { max_payload_bytes: 100 }, 0)
-                    .unwrap();
+                let e = NewEvent {
+                    event_type: "t".into(),
+                    source_type: "s".into(),
+                    project_id: Some(format!("p{}", i % 5)),
+                    ..Default::default()
+                }
+                .validate(
+                    EventLimits {
+                        max_payload_bytes: 100,
+                    },
+                    0,
+                )
+                .unwrap();
                 (e, 1)
             })
             .collect();
@@ -146,8 +194,10 @@ mod tests {
                 }
             }
         }
-        let projects_per_lane: Vec<std::collections::HashSet<&str>> =
-            lanes.iter().map(|l| l.iter().map(|(e, _)| e.project_id.as_str()).collect()).collect();
+        let projects_per_lane: Vec<std::collections::HashSet<&str>> = lanes
+            .iter()
+            .map(|l| l.iter().map(|(e, _)| e.project_id.as_str()).collect())
+            .collect();
         for (i, a) in projects_per_lane.iter().enumerate() {
             for b in &projects_per_lane[i + 1..] {
                 assert!(a.is_disjoint(b), "a project is in one lane only");

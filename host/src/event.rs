@@ -89,10 +89,15 @@ impl NewEvent {
             optional("project_id", self.project_id)?.unwrap_or_else(|| DEFAULT_PROJECT.to_owned());
         let payload = match self.payload {
             None => "{}".to_owned(),
-            Some(value) => serde_json::to_string(&value).map_err(|e| EventError::BadPayload(e.to_string()))?,
+            Some(value) => {
+                serde_json::to_string(&value).map_err(|e| EventError::BadPayload(e.to_string()))?
+            }
         };
         if payload.len() > limits.max_payload_bytes {
-            return Err(EventError::PayloadTooLarge { size: payload.len(), limit: limits.max_payload_bytes });
+            return Err(EventError::PayloadTooLarge {
+                size: payload.len(),
+                limit: limits.max_payload_bytes,
+            });
         }
         Ok(Event {
             id: new_event_id(),
@@ -120,7 +125,10 @@ fn required(field: &'static str, value: String) -> Result<String, EventError> {
         return Err(EventError::Missing { field });
     }
     if value.len() > MAX_NAME_LEN {
-        return Err(EventError::TooLong { field, len: value.len() });
+        return Err(EventError::TooLong {
+            field,
+            len: value.len(),
+        });
     }
     Ok(value)
 }
@@ -227,17 +235,26 @@ pub fn now_rfc3339() -> String {
 
 /// Now, in milliseconds since the Unix epoch (scheduling columns).
 pub fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const LIMITS: EventLimits = EventLimits { max_payload_bytes: 64 };
+    const LIMITS: EventLimits = EventLimits {
+        max_payload_bytes: 64,
+    };
 
     fn minimal() -> NewEvent {
-        NewEvent { event_type: "task_created".into(), source_type: "system".into(), ..Default::default() }
+        NewEvent {
+            event_type: "task_created".into(),
+            source_type: "system".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -252,26 +269,63 @@ mod tests {
 
     #[test]
     fn missing_and_bad_fields_name_the_field() {
-        let err = NewEvent { event_type: " ".into(), ..minimal() }.validate(LIMITS, 0).unwrap_err();
-        assert_eq!(err, EventError::Missing { field: "event_type" });
-        let err = NewEvent { event_type: "a b".into(), ..minimal() }.validate(LIMITS, 0).unwrap_err();
+        let err = NewEvent {
+            event_type: " ".into(),
+            ..minimal()
+        }
+        .validate(LIMITS, 0)
+        .unwrap_err();
+        assert_eq!(
+            err,
+            EventError::Missing {
+                field: "event_type"
+            }
+        );
+        let err = NewEvent {
+            event_type: "a b".into(),
+            ..minimal()
+        }
+        .validate(LIMITS, 0)
+        .unwrap_err();
         assert!(matches!(err, EventError::BadEventType(_)));
-        let err = NewEvent { source_type: String::new(), ..minimal() }.validate(LIMITS, 0).unwrap_err();
-        assert_eq!(err, EventError::Missing { field: "source_type" });
+        let err = NewEvent {
+            source_type: String::new(),
+            ..minimal()
+        }
+        .validate(LIMITS, 0)
+        .unwrap_err();
+        assert_eq!(
+            err,
+            EventError::Missing {
+                field: "source_type"
+            }
+        );
     }
 
     #[test]
     fn oversized_payload_is_refused() {
         let payload = Some(serde_json::Value::String("x".repeat(100)));
-        let err = NewEvent { payload, ..minimal() }.validate(LIMITS, 0).unwrap_err();
-        assert!(matches!(err, EventError::PayloadTooLarge { limit: 64, .. }), "{err}");
+        let err = NewEvent {
+            payload,
+            ..minimal()
+        }
+        .validate(LIMITS, 0)
+        .unwrap_err();
+        assert!(
+            matches!(err, EventError::PayloadTooLarge { limit: 64, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_fields_and_bad_payload_text_are_refused() {
-        let err = NewEvent::from_json(r#"{"event_type":"a","source_type":"b","evil":1}"#).unwrap_err();
+        let err =
+            NewEvent::from_json(r#"{"event_type":"a","source_type":"b","evil":1}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `evil`"), "{err}");
-        assert!(matches!(NewEvent::parse_payload("{not json"), Err(EventError::BadPayload(_))));
+        assert!(matches!(
+            NewEvent::parse_payload("{not json"),
+            Err(EventError::BadPayload(_))
+        ));
     }
 
     #[test]

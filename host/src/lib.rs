@@ -52,7 +52,11 @@ pub struct RunOptions {
 
 /// Runs the host until `shutdown` resolves, then drains: the poller commits
 /// its current batch and stops before this returns.
-pub async fn run(config: Config, options: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let bus = tokio::task::spawn_blocking(move || Bus::open(config)).await??;
     let bus = Arc::new(bus);
     bus.start()?;
@@ -82,8 +86,16 @@ pub async fn run(config: Config, options: RunOptions, shutdown: impl Future<Outp
 /// router turns into actions for the counter) and custom events.
 async fn demo_traffic(bus: Arc<Bus>, every: Duration) {
     let kinds = [
-        ("task_created", "system", r#"{"title":"Write the release notes"}"#),
-        ("webhook_received", "webhook", r#"{"trigger_id":"github","body":{"action":"opened"}}"#),
+        (
+            "task_created",
+            "system",
+            r#"{"title":"Write the release notes"}"#,
+        ),
+        (
+            "webhook_received",
+            "webhook",
+            r#"{"trigger_id":"github","body":{"action":"opened"}}"#,
+        ),
         ("custom", "trigger", r#"{"note":"hello from the demo"}"#),
     ];
     let mut tick = tokio::time::interval(every);

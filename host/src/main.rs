@@ -8,7 +8,10 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = persona_bus::cli::Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(cli.default_log_filter())))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(cli.default_log_filter())),
+        )
         .with_writer(std::io::stderr)
         .init();
     match persona_bus::cli::main(cli) {

@@ -107,7 +107,9 @@ impl RetryPolicy {
     /// jitter" (a random point in the upper half) so that many events failing
     /// together do not come back together.
     pub fn delay_after(&self, attempt: u32) -> Duration {
-        let exp = self.backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let exp = self
+            .backoff
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
         let full = exp.min(self.backoff_max);
         let half = full / 2;
         half + Duration::from_micros(fastrand::u64(0..=half.as_micros() as u64))
@@ -134,17 +136,30 @@ pub struct Manifest {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{file}: cannot read: {source}")]
-    Read { file: PathBuf, source: std::io::Error },
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{file}, line {line}: {message}")]
-    Parse { file: PathBuf, line: usize, message: String },
+    Parse {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("{file}: `{key}`: {reason}")]
-    Invalid { file: PathBuf, key: String, reason: String },
+    Invalid {
+        file: PathBuf,
+        key: String,
+        reason: String,
+    },
 }
 
 impl Manifest {
     pub fn load(path: &Path, host: &HostLimits) -> Result<Self, ManifestError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ManifestError::Read { file: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
         Self::parse(path, &text, host)
     }
 
@@ -154,56 +169,97 @@ impl Manifest {
             line: line_of(text, e.span()),
             message: e.message().trim().to_owned(),
         })?;
-        let invalid = |key: &str, reason: String| ManifestError::Invalid { file: path.to_owned(), key: key.to_owned(), reason };
+        let invalid = |key: &str, reason: String| ManifestError::Invalid {
+            file: path.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
 
         if raw.name.is_empty()
             || raw.name.len() > 64
-            || !raw.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            || !raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         {
-            return Err(invalid("name", "use 1-64 characters of a-z, 0-9, `-` and `_`".into()));
+            return Err(invalid(
+                "name",
+                "use 1-64 characters of a-z, 0-9, `-` and `_`".into(),
+            ));
         }
         if raw.version.trim().is_empty() {
             return Err(invalid("version", "must not be empty".into()));
         }
         if raw.subscriptions.is_empty() {
-            return Err(invalid("subscriptions", "a handler needs at least one subscription".into()));
+            return Err(invalid(
+                "subscriptions",
+                "a handler needs at least one subscription".into(),
+            ));
         }
         let mut subscriptions = Vec::with_capacity(raw.subscriptions.len());
         for (i, s) in raw.subscriptions.into_iter().enumerate() {
             let key = format!("subscriptions[{i}]");
             if s.event_type.trim().is_empty() {
-                return Err(invalid(&format!("{key}.event_type"), "must not be empty".into()));
+                return Err(invalid(
+                    &format!("{key}.event_type"),
+                    "must not be empty".into(),
+                ));
             }
             let source_filter = match s.source_filter {
                 None => None,
                 Some(toml::Value::String(text)) => Some(text),
-                Some(table @ toml::Value::Table(_)) => Some(serde_json::to_string(&table).map_err(|e| invalid(&key, e.to_string()))?),
+                Some(table @ toml::Value::Table(_)) => {
+                    Some(serde_json::to_string(&table).map_err(|e| invalid(&key, e.to_string()))?)
+                }
                 Some(other) => {
-                    return Err(invalid(&format!("{key}.source_filter"), format!("expected a string or a table, found {}", other.type_str())));
+                    return Err(invalid(
+                        &format!("{key}.source_filter"),
+                        format!("expected a string or a table, found {}", other.type_str()),
+                    ));
                 }
             };
-            SourceFilter::parse(source_filter.as_deref()).map_err(|e| invalid(&format!("{key}.source_filter"), e.reason))?;
-            subscriptions.push(ManifestSubscription { event_type: s.event_type, source_filter, project_id: s.project });
+            SourceFilter::parse(source_filter.as_deref())
+                .map_err(|e| invalid(&format!("{key}.source_filter"), e.reason))?;
+            subscriptions.push(ManifestSubscription {
+                event_type: s.event_type,
+                source_filter,
+                project_id: s.project,
+            });
         }
 
         let timeout_ms = raw.limits.timeout_ms.unwrap_or(host.default_timeout_ms);
-        ceiling(timeout_ms, host.max_timeout_ms, "ms").map_err(|r| invalid("limits.timeout_ms", r))?;
+        ceiling(timeout_ms, host.max_timeout_ms, "ms")
+            .map_err(|r| invalid("limits.timeout_ms", r))?;
         let memory_mb = raw.limits.memory_mb.unwrap_or(host.default_memory_mb);
-        ceiling(memory_mb, host.max_memory_mb, "MiB").map_err(|r| invalid("limits.memory_mb", r))?;
-        let max_publishes = raw.limits.max_publishes.unwrap_or(host.default_max_publishes);
-        ceiling(max_publishes as u64, host.max_publishes as u64, "events").map_err(|r| invalid("limits.max_publishes", r))?;
+        ceiling(memory_mb, host.max_memory_mb, "MiB")
+            .map_err(|r| invalid("limits.memory_mb", r))?;
+        let max_publishes = raw
+            .limits
+            .max_publishes
+            .unwrap_or(host.default_max_publishes);
+        ceiling(max_publishes as u64, host.max_publishes as u64, "events")
+            .map_err(|r| invalid("limits.max_publishes", r))?;
         if timeout_ms == 0 || memory_mb == 0 {
-            return Err(invalid("limits", "timeout_ms and memory_mb must be above 0".into()));
+            return Err(invalid(
+                "limits",
+                "timeout_ms and memory_mb must be above 0".into(),
+            ));
         }
         if raw.limits.fuel == Some(0) {
-            return Err(invalid("limits.fuel", "must be above 0 (leave it out for no fuel limit)".into()));
+            return Err(invalid(
+                "limits.fuel",
+                "must be above 0 (leave it out for no fuel limit)".into(),
+            ));
         }
         let limits = Limits {
             timeout: Duration::from_millis(timeout_ms),
             memory_bytes: (memory_mb as usize) << 20,
             fuel: raw.limits.fuel,
             max_publishes,
-            max_log_lines: raw.limits.max_log_lines.unwrap_or(host.default_max_log_lines),
+            max_log_lines: raw
+                .limits
+                .max_log_lines
+                .unwrap_or(host.default_max_log_lines),
         };
 
         let retry = RetryPolicy {
@@ -212,26 +268,43 @@ impl Manifest {
             backoff_max: Duration::from_millis(raw.retry.backoff_max_ms.unwrap_or(60_000)),
         };
         if retry.max_attempts == 0 || retry.max_attempts > 100 {
-            return Err(invalid("retry.max_attempts", "must be between 1 and 100".into()));
+            return Err(invalid(
+                "retry.max_attempts",
+                "must be between 1 and 100".into(),
+            ));
         }
         if retry.backoff > retry.backoff_max {
-            return Err(invalid("retry.backoff_ms", "is above retry.backoff_max_ms".into()));
+            return Err(invalid(
+                "retry.backoff_ms",
+                "is above retry.backoff_max_ms".into(),
+            ));
         }
 
         let mut config = BTreeMap::new();
         for (key, value) in raw.config {
             let text = match value {
                 toml::Value::String(s) => s,
-                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => value.to_string(),
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                    value.to_string()
+                }
                 other => {
-                    return Err(invalid(&format!("config.{key}"), format!("expected a string, number or boolean, found {}", other.type_str())));
+                    return Err(invalid(
+                        &format!("config.{key}"),
+                        format!(
+                            "expected a string, number or boolean, found {}",
+                            other.type_str()
+                        ),
+                    ));
                 }
             };
             config.insert(key, text);
         }
 
         let dir = path.parent().unwrap_or(Path::new("."));
-        let component = dir.join(raw.component.unwrap_or_else(|| PathBuf::from(format!("{}.wasm", raw.name))));
+        let component = dir.join(
+            raw.component
+                .unwrap_or_else(|| PathBuf::from(format!("{}.wasm", raw.name))),
+        );
         Ok(Self {
             name: raw.name,
             version: raw.version,
@@ -249,7 +322,9 @@ impl Manifest {
 
 fn ceiling(asked: u64, max: u64, unit: &str) -> Result<(), String> {
     if asked > max {
-        Err(format!("asks for {asked} {unit}, above the host ceiling of {max} {unit}"))
+        Err(format!(
+            "asks for {asked} {unit}, above the host ceiling of {max} {unit}"
+        ))
     } else {
         Ok(())
     }
@@ -285,8 +360,13 @@ mod tests {
     #[test]
     fn ceilings_and_bad_values_are_refused() {
         let e = parse(&format!("{MIN}[limits]\nmemory_mb = 100000\n")).unwrap_err();
-        assert!(e.to_string().contains("limits.memory_mb") && e.to_string().contains("ceiling"), "{e}");
-        let e = parse("name = \"Bad Name\"\nversion = \"1\"\n[[subscriptions]]\nevent_type = \"*\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("limits.memory_mb") && e.to_string().contains("ceiling"),
+            "{e}"
+        );
+        let e =
+            parse("name = \"Bad Name\"\nversion = \"1\"\n[[subscriptions]]\nevent_type = \"*\"\n")
+                .unwrap_err();
         assert!(e.to_string().contains("`name`"), "{e}");
         let e = parse("name = \"x\"\nversion = \"1\"\n").unwrap_err();
         assert!(e.to_string().contains("subscriptions"), "{e}");
@@ -303,7 +383,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.subscriptions[0].source_filter.as_deref(), Some("w-*"));
-        let obj: serde_json::Value = serde_json::from_str(m.subscriptions[1].source_filter.as_deref().unwrap()).unwrap();
+        let obj: serde_json::Value =
+            serde_json::from_str(m.subscriptions[1].source_filter.as_deref().unwrap()).unwrap();
         assert_eq!(obj["source_type"], "webhook");
         assert_eq!(m.config["n"], "3");
         assert_eq!(m.config["flag"], "true");
@@ -313,14 +394,27 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
-        let p = RetryPolicy { max_attempts: 5, backoff: Duration::from_millis(100), backoff_max: Duration::from_millis(300) };
+        let p = RetryPolicy {
+            max_attempts: 5,
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(300),
+        };
         for _ in 0..50 {
             let d1 = p.delay_after(1);
-            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
+            assert!(
+                d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
+                "{d1:?}"
+            );
             let d2 = p.delay_after(2);
-            assert!(d2 >= Duration::from_millis(100) && d2 <= Duration::from_millis(200), "{d2:?}");
+            assert!(
+                d2 >= Duration::from_millis(100) && d2 <= Duration::from_millis(200),
+                "{d2:?}"
+            );
             let d9 = p.delay_after(9);
-            assert!(d9 >= Duration::from_millis(150) && d9 <= Duration::from_millis(300), "{d9:?}");
+            assert!(
+                d9 >= Duration::from_millis(150) && d9 <= Duration::from_millis(300),
+                "{d9:?}"
+            );
         }
     }
 }

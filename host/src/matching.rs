@@ -104,11 +104,16 @@ impl SourceFilter {
         if !text.starts_with('{') {
             return Ok(Self::SourceId(TextPattern::parse(text)));
         }
-        let obj: FilterObject = serde_json::from_str(text)
-            .map_err(|e| FilterError { filter: text.to_owned(), reason: e.to_string() })?;
+        let obj: FilterObject = serde_json::from_str(text).map_err(|e| FilterError {
+            filter: text.to_owned(),
+            reason: e.to_string(),
+        })?;
         Ok(Self::Object {
             source_type: obj.source_type.filter(|s| !s.is_empty()),
-            source_id: obj.source_id.filter(|s| !s.is_empty()).map(|s| TextPattern::parse(&s)),
+            source_id: obj
+                .source_id
+                .filter(|s| !s.is_empty())
+                .map(|s| TextPattern::parse(&s)),
             payload_types: obj
                 .payload_type
                 .unwrap_or_default()
@@ -125,17 +130,29 @@ impl SourceFilter {
         match self {
             Self::Any => true,
             Self::SourceId(p) => p.matches(event.source_id.as_deref()),
-            Self::Object { source_type, source_id, payload_types, exclude_system } => {
+            Self::Object {
+                source_type,
+                source_id,
+                payload_types,
+                exclude_system,
+            } => {
                 if *exclude_system && event.source_type == "system" {
                     return false;
                 }
-                if source_type.as_ref().is_some_and(|t| *t != event.source_type) {
+                if source_type
+                    .as_ref()
+                    .is_some_and(|t| *t != event.source_type)
+                {
                     return false;
                 }
-                if source_id.as_ref().is_some_and(|p| !p.matches(event.source_id.as_deref())) {
+                if source_id
+                    .as_ref()
+                    .is_some_and(|p| !p.matches(event.source_id.as_deref()))
+                {
                     return false;
                 }
-                payload_types.is_empty() || payload_type(&event.payload).is_some_and(|t| payload_types.contains(&t))
+                payload_types.is_empty()
+                    || payload_type(&event.payload).is_some_and(|t| payload_types.contains(&t))
             }
         }
     }
@@ -229,13 +246,21 @@ impl Matcher {
             if out.contains(&sub.persona_id) {
                 continue;
             }
-            if event.target_persona_id.as_deref().is_some_and(|t| t != &*sub.persona_id) {
+            if event
+                .target_persona_id
+                .as_deref()
+                .is_some_and(|t| t != &*sub.persona_id)
+            {
                 continue;
             }
             if event.source_id.as_deref() == Some(&*sub.persona_id) {
                 continue;
             }
-            if sub.project_id.as_ref().is_some_and(|p| *p != event.project_id) {
+            if sub
+                .project_id
+                .as_ref()
+                .is_some_and(|p| *p != event.project_id)
+            {
                 continue;
             }
             if !glob(sub.event_type.as_bytes(), event_type.as_bytes()) {
@@ -275,7 +300,12 @@ mod tests {
             source_id: source_id.map(Into::into),
             ..Default::default()
         }
-        .validate(EventLimits { max_payload_bytes: 1 << 20 }, 0)
+        .validate(
+            EventLimits {
+                max_payload_bytes: 1 << 20,
+            },
+            0,
+        )
         .unwrap()
     }
 
@@ -295,16 +325,28 @@ mod tests {
     #[test]
     fn globs_match_runs_of_characters() {
         let m = Matcher::new(&[sub("all", "*", None), sub("exec", "execution.*", None)]);
-        assert_eq!(names(&m, &event("execution_completed", "execution", None)), ["all", "exec"]);
+        assert_eq!(
+            names(&m, &event("execution_completed", "execution", None)),
+            ["all", "exec"]
+        );
         assert_eq!(names(&m, &event("custom", "system", None)), ["all"]);
         assert!(glob(b"a*b*c", b"axxbyyc") && !glob(b"a*b*c", b"axxbyy") && glob(b"**", b""));
     }
 
     #[test]
     fn plain_source_filters_are_exact_or_prefix() {
-        let m = Matcher::new(&[sub("exact", "custom", Some("watcher-1")), sub("wild", "custom", Some("watcher-*"))]);
-        assert_eq!(names(&m, &event("custom", "trigger", Some("watcher-1"))), ["exact", "wild"]);
-        assert_eq!(names(&m, &event("custom", "trigger", Some("watcher-22"))), ["wild"]);
+        let m = Matcher::new(&[
+            sub("exact", "custom", Some("watcher-1")),
+            sub("wild", "custom", Some("watcher-*")),
+        ]);
+        assert_eq!(
+            names(&m, &event("custom", "trigger", Some("watcher-1"))),
+            ["exact", "wild"]
+        );
+        assert_eq!(
+            names(&m, &event("custom", "trigger", Some("watcher-22"))),
+            ["wild"]
+        );
         assert!(names(&m, &event("custom", "trigger", Some("other"))).is_empty());
         assert!(names(&m, &event("custom", "trigger", None)).is_empty());
     }
@@ -316,7 +358,10 @@ mod tests {
             sub("nosys", "custom", Some(r#"{"exclude_system":true}"#)),
             sub("payload", "custom", Some(r#"{"payload_type":"push, pr"}"#)),
         ]);
-        assert_eq!(names(&m, &event("custom", "webhook", None)), ["typed", "nosys"]);
+        assert_eq!(
+            names(&m, &event("custom", "webhook", None)),
+            ["typed", "nosys"]
+        );
         assert!(names(&m, &event("custom", "system", None)).is_empty());
         let mut e = event("custom", "system", None);
         e.payload = r#"{"type":"pr"}"#.into();
@@ -326,7 +371,10 @@ mod tests {
 
     #[test]
     fn target_persona_restricts_delivery() {
-        let m = Matcher::new(&[sub("a", "persona_action", None), sub("b", "persona_action", None)]);
+        let m = Matcher::new(&[
+            sub("a", "persona_action", None),
+            sub("b", "persona_action", None),
+        ]);
         let mut e = event("persona_action", "persona", Some("x"));
         assert_eq!(names(&m, &e), ["a", "b"]);
         e.target_persona_id = Some("b".into());
@@ -343,7 +391,11 @@ mod tests {
         p2.project_id = Some("p2".into());
         let m = Matcher::new(&[sub("self", "custom", None), off, p2, sub("self", "*", None)]);
         assert!(names(&m, &event("custom", "persona", Some("self"))).is_empty());
-        assert_eq!(names(&m, &event("custom", "persona", Some("x"))), ["self"], "deduplicated");
+        assert_eq!(
+            names(&m, &event("custom", "persona", Some("x"))),
+            ["self"],
+            "deduplicated"
+        );
         let mut e = event("custom", "persona", Some("x"));
         e.project_id = "p2".into();
         assert_eq!(names(&m, &e), ["self", "p2"]);

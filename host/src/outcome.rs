@@ -67,7 +67,10 @@ pub enum RunOutcome {
     /// The handler returned `reject(reason)`.
     Rejected(String),
     /// The runtime stopped it.
-    Failed { kind: FailureKind, message: String },
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
 }
 
 impl RunOutcome {
@@ -109,7 +112,9 @@ impl Verdict {
             RunOutcome::Completed => Self::Done,
             RunOutcome::Rejected(_) => Self::DeadLetter { reason: "rejected" },
             RunOutcome::Retry(_) | RunOutcome::Failed { .. } if attempt >= policy.max_attempts => {
-                Self::DeadLetter { reason: "attempts_exhausted" }
+                Self::DeadLetter {
+                    reason: "attempts_exhausted",
+                }
             }
             RunOutcome::Retry(_) | RunOutcome::Failed { .. } => {
                 Self::RetryAt(now_ms + policy.delay_after(attempt).as_millis() as i64)
@@ -136,7 +141,10 @@ pub struct Run {
 /// The event's next state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
-    Final { status: EventStatus, error: Option<String> },
+    Final {
+        status: EventStatus,
+        error: Option<String>,
+    },
     /// Back to `pending` until this time, for the handlers still owed a run.
     Retry { at_ms: i64, error: String },
 }
@@ -155,12 +163,23 @@ impl Resolution {
     /// subscribers that finished in an earlier attempt.
     pub fn summarize(event: Event, subscribers: usize, earlier: &[String], runs: Vec<Run>) -> Self {
         let next = if subscribers == 0 && earlier.is_empty() {
-            Next::Final { status: EventStatus::Skipped, error: None }
-        } else if let Some(at_ms) = runs.iter().filter_map(|r| match r.verdict {
-            Verdict::RetryAt(at) => Some(at),
-            _ => None,
-        }).min() {
-            let error = runs.iter().filter_map(|r| r.outcome.error().map(|e| format!("{}: {e}", r.handler))).collect::<Vec<_>>().join("; ");
+            Next::Final {
+                status: EventStatus::Skipped,
+                error: None,
+            }
+        } else if let Some(at_ms) = runs
+            .iter()
+            .filter_map(|r| match r.verdict {
+                Verdict::RetryAt(at) => Some(at),
+                _ => None,
+            })
+            .min()
+        {
+            let error = runs
+                .iter()
+                .filter_map(|r| r.outcome.error().map(|e| format!("{}: {e}", r.handler)))
+                .collect::<Vec<_>>()
+                .join("; ");
             Next::Retry { at_ms, error }
         } else {
             let dead: Vec<String> = runs
@@ -169,10 +188,20 @@ impl Resolution {
                 .map(|r| format!("{}: {}", r.handler, r.outcome.error().unwrap_or_default()))
                 .collect();
             if !dead.is_empty() || earlier.iter().any(|o| o == "dead_letter") {
-                let error = if dead.is_empty() { "dead-lettered in an earlier attempt".to_owned() } else { dead.join("; ") };
-                Next::Final { status: EventStatus::DeadLetter, error: Some(error) }
+                let error = if dead.is_empty() {
+                    "dead-lettered in an earlier attempt".to_owned()
+                } else {
+                    dead.join("; ")
+                };
+                Next::Final {
+                    status: EventStatus::DeadLetter,
+                    error: Some(error),
+                }
             } else {
-                Next::Final { status: EventStatus::Completed, error: None }
+                Next::Final {
+                    status: EventStatus::Completed,
+                    error: None,
+                }
             }
         };
         Self { event, runs, next }

@@ -26,7 +26,12 @@ pub struct LoadedHandler {
 
 impl LoadedHandler {
     pub fn handle_ref(&self) -> HandlerRef<'_> {
-        HandlerRef { name: &self.name, manifest: &self.manifest, config: &self.config, prepared: &self.prepared }
+        HandlerRef {
+            name: &self.name,
+            manifest: &self.manifest,
+            config: &self.config,
+            prepared: &self.prepared,
+        }
     }
 }
 
@@ -38,7 +43,11 @@ pub enum LoadError {
     #[error(transparent)]
     Component(#[from] RuntimeError),
     #[error("{file}: handler name `{name}` is already taken by {other}")]
-    Duplicate { file: PathBuf, name: String, other: PathBuf },
+    Duplicate {
+        file: PathBuf,
+        name: String,
+        other: PathBuf,
+    },
 }
 
 /// A handler that failed to load.
@@ -57,7 +66,11 @@ pub struct Snapshot {
 }
 
 /// Loads one handler from its manifest: parse, check limits, compile, link.
-pub fn load_handler(runtime: &Runtime, manifest_path: &Path, limits: &HostLimits) -> Result<LoadedHandler, LoadError> {
+pub fn load_handler(
+    runtime: &Runtime,
+    manifest_path: &Path,
+    limits: &HostLimits,
+) -> Result<LoadedHandler, LoadError> {
     let manifest = Manifest::load(manifest_path, limits)?;
     let prepared = runtime.prepare(&manifest.component)?;
     Ok(LoadedHandler {
@@ -89,7 +102,13 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(dir: PathBuf, runtime: Arc<Runtime>, store: Arc<Store>, limits: HostLimits) -> Self {
-        Self { dir, runtime, store, limits, current: RwLock::new(Arc::new(Snapshot::default())) }
+        Self {
+            dir,
+            runtime,
+            store,
+            limits,
+            current: RwLock::new(Arc::new(Snapshot::default())),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -98,7 +117,10 @@ impl Registry {
 
     /// The handlers serving now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Scans the folder and swaps in what it finds. Handlers that are gone
@@ -114,17 +136,20 @@ impl Registry {
         let mut handlers: BTreeMap<Arc<str>, Arc<LoadedHandler>> = BTreeMap::new();
         let mut failures = Vec::new();
         for path in manifests {
-            let loaded = load_handler(&self.runtime, &path, &self.limits).and_then(|h| match handlers.get(&h.name) {
-                Some(other) => Err(LoadError::Duplicate {
-                    file: path.clone(),
-                    name: h.name.to_string(),
-                    other: other.manifest.path.clone(),
-                }),
-                None => Ok(h),
+            let loaded = load_handler(&self.runtime, &path, &self.limits).and_then(|h| {
+                match handlers.get(&h.name) {
+                    Some(other) => Err(LoadError::Duplicate {
+                        file: path.clone(),
+                        name: h.name.to_string(),
+                        other: other.manifest.path.clone(),
+                    }),
+                    None => Ok(h),
+                }
             });
             match loaded {
                 Ok(h) => {
-                    self.store.sync_manifest_subscriptions(&h.name, &h.manifest.subscriptions)?;
+                    self.store
+                        .sync_manifest_subscriptions(&h.name, &h.manifest.subscriptions)?;
                     self.store.record_handler(&HandlerRecord {
                         name: h.name.to_string(),
                         version: Some(h.version.to_string()),
@@ -139,7 +164,10 @@ impl Registry {
                 }
                 Err(e) => {
                     tracing::error!(manifest = %path.display(), error = %e, "refused handler");
-                    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    let name = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     // Keep the record of a loaded handler of the same name.
                     if !handlers.contains_key(name.as_str()) {
                         self.store.record_handler(&HandlerRecord {
@@ -152,19 +180,30 @@ impl Registry {
                             updated_at: String::new(),
                         })?;
                     }
-                    failures.push(LoadFailure { manifest: path, error: e.to_string() });
+                    failures.push(LoadFailure {
+                        manifest: path,
+                        error: e.to_string(),
+                    });
                 }
             }
         }
         // Failed handlers are still present (their record says why); only
         // handlers whose manifest is gone count as removed.
         let mut present: Vec<String> = handlers.keys().map(|k| k.to_string()).collect();
-        present.extend(failures.iter().filter_map(|f| f.manifest.file_stem().map(|s| s.to_string_lossy().into_owned())));
+        present.extend(failures.iter().filter_map(|f| {
+            f.manifest
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        }));
         for gone in self.store.mark_removed_except(&present)? {
             self.store.disable_subscriptions(&gone)?;
             tracing::info!(handler = %gone, "handler removed; its subscriptions are disabled");
         }
-        let snapshot = Arc::new(Snapshot { matcher: Matcher::new(&self.store.subscriptions()?), handlers, failures });
+        let snapshot = Arc::new(Snapshot {
+            matcher: Matcher::new(&self.store.subscriptions()?),
+            handlers,
+            failures,
+        });
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
         Ok(snapshot)
     }

@@ -7,8 +7,17 @@ use std::process::Command;
 use std::time::Duration;
 
 fn run_cli(sb: &Sandbox, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(host_binary()).arg("--data-dir").arg(sb.data_dir()).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(host_binary())
+        .arg("--data-dir")
+        .arg(sb.data_dir())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -18,22 +27,47 @@ fn another_process_publishes_and_events_show_reports_the_runs() {
     let bus = sb.open();
     bus.start().unwrap();
 
-    let (ok, out, err) = run_cli(&sb, &["publish", "--event-type", "task_created", "--source-type", "system", "--project", "p9", "--payload", r#"{"a":1}"#, "--header", "trace=t1"]);
+    let (ok, out, err) = run_cli(
+        &sb,
+        &[
+            "publish",
+            "--event-type",
+            "task_created",
+            "--source-type",
+            "system",
+            "--project",
+            "p9",
+            "--payload",
+            r#"{"a":1}"#,
+            "--header",
+            "trace=t1",
+        ],
+    );
     assert!(ok, "{err}");
     let id = out.lines().last().unwrap().trim().to_owned();
-    wait_for(Duration::from_secs(10), "the host to pick up the CLI's event", || bus.store().event(&id).unwrap().status.is_final());
+    wait_for(
+        Duration::from_secs(10),
+        "the host to pick up the CLI's event",
+        || bus.store().event(&id).unwrap().status.is_final(),
+    );
 
     let (ok, out, err) = run_cli(&sb, &["events", "show", &id, "--json"]);
     assert!(ok, "{err}");
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["event"]["status"], "completed");
     assert_eq!(shown["event"]["project_id"], "p9");
-    assert_eq!(shown["event"]["headers"][0], serde_json::json!(["trace", "t1"]));
+    assert_eq!(
+        shown["event"]["headers"][0],
+        serde_json::json!(["trace", "t1"])
+    );
     assert_eq!(shown["executions"][0]["handler"], "audit");
     assert_eq!(shown["executions"][0]["outcome"], "completed");
 
     let (ok, out, _) = run_cli(&sb, &["events", "show", &id]);
-    assert!(ok && out.contains("status:      completed") && out.contains("audit@0.1.0"), "{out}");
+    assert!(
+        ok && out.contains("status:      completed") && out.contains("audit@0.1.0"),
+        "{out}"
+    );
 
     let (ok, out, _) = run_cli(&sb, &["events", "list", "--json", "--limit", "5"]);
     assert!(ok);
@@ -43,7 +77,10 @@ fn another_process_publishes_and_events_show_reports_the_runs() {
     assert_eq!(page["events"][0]["id"], id.as_str());
 
     let (ok, out, err) = run_cli(&sb, &["events", "list", "--status", "bogus"]);
-    assert!(!ok && out.is_empty() && err.contains("unknown status \"bogus\""), "{err}");
+    assert!(
+        !ok && out.is_empty() && err.contains("unknown status \"bogus\""),
+        "{err}"
+    );
 
     let (ok, out, _) = run_cli(&sb, &["handlers", "list", "--json"]);
     assert!(ok);
@@ -59,15 +96,32 @@ fn another_process_publishes_and_events_show_reports_the_runs() {
 #[test]
 fn handlers_validate_checks_without_running() {
     let sb = Sandbox::new();
-    sb.install("audit", guests::AUDIT, "[[subscriptions]]\nevent_type = \"*\"");
-    let (ok, out, _) = run_cli(&sb, &["handlers", "validate", sb.handlers_dir().to_str().unwrap()]);
+    sb.install(
+        "audit",
+        guests::AUDIT,
+        "[[subscriptions]]\nevent_type = \"*\"",
+    );
+    let (ok, out, _) = run_cli(
+        &sb,
+        &["handlers", "validate", sb.handlers_dir().to_str().unwrap()],
+    );
     assert!(ok, "{out}");
     assert!(out.contains("ok     audit 1 (1 subscriptions"), "{out}");
 
-    sb.install("wrong", guests::WRONG_WORLD, "[[subscriptions]]\nevent_type = \"*\"");
-    let (ok, out, err) = run_cli(&sb, &["handlers", "validate", sb.handlers_dir().to_str().unwrap()]);
+    sb.install(
+        "wrong",
+        guests::WRONG_WORLD,
+        "[[subscriptions]]\nevent_type = \"*\"",
+    );
+    let (ok, out, err) = run_cli(
+        &sb,
+        &["handlers", "validate", sb.handlers_dir().to_str().unwrap()],
+    );
     assert!(!ok);
-    assert!(out.contains("error  ") && out.contains("wrong.wasm"), "{out}");
+    assert!(
+        out.contains("error  ") && out.contains("wrong.wasm"),
+        "{out}"
+    );
     assert!(err.contains("1 of 2 handlers are invalid"), "{err}");
 }
 
@@ -76,7 +130,13 @@ fn one_host_per_data_directory() {
     let sb = Sandbox::new();
     let _first = sb.open();
     let second = persona_bus::Bus::open(sb.config());
-    assert!(matches!(second, Err(persona_bus::BusError::Locked(_))), "a second host must be refused");
-    let (ok, _, err) = run_cli(&sb, &["run", "--handlers", sb.handlers_dir().to_str().unwrap()]);
+    assert!(
+        matches!(second, Err(persona_bus::BusError::Locked(_))),
+        "a second host must be refused"
+    );
+    let (ok, _, err) = run_cli(
+        &sb,
+        &["run", "--handlers", sb.handlers_dir().to_str().unwrap()],
+    );
     assert!(!ok && err.contains("already running"), "{err}");
 }

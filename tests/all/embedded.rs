@@ -20,10 +20,23 @@ fn published_event_is_handled_and_recorded() {
     let runs = bus.store().executions(&published.id).unwrap();
     assert_eq!(runs.len(), 1, "{runs:?}");
     let run = &runs[0];
-    assert_eq!((run.handler.as_str(), run.handler_version.as_str(), run.outcome.as_str(), run.attempt), ("audit", "0.1.0", "completed", 1));
+    assert_eq!(
+        (
+            run.handler.as_str(),
+            run.handler_version.as_str(),
+            run.outcome.as_str(),
+            run.attempt
+        ),
+        ("audit", "0.1.0", "completed", 1)
+    );
     assert!(run.error.is_none() && run.duration_us > 0);
     assert_eq!(bus.store().state_counter("audit", "events").unwrap(), 1);
-    assert_eq!(bus.store().state_counter("audit", "type:task_created").unwrap(), 1);
+    assert_eq!(
+        bus.store()
+            .state_counter("audit", "type:task_created")
+            .unwrap(),
+        1
+    );
 }
 
 #[test]
@@ -38,17 +51,34 @@ fn router_follow_up_reaches_counter_with_chain_metadata() {
     let root = bus.publish(new).unwrap();
     bus.drain().unwrap();
 
-    assert_eq!(bus.store().event(&root.id).unwrap().status, EventStatus::Completed);
+    assert_eq!(
+        bus.store().event(&root.id).unwrap().status,
+        EventStatus::Completed
+    );
     assert_eq!(bus.store().state_counter("counter", "count").unwrap(), 1);
-    assert_eq!(bus.store().state_counter("counter", "project:p1").unwrap(), 1);
-    let page = bus.store().list_events(&persona_bus::store::EventFilter { event_type: Some("persona_action".into()), limit: 10, ..Default::default() }).unwrap();
+    assert_eq!(
+        bus.store().state_counter("counter", "project:p1").unwrap(),
+        1
+    );
+    let page = bus
+        .store()
+        .list_events(&persona_bus::store::EventFilter {
+            event_type: Some("persona_action".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(page.total, 1);
     let action = &page.events[0];
     assert_eq!(action.chain_depth, 1);
     assert_eq!(action.source_id.as_deref(), Some("router"));
     assert_eq!(action.target_persona_id.as_deref(), Some("counter"));
     assert_eq!(action.project_id, "p1", "follow-ups stay in the project");
-    assert!(action.headers.contains(&("parent-event-id".into(), root.id.clone())));
+    assert!(
+        action
+            .headers
+            .contains(&("parent-event-id".into(), root.id.clone()))
+    );
     assert_eq!(action.status, EventStatus::Completed);
     // The action is addressed to counter, so audit (subscribed to `*`) only saw the webhook.
     assert_eq!(bus.store().state_counter("audit", "events").unwrap(), 1);
@@ -69,7 +99,11 @@ fn event_nobody_wants_is_skipped() {
 #[test]
 fn in_process_publish_does_not_wait_for_the_poll_interval() {
     let sb = Sandbox::new();
-    sb.install("noop", guests::NOOP, "[[subscriptions]]\nevent_type = \"*\"");
+    sb.install(
+        "noop",
+        guests::NOOP,
+        "[[subscriptions]]\nevent_type = \"*\"",
+    );
     let mut config = sb.config();
     config.poll.active_interval_ms = 5_000;
     config.poll.idle_interval_ms = 5_000;
@@ -78,6 +112,12 @@ fn in_process_publish_does_not_wait_for_the_poll_interval() {
     std::thread::sleep(Duration::from_millis(100)); // let the poller go to sleep
     let started = Instant::now();
     let e = bus.publish(event("custom")).unwrap();
-    wait_for(Duration::from_secs(4), "the event to complete", || bus.store().event(&e.id).unwrap().status == EventStatus::Completed);
-    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}: the wake-up did not work", started.elapsed());
+    wait_for(Duration::from_secs(4), "the event to complete", || {
+        bus.store().event(&e.id).unwrap().status == EventStatus::Completed
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}: the wake-up did not work",
+        started.elapsed()
+    );
 }

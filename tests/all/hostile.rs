@@ -9,8 +9,16 @@ use std::time::Duration;
 /// the audit handler subscribed to everything.
 fn with_audit(name: &str, wasm: &str, extra: &str) -> (Sandbox, Bus) {
     let sb = Sandbox::new();
-    sb.install(name, wasm, &format!("[[subscriptions]]\nevent_type = \"hostile\"\n[retry]\nmax_attempts = 1\n{extra}"));
-    sb.install("audit", guests::AUDIT, "[[subscriptions]]\nevent_type = \"*\"");
+    sb.install(
+        name,
+        wasm,
+        &format!("[[subscriptions]]\nevent_type = \"hostile\"\n[retry]\nmax_attempts = 1\n{extra}"),
+    );
+    sb.install(
+        "audit",
+        guests::AUDIT,
+        "[[subscriptions]]\nevent_type = \"*\"",
+    );
     let bus = sb.open();
     (sb, bus)
 }
@@ -30,13 +38,22 @@ fn run_beside_audit(bus: &Bus, hostile: &str) -> Vec<persona_bus::store::Executi
         }
     }
     for id in &ids {
-        assert_eq!(wait_final(bus, id, Duration::from_secs(30)).status, EventStatus::Completed);
+        assert_eq!(
+            wait_final(bus, id, Duration::from_secs(30)).status,
+            EventStatus::Completed
+        );
     }
     let mut runs = Vec::new();
     for id in &hostile_ids {
         let e = wait_final(bus, id, Duration::from_secs(30));
         assert_eq!(e.status, EventStatus::DeadLetter, "{e:?}");
-        runs.extend(bus.store().executions(id).unwrap().into_iter().filter(|r| r.handler == hostile));
+        runs.extend(
+            bus.store()
+                .executions(id)
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.handler == hostile),
+        );
     }
     let audited = bus.store().state_counter("audit", "events").unwrap();
     assert!(audited >= 10, "audit saw {audited} of the 10 events");
@@ -52,7 +69,11 @@ fn infinite_loop_is_stopped_at_its_timeout() {
     for r in runs {
         assert_eq!(r.outcome, "timeout", "{r:?}");
         assert!(r.error.as_deref().unwrap().contains("100 ms timeout"));
-        assert!((90_000..2_000_000).contains(&r.duration_us), "stopped after {} us", r.duration_us);
+        assert!(
+            (90_000..2_000_000).contains(&r.duration_us),
+            "stopped after {} us",
+            r.duration_us
+        );
     }
 }
 
@@ -72,13 +93,20 @@ fn trap_is_recorded_with_the_panic_message() {
         assert_eq!(r.outcome, "trap", "{r:?}");
         let error = r.error.unwrap();
         assert!(error.contains("wasm trap"), "{error}");
-        assert!(error.contains("guest-trap refuses event"), "the guest's panic message is kept: {error}");
+        assert!(
+            error.contains("guest-trap refuses event"),
+            "the guest's panic message is kept: {error}"
+        );
     }
 }
 
 #[test]
 fn fuel_limit_stops_a_busy_guest() {
-    let (_sb, bus) = with_audit("spin", guests::LOOP, "[limits]\ntimeout_ms = 10000\nfuel = 1000000");
+    let (_sb, bus) = with_audit(
+        "spin",
+        guests::LOOP,
+        "[limits]\ntimeout_ms = 10000\nfuel = 1000000",
+    );
     for r in run_beside_audit(&bus, "spin") {
         assert_eq!(r.outcome, "out_of_fuel", "{r:?}");
     }
@@ -87,18 +115,42 @@ fn fuel_limit_stops_a_busy_guest() {
 #[test]
 fn publish_flood_is_cut_at_the_per_call_limit() {
     let sb = Sandbox::new();
-    sb.install("flood", guests::PUBLISH_LOOP, "[[subscriptions]]\nevent_type = \"hostile\"\n[limits]\nmax_publishes = 5");
-    sb.install("audit", guests::AUDIT, "[[subscriptions]]\nevent_type = \"*\"");
+    sb.install(
+        "flood",
+        guests::PUBLISH_LOOP,
+        "[[subscriptions]]\nevent_type = \"hostile\"\n[limits]\nmax_publishes = 5",
+    );
+    sb.install(
+        "audit",
+        guests::AUDIT,
+        "[[subscriptions]]\nevent_type = \"*\"",
+    );
     let bus = sb.open();
     let e = bus.publish(event("hostile")).unwrap();
     bus.drain().unwrap();
-    assert_eq!(bus.store().event(&e.id).unwrap().status, EventStatus::Completed);
+    assert_eq!(
+        bus.store().event(&e.id).unwrap().status,
+        EventStatus::Completed
+    );
     let runs = bus.store().executions(&e.id).unwrap();
     let flood = runs.iter().find(|r| r.handler == "flood").unwrap();
     assert_eq!(flood.outcome, "completed");
-    assert!(flood.error.as_deref().unwrap().contains("limit of 5 events per call"), "{flood:?}");
+    assert!(
+        flood
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("limit of 5 events per call"),
+        "{flood:?}"
+    );
     // The 5 accepted follow-ups were committed and handled (by audit; flood never hears itself).
-    let page = bus.store().list_events(&persona_bus::store::EventFilter { limit: 100, ..Default::default() }).unwrap();
+    let page = bus
+        .store()
+        .list_events(&persona_bus::store::EventFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(page.total, 6);
     assert_eq!(bus.store().state_counter("audit", "events").unwrap(), 6);
 }

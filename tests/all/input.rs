@@ -10,7 +10,13 @@ use std::process::{Command, Stdio};
 
 fn total(sb: &Sandbox) -> u64 {
     let store = persona_bus::store::Store::open(&sb.data_dir()).unwrap();
-    store.list_events(&persona_bus::store::EventFilter { limit: 1, ..Default::default() }).unwrap().total
+    store
+        .list_events(&persona_bus::store::EventFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap()
+        .total
 }
 
 fn cli(sb: &Sandbox, args: &[&str], stdin: Option<&str>) -> std::process::Output {
@@ -34,7 +40,19 @@ fn cli(sb: &Sandbox, args: &[&str], stdin: Option<&str>) -> std::process::Output
 #[test]
 fn payload_that_is_not_json_is_refused_by_the_cli() {
     let sb = Sandbox::new();
-    let out = cli(&sb, &["publish", "--event-type", "custom", "--source-type", "system", "--payload", "{not json"], None);
+    let out = cli(
+        &sb,
+        &[
+            "publish",
+            "--event-type",
+            "custom",
+            "--source-type",
+            "system",
+            "--payload",
+            "{not json",
+        ],
+        None,
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("payload is not valid JSON"), "{err}");
@@ -44,15 +62,31 @@ fn payload_that_is_not_json_is_refused_by_the_cli() {
 #[test]
 fn unknown_event_fields_are_refused() {
     let sb = Sandbox::new();
-    let out = cli(&sb, &["publish", "--from-json", "-"], Some(r#"{"event_type":"custom","source_type":"system","priority":9}"#));
+    let out = cli(
+        &sb,
+        &["publish", "--from-json", "-"],
+        Some(r#"{"event_type":"custom","source_type":"system","priority":9}"#),
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown field `priority`"), "{err}");
     assert_eq!(total(&sb), 0);
 
-    let out = cli(&sb, &["publish", "--from-json", "-"], Some(r#"{"event_type":"custom","source_type":"system","payload":{"ok":true}}"#));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let id = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().to_owned();
+    let out = cli(
+        &sb,
+        &["publish", "--from-json", "-"],
+        Some(r#"{"event_type":"custom","source_type":"system","payload":{"ok":true}}"#),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
     assert_eq!(id.len(), 26, "the last line is the new event id: {id:?}");
     assert_eq!(total(&sb), 1);
 }
@@ -64,8 +98,21 @@ fn oversized_payload_is_refused_with_the_configured_limit() {
     std::fs::write(&conf, "[limits]\nmax_payload_bytes = 100\n").unwrap();
     let big = format!("{{\"blob\":\"{}\"}}", "x".repeat(200));
     let out = Command::new(host_binary())
-        .args(["--data-dir", sb.data_dir().to_str().unwrap(), "--config", conf.to_str().unwrap()])
-        .args(["publish", "--event-type", "custom", "--source-type", "system", "--payload", &big])
+        .args([
+            "--data-dir",
+            sb.data_dir().to_str().unwrap(),
+            "--config",
+            conf.to_str().unwrap(),
+        ])
+        .args([
+            "publish",
+            "--event-type",
+            "custom",
+            "--source-type",
+            "system",
+            "--payload",
+            &big,
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -76,16 +123,38 @@ fn oversized_payload_is_refused_with_the_configured_limit() {
     let mut config = sb.config();
     config.limits.max_payload_bytes = 100;
     let bus = persona_bus::Bus::open(config).unwrap();
-    let err = bus.publish(NewEvent { payload: Some(serde_json::json!({"blob": "x".repeat(200)})), ..event("custom") }).unwrap_err();
-    assert!(matches!(err, BusError::Event(EventError::PayloadTooLarge { limit: 100, .. })), "{err}");
+    let err = bus
+        .publish(NewEvent {
+            payload: Some(serde_json::json!({"blob": "x".repeat(200)})),
+            ..event("custom")
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BusError::Event(EventError::PayloadTooLarge { limit: 100, .. })
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_batch_with_one_bad_event_stores_none() {
     let sb = Sandbox::new();
     let bus = sb.open();
-    let err = bus.publish_batch(vec![event("good"), NewEvent { source_type: String::new(), ..event("bad") }]).unwrap_err();
-    assert!(err.to_string().contains("`source_type` is required"), "{err}");
+    let err = bus
+        .publish_batch(vec![
+            event("good"),
+            NewEvent {
+                source_type: String::new(),
+                ..event("bad")
+            },
+        ])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("`source_type` is required"),
+        "{err}"
+    );
     drop(bus);
     assert_eq!(total(&sb), 0);
 }
@@ -94,38 +163,91 @@ fn a_batch_with_one_bad_event_stores_none() {
 fn broken_handlers_are_refused_with_file_and_reason_while_others_load() {
     let sb = Sandbox::new();
     let dir = sb.handlers_dir();
-    sb.install("audit", guests::AUDIT, "[[subscriptions]]\nevent_type = \"*\"");
+    sb.install(
+        "audit",
+        guests::AUDIT,
+        "[[subscriptions]]\nevent_type = \"*\"",
+    );
     // An unknown key in a manifest.
-    sb.install("typo", guests::NOOP, "[[subscriptions]]\nevent_type = \"*\"\n[limits]\ntimeout = 5");
+    sb.install(
+        "typo",
+        guests::NOOP,
+        "[[subscriptions]]\nevent_type = \"*\"\n[limits]\ntimeout = 5",
+    );
     // A component that does not compile.
-    sb.install("garbage", guests::NOOP, "[[subscriptions]]\nevent_type = \"*\"");
+    sb.install(
+        "garbage",
+        guests::NOOP,
+        "[[subscriptions]]\nevent_type = \"*\"",
+    );
     std::fs::write(dir.join("garbage.wasm"), b"\0asm not really").unwrap();
     // A valid component of the wrong world.
-    sb.install("stranger", guests::WRONG_WORLD, "[[subscriptions]]\nevent_type = \"*\"");
+    sb.install(
+        "stranger",
+        guests::WRONG_WORLD,
+        "[[subscriptions]]\nevent_type = \"*\"",
+    );
     // A manifest whose component is missing.
-    std::fs::write(dir.join("ghost.toml"), "name = \"ghost\"\nversion = \"1\"\n[[subscriptions]]\nevent_type = \"*\"\n").unwrap();
+    std::fs::write(
+        dir.join("ghost.toml"),
+        "name = \"ghost\"\nversion = \"1\"\n[[subscriptions]]\nevent_type = \"*\"\n",
+    )
+    .unwrap();
 
     let bus = sb.open();
     let snap = bus.registry().snapshot();
-    assert_eq!(snap.handlers.keys().map(|k| k.to_string()).collect::<Vec<_>>(), ["audit"]);
+    assert_eq!(
+        snap.handlers
+            .keys()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>(),
+        ["audit"]
+    );
     let failure = |stem: &str| {
-        snap.failures.iter().find(|f| f.manifest.file_stem().unwrap() == stem).unwrap_or_else(|| panic!("no failure for {stem}")).error.clone()
+        snap.failures
+            .iter()
+            .find(|f| f.manifest.file_stem().unwrap() == stem)
+            .unwrap_or_else(|| panic!("no failure for {stem}"))
+            .error
+            .clone()
     };
     let typo = failure("typo");
-    assert!(typo.contains("typo.toml") && typo.contains("line 6") && typo.contains("unknown field `timeout`"), "{typo}");
+    assert!(
+        typo.contains("typo.toml")
+            && typo.contains("line 6")
+            && typo.contains("unknown field `timeout`"),
+        "{typo}"
+    );
     let garbage = failure("garbage");
-    assert!(garbage.contains("garbage.wasm") && garbage.contains("not a valid component"), "{garbage}");
+    assert!(
+        garbage.contains("garbage.wasm") && garbage.contains("not a valid component"),
+        "{garbage}"
+    );
     let stranger = failure("stranger");
-    assert!(stranger.contains("stranger.wasm") && stranger.contains("does not implement the persona:bus `handler` world"), "{stranger}");
+    assert!(
+        stranger.contains("stranger.wasm")
+            && stranger.contains("does not implement the persona:bus `handler` world"),
+        "{stranger}"
+    );
     let ghost = failure("ghost");
-    assert!(ghost.contains("ghost.wasm") && ghost.contains("cannot read component"), "{ghost}");
+    assert!(
+        ghost.contains("ghost.wasm") && ghost.contains("cannot read component"),
+        "{ghost}"
+    );
 
     // The good handler serves.
     let e = bus.publish(event("custom")).unwrap();
     bus.drain().unwrap();
-    assert_eq!(bus.store().event(&e.id).unwrap().status, persona_bus::EventStatus::Completed);
+    assert_eq!(
+        bus.store().event(&e.id).unwrap().status,
+        persona_bus::EventStatus::Completed
+    );
     // And the refusals are visible to other processes.
     let records = bus.store().handler_records().unwrap();
-    let failed: Vec<_> = records.iter().filter(|r| r.status == "failed").map(|r| r.name.as_str()).collect();
+    let failed: Vec<_> = records
+        .iter()
+        .filter(|r| r.status == "failed")
+        .map(|r| r.name.as_str())
+        .collect();
     assert_eq!(failed, ["garbage", "ghost", "stranger", "typo"]);
 }

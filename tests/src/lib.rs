@@ -48,8 +48,11 @@ impl Sandbox {
     pub fn install_versioned(&self, name: &str, version: &str, wasm: &str, body: &str) -> &Self {
         let dir = self.handlers_dir();
         std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).expect("copy component");
-        std::fs::write(dir.join(format!("{name}.toml")), format!("name = \"{name}\"\nversion = \"{version}\"\n{body}\n"))
-            .expect("write manifest");
+        std::fs::write(
+            dir.join(format!("{name}.toml")),
+            format!("name = \"{name}\"\nversion = \"{version}\"\n{body}\n"),
+        )
+        .expect("write manifest");
         self
     }
 
@@ -63,7 +66,11 @@ impl Sandbox {
 
     /// Settings for tests: fast polling, this sandbox's folders.
     pub fn config(&self) -> Config {
-        let mut c = Config { data_dir: self.data_dir(), handlers_dir: self.handlers_dir(), ..Config::default() };
+        let mut c = Config {
+            data_dir: self.data_dir(),
+            handlers_dir: self.handlers_dir(),
+            ..Config::default()
+        };
         c.poll.active_interval_ms = 10;
         c.poll.idle_interval_ms = 50;
         c
@@ -76,14 +83,21 @@ impl Sandbox {
 
 /// A minimal event of `event_type` from source type `system`.
 pub fn event(event_type: &str) -> NewEvent {
-    NewEvent { event_type: event_type.into(), source_type: "system".into(), ..Default::default() }
+    NewEvent {
+        event_type: event_type.into(),
+        source_type: "system".into(),
+        ..Default::default()
+    }
 }
 
 /// Polls `check` every 10 ms until it holds or `timeout` passes.
 pub fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

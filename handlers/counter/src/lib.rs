@@ -17,7 +17,10 @@ impl Guest for Counter {
         let in_project = bump(&format!("project:{}", event.project_id))?;
         log(
             Level::Info,
-            &format!("count = {total} ({in_project} in project {})", event.project_id),
+            &format!(
+                "count = {total} ({in_project} in project {})",
+                event.project_id
+            ),
         );
         Ok(())
     }

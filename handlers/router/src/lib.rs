@@ -12,7 +12,9 @@ impl Guest for Router {
     fn handle(event: Event) -> Result<(), HandlerError> {
         let Some(target) = config("target") else {
             // A manifest without a target can never route: dead-letter rather than retry.
-            return Err(HandlerError::Reject("config key `target` is not set".into()));
+            return Err(HandlerError::Reject(
+                "config key `target` is not set".into(),
+            ));
         };
         let payload = format!(
             r#"{{"action":"handle","from_event":"{}","from_type":"{}","input":{}}}"#,
@@ -28,12 +30,21 @@ impl Guest for Router {
         };
         match publish(&action) {
             Ok(id) => {
-                log(Level::Info, &format!("routed {} {} -> {target} as {id}", event.event_type, event.id));
+                log(
+                    Level::Info,
+                    &format!(
+                        "routed {} {} -> {target} as {id}",
+                        event.event_type, event.id
+                    ),
+                );
                 Ok(())
             }
             // The loop guard is the host telling us to stop: not worth a retry.
             Err(PublishError::ChainTooDeep(depth)) => {
-                log(Level::Warn, &format!("not routing {}: chain depth {depth}", event.id));
+                log(
+                    Level::Warn,
+                    &format!("not routing {}: chain depth {depth}", event.id),
+                );
                 Ok(())
             }
             Err(e) => Err(HandlerError::Reject(format!("publish refused: {e:?}"))),

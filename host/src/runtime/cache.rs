@@ -15,10 +15,18 @@ use wasmtime::component::Component;
 
 /// Hex SHA-256 of a component's bytes.
 pub fn digest(wasm: &[u8]) -> String {
-    Sha256::digest(wasm).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(wasm)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
-pub(crate) fn load_or_compile(engine: &Engine, dir: Option<&Path>, wasm: &[u8], digest: &str) -> wasmtime::Result<Component> {
+pub(crate) fn load_or_compile(
+    engine: &Engine,
+    dir: Option<&Path>,
+    wasm: &[u8],
+    digest: &str,
+) -> wasmtime::Result<Component> {
     let Some(dir) = dir else {
         return Component::new(engine, wasm);
     };
@@ -30,7 +38,9 @@ pub(crate) fn load_or_compile(engine: &Engine, dir: Option<&Path>, wasm: &[u8], 
         // checks the header and refuses an artifact from another version.
         match unsafe { Component::deserialize_file(engine, &path) } {
             Ok(component) => return Ok(component),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled-component cache entry"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled-component cache entry")
+            }
         }
     }
     let component = Component::new(engine, wasm)?;

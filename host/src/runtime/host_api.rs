@@ -64,13 +64,18 @@ impl Call {
         if added == 0 {
             return Ok(base);
         }
-        let n = base.as_deref().and_then(crate::store::parse_counter).unwrap_or(0);
+        let n = base
+            .as_deref()
+            .and_then(crate::store::parse_counter)
+            .unwrap_or(0);
         Ok(Some(n.saturating_add(added).to_string().into_bytes()))
     }
 
     fn push_state(&mut self, op: StateOp) -> wasmtime::Result<()> {
         if self.effects.state.len() >= MAX_STATE_OPS {
-            return Err(wasmtime::Error::new(LimitHit(format!("more than {MAX_STATE_OPS} state writes in one call"))));
+            return Err(wasmtime::Error::new(LimitHit(format!(
+                "more than {MAX_STATE_OPS} state writes in one call"
+            ))));
         }
         self.effects.state.push(op);
         Ok(())
@@ -79,7 +84,10 @@ impl Call {
     fn check_key(&self, key: &str) -> Result<(), types::StateError> {
         let max = self.env.limits.max_state_key_bytes;
         if key.is_empty() || key.len() > max {
-            return Err(types::StateError::TooLarge(format!("keys must be 1 to {max} bytes, this one is {}", key.len())));
+            return Err(types::StateError::TooLarge(format!(
+                "keys must be 1 to {max} bytes, this one is {}",
+                key.len()
+            )));
         }
         Ok(())
     }
@@ -107,25 +115,38 @@ impl host::Host for HostState {
         }
         let (handler, event_id) = (&*call.handler, &call.event_id);
         match level {
-            types::Level::Trace => tracing::trace!(target: "handler", handler, event_id, "{message}"),
-            types::Level::Debug => tracing::debug!(target: "handler", handler, event_id, "{message}"),
+            types::Level::Trace => {
+                tracing::trace!(target: "handler", handler, event_id, "{message}")
+            }
+            types::Level::Debug => {
+                tracing::debug!(target: "handler", handler, event_id, "{message}")
+            }
             types::Level::Info => tracing::info!(target: "handler", handler, event_id, "{message}"),
             types::Level::Warn => tracing::warn!(target: "handler", handler, event_id, "{message}"),
-            types::Level::Error => tracing::error!(target: "handler", handler, event_id, "{message}"),
+            types::Level::Error => {
+                tracing::error!(target: "handler", handler, event_id, "{message}")
+            }
         }
         Ok(())
     }
 
-    fn publish(&mut self, new: types::NewEvent) -> wasmtime::Result<Result<String, types::PublishError>> {
+    fn publish(
+        &mut self,
+        new: types::NewEvent,
+    ) -> wasmtime::Result<Result<String, types::PublishError>> {
         let call = &mut self.call;
         let depth = call.chain_depth + 1;
         if depth > call.env.limits.max_chain_depth {
-            call.note = Some(format!("publish refused: chain depth {depth} is above the limit"));
+            call.note = Some(format!(
+                "publish refused: chain depth {depth} is above the limit"
+            ));
             return Ok(Err(types::PublishError::ChainTooDeep(depth)));
         }
         let max = call.limits.max_publishes;
         if call.effects.published.len() >= max as usize {
-            call.note = Some(format!("publish refused: limit of {max} events per call reached"));
+            call.note = Some(format!(
+                "publish refused: limit of {max} events per call reached"
+            ));
             return Ok(Err(types::PublishError::TooMany(max)));
         }
         let payload = match event::NewEvent::parse_payload(&new.payload) {
@@ -165,13 +186,20 @@ impl state::Host for HostState {
         self.call.current(&key)
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), types::StateError>> {
+    fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), types::StateError>> {
         if let Err(e) = self.call.check_key(&key) {
             return Ok(Err(e));
         }
         let max = self.call.env.limits.max_state_value_bytes;
         if value.len() > max {
-            return Ok(Err(types::StateError::TooLarge(format!("values may be {max} bytes, this one is {}", value.len()))));
+            return Ok(Err(types::StateError::TooLarge(format!(
+                "values may be {max} bytes, this one is {}",
+                value.len()
+            ))));
         }
         self.call.push_state(StateOp::Set(key, value))?;
         Ok(Ok(()))
@@ -181,7 +209,11 @@ impl state::Host for HostState {
         self.call.push_state(StateOp::Delete(key))
     }
 
-    fn increment(&mut self, key: String, delta: i64) -> wasmtime::Result<Result<i64, types::StateError>> {
+    fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, types::StateError>> {
         if let Err(e) = self.call.check_key(&key) {
             return Ok(Err(e));
         }
@@ -189,7 +221,11 @@ impl state::Host for HostState {
             None => 0,
             Some(bytes) => match crate::store::parse_counter(&bytes) {
                 Some(n) => n,
-                None => return Ok(Err(types::StateError::NotANumber(format!("`{key}` does not hold a decimal integer")))),
+                None => {
+                    return Ok(Err(types::StateError::NotANumber(format!(
+                        "`{key}` does not hold a decimal integer"
+                    ))));
+                }
             },
         };
         self.call.push_state(StateOp::Add(key, delta))?;

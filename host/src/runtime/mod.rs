@@ -22,7 +22,7 @@ use crate::outcome::{Effects, FailureKind, RunOutcome};
 use crate::store::Store;
 use bindings::persona::bus::types as wit;
 use bindings::{Handler, HandlerPre};
-use limits::{Limiter, LimitHit};
+use limits::{LimitHit, Limiter};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,7 +42,10 @@ pub enum RuntimeError {
     #[error("cannot configure the wasm engine: {0}")]
     Engine(String),
     #[error("{file}: cannot read component: {source}")]
-    Read { file: PathBuf, source: std::io::Error },
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{file}: not a valid component: {reason}")]
     Compile { file: PathBuf, reason: String },
     #[error("{file}: does not implement the persona:bus `handler` world: {reason}")]
@@ -53,7 +56,11 @@ pub enum RuntimeError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Origin {
     Sqlite,
-    Kafka { topic: String, partition: i32, offset: i64 },
+    Kafka {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
 }
 
 /// A component compiled and linked against the host API, ready to
@@ -97,7 +104,11 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the engine and linker. `cache_dir` holds compiled components
     /// (`None`: compile every time).
-    pub fn new(cfg: &RuntimeConfig, limits: &HostLimits, cache_dir: Option<PathBuf>) -> Result<Self, RuntimeError> {
+    pub fn new(
+        cfg: &RuntimeConfig,
+        limits: &HostLimits,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Self, RuntimeError> {
         let engine_err = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
         let slots = cfg.pool_slots;
         let mut pool = PoolingAllocationConfig::new();
@@ -125,8 +136,11 @@ impl Runtime {
         // does), but the context built per call grants nothing: no files, no
         // network, no environment, no arguments; stdout is discarded.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
-        Handler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(engine_err)?;
+        Handler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(engine_err)?;
 
         let tick = Duration::from_millis(cfg.epoch_tick_ms);
         let weak = engine.weak();
@@ -140,18 +154,33 @@ impl Runtime {
                 }
             })
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(Self { engine, linker, cache_dir, tick })
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir,
+            tick,
+        })
     }
 
     /// Compiles (or loads from the cache) and links a component, checking
     /// that it is a `handler`: every import it needs is one the host
     /// provides, and it exports `handle` with the right type.
     pub fn prepare(&self, file: &std::path::Path) -> Result<Prepared, RuntimeError> {
-        let wasm = std::fs::read(file).map_err(|source| RuntimeError::Read { file: file.to_owned(), source })?;
+        let wasm = std::fs::read(file).map_err(|source| RuntimeError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
         let digest = cache::digest(&wasm);
-        let component = cache::load_or_compile(&self.engine, self.cache_dir.as_deref(), &wasm, &digest)
-            .map_err(|e| RuntimeError::Compile { file: file.to_owned(), reason: format!("{e:#}") })?;
-        let world = |e: wasmtime::Error| RuntimeError::World { file: file.to_owned(), reason: format!("{e:#}") };
+        let component =
+            cache::load_or_compile(&self.engine, self.cache_dir.as_deref(), &wasm, &digest)
+                .map_err(|e| RuntimeError::Compile {
+                    file: file.to_owned(),
+                    reason: format!("{e:#}"),
+                })?;
+        let world = |e: wasmtime::Error| RuntimeError::World {
+            file: file.to_owned(),
+            reason: format!("{e:#}"),
+        };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(world)?;
         let pre = HandlerPre::new(instance_pre).map_err(world)?;
         Ok(Prepared { pre, digest })
@@ -159,7 +188,14 @@ impl Runtime {
 
     /// Runs `handle` on a fresh instance under the handler's limits. Never
     /// fails: whatever the guest does becomes the [`RunOutcome`].
-    pub fn invoke(&self, h: HandlerRef<'_>, event: &Event, origin: &Origin, attempt: u32, env: &Arc<CallEnv>) -> Invocation {
+    pub fn invoke(
+        &self,
+        h: HandlerRef<'_>,
+        event: &Event,
+        origin: &Origin,
+        attempt: u32,
+        env: &Arc<CallEnv>,
+    ) -> Invocation {
         let started = Instant::now();
         let started_at = now_rfc3339();
         let limits = &h.manifest.limits;
@@ -182,7 +218,9 @@ impl Runtime {
                 project_id: event.project_id.clone(),
                 chain_depth: event.chain_depth,
                 env: env.clone(),
-                event_limits: EventLimits { max_payload_bytes: env.limits.max_payload_bytes },
+                event_limits: EventLimits {
+                    max_payload_bytes: env.limits.max_payload_bytes,
+                },
                 effects: Effects::default(),
                 log_lines: 0,
                 note: None,
@@ -192,12 +230,16 @@ impl Runtime {
         store.limiter(|s| &mut s.limiter);
         // Cannot fail: fuel is enabled on this engine.
         let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
-        store.set_epoch_deadline(limits.timeout.as_nanos().div_ceil(self.tick.as_nanos()) as u64 + 1);
+        store.set_epoch_deadline(
+            limits.timeout.as_nanos().div_ceil(self.tick.as_nanos()) as u64 + 1,
+        );
         store.epoch_deadline_trap();
 
         let input = to_wit(event, origin, attempt);
         let result = match h.prepared.pre.instantiate(&mut store) {
-            Ok(instance) => instance.call_handle(&mut store, &input).map_err(|e| (e, false)),
+            Ok(instance) => instance
+                .call_handle(&mut store, &input)
+                .map_err(|e| (e, false)),
             Err(e) => Err((e, true)),
         };
         let outcome = match result {
@@ -206,12 +248,25 @@ impl Runtime {
             Ok(Err(wit::HandlerError::Reject(reason))) => RunOutcome::Rejected(reason),
             Err((error, instantiating)) => {
                 let kind = classify(&error, store.data().limiter.hit, instantiating);
-                RunOutcome::Failed { kind, message: describe(&error, kind, limits, &stderr) }
+                RunOutcome::Failed {
+                    kind,
+                    message: describe(&error, kind, limits, &stderr),
+                }
             }
         };
         let call = store.into_data().call;
-        let effects = if outcome == RunOutcome::Completed { call.effects } else { Effects::default() };
-        Invocation { outcome, effects, started_at, duration: started.elapsed(), note: call.note }
+        let effects = if outcome == RunOutcome::Completed {
+            call.effects
+        } else {
+            Effects::default()
+        };
+        Invocation {
+            outcome,
+            effects,
+            started_at,
+            duration: started.elapsed(),
+            note: call.note,
+        }
     }
 }
 
@@ -232,10 +287,18 @@ fn classify(error: &wasmtime::Error, memory_hit: bool, instantiating: bool) -> F
 
 /// A one-paragraph reason for the executions table: the kind of stop, the
 /// trap, and the tail of what the guest printed to stderr (a panic message).
-fn describe(error: &wasmtime::Error, kind: FailureKind, limits: &crate::manifest::Limits, stderr: &MemoryOutputPipe) -> String {
+fn describe(
+    error: &wasmtime::Error,
+    kind: FailureKind,
+    limits: &crate::manifest::Limits,
+    stderr: &MemoryOutputPipe,
+) -> String {
     let mut text = match kind {
         FailureKind::Timeout => format!("ran past its {} ms timeout", limits.timeout.as_millis()),
-        FailureKind::OutOfMemory => format!("tried to grow memory past its {} MiB limit", limits.memory_bytes >> 20),
+        FailureKind::OutOfMemory => format!(
+            "tried to grow memory past its {} MiB limit",
+            limits.memory_bytes >> 20
+        ),
         FailureKind::OutOfFuel => format!("used up its fuel ({})", limits.fuel.unwrap_or_default()),
         _ => match error.downcast_ref::<Trap>() {
             Some(trap) => format!("wasm trap: {trap}"),
@@ -246,7 +309,14 @@ fn describe(error: &wasmtime::Error, kind: FailureKind, limits: &crate::manifest
     let printed = String::from_utf8_lossy(&printed);
     let printed = printed.trim();
     if !printed.is_empty() {
-        let tail: String = printed.chars().rev().take(1000).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = printed
+            .chars()
+            .rev()
+            .take(1000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         text.push_str(" | stderr: ");
         text.push_str(&tail);
     }
@@ -268,9 +338,15 @@ fn to_wit(e: &Event, origin: &Origin, attempt: u32) -> wit::Event {
         chain_depth: e.chain_depth,
         origin: match origin {
             Origin::Sqlite => wit::Origin::Sqlite,
-            Origin::Kafka { topic, partition, offset } => {
-                wit::Origin::Kafka(wit::KafkaPosition { topic: topic.clone(), partition: *partition, offset: *offset })
-            }
+            Origin::Kafka {
+                topic,
+                partition,
+                offset,
+            } => wit::Origin::Kafka(wit::KafkaPosition {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+            }),
         },
         attempt,
     }
@@ -287,6 +363,9 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }

@@ -22,13 +22,19 @@ pub(crate) fn run(inner: Arc<Inner>) {
     let idle = Duration::from_millis(poll.idle_interval_ms);
     let mut empty_polls: u32 = 0;
     let mut last_reap = Instant::now();
-    tracing::info!(active_ms = poll.active_interval_ms, idle_ms = poll.idle_interval_ms, "sqlite poller started");
+    tracing::info!(
+        active_ms = poll.active_interval_ms,
+        idle_ms = poll.idle_interval_ms,
+        "sqlite poller started"
+    );
     while !inner.stopping.load(Ordering::Acquire) {
         if last_reap.elapsed() >= REAP_EVERY {
             last_reap = Instant::now();
             match inner.store.reap(now_millis() - poll.stuck_after_ms as i64) {
                 Ok(0) => {}
-                Ok(n) => tracing::warn!(events = n, "returned events stuck in processing to pending"),
+                Ok(n) => {
+                    tracing::warn!(events = n, "returned events stuck in processing to pending")
+                }
                 Err(e) => tracing::error!(error = %e, "reaper failed"),
             }
         }
@@ -36,7 +42,11 @@ pub(crate) fn run(inner: Arc<Inner>) {
             Ok(n) if n > 0 => empty_polls = 0,
             Ok(_) => {
                 empty_polls = empty_polls.saturating_add(1);
-                let mut wait = if empty_polls > poll.idle_after_empty_polls { idle } else { active };
+                let mut wait = if empty_polls > poll.idle_after_empty_polls {
+                    idle
+                } else {
+                    active
+                };
                 // Wake for a retry that falls due before the interval ends.
                 let now = now_millis();
                 if let Ok(Some(due)) = inner.store.next_retry_at(now) {
@@ -60,7 +70,10 @@ pub(crate) fn run(inner: Arc<Inner>) {
 
 /// Claims, dispatches and commits one batch; returns how many events it
 /// processed.
-pub(crate) fn process_batch(inner: &Inner, limit: usize) -> Result<usize, crate::store::StoreError> {
+pub(crate) fn process_batch(
+    inner: &Inner,
+    limit: usize,
+) -> Result<usize, crate::store::StoreError> {
     let claimed = inner.store.claim(limit, now_millis())?;
     if claimed.is_empty() {
         return Ok(0);
@@ -69,7 +82,10 @@ pub(crate) fn process_batch(inner: &Inner, limit: usize) -> Result<usize, crate:
     let resolutions = inner.dispatcher.dispatch(claimed, &Origin::Sqlite)?;
     let committed = inner.store.commit(&resolutions)?;
     if committed.duplicates > 0 {
-        tracing::info!(runs = committed.duplicates, "skipped effects of runs already in the ledger");
+        tracing::info!(
+            runs = committed.duplicates,
+            "skipped effects of runs already in the ledger"
+        );
     }
     inner.notify_resolved(&resolutions);
     Ok(n)

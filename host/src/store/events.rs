@@ -29,7 +29,9 @@ fn event_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Event> {
         source_type: row.get(col(3))?,
         source_id: row.get(col(4))?,
         target_persona_id: row.get(col(5))?,
-        payload: row.get::<_, Option<String>>(col(6))?.unwrap_or_else(|| "null".into()),
+        payload: row
+            .get::<_, Option<String>>(col(6))?
+            .unwrap_or_else(|| "null".into()),
         // A status written by another tool is shown as failed rather than lost.
         status: EventStatus::parse(&status).unwrap_or(EventStatus::Failed),
         error_message: row.get(col(8))?,
@@ -89,7 +91,9 @@ impl Store {
     /// Stores validated events as `pending`, all in one transaction.
     pub fn insert_batch(&self, events: &[Event]) -> Result<(), StoreError> {
         let mut conn = self.writer();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).op("begin insert")?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .op("begin insert")?;
         for e in events {
             insert_event(&tx, e)?;
         }
@@ -150,13 +154,18 @@ impl Store {
 
     pub fn event(&self, id: &str) -> Result<Event, StoreError> {
         self.read(|conn| {
-            conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM persona_events WHERE id = ?1"))
-                .op("prepare get event")?
-                .query_row([id], event_from_row)
-                .map_err(|e| match e {
-                    rusqlite::Error::QueryReturnedNoRows => StoreError::EventNotFound(id.to_owned()),
-                    source => StoreError::Sqlite { op: "get event", source },
-                })
+            conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM persona_events WHERE id = ?1"
+            ))
+            .op("prepare get event")?
+            .query_row([id], event_from_row)
+            .map_err(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => StoreError::EventNotFound(id.to_owned()),
+                source => StoreError::Sqlite {
+                    op: "get event",
+                    source,
+                },
+            })
         })
     }
 
@@ -191,9 +200,15 @@ impl Store {
         self.read(|conn| {
             conn.prepare_cached("SELECT status, count(*) FROM persona_events GROUP BY status")
                 .op("prepare status counts")?
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })
                 .op("status counts")?
-                .filter_map(|r| r.ok().and_then(|(s, n)| EventStatus::parse(&s).map(|s| (s, n))).map(Ok))
+                .filter_map(|r| {
+                    r.ok()
+                        .and_then(|(s, n)| EventStatus::parse(&s).map(|s| (s, n)))
+                        .map(Ok)
+                })
                 .collect()
         })
     }

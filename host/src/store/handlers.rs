@@ -38,8 +38,15 @@ impl Store {
     pub fn mark_removed_except(&self, present: &[String]) -> Result<Vec<String>, StoreError> {
         let all = self.handler_records()?;
         let mut removed = Vec::new();
-        for r in all.into_iter().filter(|r| r.status != "removed" && !present.contains(&r.name)) {
-            self.record_handler(&HandlerRecord { status: "removed".into(), error: None, ..r.clone() })?;
+        for r in all
+            .into_iter()
+            .filter(|r| r.status != "removed" && !present.contains(&r.name))
+        {
+            self.record_handler(&HandlerRecord {
+                status: "removed".into(),
+                error: None,
+                ..r.clone()
+            })?;
             removed.push(r.name);
         }
         Ok(removed)

@@ -29,15 +29,24 @@ pub const DB_FILE: &str = "bus.db";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("sqlite ({op}): {source}")]
     Sqlite {
         op: &'static str,
         #[source]
         source: rusqlite::Error,
     },
-    #[error("{path} has schema version {found}, newer than this build knows ({known}): upgrade persona-bus")]
-    TooNew { path: PathBuf, found: usize, known: usize },
+    #[error(
+        "{path} has schema version {found}, newer than this build knows ({known}): upgrade persona-bus"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: usize,
+        known: usize,
+    },
     #[error("event {0} not found")]
     EventNotFound(String),
     #[error("invalid subscription: {0}")]
@@ -78,12 +87,18 @@ impl Store {
     }
 
     pub fn open_with(data_dir: &Path, sync: Sync) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|source| StoreError::DataDir { path: data_dir.to_owned(), source })?;
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
         let path = data_dir.join(DB_FILE);
         let writer = connect(&path, sync)?;
         migrate(&writer, &path)?;
-        Ok(Self { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+        Ok(Self {
+            path,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -98,7 +113,10 @@ impl Store {
     }
 
     /// Runs `f` on a pooled reader connection.
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
@@ -114,10 +132,13 @@ impl Store {
 }
 
 fn connect(path: &Path, sync: Sync) -> Result<Connection, StoreError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).op("open")?;
     // Another process (a CLI publisher) may hold the write lock for a moment.
-    conn.busy_timeout(Duration::from_secs(10)).op("busy_timeout")?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .op("busy_timeout")?;
     let synchronous = match sync {
         Sync::Normal => "NORMAL",
         Sync::Full => "FULL",
@@ -135,17 +156,29 @@ fn connect(path: &Path, sync: Sync) -> Result<Connection, StoreError> {
 }
 
 fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let version = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).op("read schema version")? as usize;
+    let version = conn
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .op("read schema version")? as usize;
     if version > schema::MIGRATIONS.len() {
-        return Err(StoreError::TooNew { path: path.to_owned(), found: version, known: schema::MIGRATIONS.len() });
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: version,
+            known: schema::MIGRATIONS.len(),
+        });
     }
     for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version) {
         // Each migration and its version bump commit together, or not at all.
-        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))
-            .map_err(|source| {
-                let _ = conn.execute_batch("ROLLBACK");
-                StoreError::Sqlite { op: "migrate", source }
-            })?;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))
+        .map_err(|source| {
+            let _ = conn.execute_batch("ROLLBACK");
+            StoreError::Sqlite {
+                op: "migrate",
+                source,
+            }
+        })?;
         tracing::info!(version = i + 1, path = %path.display(), "applied schema migration");
     }
     Ok(())

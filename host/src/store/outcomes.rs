@@ -56,7 +56,9 @@ impl Store {
         let now = now_rfc3339();
         let mut done = Committed::default();
         let mut conn = self.writer();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).op("begin commit")?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .op("begin commit")?;
         for res in resolutions {
             for run in &res.runs {
                 insert_execution(&tx, &res.event.id, run, &now)?;
@@ -86,7 +88,9 @@ impl Store {
                         }
                         done.published += run.effects.published.len();
                     }
-                    Verdict::DeadLetter { reason } => insert_dead_letter(&tx, &res.event, run, reason, &now)?,
+                    Verdict::DeadLetter { reason } => {
+                        insert_dead_letter(&tx, &res.event, run, reason, &now)?
+                    }
                     Verdict::RetryAt(_) => unreachable!("skipped above"),
                 }
             }
@@ -121,7 +125,9 @@ impl Store {
     ) -> Result<HashMap<String, Vec<(String, String)>>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare_cached("SELECT handler, outcome FROM persona_processed WHERE event_id = ?1")
+                .prepare_cached(
+                    "SELECT handler, outcome FROM persona_processed WHERE event_id = ?1",
+                )
                 .op("prepare ledger lookup")?;
             let mut out = HashMap::new();
             for id in event_ids {
@@ -196,14 +202,23 @@ impl Store {
     /// Counts (ledger rows, executions) per handler, for tests and status.
     pub fn ledger_count(&self, handler: &str) -> Result<u64, StoreError> {
         self.read(|conn| {
-            conn.query_row("SELECT count(*) FROM persona_processed WHERE handler = ?1", [handler], |r| r.get::<_, i64>(0))
-                .op("count ledger")
-                .map(|n| n as u64)
+            conn.query_row(
+                "SELECT count(*) FROM persona_processed WHERE handler = ?1",
+                [handler],
+                |r| r.get::<_, i64>(0),
+            )
+            .op("count ledger")
+            .map(|n| n as u64)
         })
     }
 }
 
-fn insert_execution(conn: &Connection, event_id: &str, run: &Run, now: &str) -> Result<(), StoreError> {
+fn insert_execution(
+    conn: &Connection,
+    event_id: &str,
+    run: &Run,
+    now: &str,
+) -> Result<(), StoreError> {
     // A run that completed but ran into a limit (publish refused) keeps the
     // note in `error`, so it is visible without failing the event.
     let error = run.outcome.error().or_else(|| run.note.clone());
@@ -226,7 +241,13 @@ fn insert_execution(conn: &Connection, event_id: &str, run: &Run, now: &str) -> 
     Ok(())
 }
 
-fn insert_dead_letter(conn: &Connection, event: &Event, run: &Run, reason: &str, now: &str) -> Result<(), StoreError> {
+fn insert_dead_letter(
+    conn: &Connection,
+    event: &Event,
+    run: &Run,
+    reason: &str,
+    now: &str,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO persona_dead_letters (event_id, handler, handler_version, attempts, reason, last_error, headers, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -246,34 +267,58 @@ fn insert_dead_letter(conn: &Connection, event: &Event, run: &Run, reason: &str,
     Ok(())
 }
 
-fn apply_state(conn: &Connection, handler: &str, ops: &[StateOp], now: &str) -> Result<(), StoreError> {
+fn apply_state(
+    conn: &Connection,
+    handler: &str,
+    ops: &[StateOp],
+    now: &str,
+) -> Result<(), StoreError> {
     for op in ops {
         match op {
             StateOp::Set(key, value) => put(conn, handler, key, value, now)?,
             StateOp::Delete(key) => {
-                conn.prepare_cached("DELETE FROM persona_handler_state WHERE handler = ?1 AND key = ?2")
-                    .op("prepare state delete")?
-                    .execute(params![handler, key])
-                    .op("state delete")?;
+                conn.prepare_cached(
+                    "DELETE FROM persona_handler_state WHERE handler = ?1 AND key = ?2",
+                )
+                .op("prepare state delete")?
+                .execute(params![handler, key])
+                .op("state delete")?;
             }
             StateOp::Add(key, delta) => {
                 let current: Option<Vec<u8>> = conn
-                    .prepare_cached("SELECT value FROM persona_handler_state WHERE handler = ?1 AND key = ?2")
+                    .prepare_cached(
+                        "SELECT value FROM persona_handler_state WHERE handler = ?1 AND key = ?2",
+                    )
                     .op("prepare state read")?
                     .query_row(params![handler, key], |r| r.get(0))
                     .optional()
                     .op("state read")?;
                 // The guest saw a number when it called increment; a value
                 // overwritten since by a non-number restarts from 0.
-                let base = current.as_deref().and_then(super::state::parse_counter).unwrap_or(0);
-                put(conn, handler, key, base.saturating_add(*delta).to_string().as_bytes(), now)?;
+                let base = current
+                    .as_deref()
+                    .and_then(super::state::parse_counter)
+                    .unwrap_or(0);
+                put(
+                    conn,
+                    handler,
+                    key,
+                    base.saturating_add(*delta).to_string().as_bytes(),
+                    now,
+                )?;
             }
         }
     }
     Ok(())
 }
 
-fn put(conn: &Connection, handler: &str, key: &str, value: &[u8], now: &str) -> Result<(), StoreError> {
+fn put(
+    conn: &Connection,
+    handler: &str,
+    key: &str,
+    value: &[u8],
+    now: &str,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO persona_handler_state (handler, key, value, updated_at) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (handler, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",

@@ -36,21 +36,29 @@ impl Store {
     /// Every subscription row.
     pub fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
         self.read(|conn| {
-            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM persona_event_subscriptions ORDER BY created_at, id"))
-                .op("prepare subscriptions")?
-                .query_map([], from_row)
-                .op("subscriptions")?
-                .collect::<rusqlite::Result<_>>()
-                .op("read subscriptions")
+            conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM persona_event_subscriptions ORDER BY created_at, id"
+            ))
+            .op("prepare subscriptions")?
+            .query_map([], from_row)
+            .op("subscriptions")?
+            .collect::<rusqlite::Result<_>>()
+            .op("read subscriptions")
         })
     }
 
     /// Replaces the manifest-managed rows of `handler` with `subs` (enabled).
     /// Rows created over the API for the same persona are left alone.
-    pub fn sync_manifest_subscriptions(&self, handler: &str, subs: &[ManifestSubscription]) -> Result<(), StoreError> {
+    pub fn sync_manifest_subscriptions(
+        &self,
+        handler: &str,
+        subs: &[ManifestSubscription],
+    ) -> Result<(), StoreError> {
         let now = now_rfc3339();
         let mut conn = self.writer();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).op("begin sync subs")?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .op("begin sync subs")?;
         tx.execute(
             "DELETE FROM persona_event_subscriptions WHERE persona_id = ?1 AND managed_by = 'manifest'",
             [handler],
@@ -81,9 +89,12 @@ impl Store {
     /// Creates a subscription; its source filter is checked first.
     pub fn create_subscription(&self, new: &NewSubscription) -> Result<Subscription, StoreError> {
         if new.persona_id.trim().is_empty() || new.event_type.trim().is_empty() {
-            return Err(StoreError::InvalidSubscription("persona_id and event_type are required".into()));
+            return Err(StoreError::InvalidSubscription(
+                "persona_id and event_type are required".into(),
+            ));
         }
-        SourceFilter::parse(new.source_filter.as_deref()).map_err(|e| StoreError::InvalidSubscription(e.to_string()))?;
+        SourceFilter::parse(new.source_filter.as_deref())
+            .map_err(|e| StoreError::InvalidSubscription(e.to_string()))?;
         let now = now_rfc3339();
         let id = format!("sub_{}", ulid::Ulid::new());
         self.writer()
@@ -108,7 +119,14 @@ impl Store {
     }
 
     pub fn delete_subscription(&self, id: &str) -> Result<(), StoreError> {
-        match self.writer().execute("DELETE FROM persona_event_subscriptions WHERE id = ?1", [id]).op("delete sub")? {
+        match self
+            .writer()
+            .execute(
+                "DELETE FROM persona_event_subscriptions WHERE id = ?1",
+                [id],
+            )
+            .op("delete sub")?
+        {
             0 => Err(StoreError::SubscriptionNotFound(id.to_owned())),
             _ => Ok(()),
         }

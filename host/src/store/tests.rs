@@ -4,9 +4,19 @@ use crate::outcome::{Effects, Next, Resolution, Run, RunOutcome, StateOp, Verdic
 use std::sync::Arc;
 
 fn event(project: &str) -> crate::event::Event {
-    NewEvent { event_type: "custom".into(), source_type: "system".into(), project_id: Some(project.into()), ..Default::default() }
-        .validate(EventLimits { max_payload_bytes: 1024 }, 0)
-        .unwrap()
+    NewEvent {
+        event_type: "custom".into(),
+        source_type: "system".into(),
+        project_id: Some(project.into()),
+        ..Default::default()
+    }
+    .validate(
+        EventLimits {
+            max_payload_bytes: 1024,
+        },
+        0,
+    )
+    .unwrap()
 }
 
 fn done_run(handler: &str, effects: Effects) -> Run {
@@ -30,7 +40,16 @@ fn reopening_does_not_rerun_migrations() {
     store.insert(&event("p")).unwrap();
     drop(store);
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.list_events(&EventFilter { limit: 10, ..Default::default() }).unwrap().total, 1);
+    assert_eq!(
+        store
+            .list_events(&EventFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .total,
+        1
+    );
 }
 
 #[test]
@@ -41,7 +60,10 @@ fn claim_is_atomic_ordered_and_reaped() {
     store.insert_batch(&events).unwrap();
     let now = now_millis();
     let first = store.claim(3, now).unwrap();
-    assert_eq!(first.iter().map(|(e, _)| e.id.clone()).collect::<Vec<_>>(), events[..3].iter().map(|e| e.id.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        first.iter().map(|(e, _)| e.id.clone()).collect::<Vec<_>>(),
+        events[..3].iter().map(|e| e.id.clone()).collect::<Vec<_>>()
+    );
     assert!(first.iter().all(|(_, claims)| *claims == 1));
     let second = store.claim(10, now).unwrap();
     assert_eq!(second.len(), 2, "claimed rows are not claimed again");
@@ -49,7 +71,10 @@ fn claim_is_atomic_ordered_and_reaped() {
     assert_eq!(store.reap(i64::MAX).unwrap(), 5);
     let again = store.claim(10, now).unwrap();
     assert_eq!(again.len(), 5);
-    assert!(again.iter().all(|(_, claims)| *claims == 2), "a reaped row reports its second claim");
+    assert!(
+        again.iter().all(|(_, claims)| *claims == 2),
+        "a reaped row reports its second claim"
+    );
 }
 
 #[test]
@@ -59,11 +84,20 @@ fn effects_apply_once_per_event_and_handler() {
     let ev = event("p");
     store.insert(&ev).unwrap();
     let follow = event("p");
-    let effects = Effects { state: vec![StateOp::Add("n".into(), 2), StateOp::Set("k".into(), b"v".to_vec())], published: vec![follow] };
+    let effects = Effects {
+        state: vec![
+            StateOp::Add("n".into(), 2),
+            StateOp::Set("k".into(), b"v".to_vec()),
+        ],
+        published: vec![follow],
+    };
     let res = Resolution {
         event: ev.clone(),
         runs: vec![done_run("h", effects)],
-        next: Next::Final { status: EventStatus::Completed, error: None },
+        next: Next::Final {
+            status: EventStatus::Completed,
+            error: None,
+        },
     };
     let first = store.commit(std::slice::from_ref(&res)).unwrap();
     assert_eq!((first.published, first.duplicates), (1, 0));
@@ -71,10 +105,21 @@ fn effects_apply_once_per_event_and_handler() {
     let second = store.commit(&[res]).unwrap();
     assert_eq!((second.published, second.duplicates), (0, 1));
     assert_eq!(store.state_counter("h", "n").unwrap(), 2);
-    assert_eq!(store.state_get("h", "k").unwrap().as_deref(), Some(&b"v"[..]));
-    assert_eq!(store.state_get("other", "k").unwrap(), None, "state is per handler");
+    assert_eq!(
+        store.state_get("h", "k").unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(
+        store.state_get("other", "k").unwrap(),
+        None,
+        "state is per handler"
+    );
     assert_eq!(store.ledger_count("h").unwrap(), 1);
-    assert_eq!(store.executions(&ev.id).unwrap().len(), 2, "both runs are recorded");
+    assert_eq!(
+        store.executions(&ev.id).unwrap().len(),
+        2,
+        "both runs are recorded"
+    );
     assert_eq!(store.event(&ev.id).unwrap().status, EventStatus::Completed);
 }
 
@@ -86,9 +131,19 @@ fn retry_schedules_the_event_again() {
     store.insert(&ev).unwrap();
     let (claimed, _) = store.claim(1, now_millis()).unwrap().remove(0);
     let at = now_millis() + 60_000;
-    let res = Resolution { event: claimed, runs: vec![], next: Next::Retry { at_ms: at, error: "later".into() } };
+    let res = Resolution {
+        event: claimed,
+        runs: vec![],
+        next: Next::Retry {
+            at_ms: at,
+            error: "later".into(),
+        },
+    };
     store.commit(&[res]).unwrap();
-    assert!(store.claim(1, now_millis()).unwrap().is_empty(), "not due yet");
+    assert!(
+        store.claim(1, now_millis()).unwrap().is_empty(),
+        "not due yet"
+    );
     assert_eq!(store.next_retry_at(now_millis()).unwrap(), Some(at));
     let row = store.event(&ev.id).unwrap();
     assert_eq!((row.status, row.retry_count), (EventStatus::Pending, 1));

@@ -19,7 +19,10 @@ impl Guest for Flaky {
                 increment("done", 1).map_err(|e| HandlerError::Retry(format!("{e:?}")))?;
                 Ok(())
             }
-            _ => Err(HandlerError::Retry(format!("attempt {} is not enough", event.attempt))),
+            _ => Err(HandlerError::Retry(format!(
+                "attempt {} is not enough",
+                event.attempt
+            ))),
         }
     }
 }

@@ -11,7 +11,9 @@ struct PublishLoop;
 
 impl Guest for PublishLoop {
     fn handle(event: Event) -> Result<(), HandlerError> {
-        let per_call: u32 = config("per_call").and_then(|v| v.parse().ok()).unwrap_or(u32::MAX);
+        let per_call: u32 = config("per_call")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u32::MAX);
         for i in 0..per_call {
             let next = NewEvent {
                 event_type: event.event_type.clone(),
