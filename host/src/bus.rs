@@ -9,7 +9,7 @@ use crate::outcome::{Next, Resolution};
 use crate::registry::Registry;
 use crate::runtime::{CallEnv, Runtime, RuntimeError};
 use crate::source::{Wakeup, poller};
-use crate::store::{Store, StoreError};
+use crate::store::{GroupCommit, Role, Store, StoreError, Sync};
 use serde::Serialize;
 use std::fs::File;
 use std::path::PathBuf;
@@ -58,6 +58,7 @@ pub(crate) struct Inner {
     pub(crate) stopping: AtomicBool,
     notices: broadcast::Sender<Notice>,
     limits: EventLimits,
+    inserts: GroupCommit,
     /// Held for the life of the bus: one host per data directory.
     _lock: File,
 }
@@ -84,6 +85,7 @@ impl Inner {
 pub struct Bus {
     inner: Arc<Inner>,
     poller: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Bus {
@@ -95,7 +97,11 @@ impl Bus {
             source,
         })?;
         let lock = take_lock(&config)?;
-        let store = Arc::new(Store::open(&config.data_dir)?);
+        let store = Arc::new(Store::open_with(
+            &config.data_dir,
+            Sync::Normal,
+            Role::Host,
+        )?);
         // We hold the lock, so nothing is being processed: every
         // `processing` row belongs to a host that died.
         let returned = store.reap(i64::MAX)?;
@@ -130,7 +136,7 @@ impl Bus {
         let limits = EventLimits {
             max_payload_bytes: config.limits.max_payload_bytes,
         };
-        let inner = Inner {
+        let inner = Arc::new(Inner {
             config,
             store,
             dispatcher,
@@ -138,11 +144,14 @@ impl Bus {
             stopping: AtomicBool::new(false),
             notices,
             limits,
+            inserts: GroupCommit::default(),
             _lock: lock,
-        };
+        });
+        let checkpointer = spawn_checkpointer(inner.clone())?;
         Ok(Self {
-            inner: Arc::new(inner),
+            inner,
             poller: Mutex::new(None),
+            checkpointer: Mutex::new(Some(checkpointer)),
         })
     }
 
@@ -163,10 +172,13 @@ impl Bus {
         Ok(())
     }
 
-    /// Validates and stores an event, and wakes the poller.
+    /// Validates and durably stores an event, and wakes the poller.
+    /// Concurrent callers share a transaction (group commit).
     pub fn publish(&self, new: NewEvent) -> Result<Event, BusError> {
         let event = new.validate(self.inner.limits, 0)?;
-        self.inner.store.insert(&event)?;
+        self.inner
+            .inserts
+            .insert(&self.inner.store, vec![event.clone()])?;
         self.inner.wakeup.ring();
         if self.inner.notices.receiver_count() > 0 {
             let _ = self.inner.notices.send(Notice::Published {
@@ -183,7 +195,9 @@ impl Bus {
             .into_iter()
             .map(|n| n.validate(self.inner.limits, 0))
             .collect::<Result<Vec<_>, _>>()?;
-        self.inner.store.insert_batch(&events)?;
+        self.inner
+            .inserts
+            .insert(&self.inner.store, events.clone())?;
         self.inner.wakeup.ring();
         Ok(events)
     }
@@ -221,8 +235,11 @@ impl Bus {
     pub fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::Release);
         self.inner.wakeup.ring();
-        if let Some(handle) = self.poller.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = handle.join();
+        for slot in [&self.poller, &self.checkpointer] {
+            if let Some(handle) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                handle.thread().unpark();
+                let _ = handle.join();
+            }
         }
     }
 }
@@ -231,6 +248,33 @@ impl Drop for Bus {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// How often the WAL is checkpointed into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Copies the WAL into the database in the background. The host's own
+/// connections never checkpoint on commit, so the fsync a checkpoint needs
+/// happens here, off the event path, and the WAL stays small.
+fn spawn_checkpointer(inner: Arc<Inner>) -> Result<JoinHandle<()>, BusError> {
+    std::thread::Builder::new()
+        .name("wal-checkpoint".into())
+        .spawn(move || {
+            loop {
+                let stopping = inner.stopping.load(Ordering::Acquire);
+                if let Err(e) = inner.store.checkpoint() {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                }
+                if stopping {
+                    break;
+                }
+                std::thread::park_timeout(CHECKPOINT_EVERY);
+            }
+        })
+        .map_err(|source| BusError::Io {
+            what: "start the WAL checkpointer".into(),
+            source,
+        })
 }
 
 fn take_lock(config: &Config) -> Result<File, BusError> {

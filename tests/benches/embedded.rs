@@ -1,1 +1,413 @@
-fn main() {}
+//! Embedded-bus benchmarks (`make bench`). Prints the figures kept in
+//! BENCHMARKS.md. Each section runs the real bus on a real SQLite file with
+//! real compiled handlers:
+//!
+//! 1. throughput: publish -> completed (durable) through a trivial handler
+//! 2. in-process publish-to-completed latency at a fixed rate
+//! 3. pickup latency of events published by another process
+//! 4. per-event cost of a WASM call (fresh instance) beside native Rust
+//! 5. host memory (RSS) idle and under load
+//!
+//! `persona-bus-tests` re-executes this binary as the "other process" of
+//! section 3 (`embedded --publisher DIR N RATE`).
+
+use hdrhistogram::Histogram;
+use persona_bus::bus::Notice;
+use persona_bus::event::{EventLimits, NewEvent};
+use persona_bus::registry::load_handler;
+use persona_bus::runtime::{CallEnv, Origin, Runtime};
+use persona_bus::store::Store;
+use persona_bus::{Bus, EventStatus};
+use persona_bus_tests::{Sandbox, guests};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--publisher") {
+        return publisher(
+            &args[i + 1],
+            args[i + 2].parse().unwrap(),
+            args[i + 3].parse().unwrap(),
+        );
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    if args.iter().any(|a| a == "--dispatch") {
+        return dispatch_cost(20_000);
+    }
+    if args.iter().any(|a| a == "--breakdown") {
+        return breakdown(20_000);
+    }
+    let scale = if quick { 10 } else { 1 };
+    println!(
+        "persona-bus embedded benchmarks ({} cores){}",
+        cores(),
+        if quick { " [quick]" } else { "" }
+    );
+    println!();
+    throughput(200_000 / scale, 8, 4, 1, true);
+    throughput(200_000 / scale, 8, 1, 1, false);
+    throughput(200_000 / scale, 8, 2, 50, false);
+    throughput(200_000 / scale, 1, 2, 50, false);
+    latency(1_000, Duration::from_secs(10 / scale as u64));
+    latency(10_000, Duration::from_secs(5));
+    other_process(20 / scale as u32 * 10, 100);
+    dispatch_cost(20_000 / scale);
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn noop_sandbox() -> Sandbox {
+    let sb = Sandbox::new();
+    sb.install(
+        "noop",
+        guests::NOOP,
+        "[[subscriptions]]\nevent_type = \"*\"",
+    );
+    sb
+}
+
+/// The bus with the host's default settings (not the tests' fast polling).
+fn open_default(sb: &Sandbox) -> Bus {
+    let config = persona_bus::Config {
+        data_dir: sb.data_dir(),
+        handlers_dir: sb.handlers_dir(),
+        ..Default::default()
+    };
+    Bus::open(config).unwrap()
+}
+
+fn bench_event(project: usize) -> NewEvent {
+    NewEvent {
+        event_type: "task_created".into(),
+        source_type: "system".into(),
+        project_id: Some(format!("project-{project}")),
+        payload: Some(serde_json::json!({"title": "benchmark", "n": project})),
+        ..Default::default()
+    }
+}
+
+fn rss_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Publishes `n` events, one `publish` call each, from `publishers` threads
+/// while the poller handles them; measures until the last is durably
+/// completed.
+fn throughput(n: usize, projects: usize, publishers: usize, batch: usize, report_memory: bool) {
+    let sb = noop_sandbox();
+    let bus = Arc::new(open_default(&sb));
+    bus.start().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let idle_rss = rss_kib("VmRSS:");
+    let started = Instant::now();
+    let threads: Vec<_> = (0..publishers)
+        .map(|p| {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                let mine: Vec<usize> = (p..n).step_by(publishers).collect();
+                for chunk in mine.chunks(batch) {
+                    if batch == 1 {
+                        bus.publish(bench_event(chunk[0] % projects)).unwrap();
+                    } else {
+                        bus.publish_batch(
+                            chunk.iter().map(|i| bench_event(i % projects)).collect(),
+                        )
+                        .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let publisher = std::thread::spawn(move || {
+        for t in threads {
+            t.join().unwrap();
+        }
+        started.elapsed()
+    });
+    let mut peak_rss = 0;
+    // Cheap checks only (the index of live rows): a full count would steal
+    // the CPU being measured.
+    while !publisher.is_finished() || bus.store().unfinished().unwrap() > 0 {
+        peak_rss = peak_rss.max(rss_kib("VmRSS:"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = started.elapsed();
+    let publish_time = publisher.join().unwrap();
+    let done = bus.store().status_counts().unwrap();
+    assert_eq!(
+        done,
+        vec![(EventStatus::Completed, n as u64)],
+        "every event completed"
+    );
+    println!(
+        "throughput ({publishers} publisher thread{}, {}, {projects} project{}): {n} events published and completed in {:.2} s = {:.0} events/s (publishing took {:.2} s)",
+        if publishers == 1 { "" } else { "s" },
+        if batch == 1 {
+            "one event per publish".to_owned()
+        } else {
+            format!("publish_batch of {batch}")
+        },
+        if projects == 1 { "" } else { "s" },
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64(),
+        publish_time.as_secs_f64(),
+    );
+    if report_memory {
+        println!(
+            "  host RSS: idle {:.1} MiB, under load peak {:.1} MiB",
+            idle_rss as f64 / 1024.0,
+            peak_rss as f64 / 1024.0
+        );
+    }
+}
+
+/// Publishes at `rate` events/s for `span` and measures publish -> completed
+/// (the commit that records the outcome), from the bus's own notices.
+fn latency(rate: u64, span: Duration) {
+    let sb = noop_sandbox();
+    let bus = Arc::new(open_default(&sb));
+    bus.start().unwrap();
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut notices = bus.subscribe();
+    let total = (rate * span.as_secs()) as usize;
+    let collector = {
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            let mut h = Histogram::<u64>::new(3).unwrap();
+            let mut lagged = 0;
+            while (h.len() as usize) + lagged < total {
+                match notices.blocking_recv() {
+                    Ok(Notice::Resolved { event_id, .. }) => {
+                        let now = Instant::now();
+                        // The publisher records the send time right after
+                        // `publish` returns; spin until it is there.
+                        let t0 = loop {
+                            if let Some(t) = sent.lock().unwrap().remove(&event_id) {
+                                break t;
+                            }
+                            std::hint::spin_loop();
+                        };
+                        h.record(now.duration_since(t0).as_micros() as u64).unwrap();
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        lagged += n as usize
+                    }
+                    Err(_) => break,
+                }
+            }
+            (h, lagged)
+        })
+    };
+    let interval = Duration::from_nanos(1_000_000_000 / rate);
+    let start = Instant::now();
+    for i in 0..total {
+        let due = start + interval * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let t0 = Instant::now();
+        let e = bus.publish(bench_event(i % 8)).unwrap();
+        sent.lock().unwrap().insert(e.id, t0);
+    }
+    let (h, lagged) = collector.join().unwrap();
+    println!(
+        "latency at {rate}/s ({} events): publish -> completed p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms{}",
+        h.len(),
+        h.value_at_quantile(0.50) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.value_at_quantile(0.999) as f64 / 1000.0,
+        h.max() as f64 / 1000.0,
+        if lagged > 0 {
+            format!(" ({lagged} notices dropped)")
+        } else {
+            String::new()
+        },
+    );
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// The "other process": opens the store and inserts `n` events at `rate`/s,
+/// each carrying its send time.
+fn publisher(dir: &str, n: u32, rate: u64) {
+    let store = Store::open(std::path::Path::new(dir)).unwrap();
+    let interval = Duration::from_nanos(1_000_000_000 / rate);
+    for i in 0..n {
+        std::thread::sleep(interval.mul_f64(0.5 + fastrand_f64()));
+        let e = NewEvent {
+            payload: Some(serde_json::json!({ "sent_us": now_us() })),
+            ..bench_event(i as usize % 4)
+        }
+        .validate(
+            EventLimits {
+                max_payload_bytes: 1 << 20,
+            },
+            0,
+        )
+        .unwrap();
+        store.insert(&e).unwrap();
+    }
+}
+
+/// A pseudo-random fraction, so sends do not line up with the poll ticks.
+fn fastrand_f64() -> f64 {
+    (now_us() % 1000) as f64 / 1000.0
+}
+
+/// Another process publishes; the host (default 20 ms active interval)
+/// picks the events up. Measures send -> completed.
+fn other_process(n: u32, rate: u64) {
+    let sb = noop_sandbox();
+    let bus = open_default(&sb);
+    let interval_ms = bus.config().poll.active_interval_ms;
+    bus.start().unwrap();
+    let mut notices = bus.subscribe();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--publisher",
+            sb.data_dir().to_str().unwrap(),
+            &n.to_string(),
+            &rate.to_string(),
+        ])
+        .spawn()
+        .unwrap();
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    while h.len() < n as u64 {
+        if let Ok(Notice::Resolved { event_id, .. }) = notices.blocking_recv() {
+            let done = now_us();
+            let e = bus.store().event(&event_id).unwrap();
+            let payload: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+            h.record(done.saturating_sub(payload["sent_us"].as_u64().unwrap()))
+                .unwrap();
+        }
+    }
+    child.wait().unwrap();
+    println!(
+        "other process at ~{rate}/s ({n} events, active interval {interval_ms} ms): send -> completed p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0,
+    );
+}
+
+/// The cost of one handler call through the runtime (fresh store and
+/// instance, limits armed, result mapped back) beside a native Rust
+/// function doing the same work on the same event, in one loop.
+fn dispatch_cost(n: usize) {
+    let sb = Sandbox::new();
+    let store = Arc::new(Store::open(&sb.data_dir()).unwrap());
+    let config = sb.config();
+    let runtime = Runtime::new(&config.runtime, &config.limits, None).unwrap();
+    let env = Arc::new(CallEnv {
+        store,
+        limits: config.limits.clone(),
+    });
+    let event = bench_event(1)
+        .validate(
+            EventLimits {
+                max_payload_bytes: 1 << 20,
+            },
+            0,
+        )
+        .unwrap();
+    let dir = sb.handlers_dir();
+    for (name, wasm) in [("noop", guests::NOOP), ("counter", guests::COUNTER)] {
+        std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.toml")),
+            format!("name = \"{name}\"\nversion = \"1\"\n[[subscriptions]]\nevent_type = \"*\"\n"),
+        )
+        .unwrap();
+    }
+    let native_noop = |e: &persona_bus::Event| -> Result<(), String> {
+        std::hint::black_box(e);
+        Ok(())
+    };
+    let mut native_state: HashMap<String, i64> = HashMap::new();
+    let mut native_counter = |e: &persona_bus::Event| -> Result<(), String> {
+        *native_state.entry("count".into()).or_default() += 1;
+        *native_state
+            .entry(format!("project:{}", e.project_id))
+            .or_default() += 1;
+        let line = format!(
+            "count = {} in project {}",
+            native_state["count"], e.project_id
+        );
+        std::hint::black_box(line);
+        Ok(())
+    };
+    for name in ["noop", "counter"] {
+        let h = load_handler(&runtime, &dir.join(format!("{name}.toml")), &config.limits).unwrap();
+        for _ in 0..200 {
+            runtime.invoke(h.handle_ref(), &event, &Origin::Sqlite, 1, &env);
+        }
+        let t = Instant::now();
+        for _ in 0..n {
+            let inv = runtime.invoke(h.handle_ref(), &event, &Origin::Sqlite, 1, &env);
+            assert_eq!(inv.outcome, persona_bus::outcome::RunOutcome::Completed);
+        }
+        let wasm_ns = t.elapsed().as_nanos() as f64 / n as f64;
+        let t = Instant::now();
+        for _ in 0..n {
+            let r = if name == "noop" {
+                native_noop(&event)
+            } else {
+                native_counter(&event)
+            };
+            assert!(r.is_ok());
+        }
+        let native_ns = t.elapsed().as_nanos() as f64 / n as f64;
+        println!(
+            "dispatch cost, {name}: wasm (fresh instance per event) {:.1} us/event, native Rust {:.3} us/event, overhead {:.1} us",
+            wasm_ns / 1000.0,
+            native_ns / 1000.0,
+            (wasm_ns - native_ns) / 1000.0
+        );
+    }
+}
+
+/// Where the time goes: inserts alone, then processing of pre-inserted events.
+fn breakdown(n: usize) {
+    let sb = noop_sandbox();
+    let bus = open_default(&sb);
+    let t = Instant::now();
+    for i in 0..n {
+        bus.publish(bench_event(i % 8)).unwrap();
+    }
+    println!(
+        "insert only, one txn each: {:.0}/s",
+        n as f64 / t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let processed = bus.drain().unwrap();
+    println!(
+        "process only (drain on one thread + pool): {processed} in {:.2} s = {:.0}/s",
+        t.elapsed().as_secs_f64(),
+        processed as f64 / t.elapsed().as_secs_f64()
+    );
+    let batch: Vec<_> = (0..n).map(|i| bench_event(i % 8)).collect();
+    let t = Instant::now();
+    for chunk in batch.chunks(256) {
+        bus.publish_batch(chunk.to_vec()).unwrap();
+    }
+    println!(
+        "insert only, batches of 256: {:.0}/s",
+        n as f64 / t.elapsed().as_secs_f64()
+    );
+}

@@ -3,14 +3,23 @@
 //! Adaptive like the original (fast while busy, slow when idle) but far
 //! quicker: in-process publishes ring the [`Wakeup`] so they are picked up at
 //! once, and the intervals (20 ms active, 500 ms idle by default) only bound
-//! how long an event written by another process waits. While a batch was
-//! full it loops without waiting at all.
+//! how long an event written by another process waits.
+//!
+//! Commits are pipelined: a committer thread writes the outcomes of batch k
+//! while this thread claims and dispatches batch k+1, so handlers and SQLite
+//! work at the same time. Handlers still run in publish order per project
+//! (dispatch is sequential); only the commit trails by one batch. A commit
+//! that fails returns its events to `pending`: nothing is lost, and the
+//! processed ledger keeps handlers whose runs did commit from running again.
 
 use crate::bus::Inner;
 use crate::event::now_millis;
+use crate::outcome::Resolution;
 use crate::runtime::Origin;
+use crate::store::StoreError;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 /// How often rows stuck in `processing` are looked for.
@@ -20,8 +29,29 @@ pub(crate) fn run(inner: Arc<Inner>) {
     let poll = inner.config.poll.clone();
     let active = Duration::from_millis(poll.active_interval_ms);
     let idle = Duration::from_millis(poll.idle_interval_ms);
+    let linger = Duration::from_micros(poll.linger_us);
     let mut empty_polls: u32 = 0;
     let mut last_reap = Instant::now();
+    // One batch in flight to the committer: enough to overlap, and the
+    // poller never runs more than one batch ahead of what is durable.
+    let (to_committer, batches) = sync_channel::<Vec<Resolution>>(1);
+    let committer = {
+        let inner = inner.clone();
+        std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || {
+                for resolutions in batches {
+                    commit(&inner, &resolutions);
+                }
+            })
+    };
+    let committer = match committer {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the committer thread; poller not started");
+            return;
+        }
+    };
     tracing::info!(
         active_ms = poll.active_interval_ms,
         idle_ms = poll.idle_interval_ms,
@@ -38,8 +68,15 @@ pub(crate) fn run(inner: Arc<Inner>) {
                 Err(e) => tracing::error!(error = %e, "reaper failed"),
             }
         }
-        match process_batch(&inner, poll.batch_size) {
-            Ok(n) if n > 0 => empty_polls = 0,
+        match claim_and_dispatch(&inner, poll.batch_size, &to_committer) {
+            Ok(n) if n > 0 => {
+                empty_polls = 0;
+                // A short batch while busy: let the next one fill up a little
+                // so it shares a commit (see `PollConfig::linger_us`).
+                if n < poll.batch_size && !linger.is_zero() {
+                    std::thread::sleep(linger);
+                }
+            }
             Ok(_) => {
                 empty_polls = empty_polls.saturating_add(1);
                 let mut wait = if empty_polls > poll.idle_after_empty_polls {
@@ -58,35 +95,89 @@ pub(crate) fn run(inner: Arc<Inner>) {
             }
             Err(e) => {
                 // The store is unwell (disk full, locked by a foreign
-                // writer). Claimed rows stay `processing` until the reaper
-                // returns them; nothing is lost. Back off and try again.
+                // writer). Back off and try again; nothing was claimed.
                 tracing::error!(error = %e, "poll failed; retrying in 1 s");
                 inner.wakeup.wait(Duration::from_secs(1));
             }
         }
     }
+    // Closing the channel lets the committer finish the last batch and stop.
+    drop(to_committer);
+    let _ = committer.join();
     tracing::info!("sqlite poller stopped");
 }
 
-/// Claims, dispatches and commits one batch; returns how many events it
-/// processed.
-pub(crate) fn process_batch(
+fn claim_and_dispatch(
     inner: &Inner,
     limit: usize,
-) -> Result<usize, crate::store::StoreError> {
+    committer: &SyncSender<Vec<Resolution>>,
+) -> Result<usize, StoreError> {
+    let claimed = inner.store.claim(limit, now_millis())?;
+    if claimed.is_empty() {
+        return Ok(0);
+    }
+    let n = claimed.len();
+    let ids: Vec<String> = claimed.iter().map(|(e, _)| e.id.clone()).collect();
+    match inner.dispatcher.dispatch(claimed, &Origin::Sqlite) {
+        Ok(resolutions) => {
+            if let Err(returned) = committer.send(resolutions) {
+                // Only when the committer died: commit here instead.
+                commit(inner, &returned.0);
+            }
+        }
+        Err(e) => {
+            release(inner, &ids, &e);
+            return Err(e);
+        }
+    }
+    Ok(n)
+}
+
+/// Commits a batch of outcomes; on failure returns its events to pending.
+fn commit(inner: &Inner, resolutions: &[Resolution]) {
+    match inner.store.commit(resolutions) {
+        Ok(committed) => {
+            if committed.duplicates > 0 {
+                tracing::info!(
+                    runs = committed.duplicates,
+                    "skipped effects of runs already in the ledger"
+                );
+            }
+            if committed.published > 0 {
+                // Follow-up events are pending now: pick them up at once.
+                inner.wakeup.ring();
+            }
+            inner.notify_resolved(resolutions);
+        }
+        Err(e) => {
+            let ids: Vec<String> = resolutions.iter().map(|r| r.event.id.clone()).collect();
+            release(inner, &ids, &e);
+        }
+    }
+}
+
+fn release(inner: &Inner, ids: &[String], cause: &StoreError) {
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    match inner.store.release(&ids) {
+        Ok(n) => {
+            tracing::error!(error = %cause, events = n, "could not commit outcomes; events returned to pending")
+        }
+        Err(e) => {
+            tracing::error!(error = %cause, release_error = %e, "could not commit outcomes; the reaper will return the events")
+        }
+    }
+}
+
+/// Claims, dispatches and commits one batch on the calling thread; returns
+/// how many events it processed (used by `Bus::drain`).
+pub(crate) fn process_batch(inner: &Inner, limit: usize) -> Result<usize, StoreError> {
     let claimed = inner.store.claim(limit, now_millis())?;
     if claimed.is_empty() {
         return Ok(0);
     }
     let n = claimed.len();
     let resolutions = inner.dispatcher.dispatch(claimed, &Origin::Sqlite)?;
-    let committed = inner.store.commit(&resolutions)?;
-    if committed.duplicates > 0 {
-        tracing::info!(
-            runs = committed.duplicates,
-            "skipped effects of runs already in the ledger"
-        );
-    }
+    inner.store.commit(&resolutions)?;
     inner.notify_resolved(&resolutions);
     Ok(n)
 }

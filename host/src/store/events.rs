@@ -8,6 +8,11 @@ use rusqlite::{Connection, Row, params};
 pub(crate) const EVENT_COLUMNS: &str = "id, project_id, event_type, source_type, source_id, target_persona_id, \
      payload, status, error_message, processed_at, created_at, headers, schema_version, chain_depth, retry_count";
 
+/// Rows the poller cares about. The status index is partial (only these
+/// rows), and SQLite uses a partial index only when the query repeats its
+/// condition word for word, so every query on live rows starts with this.
+const LIVE: &str = "status IN ('pending', 'processing')";
+
 const INSERT_EVENT: &str = "INSERT INTO persona_events (id, project_id, event_type, source_type, source_id, \
      target_persona_id, payload, status, created_at, headers, schema_version, chain_depth) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?11)";
@@ -108,7 +113,7 @@ impl Store {
         let sql = format!(
             "UPDATE persona_events SET status = 'processing', claimed_at = ?1, claims = claims + 1 \
              WHERE rowid IN (SELECT rowid FROM persona_events \
-                             WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY rowid LIMIT ?2) \
+                             WHERE {LIVE} AND status = 'pending' AND next_attempt_at <= ?1 ORDER BY rowid LIMIT ?2) \
              RETURNING rowid, claims, {EVENT_COLUMNS}"
         );
         let mut stmt = conn.prepare_cached(&sql).op("prepare claim")?;
@@ -132,12 +137,24 @@ impl Store {
     /// so the poller can sleep until a retry is due.
     pub fn next_retry_at(&self, now_ms: i64) -> Result<Option<i64>, StoreError> {
         let conn = self.writer();
-        conn.query_row(
-            "SELECT min(next_attempt_at) FROM persona_events WHERE status = 'pending' AND next_attempt_at > ?1",
-            [now_ms],
-            |r| r.get(0),
-        )
+        conn.prepare_cached(&format!(
+            "SELECT min(next_attempt_at) FROM persona_events \
+             WHERE {LIVE} AND status = 'pending' AND next_attempt_at > ?1"
+        ))
+        .op("prepare next retry")?
+        .query_row([now_ms], |r| r.get(0))
         .op("next retry")
+    }
+
+    /// Events not yet finished (pending or processing); cheap (index only).
+    pub fn unfinished(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(&format!("SELECT count(*) FROM persona_events WHERE {LIVE}"))
+                .op("prepare unfinished")?
+                .query_row([], |r| r.get::<_, i64>(0))
+                .op("unfinished")
+                .map(|n| n as u64)
+        })
     }
 
     /// Returns to `pending` every event claimed before `claimed_before_ms`
@@ -145,11 +162,31 @@ impl Store {
     pub fn reap(&self, claimed_before_ms: i64) -> Result<usize, StoreError> {
         let conn = self.writer();
         conn.execute(
-            "UPDATE persona_events SET status = 'pending', claimed_at = NULL \
-             WHERE status = 'processing' AND (claimed_at IS NULL OR claimed_at < ?1)",
+            &format!(
+                "UPDATE persona_events SET status = 'pending', claimed_at = NULL \
+                 WHERE {LIVE} AND status = 'processing' AND (claimed_at IS NULL OR claimed_at < ?1)"
+            ),
             [claimed_before_ms],
         )
         .op("reap")
+    }
+
+    /// Returns claimed events to `pending` (their outcome could not be
+    /// committed), so they are retried now rather than after the reaper's
+    /// timeout.
+    pub fn release(&self, ids: &[&str]) -> Result<usize, StoreError> {
+        let conn = self.writer();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "UPDATE persona_events SET status = 'pending', claimed_at = NULL \
+                 WHERE {LIVE} AND status = 'processing' AND id = ?1"
+            ))
+            .op("prepare release")?;
+        let mut n = 0;
+        for id in ids {
+            n += stmt.execute([id]).op("release")?;
+        }
+        Ok(n)
     }
 
     pub fn event(&self, id: &str) -> Result<Event, StoreError> {
@@ -169,7 +206,9 @@ impl Store {
         })
     }
 
-    /// Newest events first, with the pending count and total of the filter.
+    /// Newest events first (in arrival order, which for events from other
+    /// devices can differ from `created_at`), with the pending count and
+    /// total of the filter.
     pub fn list_events(&self, filter: &EventFilter) -> Result<EventPage, StoreError> {
         self.read(|conn| {
             let ty = filter.event_type.as_deref();
@@ -177,7 +216,7 @@ impl Store {
             let cond = "(?1 IS NULL OR event_type = ?1) AND (?2 IS NULL OR status = ?2)";
             let events = conn
                 .prepare_cached(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM persona_events WHERE {cond} ORDER BY created_at DESC, id DESC LIMIT ?3"
+                    "SELECT {EVENT_COLUMNS} FROM persona_events WHERE {cond} ORDER BY rowid DESC LIMIT ?3"
                 ))
                 .op("prepare list events")?
                 .query_map(params![ty, st, filter.limit.max(1) as i64], event_from_row)

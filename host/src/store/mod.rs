@@ -5,6 +5,7 @@
 //! method is blocking; async callers run them on a blocking thread.
 
 mod events;
+mod group_commit;
 mod handlers;
 mod outcomes;
 mod schema;
@@ -12,6 +13,7 @@ mod state;
 mod subscriptions;
 
 pub use events::{EventFilter, EventPage};
+pub use group_commit::GroupCommit;
 pub use handlers::HandlerRecord;
 pub use outcomes::{Committed, DeadLetter, Execution};
 pub use state::parse_counter;
@@ -49,6 +51,8 @@ pub enum StoreError {
     },
     #[error("event {0} not found")]
     EventNotFound(String),
+    #[error("storing the event failed: {0}")]
+    GroupCommit(String),
     #[error("invalid subscription: {0}")]
     InvalidSubscription(String),
     #[error("subscription {0} not found")]
@@ -74,30 +78,53 @@ pub enum Sync {
     Full,
 }
 
+/// How a process uses the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A short-lived tool (CLI publish, inspection): SQLite checkpoints the
+    /// WAL itself as it grows.
+    Tool,
+    /// The host: commits never checkpoint (that would put an fsync on the
+    /// event path); a background thread checkpoints instead.
+    Host,
+}
+
 pub struct Store {
     path: PathBuf,
+    role: Role,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `data_dir` and migrates it.
+    /// Opens (creating if needed) the store in `data_dir` and migrates it,
+    /// for a tool.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with(data_dir, Sync::Normal)
+        Self::open_with(data_dir, Sync::Normal, Role::Tool)
     }
 
-    pub fn open_with(data_dir: &Path, sync: Sync) -> Result<Self, StoreError> {
+    pub fn open_with(data_dir: &Path, sync: Sync, role: Role) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_owned(),
             source,
         })?;
         let path = data_dir.join(DB_FILE);
-        let writer = connect(&path, sync)?;
+        let writer = connect(&path, sync, role)?;
         migrate(&writer, &path)?;
         Ok(Self {
             path,
+            role,
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Checkpoints the WAL into the database without blocking writers
+    /// (PASSIVE). The host calls this from a background thread.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.read(|conn| {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .op("checkpoint")
         })
     }
 
@@ -120,7 +147,7 @@ impl Store {
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
-            None => connect(&self.path, Sync::Normal)?,
+            None => connect(&self.path, Sync::Normal, self.role)?,
         };
         let result = f(&conn);
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
@@ -131,7 +158,7 @@ impl Store {
     }
 }
 
-fn connect(path: &Path, sync: Sync) -> Result<Connection, StoreError> {
+fn connect(path: &Path, sync: Sync, role: Role) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -143,9 +170,21 @@ fn connect(path: &Path, sync: Sync) -> Result<Connection, StoreError> {
         Sync::Normal => "NORMAL",
         Sync::Full => "FULL",
     };
+    let autocheckpoint = match role {
+        Role::Tool => 1000,
+        Role::Host => 0,
+    };
+    // 1 KiB pages: a publish or an outcome touches a few rows spread over
+    // several b-trees, and each touched page is written whole to the WAL.
+    // Smaller pages cut the bytes per transaction by 3x and nearly doubled
+    // single-event insert throughput here. Takes effect only when the
+    // database is created.
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL;
+        "PRAGMA page_size = 1024;
+         PRAGMA journal_mode = WAL;
          PRAGMA synchronous = {synchronous};
+         PRAGMA wal_autocheckpoint = {autocheckpoint};
+         PRAGMA journal_size_limit = 67108864;
          PRAGMA temp_store = MEMORY;
          PRAGMA cache_size = -32768;
          PRAGMA foreign_keys = ON;"

@@ -1,0 +1,71 @@
+//! Group commit for publishes.
+//!
+//! A single-row transaction writes several WAL pages (the row and its
+//! indexes), so committing each publish on its own caps inserts at the disk's
+//! page rate. Concurrent publishers instead queue their events; the first one
+//! to find no commit in progress becomes the leader, takes the whole queue and
+//! commits it in one transaction, and the others wait for that commit. Every
+//! `publish` still returns only after its own event is durable; a lone
+//! publisher commits alone, with no hand-off to another thread.
+
+use super::{Store, StoreError};
+use crate::event::Event;
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex};
+
+/// Outcomes kept for waiters that wake after later batches committed.
+const KEPT_OUTCOMES: usize = 1024;
+
+#[derive(Default)]
+struct State {
+    queue: Vec<Event>,
+    /// Generation the queue is being filled for.
+    filling: u64,
+    /// A leader is committing now.
+    committing: bool,
+    /// Outcome of each committed generation (error text when it failed).
+    outcomes: VecDeque<(u64, Result<(), String>)>,
+}
+
+#[derive(Default)]
+pub struct GroupCommit {
+    state: Mutex<State>,
+    committed: Condvar,
+}
+
+impl GroupCommit {
+    /// Stores `events` (already validated) durably, sharing the transaction
+    /// with whatever other publishers queued meanwhile.
+    pub fn insert(&self, store: &Store, events: Vec<Event>) -> Result<(), StoreError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.queue.extend(events);
+        let mine = st.filling;
+        loop {
+            if let Some((_, outcome)) = st.outcomes.iter().find(|(g, _)| *g == mine) {
+                return outcome.clone().map_err(StoreError::GroupCommit);
+            }
+            if !st.committing {
+                // Lead: commit everything queued, ours included.
+                st.committing = true;
+                let batch = std::mem::take(&mut st.queue);
+                let generation = st.filling;
+                st.filling += 1;
+                drop(st);
+                let result = store.insert_batch(&batch);
+                st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.committing = false;
+                st.outcomes.push_back((
+                    generation,
+                    result.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+                ));
+                while st.outcomes.len() > KEPT_OUTCOMES {
+                    st.outcomes.pop_front();
+                }
+                self.committed.notify_all();
+                // `mine == generation`: our events were in the queue we took.
+                return result;
+            }
+            st = self.committed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
