@@ -86,6 +86,7 @@ pub struct Bus {
     inner: Arc<Inner>,
     poller: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
+    watcher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Bus {
@@ -122,7 +123,7 @@ impl Bus {
             store.clone(),
             config.limits.clone(),
         ));
-        registry.load_all()?;
+        registry.reload()?;
         let env = Arc::new(CallEnv {
             store: store.clone(),
             limits: config.limits.clone(),
@@ -148,10 +149,27 @@ impl Bus {
             _lock: lock,
         });
         let checkpointer = spawn_checkpointer(inner.clone())?;
+        let watcher = if inner.config.watch_handlers {
+            let stop = inner.clone();
+            let registry = inner.dispatcher.registry().clone();
+            let control = inner.config.data_dir.join("control");
+            Some(
+                crate::registry::spawn_watcher(registry, &control, move || {
+                    stop.stopping.load(Ordering::Acquire)
+                })
+                .map_err(|e| BusError::Io {
+                    what: "watch the handlers folder".into(),
+                    source: std::io::Error::other(e),
+                })?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             inner,
             poller: Mutex::new(None),
             checkpointer: Mutex::new(Some(checkpointer)),
+            watcher: Mutex::new(watcher),
         })
     }
 
@@ -235,7 +253,7 @@ impl Bus {
     pub fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::Release);
         self.inner.wakeup.ring();
-        for slot in [&self.poller, &self.checkpointer] {
+        for slot in [&self.poller, &self.checkpointer, &self.watcher] {
             if let Some(handle) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 handle.thread().unpark();
                 let _ = handle.join();

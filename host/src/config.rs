@@ -17,6 +17,8 @@ pub struct Config {
     /// Folder of handler components (`name.wasm`) and manifests
     /// (`name.toml`). Env: `PERSONA_BUS_HANDLERS_DIR`.
     pub handlers_dir: PathBuf,
+    /// Reload handlers when the handlers folder changes (hot reload).
+    pub watch_handlers: bool,
     pub poll: PollConfig,
     pub limits: HostLimits,
     pub runtime: RuntimeConfig,
@@ -28,6 +30,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from(".data"),
             handlers_dir: PathBuf::from("build/handlers"),
+            watch_handlers: true,
             poll: PollConfig::default(),
             limits: HostLimits::default(),
             runtime: RuntimeConfig::default(),

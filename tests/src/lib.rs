@@ -56,6 +56,28 @@ impl Sandbox {
         self
     }
 
+    /// Installs (or replaces) a handler the way users are told to: copy to a
+    /// hidden temporary name, then rename into place, component first.
+    pub fn install_atomic(&self, name: &str, version: &str, wasm: &str, body: &str) -> &Self {
+        let dir = self.handlers_dir();
+        let put = |file: String, write: &dyn Fn(&std::path::Path)| {
+            let tmp = dir.join(format!(".{file}.tmp"));
+            write(&tmp);
+            std::fs::rename(&tmp, dir.join(&file)).expect("rename into place");
+        };
+        put(format!("{name}.wasm"), &|p| {
+            std::fs::copy(wasm, p).expect("copy component");
+        });
+        put(format!("{name}.toml"), &|p| {
+            std::fs::write(
+                p,
+                format!("name = \"{name}\"\nversion = \"{version}\"\n{body}\n"),
+            )
+            .expect("write manifest")
+        });
+        self
+    }
+
     /// Installs a first-party handler with the manifest it ships with.
     pub fn install_shipped(&self, name: &str, wasm: &str, manifest: &str) -> &Self {
         let dir = self.handlers_dir();

@@ -181,9 +181,18 @@ impl Runtime {
             file: file.to_owned(),
             source,
         })?;
-        let digest = cache::digest(&wasm);
+        self.prepare_bytes(file, &wasm)
+    }
+
+    /// [`Runtime::prepare`] for bytes already read; `file` names them in errors.
+    pub fn prepare_bytes(
+        &self,
+        file: &std::path::Path,
+        wasm: &[u8],
+    ) -> Result<Prepared, RuntimeError> {
+        let digest = cache::digest(wasm);
         let component =
-            cache::load_or_compile(&self.engine, self.cache_dir.as_deref(), &wasm, &digest)
+            cache::load_or_compile(&self.engine, self.cache_dir.as_deref(), wasm, &digest)
                 .map_err(|e| RuntimeError::Compile {
                     file: file.to_owned(),
                     reason: format!("{e:#}"),

@@ -4,6 +4,7 @@
 //! small pool of reader connections, which WAL mode lets run beside it. Every
 //! method is blocking; async callers run them on a blocking thread.
 
+mod dead_letters;
 mod events;
 mod group_commit;
 mod handlers;
@@ -12,6 +13,7 @@ mod schema;
 mod state;
 mod subscriptions;
 
+pub use dead_letters::DeadLetterFilter;
 pub use events::{EventFilter, EventPage};
 pub use group_commit::GroupCommit;
 pub use handlers::HandlerRecord;

@@ -45,6 +45,8 @@ pub struct DeadLetter {
     pub headers: Vec<(String, String)>,
     pub created_at: String,
     pub retried_at: Option<String>,
+    /// Type of the dead event (from `persona_events`).
+    pub event_type: Option<String>,
 }
 
 impl Store {
@@ -168,34 +170,6 @@ impl Store {
             .op("executions")?
             .collect::<rusqlite::Result<_>>()
             .op("read executions")
-        })
-    }
-
-    /// Dead letters, newest first.
-    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        self.read(|conn| {
-            conn.prepare_cached(
-                "SELECT id, event_id, handler, handler_version, attempts, reason, last_error, headers, created_at, retried_at \
-                 FROM persona_dead_letters ORDER BY id DESC LIMIT ?1",
-            )
-            .op("prepare dead letters")?
-            .query_map([limit as i64], |r| {
-                Ok(DeadLetter {
-                    id: r.get(0)?,
-                    event_id: r.get(1)?,
-                    handler: r.get(2)?,
-                    handler_version: r.get(3)?,
-                    attempts: r.get(4)?,
-                    reason: r.get(5)?,
-                    last_error: r.get(6)?,
-                    headers: super::headers_from_json(&r.get::<_, String>(7)?),
-                    created_at: r.get(8)?,
-                    retried_at: r.get(9)?,
-                })
-            })
-            .op("dead letters")?
-            .collect::<rusqlite::Result<_>>()
-            .op("read dead letters")
         })
     }
 

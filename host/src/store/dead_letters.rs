@@ -1,0 +1,142 @@
+//! Dead letters: list, show, retry and purge (`persona-bus dlq`).
+
+use super::{Op, Store, StoreError, headers_from_json};
+use crate::event::now_rfc3339;
+use rusqlite::{OptionalExtension, Row, params};
+
+pub use super::outcomes::DeadLetter;
+
+/// Which dead letters a command applies to. Empty fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    pub handler: Option<String>,
+    pub event_type: Option<String>,
+    /// Only those created at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// Include letters already retried.
+    pub include_retried: bool,
+    pub limit: usize,
+}
+
+const COLUMNS: &str = "d.id, d.event_id, d.handler, d.handler_version, d.attempts, d.reason, d.last_error, \
+     d.headers, d.created_at, d.retried_at, e.event_type";
+
+const FILTER: &str = "(?1 IS NULL OR d.handler = ?1) AND (?2 IS NULL OR e.event_type = ?2) \
+     AND (?3 IS NULL OR d.created_at >= ?3) AND (?4 OR d.retried_at IS NULL)";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: r.get(0)?,
+        event_id: r.get(1)?,
+        handler: r.get(2)?,
+        handler_version: r.get(3)?,
+        attempts: r.get(4)?,
+        reason: r.get(5)?,
+        last_error: r.get(6)?,
+        headers: headers_from_json(&r.get::<_, String>(7)?),
+        created_at: r.get(8)?,
+        retried_at: r.get(9)?,
+        event_type: r.get(10)?,
+    })
+}
+
+impl Store {
+    /// Dead letters matching `filter`, newest first.
+    pub fn dead_letters_where(
+        &self,
+        filter: &DeadLetterFilter,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM persona_dead_letters d LEFT JOIN persona_events e ON e.id = d.event_id \
+                 WHERE {FILTER} ORDER BY d.id DESC LIMIT ?5"
+            ))
+            .op("prepare dead letters")?
+            .query_map(
+                params![filter.handler, filter.event_type, filter.since, filter.include_retried, filter.limit.max(1) as i64],
+                from_row,
+            )
+            .op("dead letters")?
+            .collect::<rusqlite::Result<_>>()
+            .op("read dead letters")
+        })
+    }
+
+    /// Dead letters, newest first, not yet retried.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.dead_letters_where(&DeadLetterFilter {
+            limit,
+            include_retried: true,
+            ..Default::default()
+        })
+    }
+
+    pub fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM persona_dead_letters d LEFT JOIN persona_events e ON e.id = d.event_id WHERE d.id = ?1"
+            ))
+            .op("prepare dead letter")?
+            .query_row([id], from_row)
+            .optional()
+            .op("dead letter")
+        })
+    }
+
+    /// Brings a dead letter back: its handler's ledger entry is cleared and
+    /// the event returns to `pending` with fresh attempts, so that handler
+    /// (and only it: the others' ledger entries stay) runs it again. Returns
+    /// the event id, or `None` when the letter does not exist or was already
+    /// retried.
+    pub fn retry_dead_letter(&self, id: i64) -> Result<Option<String>, StoreError> {
+        let now = now_rfc3339();
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .op("begin dlq retry")?;
+        let found: Option<(String, String)> = tx
+            .query_row(
+                "SELECT event_id, handler FROM persona_dead_letters WHERE id = ?1 AND retried_at IS NULL",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .op("find dead letter")?;
+        let Some((event_id, handler)) = found else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE persona_dead_letters SET retried_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )
+        .op("mark retried")?;
+        tx.execute(
+            "DELETE FROM persona_processed WHERE event_id = ?1 AND handler = ?2 AND outcome = 'dead_letter'",
+            params![event_id, handler],
+        )
+        .op("clear ledger")?;
+        // Only a finished event is reopened; one still pending or running
+        // picks the handler up on its next attempt anyway.
+        tx.execute(
+            "UPDATE persona_events SET status = 'pending', retry_count = 0, next_attempt_at = 0, \
+             error_message = NULL, processed_at = NULL WHERE id = ?1 AND status NOT IN ('pending', 'processing')",
+            [&event_id],
+        )
+        .op("reopen event")?;
+        tx.commit().op("commit dlq retry")?;
+        Ok(Some(event_id))
+    }
+
+    /// Deletes the dead letters matching `filter`; returns how many.
+    pub fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<usize, StoreError> {
+        self.writer()
+            .execute(
+                &format!(
+                    "DELETE FROM persona_dead_letters WHERE id IN (SELECT d.id FROM persona_dead_letters d \
+                     LEFT JOIN persona_events e ON e.id = d.event_id WHERE {FILTER})"
+                ),
+                params![filter.handler, filter.event_type, filter.since, filter.include_retried],
+            )
+            .op("purge dead letters")
+    }
+}
