@@ -24,6 +24,7 @@ const GUESTS: &[(&str, &str, Option<&str>)] = &[
     ("FLAKY", "guest-flaky", None),
     ("SLOW", "guest-slow", None),
     ("WRONG_WORLD", "guest-wrong-world", None),
+    ("HOSTILE", "guest-hostile", None),
 ];
 
 fn main() {

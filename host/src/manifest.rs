@@ -31,6 +31,8 @@ struct RawManifest {
     #[serde(default)]
     capabilities: Capabilities,
     #[serde(default)]
+    instances: Instances,
+    #[serde(default)]
     config: BTreeMap<String, toml::Value>,
 }
 
@@ -53,6 +55,8 @@ struct RawLimits {
     fuel: Option<u64>,
     max_publishes: Option<u32>,
     max_log_lines: Option<u32>,
+    max_event_bytes: Option<usize>,
+    max_output_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +94,37 @@ pub struct Limits {
     pub fuel: Option<u64>,
     pub max_publishes: u32,
     pub max_log_lines: u32,
+    /// Largest event payload delivered to this handler; a larger one is
+    /// dead-lettered for it without running it.
+    pub max_event_bytes: usize,
+    /// Most bytes one call may publish (payloads) and write to state.
+    pub max_output_bytes: usize,
+}
+
+/// Whether each event gets a fresh instance or reuses a warm one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstancePolicy {
+    /// A new instance per event: no state can leak between events. Cheap for
+    /// small guests (microseconds with the pooling allocator).
+    #[default]
+    Fresh,
+    /// Keep instances warm and call them again: for large guests (a
+    /// JavaScript handler costs far more to instantiate than to call). An
+    /// instance that traps or hits a limit is thrown away.
+    Reuse,
+}
+
+/// How a handler's instances are made and how many run at once.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Instances {
+    #[serde(default)]
+    pub policy: InstancePolicy,
+    /// Most calls of this handler at the same time (and warm instances kept
+    /// with `reuse`); unset: as many as there are workers.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
 }
 
 /// When and how often a failed delivery is tried again.
@@ -129,6 +164,7 @@ pub struct Manifest {
     pub limits: Limits,
     pub retry: RetryPolicy,
     pub capabilities: Capabilities,
+    pub instances: Instances,
     pub config: BTreeMap<String, String>,
 }
 
@@ -251,6 +287,20 @@ impl Manifest {
                 "must be above 0 (leave it out for no fuel limit)".into(),
             ));
         }
+        if raw.instances.concurrency == Some(0) {
+            return Err(invalid("instances.concurrency", "must be above 0".into()));
+        }
+        let max_event_bytes = raw.limits.max_event_bytes.unwrap_or(host.max_payload_bytes);
+        let max_output_bytes = raw
+            .limits
+            .max_output_bytes
+            .unwrap_or(host.max_payload_bytes * 4);
+        ceiling(
+            max_output_bytes as u64,
+            host.max_payload_bytes as u64 * 64,
+            "bytes",
+        )
+        .map_err(|r| invalid("limits.max_output_bytes", r))?;
         let limits = Limits {
             timeout: Duration::from_millis(timeout_ms),
             memory_bytes: (memory_mb as usize) << 20,
@@ -260,6 +310,8 @@ impl Manifest {
                 .limits
                 .max_log_lines
                 .unwrap_or(host.default_max_log_lines),
+            max_event_bytes,
+            max_output_bytes,
         };
 
         let retry = RetryPolicy {
@@ -315,6 +367,7 @@ impl Manifest {
             limits,
             retry,
             capabilities: raw.capabilities,
+            instances: raw.instances,
             config,
         })
     }

@@ -43,6 +43,9 @@ pub enum FailureKind {
     Limit,
     /// It could not be instantiated (pool exhausted, start function trapped).
     Instantiate,
+    /// The event is larger than the handler's `limits.max_event_bytes`: it
+    /// was not run, and never will be (dead-lettered at once).
+    InputTooLarge,
 }
 
 impl FailureKind {
@@ -54,6 +57,7 @@ impl FailureKind {
             Self::OutOfFuel => "out_of_fuel",
             Self::Limit => "limit",
             Self::Instantiate => "instantiate",
+            Self::InputTooLarge => "input_too_large",
         }
     }
 }
@@ -111,6 +115,12 @@ impl Verdict {
         match outcome {
             RunOutcome::Completed => Self::Done,
             RunOutcome::Rejected(_) => Self::DeadLetter { reason: "rejected" },
+            RunOutcome::Failed {
+                kind: FailureKind::InputTooLarge,
+                ..
+            } => Self::DeadLetter {
+                reason: "input_too_large",
+            },
             RunOutcome::Retry(_) | RunOutcome::Failed { .. } if attempt >= policy.max_attempts => {
                 Self::DeadLetter {
                     reason: "attempts_exhausted",

@@ -166,3 +166,147 @@ fn a_failed_call_leaves_no_effects() {
     bus.drain().unwrap();
     assert!(bus.store().state_entries("flaky").unwrap().is_empty());
 }
+
+#[test]
+fn deep_recursion_is_a_trap() {
+    let (_sb, bus) = with_audit("deep", guests::HOSTILE, "[config]\nmode = \"recurse\"");
+    for r in run_beside_audit(&bus, "deep") {
+        assert_eq!(r.outcome, "trap", "{r:?}");
+        assert!(
+            r.error.as_deref().unwrap().contains("call stack exhausted"),
+            "{r:?}"
+        );
+    }
+}
+
+#[test]
+fn log_flood_is_stopped_at_max_log_lines() {
+    let (_sb, bus) = with_audit(
+        "noisy",
+        guests::HOSTILE,
+        "[limits]\nmax_log_lines = 50\n[config]\nmode = \"logflood\"",
+    );
+    for r in run_beside_audit(&bus, "noisy") {
+        assert_eq!(r.outcome, "limit", "{r:?}");
+        assert!(
+            r.error.as_deref().unwrap().contains("more than 50 lines"),
+            "{r:?}"
+        );
+    }
+}
+
+#[test]
+fn oversized_output_is_refused_at_max_output_bytes() {
+    let (_sb, bus) = with_audit(
+        "big",
+        guests::HOSTILE,
+        "[limits]\nmax_output_bytes = 100000\nmax_publishes = 1000\n[config]\nmode = \"bigoutput\"",
+    );
+    for r in run_beside_audit(&bus, "big") {
+        assert_eq!(r.outcome, "rejected", "{r:?}");
+        assert!(
+            r.error
+                .as_deref()
+                .unwrap()
+                .contains("above limits.max_output_bytes = 100000"),
+            "{r:?}"
+        );
+    }
+    // Nothing the refused calls published was committed.
+    assert_eq!(
+        bus.store()
+            .list_events(&persona_bus::store::EventFilter {
+                event_type: Some("big".into()),
+                limit: 1,
+                ..Default::default()
+            })
+            .unwrap()
+            .total,
+        0
+    );
+}
+
+#[test]
+fn an_event_above_the_handlers_input_limit_is_dead_lettered_unrun() {
+    let sb = Sandbox::new();
+    sb.install(
+        "small",
+        guests::AUDIT,
+        "[[subscriptions]]\nevent_type = \"custom\"\n[limits]\nmax_event_bytes = 64",
+    );
+    let bus = sb.open();
+    let big = bus
+        .publish(persona_bus::NewEvent {
+            payload: Some(serde_json::json!({"blob": "y".repeat(200)})),
+            ..event("custom")
+        })
+        .unwrap();
+    let ok = bus.publish(event("custom")).unwrap();
+    bus.drain().unwrap();
+    assert_eq!(
+        bus.store().event(&big.id).unwrap().status,
+        EventStatus::DeadLetter
+    );
+    assert_eq!(
+        bus.store().event(&ok.id).unwrap().status,
+        EventStatus::Completed
+    );
+    let runs = bus.store().executions(&big.id).unwrap();
+    assert_eq!(
+        (runs.len(), runs[0].outcome.as_str()),
+        (1, "input_too_large")
+    );
+    assert_eq!(
+        bus.store().dead_letters(10).unwrap()[0].reason,
+        "input_too_large"
+    );
+    assert_eq!(
+        bus.store().state_counter("small", "events").unwrap(),
+        1,
+        "the big event never reached the guest"
+    );
+}
+
+#[test]
+fn instance_policy_fresh_isolates_and_reuse_keeps_warm_instances() {
+    let sb = Sandbox::new();
+    sb.install(
+        "fresh",
+        guests::HOSTILE,
+        "[[subscriptions]]\nevent_type = \"tick\"\n[config]\nmode = \"statics\"",
+    );
+    sb.install("warm", guests::HOSTILE, "[[subscriptions]]\nevent_type = \"tick\"\n[instances]\npolicy = \"reuse\"\nconcurrency = 1\n[config]\nmode = \"statics\"");
+    sb.install("warm-bad", guests::TRAP, "[[subscriptions]]\nevent_type = \"tick\"\n[retry]\nmax_attempts = 1\n[instances]\npolicy = \"reuse\"");
+    let bus = sb.open();
+    for _ in 0..5 {
+        bus.publish(event("tick")).unwrap();
+    }
+    bus.drain().unwrap();
+    let seen = |h: &str| {
+        String::from_utf8(
+            bus.store()
+                .state_get(h, "calls_seen_by_instance")
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        seen("fresh"),
+        "1",
+        "a fresh instance per event sees no earlier call"
+    );
+    assert_eq!(
+        seen("warm"),
+        "5",
+        "one warm instance served all five events"
+    );
+    // A reused instance that traps is dropped, and the next event still runs.
+    let traps = bus.store().dead_letters(10).unwrap();
+    assert_eq!(traps.len(), 5);
+    assert!(
+        traps
+            .iter()
+            .all(|d| d.handler == "warm-bad" && d.last_error.contains("guest-trap refuses event"))
+    );
+}

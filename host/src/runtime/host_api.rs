@@ -7,7 +7,7 @@
 use super::bindings::persona::bus::{host, state, types};
 use super::limits::LimitHit;
 use super::{CallEnv, HostState};
-use crate::event::{self, EventLimits};
+use crate::event::{self, Event, EventLimits};
 use crate::manifest::Limits;
 use crate::outcome::{Effects, StateOp};
 use std::collections::BTreeMap;
@@ -30,10 +30,51 @@ pub(crate) struct Call {
     pub(crate) event_limits: EventLimits,
     pub(crate) effects: Effects,
     pub(crate) log_lines: u32,
+    /// Bytes published and written to state in this call so far.
+    pub(crate) output_bytes: usize,
     pub(crate) note: Option<String>,
 }
 
 impl Call {
+    pub(crate) fn new(
+        handler: &Arc<str>,
+        config: &Arc<BTreeMap<String, String>>,
+        limits: &Limits,
+        event: &Event,
+        env: &Arc<CallEnv>,
+    ) -> Self {
+        Self {
+            handler: handler.clone(),
+            config: config.clone(),
+            limits: limits.clone(),
+            event_id: event.id.clone(),
+            project_id: event.project_id.clone(),
+            chain_depth: event.chain_depth,
+            env: env.clone(),
+            event_limits: EventLimits {
+                max_payload_bytes: env.limits.max_payload_bytes,
+            },
+            effects: Effects::default(),
+            log_lines: 0,
+            output_bytes: 0,
+            note: None,
+        }
+    }
+
+    /// Counts `bytes` of output against `limits.max_output_bytes`.
+    fn spend_output(&mut self, bytes: usize) -> Result<(), String> {
+        let max = self.limits.max_output_bytes;
+        if self.output_bytes + bytes > max {
+            let why = format!(
+                "output limit: this call would write {} bytes, above limits.max_output_bytes = {max}",
+                self.output_bytes + bytes
+            );
+            self.note = Some(why.clone());
+            return Err(why);
+        }
+        self.output_bytes += bytes;
+        Ok(())
+    }
     /// The value of `key` as this call sees it: the committed value with this
     /// call's own buffered writes on top.
     fn current(&self, key: &str) -> wasmtime::Result<Option<Vec<u8>>> {
@@ -149,6 +190,9 @@ impl host::Host for HostState {
             ));
             return Ok(Err(types::PublishError::TooMany(max)));
         }
+        if let Err(why) = call.spend_output(new.payload.len()) {
+            return Ok(Err(types::PublishError::Invalid(why)));
+        }
         let payload = match event::NewEvent::parse_payload(&new.payload) {
             Ok(p) => p,
             Err(e) => return Ok(Err(types::PublishError::Invalid(e.to_string()))),
@@ -200,6 +244,9 @@ impl state::Host for HostState {
                 "values may be {max} bytes, this one is {}",
                 value.len()
             ))));
+        }
+        if let Err(why) = self.call.spend_output(key.len() + value.len()) {
+            return Ok(Err(types::StateError::TooLarge(why)));
         }
         self.call.push_state(StateOp::Set(key, value))?;
         Ok(Ok(()))

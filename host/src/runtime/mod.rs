@@ -16,8 +16,8 @@ mod limits;
 pub use cache::digest;
 
 use crate::config::{HostLimits, RuntimeConfig};
-use crate::event::{Event, EventLimits, now_rfc3339};
-use crate::manifest::Manifest;
+use crate::event::{Event, now_rfc3339};
+use crate::manifest::{InstancePolicy, Manifest};
 use crate::outcome::{Effects, FailureKind, RunOutcome};
 use crate::store::Store;
 use bindings::persona::bus::types as wit;
@@ -25,7 +25,7 @@ use bindings::{Handler, HandlerPre};
 use limits::{LimitHit, Limiter};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Trap};
@@ -72,6 +72,55 @@ pub enum Origin {
 pub struct Prepared {
     pub(crate) pre: HandlerPre<HostState>,
     pub digest: String,
+    /// Warm instances kept by the `reuse` policy.
+    warm: Mutex<Vec<Warm>>,
+    /// Calls running now, against the manifest's `concurrency`.
+    slots: Slots,
+}
+
+/// A warm instance (the `reuse` policy) and its captured stderr.
+struct Warm {
+    store: wasmtime::Store<HostState>,
+    handler: Handler,
+    stderr: MemoryOutputPipe,
+    /// Bytes of stderr already attributed to earlier calls.
+    stderr_seen: usize,
+}
+
+/// Warm instances kept per handler when the manifest sets no concurrency.
+const DEFAULT_WARM: u32 = 16;
+
+/// A counting semaphore for a handler's `concurrency`.
+#[derive(Default)]
+struct Slots {
+    running: Mutex<u32>,
+    freed: Condvar,
+}
+
+/// Held while a call runs; frees its slot when dropped.
+struct Permit<'a>(Option<&'a Slots>);
+
+impl Slots {
+    fn acquire(&self, max: Option<u32>) -> Permit<'_> {
+        let Some(max) = max else {
+            return Permit(None);
+        };
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        while *running >= max {
+            running = self.freed.wait(running).unwrap_or_else(|p| p.into_inner());
+        }
+        *running += 1;
+        Permit(Some(self))
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if let Some(slots) = self.0 {
+            *slots.running.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+            slots.freed.notify_one();
+        }
+    }
 }
 
 /// What a handler sees of the host during one call.
@@ -203,11 +252,17 @@ impl Runtime {
         };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(world)?;
         let pre = HandlerPre::new(instance_pre).map_err(world)?;
-        Ok(Prepared { pre, digest })
+        Ok(Prepared {
+            pre,
+            digest,
+            warm: Mutex::new(Vec::new()),
+            slots: Slots::default(),
+        })
     }
 
-    /// Runs `handle` on a fresh instance under the handler's limits. Never
-    /// fails: whatever the guest does becomes the [`RunOutcome`].
+    /// Runs `handle` under the handler's limits, on a fresh instance or a
+    /// warm one as its manifest says. Never fails: whatever the guest does
+    /// becomes the [`RunOutcome`].
     pub fn invoke(
         &self,
         h: HandlerRef<'_>,
@@ -219,6 +274,61 @@ impl Runtime {
         let started = Instant::now();
         let started_at = now_rfc3339();
         let limits = &h.manifest.limits;
+        let finish = |outcome: RunOutcome, effects: Effects, note: Option<String>| Invocation {
+            outcome,
+            effects,
+            started_at: started_at.clone(),
+            duration: started.elapsed(),
+            note,
+        };
+        if event.payload.len() > limits.max_event_bytes {
+            let message = format!(
+                "event payload is {} bytes; this handler takes at most {} (limits.max_event_bytes)",
+                event.payload.len(),
+                limits.max_event_bytes
+            );
+            return finish(
+                RunOutcome::Failed {
+                    kind: FailureKind::InputTooLarge,
+                    message,
+                },
+                Effects::default(),
+                None,
+            );
+        }
+        let _permit = h.prepared.slots.acquire(h.manifest.instances.concurrency);
+        let call = host_api::Call::new(h.name, h.config, limits, event, env);
+        let input = to_wit(event, origin, attempt);
+        let (outcome, effects, note) = match h.manifest.instances.policy {
+            InstancePolicy::Fresh => {
+                let (mut store, stderr) = self.new_store(&h, call);
+                let result = match h.prepared.pre.instantiate(&mut store) {
+                    Ok(instance) => instance
+                        .call_handle(&mut store, &input)
+                        .map_err(|e| (e, false)),
+                    Err(e) => Err((e, true)),
+                };
+                let outcome =
+                    to_outcome(result, store.data().limiter.hit, limits, &stderr.contents());
+                let call = store.into_data().call;
+                (outcome, call.effects, call.note)
+            }
+            InstancePolicy::Reuse => self.invoke_warm(&h, call, &input),
+        };
+        let effects = if outcome == RunOutcome::Completed {
+            effects
+        } else {
+            Effects::default()
+        };
+        finish(outcome, effects, note)
+    }
+
+    /// A store for one handler, armed with its limits for one call.
+    fn new_store(
+        &self,
+        h: &HandlerRef<'_>,
+        call: host_api::Call,
+    ) -> (wasmtime::Store<HostState>, MemoryOutputPipe) {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut wasi = WasiCtxBuilder::new();
         if h.manifest.capabilities.stdio {
@@ -229,64 +339,95 @@ impl Runtime {
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: Limiter::new(limits.memory_bytes),
-            call: host_api::Call {
-                handler: h.name.clone(),
-                config: h.config.clone(),
-                limits: limits.clone(),
-                event_id: event.id.clone(),
-                project_id: event.project_id.clone(),
-                chain_depth: event.chain_depth,
-                env: env.clone(),
-                event_limits: EventLimits {
-                    max_payload_bytes: env.limits.max_payload_bytes,
-                },
-                effects: Effects::default(),
-                log_lines: 0,
-                note: None,
-            },
+            limiter: Limiter::new(h.manifest.limits.memory_bytes),
+            call,
         };
         let mut store = wasmtime::Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        self.arm(&mut store, &h.manifest.limits);
+        (store, stderr)
+    }
+
+    /// Sets a store's fuel and deadline for the next call.
+    fn arm(&self, store: &mut wasmtime::Store<HostState>, limits: &crate::manifest::Limits) {
         // Cannot fail: fuel is enabled on this engine.
         let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
         store.set_epoch_deadline(
             limits.timeout.as_nanos().div_ceil(self.tick.as_nanos()) as u64 + 1,
         );
-        store.epoch_deadline_trap();
+    }
 
-        let input = to_wit(event, origin, attempt);
-        let result = match h.prepared.pre.instantiate(&mut store) {
-            Ok(instance) => instance
-                .call_handle(&mut store, &input)
-                .map_err(|e| (e, false)),
-            Err(e) => Err((e, true)),
-        };
-        let outcome = match result {
-            Ok(Ok(())) => RunOutcome::Completed,
-            Ok(Err(wit::HandlerError::Retry(reason))) => RunOutcome::Retry(reason),
-            Ok(Err(wit::HandlerError::Reject(reason))) => RunOutcome::Rejected(reason),
-            Err((error, instantiating)) => {
-                let kind = classify(&error, store.data().limiter.hit, instantiating);
-                RunOutcome::Failed {
-                    kind,
-                    message: describe(&error, kind, limits, &stderr),
+    /// The `reuse` policy: call a warm instance, or make one. An instance
+    /// that fails in any way is dropped, never reused.
+    fn invoke_warm(
+        &self,
+        h: &HandlerRef<'_>,
+        call: host_api::Call,
+        input: &wit::Event,
+    ) -> (RunOutcome, Effects, Option<String>) {
+        let limits = &h.manifest.limits;
+        let pooled = h
+            .prepared
+            .warm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let mut warm = match pooled {
+            Some(mut w) => {
+                let state = w.store.data_mut();
+                state.call = call;
+                state.limiter.hit = false;
+                self.arm(&mut w.store, limits);
+                w
+            }
+            None => {
+                let (mut store, stderr) = self.new_store(h, call);
+                match h.prepared.pre.instantiate(&mut store) {
+                    Ok(handler) => Warm {
+                        store,
+                        handler,
+                        stderr,
+                        stderr_seen: 0,
+                    },
+                    Err(e) => {
+                        let outcome = to_outcome(
+                            Err((e, true)),
+                            store.data().limiter.hit,
+                            limits,
+                            &stderr.contents(),
+                        );
+                        return (outcome, Effects::default(), None);
+                    }
                 }
             }
         };
-        let call = store.into_data().call;
-        let effects = if outcome == RunOutcome::Completed {
-            call.effects
-        } else {
-            Effects::default()
-        };
-        Invocation {
-            outcome,
-            effects,
-            started_at,
-            duration: started.elapsed(),
-            note: call.note,
+        let result = warm
+            .handler
+            .call_handle(&mut warm.store, input)
+            .map_err(|e| (e, false));
+        let printed = warm.stderr.contents();
+        let outcome = to_outcome(
+            result,
+            warm.store.data().limiter.hit,
+            limits,
+            &printed[warm.stderr_seen.min(printed.len())..],
+        );
+        warm.stderr_seen = printed.len();
+        // The call's record stays in the store until the next call replaces
+        // it; only what it produced is taken out.
+        let state = warm.store.data_mut();
+        let (effects, note) = (
+            std::mem::take(&mut state.call.effects),
+            state.call.note.take(),
+        );
+        if !matches!(outcome, RunOutcome::Failed { .. }) {
+            let mut pool = h.prepared.warm.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < h.manifest.instances.concurrency.unwrap_or(DEFAULT_WARM) as usize {
+                pool.push(warm);
+            }
         }
+        (outcome, effects, note)
     }
 }
 
@@ -299,6 +440,27 @@ fn pagemap_scan_supported() -> bool {
         .map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (major, minor) >= (6, 7)
+}
+
+/// Maps what the call returned to an outcome.
+fn to_outcome(
+    result: Result<Result<(), wit::HandlerError>, (wasmtime::Error, bool)>,
+    memory_hit: bool,
+    limits: &crate::manifest::Limits,
+    printed: &[u8],
+) -> RunOutcome {
+    match result {
+        Ok(Ok(())) => RunOutcome::Completed,
+        Ok(Err(wit::HandlerError::Retry(reason))) => RunOutcome::Retry(reason),
+        Ok(Err(wit::HandlerError::Reject(reason))) => RunOutcome::Rejected(reason),
+        Err((error, instantiating)) => {
+            let kind = classify(&error, memory_hit, instantiating);
+            RunOutcome::Failed {
+                kind,
+                message: describe(&error, kind, limits, printed),
+            }
+        }
+    }
 }
 
 fn classify(error: &wasmtime::Error, memory_hit: bool, instantiating: bool) -> FailureKind {
@@ -322,7 +484,7 @@ fn describe(
     error: &wasmtime::Error,
     kind: FailureKind,
     limits: &crate::manifest::Limits,
-    stderr: &MemoryOutputPipe,
+    printed: &[u8],
 ) -> String {
     let mut text = match kind {
         FailureKind::Timeout => format!("ran past its {} ms timeout", limits.timeout.as_millis()),
@@ -331,13 +493,16 @@ fn describe(
             limits.memory_bytes >> 20
         ),
         FailureKind::OutOfFuel => format!("used up its fuel ({})", limits.fuel.unwrap_or_default()),
+        // The host's own words, not wasmtime's backtrace wrapper around them.
+        FailureKind::Limit => error
+            .downcast_ref::<LimitHit>()
+            .map_or_else(|| error.to_string(), |hit| hit.0.clone()),
         _ => match error.downcast_ref::<Trap>() {
             Some(trap) => format!("wasm trap: {trap}"),
             None => error.to_string(),
         },
     };
-    let printed = stderr.contents();
-    let printed = String::from_utf8_lossy(&printed);
+    let printed = String::from_utf8_lossy(printed);
     let printed = printed.trim();
     if !printed.is_empty() {
         let tail: String = printed
