@@ -15,7 +15,13 @@ HANDLERS_DIR := build/handlers
 BIN         := $(TARGET_DIR)/release/persona-bus
 DATA_DIR    ?= .data
 
-.PHONY: all toolchain build handlers run test lint fmt bench clean
+# JavaScript handlers: one npm toolchain (tools/js, locked), many sources.
+JS_TOOLS    := tools/js
+COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
+JS_OUT      := $(TARGET_DIR)/js
+JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm
+
+.PHONY: all toolchain build handlers js-handlers run test lint fmt bench clean
 
 all: build
 
@@ -26,17 +32,36 @@ toolchain:
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 
+$(COMPONENTIZE): $(JS_TOOLS)/package.json $(JS_TOOLS)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node.js 20) is required to build the JavaScript handlers"; exit 1; }
+	cd $(JS_TOOLS) && npm ci --no-audit --no-fund
+	@touch $@
+
+# -d http fetch-event: the bus grants no network, and wasmtime 48 does not
+# link those features.
+$(JS_OUT)/tally-js.wasm: handlers/tally-js/tally-js.js wit/bus.wit $(COMPONENTIZE)
+	@mkdir -p $(JS_OUT)
+	$(COMPONENTIZE) $< --wit wit/bus.wit --world-name handler -d http fetch-event -o $@
+
+$(JS_OUT)/handler-template-js.wasm: examples/handler-template-js/handler.js wit/bus.wit $(COMPONENTIZE)
+	@mkdir -p $(JS_OUT)
+	$(COMPONENTIZE) $< --wit wit/bus.wit --world-name handler -d http fetch-event -o $@
+
+js-handlers: $(JS_WASM)
+
 # Compiles the first-party handlers and leaves each ready-to-load pair
 # (name.wasm + name.toml) in build/handlers. Files are copied then renamed,
 # so a running host never sees half a component.
-handlers: toolchain
+handlers: toolchain js-handlers
 	CARGO_TARGET_DIR=$(TARGET_DIR)/wasm $(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p ,$(HANDLERS))
 	@mkdir -p $(HANDLERS_DIR)
 	@for h in $(HANDLERS); do \
 		cp handlers/$$h/$$h.toml $(HANDLERS_DIR)/.$$h.toml.tmp && mv $(HANDLERS_DIR)/.$$h.toml.tmp $(HANDLERS_DIR)/$$h.toml; \
 		cp $(WASM_OUT)/$$h.wasm $(HANDLERS_DIR)/.$$h.wasm.tmp && mv $(HANDLERS_DIR)/.$$h.wasm.tmp $(HANDLERS_DIR)/$$h.wasm; \
 	done
-	@echo "handlers ready in $(HANDLERS_DIR): $(HANDLERS)"
+	@cp handlers/tally-js/tally-js.toml $(HANDLERS_DIR)/.tally-js.toml.tmp && mv $(HANDLERS_DIR)/.tally-js.toml.tmp $(HANDLERS_DIR)/tally-js.toml
+	@cp $(JS_OUT)/tally-js.wasm $(HANDLERS_DIR)/.tally-js.wasm.tmp && mv $(HANDLERS_DIR)/.tally-js.wasm.tmp $(HANDLERS_DIR)/tally-js.wasm
+	@echo "handlers ready in $(HANDLERS_DIR): $(HANDLERS) tally-js"
 
 build: toolchain handlers
 	$(CARGO) build --release -p persona-bus
@@ -48,7 +73,7 @@ run: build
 
 # Release profile: one build of wasmtime serves run, test and bench, and
 # handler compilation is not slowed by a debug cranelift.
-test: toolchain
+test: toolchain js-handlers
 	$(CARGO) test --release
 
 lint: toolchain
@@ -62,5 +87,5 @@ bench: toolchain
 	$(CARGO) bench -p persona-bus-tests --bench embedded
 
 clean:
-	rm -rf build $(DATA_DIR)
+	rm -rf build $(DATA_DIR) $(JS_TOOLS)/node_modules
 	$(CARGO) clean

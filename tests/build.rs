@@ -25,6 +25,7 @@ const GUESTS: &[(&str, &str, Option<&str>)] = &[
     ("SLOW", "guest-slow", None),
     ("WRONG_WORLD", "guest-wrong-world", None),
     ("HOSTILE", "guest-hostile", None),
+    ("TEMPLATE_RUST", "handler-template-rust", None),
 ];
 
 fn main() {
@@ -38,7 +39,12 @@ fn main() {
         None => root.join("target").join("wasm"),
     };
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
-    for dir in ["wit", "handlers", "tests/guests"] {
+    for dir in [
+        "wit",
+        "handlers",
+        "tests/guests",
+        "examples/handler-template-rust",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
 
@@ -85,6 +91,44 @@ fn main() {
         if let Some(m) = manifest {
             writeln!(out, "/// The manifest shipped with `{package}`.\npub const {name}_MANIFEST: &str = {:?};", root.join(m).display().to_string()).unwrap();
         }
+    }
+    // JavaScript components are built by `make js-handlers` (npm toolchain),
+    // not here; tests that need them say so when they are missing.
+    let js_dir = target_dir.parent().unwrap().join("js");
+    for (name, file) in [
+        ("TALLY_JS", "tally-js"),
+        ("TEMPLATE_JS", "handler-template-js"),
+    ] {
+        writeln!(out, "/// `{file}` (JavaScript), built by `make js-handlers`.\npub const {name}: &str = {:?};", js_dir.join(format!("{file}.wasm")).display().to_string()).unwrap();
+    }
+    writeln!(
+        out,
+        "/// Compiled-component cache shared by all tests.\npub const COMPILE_CACHE: &str = {:?};",
+        target_dir
+            .parent()
+            .unwrap()
+            .join("test-compile-cache")
+            .display()
+            .to_string()
+    )
+    .unwrap();
+    for (name, manifest) in [
+        ("TALLY_JS_MANIFEST", "handlers/tally-js/tally-js.toml"),
+        (
+            "TEMPLATE_JS_MANIFEST",
+            "examples/handler-template-js/handler.toml",
+        ),
+        (
+            "TEMPLATE_RUST_MANIFEST",
+            "examples/handler-template-rust/handler.toml",
+        ),
+    ] {
+        writeln!(
+            out,
+            "pub const {name}: &str = {:?};",
+            root.join(manifest).display().to_string()
+        )
+        .unwrap();
     }
     let dest = PathBuf::from(env::var("OUT_DIR").unwrap()).join("guests.rs");
     std::fs::write(dest, out).unwrap();

@@ -115,7 +115,13 @@ impl Bus {
         let runtime = Arc::new(Runtime::new(
             &config.runtime,
             &config.limits,
-            Some(config.data_dir.join("cache")),
+            Some(
+                config
+                    .runtime
+                    .cache_dir
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("cache")),
+            ),
         )?);
         let registry = Arc::new(Registry::new(
             config.handlers_dir.clone(),

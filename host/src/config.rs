@@ -127,6 +127,8 @@ pub struct RuntimeConfig {
     pub pool_slots: u32,
     /// Granularity of handler timeouts.
     pub epoch_tick_ms: u64,
+    /// Where compiled components are cached; default `<data_dir>/cache`.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -135,6 +137,7 @@ impl Default for RuntimeConfig {
             workers: 0,
             pool_slots: 128,
             epoch_tick_ms: 5,
+            cache_dir: None,
         }
     }
 }

@@ -93,6 +93,7 @@ impl Sandbox {
             handlers_dir: self.handlers_dir(),
             ..Config::default()
         };
+        c.runtime.cache_dir = Some(guests::COMPILE_CACHE.into());
         c.poll.active_interval_ms = 10;
         c.poll.idle_interval_ms = 50;
         c

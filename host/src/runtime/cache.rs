@@ -63,7 +63,9 @@ fn store(component: &Component, path: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     // Write then rename, so a concurrent reader never sees half a file.
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per writer: two threads (or processes) may compile the same
+    // component at once; each renames a whole file into place.
+    let tmp = path.with_extension(format!("tmp{}-{:x}", std::process::id(), fastrand::u64(..)));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())

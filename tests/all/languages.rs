@@ -1,0 +1,149 @@
+//! Handlers in a second language (JavaScript, componentize-js) on the same
+//! WIT, and the per-language templates under `examples/`.
+
+use persona_bus::{EventStatus, NewEvent};
+use persona_bus_tests::{Sandbox, event, guests, wait_final};
+use std::path::Path;
+use std::time::Duration;
+
+fn require(component: &str) {
+    assert!(
+        Path::new(component).exists(),
+        "{component} is missing: build it with `make js-handlers` (`make test` does)"
+    );
+}
+
+fn with_payload(event_type: &str, payload: serde_json::Value) -> NewEvent {
+    NewEvent {
+        payload: Some(payload),
+        ..event(event_type)
+    }
+}
+
+#[test]
+fn javascript_handler_completes_retries_rejects_and_publishes() {
+    require(guests::TALLY_JS);
+    let sb = Sandbox::new();
+    sb.install_shipped("tally-js", guests::TALLY_JS, guests::TALLY_JS_MANIFEST)
+        .install_shipped("counter", guests::COUNTER, guests::COUNTER_MANIFEST);
+    let bus = sb.open();
+    bus.start().unwrap();
+    let ok = bus
+        .publish(with_payload(
+            "task_created",
+            serde_json::json!({"title": "a"}),
+        ))
+        .unwrap();
+    let rejected = bus
+        .publish(with_payload("custom", serde_json::json!({"reject": true})))
+        .unwrap();
+    let retried = bus
+        .publish(with_payload(
+            "task_created",
+            serde_json::json!({"retry": true}),
+        ))
+        .unwrap();
+    let wait = |id: &str| wait_final(&bus, id, Duration::from_secs(60));
+
+    assert_eq!(wait(&ok.id).status, EventStatus::Completed);
+    assert_eq!(wait(&rejected.id).status, EventStatus::DeadLetter);
+    assert_eq!(wait(&retried.id).status, EventStatus::Completed);
+
+    let runs = |id: &str| {
+        bus.store()
+            .executions(id)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.handler == "tally-js")
+            .map(|r| (r.attempt, r.outcome))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(runs(&ok.id), [(1, "completed".to_string())]);
+    assert_eq!(
+        runs(&retried.id),
+        [(1, "retry".to_string()), (2, "completed".to_string())]
+    );
+    let dead = bus.store().dead_letters(10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].handler.as_str(), dead[0].reason.as_str()),
+        ("tally-js", "rejected")
+    );
+    assert!(
+        dead[0].last_error.contains("js handler rejects"),
+        "{:?}",
+        dead[0]
+    );
+
+    // State (BigInt increments) and follow-up events (records, options, lists).
+    assert_eq!(bus.store().state_counter("tally-js", "events").unwrap(), 2);
+    assert_eq!(
+        bus.store()
+            .state_counter("tally-js", "type:task_created")
+            .unwrap(),
+        2
+    );
+    persona_bus_tests::wait_for(
+        Duration::from_secs(30),
+        "the counter to count the forwarded actions",
+        || bus.store().state_counter("counter", "count").unwrap() == 2,
+    );
+    let actions = bus
+        .store()
+        .list_events(&persona_bus::store::EventFilter {
+            event_type: Some("persona_action".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        actions
+            .events
+            .iter()
+            .all(|e| e.source_id.as_deref() == Some("tally-js")
+                && e.headers.contains(&("lang".into(), "js".into())))
+    );
+}
+
+#[test]
+fn both_templates_build_load_and_handle_events() {
+    require(guests::TEMPLATE_JS);
+    let sb = Sandbox::new();
+    sb.install_shipped(
+        "handler-template-rust",
+        guests::TEMPLATE_RUST,
+        guests::TEMPLATE_RUST_MANIFEST,
+    )
+    .install_shipped(
+        "handler-template-js",
+        guests::TEMPLATE_JS,
+        guests::TEMPLATE_JS_MANIFEST,
+    );
+    let bus = sb.open();
+    assert_eq!(
+        bus.registry().snapshot().handlers.len(),
+        2,
+        "{:?}",
+        bus.registry().snapshot().failures
+    );
+    bus.publish(event("custom")).unwrap();
+    bus.publish(event("custom")).unwrap();
+    let bad = bus
+        .publish(with_payload("custom", serde_json::json!({"invalid": true})))
+        .unwrap();
+    bus.drain().unwrap();
+    for h in ["handler-template-rust", "handler-template-js"] {
+        assert_eq!(bus.store().state_counter(h, "seen").unwrap(), 2, "{h}");
+    }
+    assert_eq!(
+        bus.store().event(&bad.id).unwrap().status,
+        EventStatus::DeadLetter
+    );
+    let dead = bus.store().dead_letters(10).unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(
+        dead.iter()
+            .all(|d| d.reason == "rejected" && d.last_error.contains("payload marked invalid")),
+        "{dead:?}"
+    );
+}
