@@ -15,6 +15,8 @@ static CALLS: AtomicU64 = AtomicU64::new(0);
 
 struct Hostile;
 
+// Endless on purpose: the host must stop the stack overflow as a trap.
+#[allow(unconditional_recursion)]
 #[inline(never)]
 fn recurse(depth: u64, pad: [u8; 64]) -> u64 {
     let local = std::hint::black_box(pad);
