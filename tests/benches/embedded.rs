@@ -33,6 +33,12 @@ fn main() {
         );
     }
     let quick = args.iter().any(|a| a == "--quick");
+    if args.iter().any(|a| a == "--lifecycle") {
+        hot_swap();
+        hostile_neighbours(100_000, 10);
+        hostile_neighbours(100_000, 5);
+        return;
+    }
     if args.iter().any(|a| a == "--dispatch") {
         return dispatch_cost(20_000);
     }
@@ -54,6 +60,8 @@ fn main() {
     latency(10_000, Duration::from_secs(5));
     other_process(20 / scale as u32 * 10, 100);
     dispatch_cost(20_000 / scale);
+    hot_swap();
+    hostile_neighbours(100_000 / scale, 10);
 }
 
 fn cores() -> usize {
@@ -410,4 +418,232 @@ fn breakdown(n: usize) {
         "insert only, batches of 256: {:.0}/s",
         n as f64 / t.elapsed().as_secs_f64()
     );
+}
+
+fn wall_ms() -> i64 {
+    (now_us() / 1000) as i64
+}
+
+fn rfc3339_ms(t: &str) -> i64 {
+    humantime::parse_rfc3339(t)
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Replaces a handler (copy + rename) under a steady 1,000 events/s and
+/// measures how long until the new version handles events, the dip in
+/// completions, and that nothing was lost or handled twice.
+fn hot_swap() {
+    let sb = Sandbox::new();
+    let body = "[[subscriptions]]\nevent_type = \"work\"";
+    sb.install_atomic("h", "1", guests::AUDIT, body);
+    let bus = Arc::new(open_default(&sb));
+    bus.start().unwrap();
+    let mut notices = bus.subscribe();
+    let done_at: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let collector = {
+        let done_at = done_at.clone();
+        std::thread::spawn(move || {
+            while let Ok(n) = notices.blocking_recv() {
+                if let Notice::Resolved { .. } = n {
+                    done_at.lock().unwrap().push(wall_ms());
+                }
+            }
+        })
+    };
+    let (rate, seconds) = (1_000u32, 6u32);
+    let interval = Duration::from_micros(1_000_000 / rate as u64);
+    let start = Instant::now();
+    let mut ids = Vec::new();
+    let mut swapped_at = None;
+    for i in 0..rate * seconds {
+        if let Some(wait) = (start + interval * i).checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        if i == rate * 3 {
+            swapped_at = Some(wall_ms());
+            sb.install_atomic("h", "2", guests::AUDIT, body);
+        }
+        ids.push(
+            bus.publish(bench_event(i as usize % 8).clone_with_type("work"))
+                .unwrap()
+                .id,
+        );
+    }
+    while bus.store().unfinished().unwrap() > 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let swapped_at = swapped_at.unwrap();
+    let mut first_v2 = i64::MAX;
+    let (mut lost, mut twice) = (0, 0);
+    for id in &ids {
+        let runs: Vec<_> = bus
+            .store()
+            .executions(id)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.outcome == "completed")
+            .collect();
+        match runs.len() {
+            0 => lost += 1,
+            1 => {}
+            _ => twice += 1,
+        }
+        for r in runs.iter().filter(|r| r.handler_version == "2") {
+            first_v2 = first_v2.min(rfc3339_ms(&r.started_at));
+        }
+    }
+    drop(bus);
+    let _ = collector.join();
+    // Completions per 100 ms: the median before the swap, the least in the
+    // second after it.
+    let done = done_at.lock().unwrap();
+    let bucket = |t: i64| (t - swapped_at).div_euclid(100);
+    let mut per_bucket: HashMap<i64, u32> = HashMap::new();
+    for t in done.iter() {
+        *per_bucket.entry(bucket(*t)).or_default() += 1;
+    }
+    let mut before: Vec<u32> = (-25..-5)
+        .map(|b| per_bucket.get(&b).copied().unwrap_or(0))
+        .collect();
+    before.sort_unstable();
+    let during = (0..10)
+        .map(|b| per_bucket.get(&b).copied().unwrap_or(0))
+        .min()
+        .unwrap_or(0);
+    println!(
+        "hot swap at {rate} events/s: new version serving {} ms after the rename; completions per 100 ms: {} before (median), {} at the lowest in the second after; {} events, lost {lost}, handled twice {twice}",
+        first_v2 - swapped_at,
+        before[before.len() / 2],
+        during,
+        ids.len(),
+    );
+}
+
+/// The well-behaved `noop` handler's throughput alone, then beside hostile
+/// handlers (each stopped at its limit) receiving `hostile_rate` events/s
+/// each.
+fn hostile_neighbours(n: usize, hostile_rate: u64) {
+    let run = |with_hostile: bool| -> (f64, HashMap<String, u32>) {
+        let sb = Sandbox::new();
+        sb.install(
+            "good",
+            guests::NOOP,
+            "[[subscriptions]]\nevent_type = \"good\"",
+        );
+        let hostile: [(&str, &str, &str); 7] = [
+            ("spin", guests::LOOP, "[limits]\ntimeout_ms = 20"),
+            ("bomb", guests::MEMBOMB, "[limits]\nmemory_mb = 16"),
+            ("crash", guests::TRAP, ""),
+            ("deep", guests::HOSTILE, "[config]\nmode = \"recurse\""),
+            (
+                "noisy",
+                guests::HOSTILE,
+                "[limits]\nmax_log_lines = 100\n[config]\nmode = \"logflood\"",
+            ),
+            (
+                "flood",
+                guests::PUBLISH_LOOP,
+                "[limits]\nmax_publishes = 10",
+            ),
+            (
+                "big",
+                guests::HOSTILE,
+                "[limits]\nmax_output_bytes = 65536\n[config]\nmode = \"bigoutput\"",
+            ),
+        ];
+        if with_hostile {
+            for (name, wasm, extra) in hostile {
+                sb.install(name, wasm, &format!("[[subscriptions]]\nevent_type = \"bad-{name}\"\n[retry]\nmax_attempts = 1\n{extra}"));
+            }
+        }
+        let bus = Arc::new(open_default(&sb));
+        bus.start().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let side = with_hostile.then(|| {
+            let (bus, stop) = (bus.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let every = Duration::from_micros(1_000_000 / hostile_rate);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for (name, _, _) in hostile {
+                        let mut e = bench_event(99);
+                        e.event_type = format!("bad-{name}");
+                        e.project_id = Some(format!("hostile-{name}"));
+                        bus.publish(e).unwrap();
+                    }
+                    std::thread::sleep(every);
+                }
+            })
+        });
+        let start = Instant::now();
+        let good: Vec<usize> = (0..n).collect();
+        for chunk in good.chunks(50) {
+            bus.publish_batch(
+                chunk
+                    .iter()
+                    .map(|i| bench_event(i % 8).clone_with_type("good"))
+                    .collect(),
+            )
+            .unwrap();
+        }
+        // Done when every good event is: count them through the status index.
+        while bus
+            .store()
+            .list_events(&persona_bus::store::EventFilter {
+                event_type: Some("good".into()),
+                status: Some(EventStatus::Completed),
+                limit: 1,
+            })
+            .unwrap()
+            .total
+            < n as u64
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(side) = side {
+            side.join().unwrap();
+        }
+        while bus.store().unfinished().unwrap() > 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut outcomes: HashMap<String, u32> = HashMap::new();
+        for d in bus.store().dead_letters(1_000_000).unwrap() {
+            let last = d
+                .last_error
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            *outcomes.entry(format!("{}={last}", d.handler)).or_default() += 1;
+        }
+        (rate, outcomes)
+    };
+    let (alone, _) = run(false);
+    let (beside, stopped) = run(true);
+    let mut stopped: Vec<_> = stopped.into_iter().collect();
+    stopped.sort();
+    println!(
+        "hostile neighbours: well-behaved handler {alone:.0} events/s alone, {beside:.0} events/s beside 7 hostile handlers at {hostile_rate} events/s each = {:.0}%; hostile runs stopped (handler=reason: count): {}",
+        100.0 * beside / alone,
+        stopped
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
+trait WithType {
+    fn clone_with_type(self, event_type: &str) -> NewEvent;
+}
+
+impl WithType for NewEvent {
+    fn clone_with_type(mut self, event_type: &str) -> NewEvent {
+        self.event_type = event_type.into();
+        self
+    }
 }

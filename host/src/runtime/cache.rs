@@ -43,7 +43,16 @@ pub(crate) fn load_or_compile(
             }
         }
     }
+    let started = std::time::Instant::now();
+    tracing::info!(
+        bytes = wasm.len(),
+        "compiling a component not in the cache yet (once; large guests take a while)"
+    );
     let component = Component::new(engine, wasm)?;
+    tracing::info!(
+        ms = started.elapsed().as_millis() as u64,
+        "compiled and cached"
+    );
     if let Err(e) = store(&component, &path) {
         // A cache that cannot be written costs time, not correctness.
         tracing::warn!(path = %path.display(), error = %e, "cannot write compiled-component cache");
