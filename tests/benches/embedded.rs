@@ -321,7 +321,12 @@ fn dispatch_cost(n: usize) {
     let sb = Sandbox::new();
     let store = Arc::new(Store::open(&sb.data_dir()).unwrap());
     let config = sb.config();
-    let runtime = Runtime::new(&config.runtime, &config.limits, None).unwrap();
+    let runtime = Runtime::new(
+        &config.runtime,
+        &config.limits,
+        Some(guests::COMPILE_CACHE.into()),
+    )
+    .unwrap();
     let env = Arc::new(CallEnv {
         store,
         limits: config.limits.clone(),
@@ -335,11 +340,18 @@ fn dispatch_cost(n: usize) {
         )
         .unwrap();
     let dir = sb.handlers_dir();
-    for (name, wasm) in [("noop", guests::NOOP), ("counter", guests::COUNTER)] {
+    let handlers: Vec<(&str, &str, &str)> = vec![
+        ("noop", guests::NOOP, "fresh"),
+        ("counter", guests::COUNTER, "fresh"),
+        ("noop-reuse", guests::NOOP, "reuse"),
+        ("tally-js", guests::TALLY_JS, "fresh"),
+        ("tally-js-reuse", guests::TALLY_JS, "reuse"),
+    ];
+    for (name, wasm, policy) in &handlers {
         std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).unwrap();
         std::fs::write(
             dir.join(format!("{name}.toml")),
-            format!("name = \"{name}\"\nversion = \"1\"\n[[subscriptions]]\nevent_type = \"*\"\n"),
+            format!("name = \"{name}\"\nversion = \"1\"\n[[subscriptions]]\nevent_type = \"*\"\n[instances]\npolicy = \"{policy}\"\n"),
         )
         .unwrap();
     }
@@ -360,7 +372,7 @@ fn dispatch_cost(n: usize) {
         std::hint::black_box(line);
         Ok(())
     };
-    for name in ["noop", "counter"] {
+    for (name, _, policy) in handlers {
         let h = load_handler(&runtime, &dir.join(format!("{name}.toml")), &config.limits).unwrap();
         for _ in 0..200 {
             runtime.invoke(h.handle_ref(), &event, &Origin::Sqlite, 1, &env);
@@ -382,7 +394,7 @@ fn dispatch_cost(n: usize) {
         }
         let native_ns = t.elapsed().as_nanos() as f64 / n as f64;
         println!(
-            "dispatch cost, {name}: wasm (fresh instance per event) {:.1} us/event, native Rust {:.3} us/event, overhead {:.1} us",
+            "dispatch cost, {name}: wasm ({policy} instance per event) {:.1} us/event, native Rust {:.3} us/event, overhead {:.1} us",
             wasm_ns / 1000.0,
             native_ns / 1000.0,
             (wasm_ns - native_ns) / 1000.0
