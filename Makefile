@@ -3,6 +3,7 @@
 #   make test   all tests (unit + integration, real SQLite and real handlers)
 #   make lint   rustfmt check + clippy -D warnings
 #   make bench  the benchmarks behind BENCHMARKS.md
+#   make kafka-up / kafka-down   a real single-node Apache Kafka on 127.0.0.1:9092
 
 CARGO       ?= cargo
 TARGET_DIR  := $(or $(CARGO_TARGET_DIR),target)
@@ -21,7 +22,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers run test lint fmt bench clean
+.PHONY: all toolchain build handlers js-handlers run test lint fmt bench clean kafka-up kafka-down
 
 all: build
 
@@ -85,6 +86,14 @@ fmt:
 
 bench: toolchain
 	$(CARGO) bench -p persona-bus-tests --bench embedded
+
+# Apache Kafka 4.x (KRaft) from the official jars on Maven Central, fetched
+# once into ~/.cache/persona-bus; needs Java 17 and Maven.
+kafka-up:
+	scripts/kafka.sh up
+
+kafka-down:
+	scripts/kafka.sh down
 
 clean:
 	rm -rf build $(DATA_DIR) $(JS_TOOLS)/node_modules
