@@ -1,24 +1,9 @@
 //! The command line against a running host: another process publishes, the
 //! host picks it up, and `events show` reports the handler runs.
 
-use crate::host_binary;
+use crate::cli;
 use persona_bus_tests::{Sandbox, guests, wait_for};
-use std::process::Command;
 use std::time::Duration;
-
-fn run_cli(sb: &Sandbox, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(host_binary())
-        .arg("--data-dir")
-        .arg(sb.data_dir())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn another_process_publishes_and_events_show_reports_the_runs() {
@@ -27,7 +12,7 @@ fn another_process_publishes_and_events_show_reports_the_runs() {
     let bus = sb.open();
     bus.start().unwrap();
 
-    let (ok, out, err) = run_cli(
+    let (ok, out, err) = cli(
         &sb,
         &[
             "publish",
@@ -51,7 +36,7 @@ fn another_process_publishes_and_events_show_reports_the_runs() {
         || bus.store().event(&id).unwrap().status.is_final(),
     );
 
-    let (ok, out, err) = run_cli(&sb, &["events", "show", &id, "--json"]);
+    let (ok, out, err) = cli(&sb, &["events", "show", &id, "--json"]);
     assert!(ok, "{err}");
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["event"]["status"], "completed");
@@ -63,33 +48,33 @@ fn another_process_publishes_and_events_show_reports_the_runs() {
     assert_eq!(shown["executions"][0]["handler"], "audit");
     assert_eq!(shown["executions"][0]["outcome"], "completed");
 
-    let (ok, out, _) = run_cli(&sb, &["events", "show", &id]);
+    let (ok, out, _) = cli(&sb, &["events", "show", &id]);
     assert!(
         ok && out.contains("status:      completed") && out.contains("audit@0.1.0"),
         "{out}"
     );
 
-    let (ok, out, _) = run_cli(&sb, &["events", "list", "--json", "--limit", "5"]);
+    let (ok, out, _) = cli(&sb, &["events", "list", "--json", "--limit", "5"]);
     assert!(ok);
     let page: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(page["total"], 1);
     assert_eq!(page["pendingCount"], 0);
     assert_eq!(page["events"][0]["id"], id.as_str());
 
-    let (ok, out, err) = run_cli(&sb, &["events", "list", "--status", "bogus"]);
+    let (ok, out, err) = cli(&sb, &["events", "list", "--status", "bogus"]);
     assert!(
         !ok && out.is_empty() && err.contains("unknown status \"bogus\""),
         "{err}"
     );
 
-    let (ok, out, _) = run_cli(&sb, &["handlers", "list", "--json"]);
+    let (ok, out, _) = cli(&sb, &["handlers", "list", "--json"]);
     assert!(ok);
     let handlers: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(handlers[0]["handler"]["name"], "audit");
     assert_eq!(handlers[0]["handler"]["status"], "loaded");
     assert_eq!(handlers[0]["subscriptions"][0]["event_type"], "*");
 
-    let (ok, out, _) = run_cli(&sb, &["events", "show", "nope"]);
+    let (ok, out, _) = cli(&sb, &["events", "show", "nope"]);
     assert!(!ok && out.is_empty());
 }
 
@@ -101,7 +86,7 @@ fn handlers_validate_checks_without_running() {
         guests::AUDIT,
         "[[subscriptions]]\nevent_type = \"*\"",
     );
-    let (ok, out, _) = run_cli(
+    let (ok, out, _) = cli(
         &sb,
         &["handlers", "validate", sb.handlers_dir().to_str().unwrap()],
     );
@@ -113,7 +98,7 @@ fn handlers_validate_checks_without_running() {
         guests::WRONG_WORLD,
         "[[subscriptions]]\nevent_type = \"*\"",
     );
-    let (ok, out, err) = run_cli(
+    let (ok, out, err) = cli(
         &sb,
         &["handlers", "validate", sb.handlers_dir().to_str().unwrap()],
     );
@@ -134,7 +119,7 @@ fn one_host_per_data_directory() {
         matches!(second, Err(persona_bus::BusError::Locked(_))),
         "a second host must be refused"
     );
-    let (ok, _, err) = run_cli(
+    let (ok, _, err) = cli(
         &sb,
         &["run", "--handlers", sb.handlers_dir().to_str().unwrap()],
     );

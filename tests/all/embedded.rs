@@ -1,7 +1,7 @@
 //! The embedded path end to end: publish -> poller -> handler -> completed.
 
 use persona_bus::EventStatus;
-use persona_bus_tests::{Sandbox, event, guests, wait_final, wait_for};
+use persona_bus_tests::{Sandbox, event, events_of_type, guests, wait_final, wait_for};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -60,14 +60,7 @@ fn router_follow_up_reaches_counter_with_chain_metadata() {
         bus.store().state_counter("counter", "project:p1").unwrap(),
         1
     );
-    let page = bus
-        .store()
-        .list_events(&persona_bus::store::EventFilter {
-            event_type: Some("persona_action".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .unwrap();
+    let page = events_of_type(&bus, "persona_action");
     assert_eq!(page.total, 1);
     let action = &page.events[0];
     assert_eq!(action.chain_depth, 1);

@@ -1,12 +1,11 @@
 //! Malformed input is refused with a clear message and nothing half-stored;
 //! broken handlers are refused at load while the others serve.
 
-use crate::host_binary;
+use crate::{cli_with_input, host_binary};
 use persona_bus::event::EventError;
 use persona_bus::{BusError, NewEvent};
 use persona_bus_tests::{Sandbox, event, guests};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn total(sb: &Sandbox) -> u64 {
     let store = persona_bus::store::Store::open(&sb.data_dir()).unwrap();
@@ -19,42 +18,20 @@ fn total(sb: &Sandbox) -> u64 {
         .total
 }
 
-fn cli(sb: &Sandbox, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    let mut child = Command::new(host_binary())
-        .arg("--data-dir")
-        .arg(sb.data_dir())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        pipe.write_all(text.as_bytes()).unwrap();
-    }
-    drop(pipe);
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn payload_that_is_not_json_is_refused_by_the_cli() {
     let sb = Sandbox::new();
-    let out = cli(
-        &sb,
-        &[
-            "publish",
-            "--event-type",
-            "custom",
-            "--source-type",
-            "system",
-            "--payload",
-            "{not json",
-        ],
-        None,
-    );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let args = [
+        "publish",
+        "--event-type",
+        "custom",
+        "--source-type",
+        "system",
+        "--payload",
+        "{not json",
+    ];
+    let (ok, _, err) = cli_with_input(&sb, &args, None);
+    assert!(!ok);
     assert!(err.contains("payload is not valid JSON"), "{err}");
     assert_eq!(total(&sb), 0);
 }
@@ -62,31 +39,23 @@ fn payload_that_is_not_json_is_refused_by_the_cli() {
 #[test]
 fn unknown_event_fields_are_refused() {
     let sb = Sandbox::new();
-    let out = cli(
+    let from_stdin = ["publish", "--from-json", "-"];
+    let (ok, _, err) = cli_with_input(
         &sb,
-        &["publish", "--from-json", "-"],
+        &from_stdin,
         Some(r#"{"event_type":"custom","source_type":"system","priority":9}"#),
     );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!ok);
     assert!(err.contains("unknown field `priority`"), "{err}");
     assert_eq!(total(&sb), 0);
 
-    let out = cli(
+    let (ok, out, err) = cli_with_input(
         &sb,
-        &["publish", "--from-json", "-"],
+        &from_stdin,
         Some(r#"{"event_type":"custom","source_type":"system","payload":{"ok":true}}"#),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    assert!(ok, "{err}");
+    let id = out.lines().last().unwrap().to_owned();
     assert_eq!(id.len(), 26, "the last line is the new event id: {id:?}");
     assert_eq!(total(&sb), 1);
 }

@@ -2,7 +2,7 @@
 //! WIT, and the per-language templates under `examples/`.
 
 use persona_bus::{EventStatus, NewEvent};
-use persona_bus_tests::{Sandbox, event, guests, wait_final};
+use persona_bus_tests::{Sandbox, event, events_of_type, guests, wait_final};
 use std::path::Path;
 use std::time::Duration;
 
@@ -88,14 +88,7 @@ fn javascript_handler_completes_retries_rejects_and_publishes() {
         "the counter to count the forwarded actions",
         || bus.store().state_counter("counter", "count").unwrap() == 2,
     );
-    let actions = bus
-        .store()
-        .list_events(&persona_bus::store::EventFilter {
-            event_type: Some("persona_action".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .unwrap();
+    let actions = events_of_type(&bus, "persona_action");
     assert!(
         actions
             .events

@@ -2,10 +2,9 @@
 //! old version serving, removal, and dead letters brought back once the
 //! handler is fixed.
 
-use crate::host_binary;
+use crate::cli;
 use persona_bus::EventStatus;
 use persona_bus_tests::{Sandbox, event, guests, wait_final, wait_for};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -189,23 +188,6 @@ fn a_removed_handler_stops_receiving_and_its_subscriptions_are_disabled() {
     assert_eq!(r[0].status, "removed");
 }
 
-fn cli(sb: &Sandbox, args: &[&str]) -> (bool, String) {
-    let out = Command::new(host_binary())
-        .arg("--data-dir")
-        .arg(sb.data_dir())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn dead_letter_comes_back_and_completes_once_the_handler_is_fixed() {
     let sb = Sandbox::new();
@@ -236,7 +218,7 @@ fn dead_letter_comes_back_and_completes_once_the_handler_is_fixed() {
     );
     wait_final(&bus, &other.id, Duration::from_secs(10));
 
-    let (ok, out) = cli(&sb, &["dlq", "list", "--json", "--handler", "picky"]);
+    let (ok, out, _) = cli(&sb, &["dlq", "list", "--json", "--handler", "picky"]);
     assert!(ok, "{out}");
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
@@ -250,15 +232,15 @@ fn dead_letter_comes_back_and_completes_once_the_handler_is_fixed() {
         (Some(dead.id.as_str()), Some("rejected"), Some("job"))
     );
     assert_eq!(letter["headers"], serde_json::json!([["k", "v"]]));
-    let (ok, out) = cli(&sb, &["dlq", "list", "--json", "--handler", "audit"]);
+    let (ok, out, _) = cli(&sb, &["dlq", "list", "--json", "--handler", "audit"]);
     assert!(ok && out.trim() == "[]", "{out}");
-    let (ok, out) = cli(
+    let (ok, out, _) = cli(
         &sb,
         &["dlq", "list", "--json", "--since", "2999-01-01T00:00:00Z"],
     );
     assert!(ok && out.trim() == "[]", "{out}");
     let id = letter["id"].as_i64().unwrap().to_string();
-    let (ok, out) = cli(&sb, &["dlq", "show", &id]);
+    let (ok, out, _) = cli(&sb, &["dlq", "show", &id]);
     assert!(
         ok && out.contains("rejected") && out.contains("picky@1"),
         "{out}"
@@ -278,7 +260,7 @@ fn dead_letter_comes_back_and_completes_once_the_handler_is_fixed() {
             .get("picky")
             .is_some_and(|h| &*h.version == "2")
     });
-    let (ok, out) = cli(&sb, &["dlq", "retry", &id]);
+    let (ok, out, _) = cli(&sb, &["dlq", "retry", &id]);
     assert!(ok && out.contains("1 dead letters sent back"), "{out}");
     wait_for(
         Duration::from_secs(10),
@@ -292,20 +274,20 @@ fn dead_letter_comes_back_and_completes_once_the_handler_is_fixed() {
         ["1"],
         "audit had finished and did not run again"
     );
-    let (_, out) = cli(&sb, &["dlq", "retry", &id]);
+    let (_, out, _) = cli(&sb, &["dlq", "retry", &id]);
     assert!(out.contains("already retried"), "{out}");
-    let (ok, out) = cli(&sb, &["dlq", "list", "--json"]);
+    let (ok, out, _) = cli(&sb, &["dlq", "list", "--json"]);
     assert!(
         ok && out.trim() == "[]",
         "retried letters are hidden by default: {out}"
     );
 
-    let (ok, out) = cli(&sb, &["dlq", "purge"]);
+    let (ok, _, out) = cli(&sb, &["dlq", "purge"]);
     assert!(!ok && out.contains("--yes"), "{out}");
-    let (ok, out) = cli(&sb, &["dlq", "purge", "--include-retried", "--yes"]);
+    let (ok, out, _) = cli(&sb, &["dlq", "purge", "--include-retried", "--yes"]);
     assert!(ok && out.contains("purged 1"), "{out}");
 
-    let (ok, out) = cli(&sb, &["handlers", "reload"]);
+    let (ok, out, _) = cli(&sb, &["handlers", "reload"]);
     assert!(ok && out.contains("rescan"), "{out}");
     assert!(
         sb.data_dir()

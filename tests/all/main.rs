@@ -12,9 +12,41 @@ mod lifecycle;
 mod matching;
 mod outcomes;
 
+use persona_bus_tests::Sandbox;
+use std::io::Write;
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 /// The host binary under test, for tests that need a real process.
 pub fn host_binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_persona-bus-host"))
+}
+
+/// Runs `persona-bus --data-dir <sandbox> ARGS`: (success, stdout, stderr).
+pub fn cli(sb: &Sandbox, args: &[&str]) -> (bool, String, String) {
+    cli_with_input(sb, args, None)
+}
+
+/// [`cli`] with `stdin` fed to the process.
+pub fn cli_with_input(sb: &Sandbox, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new(host_binary())
+        .arg("--data-dir")
+        .arg(sb.data_dir())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        pipe.write_all(text.as_bytes()).unwrap();
+    }
+    drop(pipe);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -104,6 +104,17 @@ impl Sandbox {
     }
 }
 
+/// The stored events of one type, newest first (up to 1,000).
+pub fn events_of_type(bus: &Bus, event_type: &str) -> persona_bus::store::EventPage {
+    bus.store()
+        .list_events(&persona_bus::store::EventFilter {
+            event_type: Some(event_type.into()),
+            limit: 1_000,
+            ..Default::default()
+        })
+        .expect("list events")
+}
+
 /// A minimal event of `event_type` from source type `system`.
 pub fn event(event_type: &str) -> NewEvent {
     NewEvent {
