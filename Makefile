@@ -74,7 +74,8 @@ run: build
 
 # Release profile: one build of wasmtime serves run, test and bench, and
 # handler compilation is not slowed by a debug cranelift.
-test: toolchain js-handlers
+# Kafka tests run against the real broker (`make kafka-up`, left running).
+test: toolchain js-handlers kafka-up
 	$(CARGO) test --release
 
 lint: toolchain

@@ -34,6 +34,10 @@ pub enum BusError {
         what: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaError),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// What happened on the bus, for live views (SSE, dashboard) and benchmarks.
@@ -55,6 +59,8 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<Store>,
     pub(crate) dispatcher: Dispatcher,
     pub(crate) wakeup: Wakeup,
+    /// Rung on publish so the Kafka outbox relay produces at once.
+    outbox_wakeup: Arc<Wakeup>,
     pub(crate) stopping: AtomicBool,
     notices: broadcast::Sender<Notice>,
     limits: EventLimits,
@@ -87,6 +93,7 @@ pub struct Bus {
     poller: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
     watcher: Mutex<Option<JoinHandle<()>>>,
+    relay: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Bus {
@@ -111,6 +118,10 @@ impl Bus {
                 events = returned,
                 "recovered events a previous host left in processing"
             );
+        }
+        if config.kafka.enabled {
+            start_kafka(&config.kafka)?;
+            store.enable_outbox();
         }
         let runtime = Arc::new(Runtime::new(
             &config.runtime,
@@ -148,6 +159,7 @@ impl Bus {
             store,
             dispatcher,
             wakeup: Wakeup::default(),
+            outbox_wakeup: Arc::new(Wakeup::default()),
             stopping: AtomicBool::new(false),
             notices,
             limits,
@@ -155,6 +167,17 @@ impl Bus {
             _lock: lock,
         });
         let checkpointer = spawn_checkpointer(inner.clone())?;
+        let relay = if inner.config.kafka.enabled {
+            let stop = inner.clone();
+            Some(crate::kafka::outbox::spawn(
+                inner.store.clone(),
+                inner.config.kafka.clone(),
+                inner.outbox_wakeup.clone(),
+                move || stop.stopping.load(Ordering::Acquire),
+            )?)
+        } else {
+            None
+        };
         let watcher = if inner.config.watch_handlers {
             let stop = inner.clone();
             let registry = inner.dispatcher.registry().clone();
@@ -176,6 +199,7 @@ impl Bus {
             poller: Mutex::new(None),
             checkpointer: Mutex::new(Some(checkpointer)),
             watcher: Mutex::new(watcher),
+            relay: Mutex::new(relay),
         })
     }
 
@@ -259,7 +283,8 @@ impl Bus {
     pub fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::Release);
         self.inner.wakeup.ring();
-        for slot in [&self.poller, &self.checkpointer, &self.watcher] {
+        self.inner.outbox_wakeup.ring();
+        for slot in [&self.poller, &self.checkpointer, &self.watcher, &self.relay] {
             if let Some(handle) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 handle.thread().unpark();
                 let _ = handle.join();
@@ -299,6 +324,33 @@ fn spawn_checkpointer(inner: Arc<Inner>) -> Result<JoinHandle<()>, BusError> {
             what: "start the WAL checkpointer".into(),
             source,
         })
+}
+
+/// Plan phase 1 (dual write): check the brokers, create the topics. With
+/// `KAFKA_REQUIRED` an unreachable broker stops the host (within 10 s, naming
+/// the brokers); without it the host starts and the outbox keeps events until
+/// Kafka answers.
+fn start_kafka(k: &crate::config::KafkaConfig) -> Result<(), BusError> {
+    if !k.dual_write {
+        return Err(BusError::Unsupported(
+            "KAFKA_ENABLED=true without KAFKA_DUAL_WRITE=true asks for consuming from Kafka (plan phase 2), \
+             which this build does not do yet; set KAFKA_DUAL_WRITE=true (phase 1: write both, read SQLite) or KAFKA_ENABLED=false"
+                .into(),
+        ));
+    }
+    let wait = std::time::Duration::from_secs(if k.required { 10 } else { 3 });
+    let ready = crate::kafka::probe(k, wait).and_then(|()| crate::kafka::topics::ensure(k, wait));
+    match ready {
+        Ok(()) => {
+            tracing::info!(brokers = %k.brokers, "Kafka is up: events are written to SQLite and Kafka (dual write)");
+            Ok(())
+        }
+        Err(e) if k.required => Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "Kafka is not reachable; events are kept in the SQLite outbox until it is");
+            Ok(())
+        }
+    }
 }
 
 fn take_lock(config: &Config) -> Result<File, BusError> {

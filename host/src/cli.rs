@@ -213,11 +213,6 @@ fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.handlers {
         config.handlers_dir = dir;
     }
-    if config.kafka.enabled {
-        bail!(
-            "KAFKA_ENABLED=true, but this build has no Kafka transport yet; unset it to run on the embedded SQLite bus"
-        );
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -292,9 +287,12 @@ fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
         },
         0,
     )?;
-    open_store(config)?
-        .insert(&event)
-        .context("cannot store the event")?;
+    let store = open_store(config)?;
+    if config.kafka.enabled && config.kafka.dual_write {
+        // The running host's outbox relay produces it.
+        store.enable_outbox();
+    }
+    store.insert(&event).context("cannot store the event")?;
     println!("{}", event.id);
     Ok(())
 }

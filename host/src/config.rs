@@ -173,6 +173,67 @@ pub struct KafkaConfig {
     pub sasl_password: Option<String>,
     /// `KAFKA_SSL_ENABLED`.
     pub ssl_enabled: bool,
+    /// The plan's five topics: names and retention. Created when missing.
+    pub topics: TopicsConfig,
+    /// Partitions of each topic (the plan: 6, so up to 6 consumers share).
+    pub partitions: i32,
+}
+
+/// One topic: its name and how long the broker keeps its records.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    pub name: String,
+    pub retention_hours: u64,
+}
+
+impl TopicConfig {
+    fn new(name: &str, retention_hours: u64) -> Self {
+        Self {
+            name: name.into(),
+            retention_hours,
+        }
+    }
+}
+
+/// The topics of the migration plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// All persona events, keyed by project_id.
+    pub events: TopicConfig,
+    /// Inbound webhook payloads.
+    pub webhooks: TopicConfig,
+    /// Inter-persona action requests (`persona_action` events).
+    pub actions: TopicConfig,
+    /// Execution lifecycle events.
+    pub executions: TopicConfig,
+    /// Dead letters.
+    pub dlq: TopicConfig,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            events: TopicConfig::new("vibeman.persona.events.v1", 7 * 24),
+            webhooks: TopicConfig::new("vibeman.persona.webhooks.v1", 3 * 24),
+            actions: TopicConfig::new("vibeman.persona.actions.v1", 7 * 24),
+            executions: TopicConfig::new("vibeman.persona.executions.v1", 3 * 24),
+            dlq: TopicConfig::new("vibeman.persona.dlq.v1", 30 * 24),
+        }
+    }
+}
+
+impl TopicsConfig {
+    pub fn all(&self) -> [&TopicConfig; 5] {
+        [
+            &self.events,
+            &self.webhooks,
+            &self.actions,
+            &self.executions,
+            &self.dlq,
+        ]
+    }
 }
 
 impl Default for KafkaConfig {
@@ -188,6 +249,8 @@ impl Default for KafkaConfig {
             sasl_username: None,
             sasl_password: None,
             ssl_enabled: false,
+            topics: TopicsConfig::default(),
+            partitions: 6,
         }
     }
 }
@@ -209,6 +272,8 @@ impl std::fmt::Debug for KafkaConfig {
                 &self.sasl_password.as_ref().map(|_| "<redacted>"),
             )
             .field("ssl_enabled", &self.ssl_enabled)
+            .field("topics", &self.topics)
+            .field("partitions", &self.partitions)
             .finish()
     }
 }
@@ -376,6 +441,19 @@ impl Config {
             }
             if k.client_id.trim().is_empty() || k.consumer_group.trim().is_empty() {
                 return invalid("kafka", "client_id and consumer_group must not be empty");
+            }
+            if k.partitions < 1 || k.partitions > 1000 {
+                return invalid("kafka.partitions", "must be between 1 and 1000");
+            }
+            if k.topics
+                .all()
+                .iter()
+                .any(|t| t.name.trim().is_empty() || t.retention_hours == 0)
+            {
+                return invalid(
+                    "kafka.topics",
+                    "every topic needs a name and a retention above 0 hours",
+                );
             }
             if k.sasl_username.is_some() != k.sasl_password.is_some() {
                 return invalid(

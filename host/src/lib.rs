@@ -7,7 +7,8 @@
 //! |------------|------------|
 //! | [`config`] | host configuration: TOML file + the plan's environment variables |
 //! | [`event`]  | the event model and input validation |
-//! | [`store`]  | SQLite: events, subscriptions, executions, ledger, dead letters, state |
+//! | [`store`]  | SQLite: events, subscriptions, executions, ledger, dead letters, state, Kafka outbox |
+//! | [`kafka`]  | Kafka: client settings, topics, wire format, the outbox relay (dual write) |
 //! | [`source`] | where events come from: the SQLite poller (and its wake-up) |
 //! | [`matching`] | which subscriptions want an event |
 //! | [`manifest`] | handler manifests (`name.toml`) |
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod event;
+pub mod kafka;
 pub mod manifest;
 pub mod matching;
 pub mod outcome;

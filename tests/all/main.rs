@@ -7,6 +7,7 @@ mod crash;
 mod embedded;
 mod hostile;
 mod input;
+mod kafka;
 mod languages;
 mod lifecycle;
 mod matching;

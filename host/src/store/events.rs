@@ -14,8 +14,8 @@ pub(crate) const EVENT_COLUMNS: &str = "id, project_id, event_type, source_type,
 const LIVE: &str = "status IN ('pending', 'processing')";
 
 const INSERT_EVENT: &str = "INSERT INTO persona_events (id, project_id, event_type, source_type, source_id, \
-     target_persona_id, payload, status, created_at, headers, schema_version, chain_depth) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?11)";
+     target_persona_id, payload, status, created_at, headers, schema_version, chain_depth, kafka_state) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?11, ?12)";
 
 pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
     event_at(row, 0)
@@ -49,8 +49,9 @@ fn event_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Event> {
     })
 }
 
-/// Inserts a validated event as `pending` (inside the caller's transaction).
-pub(crate) fn insert_event(conn: &Connection, e: &Event) -> Result<(), StoreError> {
+/// Inserts a validated event as `pending` (inside the caller's transaction);
+/// with `outbox`, also as waiting to be produced to Kafka.
+pub(crate) fn insert_event(conn: &Connection, e: &Event, outbox: bool) -> Result<(), StoreError> {
     conn.prepare_cached(INSERT_EVENT)
         .op("prepare insert event")?
         .execute(params![
@@ -65,6 +66,7 @@ pub(crate) fn insert_event(conn: &Connection, e: &Event) -> Result<(), StoreErro
             headers_to_json(&e.headers),
             e.schema_version,
             e.chain_depth,
+            outbox.then_some("pending"),
         ])
         .op("insert event")?;
     Ok(())
@@ -100,7 +102,7 @@ impl Store {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .op("begin insert")?;
         for e in events {
-            insert_event(&tx, e)?;
+            insert_event(&tx, e, self.outbox_enabled())?;
         }
         tx.commit().op("commit insert")
     }

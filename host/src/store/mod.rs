@@ -8,6 +8,7 @@ mod dead_letters;
 mod events;
 mod group_commit;
 mod handlers;
+mod outbox;
 mod outcomes;
 mod schema;
 mod state;
@@ -94,6 +95,8 @@ pub enum Role {
 pub struct Store {
     path: PathBuf,
     role: Role,
+    /// Dual write: new events are also queued for Kafka (see `outbox`).
+    outbox: std::sync::atomic::AtomicBool,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
 }
@@ -116,6 +119,7 @@ impl Store {
         Ok(Self {
             path,
             role,
+            outbox: std::sync::atomic::AtomicBool::new(false),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
         })
@@ -128,6 +132,17 @@ impl Store {
             conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                 .op("checkpoint")
         })
+    }
+
+    /// From now on, every event this process stores is also queued for
+    /// Kafka (plan phase 1, dual write).
+    pub fn enable_outbox(&self) {
+        self.outbox
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub(crate) fn outbox_enabled(&self) -> bool {
+        self.outbox.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn path(&self) -> &Path {

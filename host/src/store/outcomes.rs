@@ -86,7 +86,7 @@ impl Store {
                     Verdict::Done => {
                         apply_state(&tx, &run.handler, &run.effects.state, &now)?;
                         for e in &run.effects.published {
-                            insert_event(&tx, e)?;
+                            insert_event(&tx, e, self.outbox_enabled())?;
                         }
                         done.published += run.effects.published.len();
                     }

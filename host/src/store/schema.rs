@@ -114,4 +114,11 @@ pub const MIGRATIONS: &[&str] = &[
         updated_at TEXT NOT NULL
     );
     "#,
+    // 2: the Kafka outbox (plan phase 1, dual write). `kafka_state` is NULL
+    //    for events that are not for Kafka, 'pending' until the broker has
+    //    acknowledged the event, then 'sent'. Only pending rows are indexed.
+    r#"
+    ALTER TABLE persona_events ADD COLUMN kafka_state TEXT;
+    CREATE INDEX idx_persona_events_outbox ON persona_events(kafka_state) WHERE kafka_state = 'pending';
+    "#,
 ];

@@ -1,0 +1,201 @@
+//! The outbox relay: produces events queued in SQLite to Kafka and marks
+//! them sent once the broker has acknowledged them.
+
+use super::wire::{WireEvent, headers};
+use super::{KafkaError, client_config};
+use crate::config::KafkaConfig;
+use crate::event::Event;
+use crate::source::Wakeup;
+use crate::store::Store;
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Events read from the outbox per round.
+const ROUND: usize = 1_000;
+/// How often the outbox is looked at when nothing rings.
+const IDLE: Duration = Duration::from_millis(200);
+
+/// Collects delivery reports (librdkafka calls back on its own thread).
+#[derive(Default)]
+struct Deliveries {
+    acked: Mutex<Vec<String>>,
+    failed: Mutex<Vec<(String, String)>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<String>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, event_id: Box<String>) {
+        match result {
+            Ok(_) => self
+                .acked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(*event_id),
+            Err((e, _)) => self
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((*event_id, e.to_string())),
+        }
+    }
+}
+
+/// The topic an event goes to: actions for `persona_action`, else events.
+pub fn topic_for<'a>(k: &'a KafkaConfig, e: &Event) -> &'a str {
+    if crate::matching::normalize_event_type(&e.event_type) == "persona.action" {
+        &k.topics.actions.name
+    } else {
+        &k.topics.events.name
+    }
+}
+
+/// Starts the relay thread; it ends when `stop()` says so, after a last
+/// short flush.
+pub fn spawn(
+    store: Arc<Store>,
+    k: KafkaConfig,
+    wakeup: Arc<Wakeup>,
+    stop: impl Fn() -> bool + Send + 'static,
+) -> Result<JoinHandle<()>, KafkaError> {
+    let producer: ThreadedProducer<Deliveries> = client_config(&k)
+        // Exactly-once per producer session and in order per partition.
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        // A produce not acknowledged by then is reported failed and stays
+        // in the outbox for the next round.
+        .set("message.timeout.ms", "30000")
+        .create_with_context(Deliveries::default())
+        .map_err(|e| KafkaError::Client(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("kafka-outbox".into())
+        .spawn(move || relay(store, k, producer, wakeup, stop))
+        .map_err(|e| KafkaError::Client(format!("cannot start the outbox relay: {e}")))
+}
+
+fn relay(
+    store: Arc<Store>,
+    k: KafkaConfig,
+    producer: ThreadedProducer<Deliveries>,
+    wakeup: Arc<Wakeup>,
+    stop: impl Fn() -> bool,
+) {
+    // Produced but not yet acknowledged (or failed): never sent twice.
+    let mut in_flight: HashSet<String> = HashSet::new();
+    let mut backoff = Duration::ZERO;
+    tracing::info!(brokers = %k.brokers, "kafka outbox relay started (dual write)");
+    loop {
+        let stopping = stop();
+        settle(&store, &producer, &mut in_flight, &mut backoff);
+        if stopping {
+            let _ = producer.flush(Duration::from_secs(2));
+            settle(&store, &producer, &mut in_flight, &mut backoff);
+            break;
+        }
+        if !backoff.is_zero() {
+            wakeup.wait(backoff);
+            continue;
+        }
+        let batch = match store.outbox_pending(ROUND) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                wakeup.wait(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let fresh: Vec<Event> = batch
+            .into_iter()
+            .filter(|e| !in_flight.contains(&e.id))
+            .collect();
+        if fresh.is_empty() {
+            wakeup.wait(if in_flight.is_empty() {
+                IDLE
+            } else {
+                Duration::from_millis(5)
+            });
+            continue;
+        }
+        for e in &fresh {
+            if produce(&producer, &k, e) {
+                in_flight.insert(e.id.clone());
+            }
+        }
+        // Wait for this round's acknowledgements (batched by linger.ms).
+        let _ = producer.flush(Duration::from_secs(5));
+    }
+    tracing::info!("kafka outbox relay stopped");
+}
+
+/// Hands one event to the producer; false if it could not be queued.
+fn produce(producer: &ThreadedProducer<Deliveries>, k: &KafkaConfig, e: &Event) -> bool {
+    let value = match serde_json::to_vec(&WireEvent::from_event(e)) {
+        Ok(v) => v,
+        Err(err) => {
+            tracing::error!(event_id = %e.id, error = %err, "cannot encode event for Kafka");
+            return false;
+        }
+    };
+    let hs = headers(e, &k.client_id);
+    let mut owned = OwnedHeaders::new_with_capacity(hs.len());
+    for (key, val) in &hs {
+        owned = owned.insert(Header {
+            key,
+            value: Some(val.as_bytes()),
+        });
+    }
+    let mut record = BaseRecord::with_opaque_to(topic_for(k, e), Box::new(e.id.clone()))
+        .key(e.project_id.as_bytes())
+        .payload(&value)
+        .headers(owned);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return true,
+            Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(50));
+            }
+            Err((err, _)) => {
+                tracing::warn!(event_id = %e.id, error = %err, "produce refused; the event stays in the outbox");
+                return false;
+            }
+        }
+    }
+}
+
+/// Records acknowledgements as sent; failures stay queued, with backoff.
+fn settle(
+    store: &Store,
+    producer: &ThreadedProducer<Deliveries>,
+    in_flight: &mut HashSet<String>,
+    backoff: &mut Duration,
+) {
+    let ctx = producer.context();
+    let acked = std::mem::take(&mut *ctx.acked.lock().unwrap_or_else(|p| p.into_inner()));
+    let failed = std::mem::take(&mut *ctx.failed.lock().unwrap_or_else(|p| p.into_inner()));
+    for id in acked.iter().chain(failed.iter().map(|(id, _)| id)) {
+        in_flight.remove(id);
+    }
+    if !acked.is_empty() {
+        if let Err(e) = store.outbox_sent(&acked) {
+            // They were delivered; marking them fails only if SQLite does. The
+            // next round sends them again and consumers dedupe by event id.
+            tracing::error!(error = %e, events = acked.len(), "cannot mark outbox events sent");
+        }
+        *backoff = Duration::ZERO;
+    }
+    if let Some((_, first)) = failed.first() {
+        *backoff = (*backoff * 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
+        tracing::warn!(events = failed.len(), error = %first, retry_in = ?*backoff, "Kafka did not take events; they stay in the outbox");
+    }
+}

@@ -1,0 +1,53 @@
+//! The Kafka outbox: events stored here first, produced when the broker
+//! acknowledges them. SQLite is the record; Kafka gets a copy, late if need be.
+
+use super::events::EVENT_COLUMNS;
+use super::{Op, Store, StoreError};
+use crate::event::Event;
+use rusqlite::params;
+
+impl Store {
+    /// Up to `limit` events still to be produced, oldest first.
+    pub fn outbox_pending(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM persona_events WHERE kafka_state = 'pending' ORDER BY rowid LIMIT ?1"
+            ))
+            .op("prepare outbox")?
+            .query_map([limit as i64], super::events::event_from_row)
+            .op("outbox")?
+            .collect::<rusqlite::Result<_>>()
+            .op("read outbox")
+        })
+    }
+
+    /// How many events wait for Kafka.
+    pub fn outbox_len(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT count(*) FROM persona_events WHERE kafka_state = 'pending'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .op("outbox length")
+            .map(|n| n as u64)
+        })
+    }
+
+    /// Marks events as acknowledged by Kafka.
+    pub fn outbox_sent(&self, ids: &[String]) -> Result<(), StoreError> {
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .op("begin outbox sent")?;
+        {
+            let mut stmt = tx
+                .prepare_cached("UPDATE persona_events SET kafka_state = 'sent' WHERE id = ?1 AND kafka_state = 'pending'")
+                .op("prepare outbox sent")?;
+            for id in ids {
+                stmt.execute(params![id]).op("outbox sent")?;
+            }
+        }
+        tx.commit().op("commit outbox sent")
+    }
+}
