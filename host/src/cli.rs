@@ -633,10 +633,21 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let store = open_store(config)?;
     let counts = store.status_counts()?;
     let handlers = store.handler_records()?;
+    let outbox = store.outbox_len()?;
+    // The plan's phase-1 connectivity check: does a broker answer?
     let kafka = if config.kafka.enabled {
-        format!("enabled ({})", config.kafka.brokers)
+        let reached = crate::kafka::probe(&config.kafka, std::time::Duration::from_secs(3));
+        serde_json::json!({
+            "enabled": true,
+            "brokers": config.kafka.brokers,
+            "client_id": config.kafka.client_id,
+            "dual_write": config.kafka.dual_write,
+            "reachable": reached.is_ok(),
+            "error": reached.err().map(|e| e.to_string()),
+            "outbox": outbox,
+        })
     } else {
-        "disabled (embedded SQLite bus)".into()
+        serde_json::json!({ "enabled": false, "outbox": outbox })
     };
     if json {
         let counts: serde_json::Map<String, serde_json::Value> = counts
@@ -648,7 +659,20 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("data dir: {}", config.data_dir.display());
-    println!("kafka:    {kafka}");
+    match (kafka["enabled"].as_bool(), kafka["reachable"].as_bool()) {
+        (Some(true), Some(true)) => println!(
+            "kafka:    enabled, {} reachable; {outbox} events waiting in the outbox",
+            config.kafka.brokers
+        ),
+        (Some(true), _) => println!(
+            "kafka:    enabled, NOT reachable ({}); {outbox} events waiting in the outbox",
+            kafka["error"].as_str().unwrap_or("?")
+        ),
+        _ if outbox > 0 => println!(
+            "kafka:    disabled (embedded SQLite bus); {outbox} events from an earlier dual write wait in the outbox"
+        ),
+        _ => println!("kafka:    disabled (embedded SQLite bus)"),
+    }
     let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
     println!(
         "events:   {}",

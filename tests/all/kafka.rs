@@ -304,4 +304,38 @@ fn consuming_from_kafka_is_refused_until_it_exists() {
     );
     let store = persona_bus::store::Store::open(&sb.data_dir()).unwrap();
     assert_eq!(store.outbox_len().unwrap(), 1);
+
+    // `status` reports the connectivity check and the outbox.
+    let status = |brokers: &str| {
+        let out = std::process::Command::new(crate::host_binary())
+            .args([
+                "--data-dir",
+                sb.data_dir().to_str().unwrap(),
+                "status",
+                "--json",
+            ])
+            .env("KAFKA_ENABLED", "true")
+            .env("KAFKA_DUAL_WRITE", "true")
+            .env("KAFKA_BROKERS", brokers)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["kafka"].clone()
+    };
+    let up = status(&brokers());
+    assert_eq!(
+        (up["reachable"].as_bool(), up["outbox"].as_u64()),
+        (Some(true), Some(1)),
+        "{up}"
+    );
+    let down = status("127.0.0.1:1");
+    assert_eq!(down["reachable"].as_bool(), Some(false), "{down}");
+    assert!(
+        down["error"].as_str().unwrap().contains("127.0.0.1:1"),
+        "{down}"
+    );
 }
