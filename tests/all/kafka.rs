@@ -2,6 +2,7 @@
 //! real broker that `make kafka-up` starts (`PERSONA_BUS_TEST_KAFKA`, default
 //! 127.0.0.1:9092). Every test uses its own random topic names.
 
+use crate::cli_with_env;
 use persona_bus::config::Config;
 use persona_bus::kafka::wire::WireEvent;
 use persona_bus::{Bus, BusError, EventStatus, NewEvent};
@@ -251,23 +252,20 @@ fn kafka_required_fails_fast_naming_the_brokers() {
 
     // The same through the binary, configured by the plan's variables.
     let started = Instant::now();
-    let out = std::process::Command::new(crate::host_binary())
-        .args([
-            "--data-dir",
-            sb.data_dir().to_str().unwrap(),
-            "run",
-            "--handlers",
-            sb.handlers_dir().to_str().unwrap(),
-        ])
-        .env("KAFKA_ENABLED", "true")
-        .env("KAFKA_DUAL_WRITE", "true")
-        .env("KAFKA_REQUIRED", "true")
-        .env("KAFKA_BROKERS", "127.0.0.1:1")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let handlers = sb.handlers_dir();
+    let env = [
+        ("KAFKA_ENABLED", "true"),
+        ("KAFKA_DUAL_WRITE", "true"),
+        ("KAFKA_REQUIRED", "true"),
+        ("KAFKA_BROKERS", "127.0.0.1:1"),
+    ];
+    let (ok, _, stderr) = cli_with_env(
+        &sb,
+        &["run", "--handlers", handlers.to_str().unwrap()],
+        &env,
+    );
+    assert!(!ok);
     assert!(started.elapsed() < Duration::from_secs(15));
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("no Kafka broker answered at 127.0.0.1:1"),
         "{stderr}"
@@ -283,48 +281,31 @@ fn consuming_from_kafka_is_refused_until_it_exists() {
     assert!(err.to_string().contains("KAFKA_DUAL_WRITE=true"), "{err}");
     // A CLI publish under the plan's variables queues the event for the
     // host's relay (it is stored first either way).
-    let out = std::process::Command::new(crate::host_binary())
-        .args([
-            "--data-dir",
-            sb.data_dir().to_str().unwrap(),
+    let dual = [("KAFKA_ENABLED", "true"), ("KAFKA_DUAL_WRITE", "true")];
+    let (ok, _, err) = cli_with_env(
+        &sb,
+        &[
             "publish",
             "--event-type",
             "custom",
             "--source-type",
             "system",
-        ])
-        .env("KAFKA_ENABLED", "true")
-        .env("KAFKA_DUAL_WRITE", "true")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &dual,
     );
+    assert!(ok, "{err}");
     let store = persona_bus::store::Store::open(&sb.data_dir()).unwrap();
     assert_eq!(store.outbox_len().unwrap(), 1);
 
     // `status` reports the connectivity check and the outbox.
     let status = |brokers: &str| {
-        let out = std::process::Command::new(crate::host_binary())
-            .args([
-                "--data-dir",
-                sb.data_dir().to_str().unwrap(),
-                "status",
-                "--json",
-            ])
-            .env("KAFKA_ENABLED", "true")
-            .env("KAFKA_DUAL_WRITE", "true")
-            .env("KAFKA_BROKERS", brokers)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let (ok, out, err) = cli_with_env(
+            &sb,
+            &["status", "--json"],
+            &[dual[0], dual[1], ("KAFKA_BROKERS", brokers)],
         );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["kafka"].clone()
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["kafka"].clone()
     };
     let up = status(&brokers());
     assert_eq!(

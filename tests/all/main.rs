@@ -25,15 +25,30 @@ pub fn host_binary() -> &'static Path {
 
 /// Runs `persona-bus --data-dir <sandbox> ARGS`: (success, stdout, stderr).
 pub fn cli(sb: &Sandbox, args: &[&str]) -> (bool, String, String) {
-    cli_with_input(sb, args, None)
+    run_host(sb, args, None, &[])
 }
 
 /// [`cli`] with `stdin` fed to the process.
 pub fn cli_with_input(sb: &Sandbox, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    run_host(sb, args, stdin, &[])
+}
+
+/// [`cli`] with environment variables set (the plan's `KAFKA_*`).
+pub fn cli_with_env(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    run_host(sb, args, None, env)
+}
+
+fn run_host(
+    sb: &Sandbox,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
     let mut child = Command::new(host_binary())
         .arg("--data-dir")
         .arg(sb.data_dir())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
