@@ -151,9 +151,7 @@ impl Bus {
             source,
         })?;
         let (notices, _) = broadcast::channel(16 * 1024);
-        let limits = EventLimits {
-            max_payload_bytes: config.limits.max_payload_bytes,
-        };
+        let limits = config.limits.event_limits();
         let inner = Arc::new(Inner {
             config,
             store,

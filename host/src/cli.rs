@@ -281,12 +281,7 @@ fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
             schema_version: None,
         },
     };
-    let event = new.validate(
-        crate::event::EventLimits {
-            max_payload_bytes: config.limits.max_payload_bytes,
-        },
-        0,
-    )?;
+    let event = new.validate(config.limits.event_limits(), 0)?;
     let store = open_store(config)?;
     if config.kafka.enabled && config.kafka.dual_write {
         // The running host's outbox relay produces it.

@@ -98,6 +98,15 @@ pub struct HostLimits {
     pub max_state_value_bytes: usize,
 }
 
+impl HostLimits {
+    /// The limits every publisher's events are checked against.
+    pub fn event_limits(&self) -> crate::event::EventLimits {
+        crate::event::EventLimits {
+            max_payload_bytes: self.max_payload_bytes,
+        }
+    }
+}
+
 impl Default for HostLimits {
     fn default() -> Self {
         Self {

@@ -7,7 +7,7 @@
 use super::bindings::persona::bus::{host, state, types};
 use super::limits::LimitHit;
 use super::{CallEnv, HostState};
-use crate::event::{self, Event, EventLimits};
+use crate::event::{self, Event};
 use crate::manifest::Limits;
 use crate::outcome::{Effects, StateOp};
 use std::collections::BTreeMap;
@@ -27,7 +27,6 @@ pub(crate) struct Call {
     pub(crate) project_id: String,
     pub(crate) chain_depth: u32,
     pub(crate) env: Arc<CallEnv>,
-    pub(crate) event_limits: EventLimits,
     pub(crate) effects: Effects,
     pub(crate) log_lines: u32,
     /// Bytes published and written to state in this call so far.
@@ -51,9 +50,6 @@ impl Call {
             project_id: event.project_id.clone(),
             chain_depth: event.chain_depth,
             env: env.clone(),
-            event_limits: EventLimits {
-                max_payload_bytes: env.limits.max_payload_bytes,
-            },
             effects: Effects::default(),
             log_lines: 0,
             output_bytes: 0,
@@ -210,7 +206,7 @@ impl host::Host for HostState {
             headers,
             schema_version: None,
         };
-        match draft.validate(call.event_limits, depth) {
+        match draft.validate(call.env.limits.event_limits(), depth) {
             Ok(event) => {
                 let id = event.id.clone();
                 call.effects.published.push(event);

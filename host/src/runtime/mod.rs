@@ -224,21 +224,9 @@ impl Runtime {
 
     /// Compiles (or loads from the cache) and links a component, checking
     /// that it is a `handler`: every import it needs is one the host
-    /// provides, and it exports `handle` with the right type.
-    pub fn prepare(&self, file: &std::path::Path) -> Result<Prepared, RuntimeError> {
-        let wasm = std::fs::read(file).map_err(|source| RuntimeError::Read {
-            file: file.to_owned(),
-            source,
-        })?;
-        self.prepare_bytes(file, &wasm)
-    }
-
-    /// [`Runtime::prepare`] for bytes already read; `file` names them in errors.
-    pub fn prepare_bytes(
-        &self,
-        file: &std::path::Path,
-        wasm: &[u8],
-    ) -> Result<Prepared, RuntimeError> {
+    /// provides, and it exports `handle` with the right type. `wasm` was read
+    /// from `file`, which names it in errors.
+    pub fn prepare(&self, file: &std::path::Path, wasm: &[u8]) -> Result<Prepared, RuntimeError> {
         let digest = cache::digest(wasm);
         let component =
             cache::load_or_compile(&self.engine, self.cache_dir.as_deref(), wasm, &digest)

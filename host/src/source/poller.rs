@@ -19,7 +19,7 @@ use crate::runtime::Origin;
 use crate::store::StoreError;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 /// How often rows stuck in `processing` are looked for.
@@ -41,7 +41,8 @@ pub(crate) fn run(inner: Arc<Inner>) {
             .name("committer".into())
             .spawn(move || {
                 for resolutions in batches {
-                    commit(&inner, &resolutions);
+                    // A failure is logged and its events released inside.
+                    let _ = commit(&inner, &resolutions);
                 }
             })
     };
@@ -68,7 +69,15 @@ pub(crate) fn run(inner: Arc<Inner>) {
                 Err(e) => tracing::error!(error = %e, "reaper failed"),
             }
         }
-        match claim_and_dispatch(&inner, poll.batch_size, &to_committer) {
+        let to_committer = &to_committer;
+        let deliver = |resolutions| {
+            if let Err(returned) = to_committer.send(resolutions) {
+                // Only when the committer died: commit here instead (a
+                // failure is logged and its events released inside).
+                let _ = commit(&inner, &returned.0);
+            }
+        };
+        match claim_and_dispatch(&inner, poll.batch_size, deliver) {
             Ok(n) if n > 0 => {
                 empty_polls = 0;
                 // A short batch while busy: let the next one fill up a little
@@ -107,10 +116,13 @@ pub(crate) fn run(inner: Arc<Inner>) {
     tracing::info!("sqlite poller stopped");
 }
 
+/// Claims up to `limit` events, dispatches them and hands the outcomes to
+/// `deliver` (the committer, or an inline commit). Returns how many events it
+/// claimed. If dispatch fails, the claimed events go back to pending.
 fn claim_and_dispatch(
     inner: &Inner,
     limit: usize,
-    committer: &SyncSender<Vec<Resolution>>,
+    deliver: impl FnOnce(Vec<Resolution>),
 ) -> Result<usize, StoreError> {
     let claimed = inner.store.claim(limit, now_millis())?;
     if claimed.is_empty() {
@@ -119,12 +131,7 @@ fn claim_and_dispatch(
     let n = claimed.len();
     let ids: Vec<String> = claimed.iter().map(|(e, _)| e.id.clone()).collect();
     match inner.dispatcher.dispatch(claimed, &Origin::Sqlite) {
-        Ok(resolutions) => {
-            if let Err(returned) = committer.send(resolutions) {
-                // Only when the committer died: commit here instead.
-                commit(inner, &returned.0);
-            }
-        }
+        Ok(resolutions) => deliver(resolutions),
         Err(e) => {
             release(inner, &ids, &e);
             return Err(e);
@@ -133,8 +140,9 @@ fn claim_and_dispatch(
     Ok(n)
 }
 
-/// Commits a batch of outcomes; on failure returns its events to pending.
-fn commit(inner: &Inner, resolutions: &[Resolution]) {
+/// Commits a batch of outcomes; on failure returns its events to pending
+/// and reports the error.
+fn commit(inner: &Inner, resolutions: &[Resolution]) -> Result<(), StoreError> {
     match inner.store.commit(resolutions) {
         Ok(committed) => {
             if committed.duplicates > 0 {
@@ -148,10 +156,12 @@ fn commit(inner: &Inner, resolutions: &[Resolution]) {
                 inner.wakeup.ring();
             }
             inner.notify_resolved(resolutions);
+            Ok(())
         }
         Err(e) => {
             let ids: Vec<String> = resolutions.iter().map(|r| r.event.id.clone()).collect();
             release(inner, &ids, &e);
+            Err(e)
         }
     }
 }
@@ -171,13 +181,9 @@ fn release(inner: &Inner, ids: &[String], cause: &StoreError) {
 /// Claims, dispatches and commits one batch on the calling thread; returns
 /// how many events it processed (used by `Bus::drain`).
 pub(crate) fn process_batch(inner: &Inner, limit: usize) -> Result<usize, StoreError> {
-    let claimed = inner.store.claim(limit, now_millis())?;
-    if claimed.is_empty() {
-        return Ok(0);
-    }
-    let n = claimed.len();
-    let resolutions = inner.dispatcher.dispatch(claimed, &Origin::Sqlite)?;
-    inner.store.commit(&resolutions)?;
-    inner.notify_resolved(&resolutions);
-    Ok(n)
+    let mut committed = Ok(());
+    let n = claim_and_dispatch(inner, limit, |resolutions| {
+        committed = commit(inner, &resolutions)
+    })?;
+    committed.map(|()| n)
 }

@@ -62,7 +62,7 @@ impl Store {
         })
     }
 
-    /// Dead letters, newest first, not yet retried.
+    /// Dead letters, newest first, retried ones included.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         self.dead_letters_where(&DeadLetterFilter {
             limit,

@@ -173,7 +173,7 @@ impl Store {
         })
     }
 
-    /// Counts (ledger rows, executions) per handler, for tests and status.
+    /// Ledger rows (finished events) of one handler.
     pub fn ledger_count(&self, handler: &str) -> Result<u64, StoreError> {
         self.read(|conn| {
             conn.query_row(
