@@ -2,7 +2,7 @@
 #   make run    build everything and start the host on the embedded SQLite bus
 #   make test   all tests (unit + integration, real SQLite and real handlers)
 #   make lint   rustfmt check + clippy -D warnings
-#   make bench  the benchmarks behind BENCHMARKS.md
+#   make bench  the benchmarks behind BENCHMARKS.md (bench-kafka: the Kafka ones)
 #   make kafka-up / kafka-down   a real single-node Apache Kafka on 127.0.0.1:9092
 
 CARGO       ?= cargo
@@ -22,7 +22,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers run test lint fmt bench clean kafka-up kafka-down
+.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka soak clean kafka-up kafka-down
 
 all: build
 
@@ -85,8 +85,14 @@ lint: toolchain
 fmt:
 	$(CARGO) fmt --all
 
-bench: toolchain
+bench: toolchain kafka-up
 	$(CARGO) bench -p persona-bus-tests --bench embedded
+	$(CARGO) bench -p persona-bus-tests --bench kafka
+
+# Only the Kafka benchmarks (throughput against the real broker, WASM vs
+# native, latency at 1,000 events/s).
+bench-kafka: toolchain kafka-up
+	$(CARGO) bench -p persona-bus-tests --bench kafka
 
 # Apache Kafka 4.x (KRaft) from the official jars on Maven Central, fetched
 # once into ~/.cache/persona-bus; needs Java 17 and Maven.

@@ -8,7 +8,7 @@ use crate::event::{Event, EventError, EventLimits, EventStatus, NewEvent};
 use crate::outcome::{Next, Resolution};
 use crate::registry::Registry;
 use crate::runtime::{CallEnv, Runtime, RuntimeError};
-use crate::source::{Wakeup, poller};
+use crate::source::{SourceSwitch, Wakeup, poller};
 use crate::store::{GroupCommit, Role, Store, StoreError, Sync};
 use serde::Serialize;
 use std::fs::File;
@@ -36,8 +36,6 @@ pub enum BusError {
     },
     #[error(transparent)]
     Kafka(#[from] crate::kafka::KafkaError),
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 /// What happened on the bus, for live views (SSE, dashboard) and benchmarks.
@@ -51,6 +49,8 @@ pub enum Notice {
         event_id: String,
         status: EventStatus,
         error: Option<String>,
+        /// When the event was published (RFC 3339), for latency views.
+        created_at: String,
     },
 }
 
@@ -58,9 +58,15 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) store: Arc<Store>,
     pub(crate) dispatcher: Dispatcher,
-    pub(crate) wakeup: Wakeup,
-    /// Rung on publish so the Kafka outbox relay produces at once.
-    outbox_wakeup: Arc<Wakeup>,
+    /// Rung on publish so the poller picks new events up at once.
+    pub(crate) wakeup: Arc<Wakeup>,
+    /// Rung when events enter the outbox so the relay produces them at once.
+    pub(crate) outbox_wakeup: Arc<Wakeup>,
+    /// Kafka consumer or SQLite poller: who is in charge (the breaker).
+    pub(crate) source: Arc<SourceSwitch>,
+    pub(crate) metrics: crate::metrics::Metrics,
+    /// Partitions the Kafka event processor owns now (see `kafka::archive`).
+    pub(crate) processor_partitions: crate::kafka::group::Owned,
     pub(crate) stopping: AtomicBool,
     notices: broadcast::Sender<Notice>,
     limits: EventLimits,
@@ -70,7 +76,20 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// New events are stored: wake whoever takes them from here.
+    pub(crate) fn stored(&self) {
+        if self.store.outbox_enabled() {
+            self.outbox_wakeup.ring();
+        }
+        // With Kafka in charge the consumer brings them back; the poller
+        // would find nothing it may take.
+        if self.source.claim_scope() == crate::store::ClaimScope::Local {
+            self.wakeup.ring();
+        }
+    }
+
     pub(crate) fn notify_resolved(&self, resolutions: &[Resolution]) {
+        self.metrics.resolved(resolutions);
         if self.notices.receiver_count() == 0 {
             return;
         }
@@ -83,6 +102,7 @@ impl Inner {
                 event_id: r.event.id.clone(),
                 status,
                 error,
+                created_at: r.event.created_at.clone(),
             });
         }
     }
@@ -94,6 +114,8 @@ pub struct Bus {
     checkpointer: Mutex<Option<JoinHandle<()>>>,
     watcher: Mutex<Option<JoinHandle<()>>>,
     relay: Mutex<Option<JoinHandle<()>>>,
+    /// The Kafka consumer groups (event processor, audit logger, webhooks).
+    consumers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Bus {
@@ -119,8 +141,17 @@ impl Bus {
                 "recovered events a previous host left in processing"
             );
         }
+        let wakeup = Arc::new(Wakeup::default());
+        let source = Arc::new(SourceSwitch::new(
+            &config.kafka,
+            wakeup.clone(),
+            Some(config.data_dir.join("control")),
+        ));
         if config.kafka.enabled {
-            start_kafka(&config.kafka)?;
+            if let Err(reason) = start_kafka(&config.kafka)? {
+                // Not required: serve from SQLite until a probe finds Kafka.
+                source.open_at_start(&format!("Kafka unreachable at start: {reason}"));
+            }
             store.enable_outbox();
         }
         let runtime = Arc::new(Runtime::new(
@@ -156,8 +187,11 @@ impl Bus {
             config,
             store,
             dispatcher,
-            wakeup: Wakeup::default(),
+            wakeup,
             outbox_wakeup: Arc::new(Wakeup::default()),
+            source,
+            processor_partitions: Default::default(),
+            metrics: Default::default(),
             stopping: AtomicBool::new(false),
             notices,
             limits,
@@ -171,6 +205,7 @@ impl Bus {
                 inner.store.clone(),
                 inner.config.kafka.clone(),
                 inner.outbox_wakeup.clone(),
+                inner.source.clone(),
                 move || stop.stopping.load(Ordering::Acquire),
             )?)
         } else {
@@ -198,12 +233,20 @@ impl Bus {
             checkpointer: Mutex::new(Some(checkpointer)),
             watcher: Mutex::new(watcher),
             relay: Mutex::new(relay),
+            consumers: Mutex::new(Vec::new()),
         })
     }
 
-    /// Starts the SQLite poller (idempotent).
+    /// Starts the SQLite poller and, when Kafka is the source, the consumer
+    /// groups (idempotent).
     pub fn start(&self) -> Result<(), BusError> {
         let mut slot = self.poller.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() && self.inner.source.consuming() {
+            let mut consumers = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
+            consumers.push(crate::kafka::consumer::spawn(self.inner.clone())?);
+            consumers.push(crate::kafka::archive::spawn(self.inner.clone())?);
+            consumers.push(crate::kafka::webhooks::spawn(self.inner.clone())?);
+        }
         if slot.is_none() {
             let inner = self.inner.clone();
             let handle = std::thread::Builder::new()
@@ -225,7 +268,8 @@ impl Bus {
         self.inner
             .inserts
             .insert(&self.inner.store, vec![event.clone()])?;
-        self.inner.wakeup.ring();
+        self.inner.metrics.published.fetch_add(1, Ordering::Relaxed);
+        self.inner.stored();
         if self.inner.notices.receiver_count() > 0 {
             let _ = self.inner.notices.send(Notice::Published {
                 event: Box::new(event.clone()),
@@ -244,7 +288,11 @@ impl Bus {
         self.inner
             .inserts
             .insert(&self.inner.store, events.clone())?;
-        self.inner.wakeup.ring();
+        self.inner
+            .metrics
+            .published
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.inner.stored();
         Ok(events)
     }
 
@@ -272,6 +320,22 @@ impl Bus {
         &self.inner.config
     }
 
+    /// Replaces every handler's WebAssembly call with a native function
+    /// (benchmarks only: see [`crate::dispatch::NativeHandler`]).
+    pub fn set_native_handler(&self, f: Option<crate::dispatch::NativeHandler>) {
+        self.inner.dispatcher.set_native(f);
+    }
+
+    /// Counters and histograms (`GET /metrics`).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// Who is handling events now, and the breaker's state.
+    pub fn source(&self) -> &Arc<SourceSwitch> {
+        &self.inner.source
+    }
+
     /// Live notices of publishes and outcomes.
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.inner.notices.subscribe()
@@ -282,6 +346,10 @@ impl Bus {
         self.inner.stopping.store(true, Ordering::Release);
         self.inner.wakeup.ring();
         self.inner.outbox_wakeup.ring();
+        for handle in std::mem::take(&mut *self.consumers.lock().unwrap_or_else(|p| p.into_inner()))
+        {
+            let _ = handle.join();
+        }
         for slot in [&self.poller, &self.checkpointer, &self.watcher, &self.relay] {
             if let Some(handle) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 handle.thread().unpark();
@@ -324,29 +392,27 @@ fn spawn_checkpointer(inner: Arc<Inner>) -> Result<JoinHandle<()>, BusError> {
         })
 }
 
-/// Plan phase 1 (dual write): check the brokers, create the topics. With
-/// `KAFKA_REQUIRED` an unreachable broker stops the host (within 10 s, naming
-/// the brokers); without it the host starts and the outbox keeps events until
-/// Kafka answers.
-fn start_kafka(k: &crate::config::KafkaConfig) -> Result<(), BusError> {
-    if !k.dual_write {
-        return Err(BusError::Unsupported(
-            "KAFKA_ENABLED=true without KAFKA_DUAL_WRITE=true asks for consuming from Kafka (plan phase 2), \
-             which this build does not do yet; set KAFKA_DUAL_WRITE=true (phase 1: write both, read SQLite) or KAFKA_ENABLED=false"
-                .into(),
-        ));
-    }
+/// Checks the brokers and creates the topics. With `KAFKA_REQUIRED` an
+/// unreachable broker stops the host (within 10 s, naming the brokers);
+/// without it the host starts and returns why Kafka is not usable: the
+/// outbox keeps events until Kafka answers, and when Kafka is the source the
+/// breaker starts open (SQLite in charge) until a probe finds it.
+fn start_kafka(k: &crate::config::KafkaConfig) -> Result<Result<(), String>, BusError> {
     let wait = std::time::Duration::from_secs(if k.required { 10 } else { 3 });
     let ready = crate::kafka::probe(k, wait).and_then(|()| crate::kafka::topics::ensure(k, wait));
     match ready {
         Ok(()) => {
-            tracing::info!(brokers = %k.brokers, "Kafka is up: events are written to SQLite and Kafka (dual write)");
-            Ok(())
+            if k.consuming() {
+                tracing::info!(brokers = %k.brokers, group = %k.consumer_group, "Kafka is up: events are consumed from Kafka (SQLite keeps every event and is the fallback)");
+            } else {
+                tracing::info!(brokers = %k.brokers, "Kafka is up: events are written to SQLite and Kafka, and handled from SQLite (dual write)");
+            }
+            Ok(Ok(()))
         }
         Err(e) if k.required => Err(e.into()),
         Err(e) => {
-            tracing::warn!(error = %e, "Kafka is not reachable; events are kept in the SQLite outbox until it is");
-            Ok(())
+            tracing::warn!(error = %e, "Kafka is not reachable; events are kept in the SQLite outbox and handled from SQLite until it is");
+            Ok(Err(e.to_string()))
         }
     }
 }

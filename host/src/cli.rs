@@ -46,11 +46,36 @@ pub enum Command {
     /// Dead letters: list, show, retry, purge
     #[command(subcommand)]
     Dlq(DlqCommand),
-    /// Event counts, handlers and transport
+    /// Event counts, handlers and transport (Kafka: brokers, topics, the
+    /// group's members, assigned partitions and lag; the breaker)
     Status {
         #[arg(long)]
         json: bool,
     },
+    /// Reset a consumer group's offsets so its events are read again
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The group to move [default: KAFKA_CONSUMER_GROUP]
+    #[arg(long)]
+    pub group: Option<String>,
+    /// earliest, latest, an RFC 3339 time (2026-11-27T09:00:00Z), or
+    /// partition:offset (one partition of the first --topic)
+    #[arg(long, value_name = "WHERE")]
+    pub to: crate::kafka::admin::ReplayTo,
+    /// Topics to move [default: the events and actions topics]
+    #[arg(long = "topic", value_name = "TOPIC")]
+    pub topics: Vec<String>,
+    /// Run the replayed events again for these handlers (all handlers when
+    /// none is named) by clearing their processed-ledger entries in this
+    /// data directory. Without it, replayed events are skipped as already
+    /// processed.
+    #[arg(long, value_name = "HANDLER", num_args = 0..)]
+    pub rehandle: Option<Vec<String>>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +231,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Handlers(HandlersCommand::Reload) => handlers_reload(&config),
         Command::Dlq(cmd) => dlq(&config, cmd),
         Command::Status { json } => status(&config, json),
+        Command::Replay(args) => replay(&config, args),
     }
 }
 
@@ -283,7 +309,7 @@ fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
     };
     let event = new.validate(config.limits.event_limits(), 0)?;
     let store = open_store(config)?;
-    if config.kafka.enabled && config.kafka.dual_write {
+    if config.kafka.enabled {
         // The running host's outbox relay produces it.
         store.enable_outbox();
     }
@@ -624,6 +650,61 @@ fn dlq(config: &Config, cmd: DlqCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn replay(config: &Config, args: ReplayArgs) -> anyhow::Result<()> {
+    use crate::kafka::admin;
+    let k = &config.kafka;
+    let group = args.group.unwrap_or_else(|| k.consumer_group.clone());
+    let topics: Vec<String> = if args.topics.is_empty() {
+        vec![k.topics.events.name.clone(), k.topics.actions.name.clone()]
+    } else {
+        args.topics
+    };
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let timeout = std::time::Duration::from_secs(10);
+    let moved = admin::replay(k, &group, &topics, &args.to, timeout)
+        .with_context(|| format!("cannot replay group {group}"))?;
+    let mut cleared = None;
+    if let Some(handlers) = &args.rehandle {
+        let ids = admin::replayed_event_ids(k, &moved, timeout)
+            .context("offsets were reset, but the replayed events could not be read to clear their ledger entries")?;
+        let store = open_store(config)?;
+        cleared = Some(store.clear_ledger(handlers, &ids)?);
+    }
+    let records: i64 = moved.iter().map(|m| (m.end - m.to).max(0)).sum();
+    if args.json {
+        let value = serde_json::json!({ "group": group, "moved": moved, "records": records, "ledger_cleared": cleared });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    for m in &moved {
+        let from = m.from.map_or("-".into(), |o| o.to_string());
+        println!(
+            "{}/{}: {from} -> {} (end {})",
+            m.topic, m.partition, m.to, m.end
+        );
+    }
+    println!("group {group} will read {records} records again when it next starts");
+    match (cleared, &args.rehandle) {
+        (Some(n), Some(h)) if h.is_empty() => {
+            println!("cleared {n} ledger entries: every handler runs them again")
+        }
+        (Some(n), Some(h)) => println!(
+            "cleared {n} ledger entries: {} run(s) them again",
+            h.join(", ")
+        ),
+        _ => println!(
+            "handlers that already processed them skip them (add --rehandle to run them again)"
+        ),
+    }
+    Ok(())
+}
+
+/// The running host's source status (written on each breaker transition).
+fn source_status(config: &Config) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(config.data_dir.join("control").join("source.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let store = open_store(config)?;
     let counts = store.status_counts()?;
@@ -631,15 +712,31 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let outbox = store.outbox_len()?;
     // The plan's phase-1 connectivity check: does a broker answer?
     let kafka = if config.kafka.enabled {
-        let reached = crate::kafka::probe(&config.kafka, std::time::Duration::from_secs(3));
+        let k = &config.kafka;
+        let wait = std::time::Duration::from_secs(3);
+        let reached = crate::kafka::probe(k, wait);
+        let topics = [&k.topics.events.name, &k.topics.actions.name];
+        let group = reached.is_ok().then(|| {
+            crate::kafka::admin::describe(k, &k.consumer_group, &[topics[0], topics[1]], wait)
+                .map_err(|e| e.to_string())
+        });
         serde_json::json!({
             "enabled": true,
-            "brokers": config.kafka.brokers,
-            "client_id": config.kafka.client_id,
-            "dual_write": config.kafka.dual_write,
+            "brokers": k.brokers,
+            "client_id": k.client_id,
+            "dual_write": k.dual_write,
+            "source": if k.consuming() { "kafka" } else { "sqlite (dual write)" },
             "reachable": reached.is_ok(),
             "error": reached.err().map(|e| e.to_string()),
             "outbox": outbox,
+            "topics": k.topics.all().iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+            "group": match &group {
+                Some(Ok(view)) => serde_json::to_value(view)?,
+                Some(Err(e)) => serde_json::json!({ "name": k.consumer_group, "error": e }),
+                None => serde_json::json!({ "name": k.consumer_group }),
+            },
+            "total_lag": group.as_ref().and_then(|g| g.as_ref().ok()).map(|v| v.total_lag()),
+            "host": source_status(config),
         })
     } else {
         serde_json::json!({ "enabled": false, "outbox": outbox })
@@ -667,6 +764,40 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             "kafka:    disabled (embedded SQLite bus); {outbox} events from an earlier dual write wait in the outbox"
         ),
         _ => println!("kafka:    disabled (embedded SQLite bus)"),
+    }
+    if let Some(view) = kafka.get("group").filter(|g| g.get("members").is_some()) {
+        println!(
+            "group:    {} ({}), {} member(s), lag {}",
+            view["group"].as_str().unwrap_or("?"),
+            view["state"].as_str().unwrap_or("?"),
+            view["members"].as_array().map_or(0, Vec::len),
+            kafka["total_lag"]
+        );
+        for p in view["partitions"].as_array().into_iter().flatten() {
+            println!(
+                "          {}/{}: committed {}, end {}, lag {}, {}",
+                p["topic"].as_str().unwrap_or("?"),
+                p["partition"],
+                p["committed"],
+                p["end"],
+                p["lag"],
+                p["owner"]
+                    .as_str()
+                    .map_or("unassigned".into(), |o| format!("assigned to {o}"))
+            );
+        }
+    }
+    if let Some(host) = kafka.get("host").filter(|h| !h.is_null()) {
+        println!(
+            "source:   {} in charge (configured {}), breaker {}, {} transition(s){}",
+            host["active"].as_str().unwrap_or("?"),
+            host["configured"].as_str().unwrap_or("?"),
+            host["breaker"].as_str().unwrap_or("?"),
+            host["transitions"],
+            host["last_transition"]["reason"]
+                .as_str()
+                .map_or(String::new(), |r| format!("; last: {r}"))
+        );
     }
     let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
     println!(

@@ -186,6 +186,44 @@ pub struct KafkaConfig {
     pub topics: TopicsConfig,
     /// Partitions of each topic (the plan: 6, so up to 6 consumers share).
     pub partitions: i32,
+    /// The audit logger's group. Each device archives every event, so the
+    /// group actually joined is `<audit_group>.<client_id>` (one per device).
+    pub audit_group: String,
+    /// The webhook ingester's group: shared, so each webhook is routed once.
+    pub webhook_group: String,
+    /// Messages taken from the consumer per dispatched batch.
+    pub consumer_batch: usize,
+    /// Send one execution record per handled event to the executions topic.
+    pub publish_executions: bool,
+    /// The circuit breaker between Kafka and the SQLite fallback.
+    pub breaker: BreakerConfig,
+}
+
+/// When Kafka is given up on and tried again (plan phase 2).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive Kafka failures that open the breaker (the plan: 3).
+    pub failures: u32,
+    /// How long it stays open, with the SQLite poller in charge (the plan: 5 minutes).
+    pub open_secs: u64,
+    /// While closed, how often the poller looks for events left behind in
+    /// SQLite (the plan: 60 s).
+    pub check_secs: u64,
+    /// A consumer that has seen no broker for this long counts one failure
+    /// (so a dead broker opens the breaker within `failures` x this).
+    pub failure_after_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failures: 3,
+            open_secs: 300,
+            check_secs: 60,
+            failure_after_ms: 1_500,
+        }
+    }
 }
 
 /// One topic: its name and how long the broker keeps its records.
@@ -245,6 +283,14 @@ impl TopicsConfig {
     }
 }
 
+impl KafkaConfig {
+    /// Kafka is the event source (plan phases 2-3): enabled and not in
+    /// phase 1's "write both, read SQLite" (`KAFKA_DUAL_WRITE=true`).
+    pub fn consuming(&self) -> bool {
+        self.enabled && !self.dual_write
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
@@ -260,6 +306,11 @@ impl Default for KafkaConfig {
             ssl_enabled: false,
             topics: TopicsConfig::default(),
             partitions: 6,
+            audit_group: "vibeman-audit-logger".into(),
+            webhook_group: "vibeman-webhook-ingester".into(),
+            consumer_batch: 2_000,
+            publish_executions: true,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -283,6 +334,11 @@ impl std::fmt::Debug for KafkaConfig {
             .field("ssl_enabled", &self.ssl_enabled)
             .field("topics", &self.topics)
             .field("partitions", &self.partitions)
+            .field("audit_group", &self.audit_group)
+            .field("webhook_group", &self.webhook_group)
+            .field("consumer_batch", &self.consumer_batch)
+            .field("publish_executions", &self.publish_executions)
+            .field("breaker", &self.breaker)
             .finish()
     }
 }
@@ -468,6 +524,17 @@ impl Config {
                 return invalid(
                     "kafka.sasl",
                     "set both KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD, or neither",
+                );
+            }
+            if k.consumer_batch == 0 || k.consumer_batch > 50_000 {
+                return invalid("kafka.consumer_batch", "must be between 1 and 50000");
+            }
+            let b = &k.breaker;
+            if b.failures == 0 || b.open_secs == 0 || b.check_secs == 0 || b.failure_after_ms < 100
+            {
+                return invalid(
+                    "kafka.breaker",
+                    "failures, open_secs and check_secs must be above 0 and failure_after_ms at least 100",
                 );
             }
         }

@@ -29,10 +29,35 @@ pub struct Dispatcher {
     registry: Arc<Registry>,
     env: Arc<CallEnv>,
     pool: rayon::ThreadPool,
+    native: std::sync::RwLock<Option<NativeHandler>>,
 }
+
+/// A native Rust function called instead of every handler's WebAssembly
+/// component, with the rest of the pipeline unchanged (matching, ledger,
+/// commit, offsets). It exists to measure what the sandbox costs
+/// (`BENCHMARKS.md`: WASM vs native), not to run production handlers: it
+/// has no limits and no host API.
+pub type NativeHandler = Arc<dyn Fn(&str, &Event) -> Result<(), String> + Send + Sync>;
 
 /// A claimed event and how many times it has been claimed (1 = first time).
 pub type Claimed = (Event, u32);
+
+/// An event to dispatch, with where it came from.
+pub struct Delivery {
+    pub event: Event,
+    /// Times the SQLite poller has claimed it (1 = first time); Kafka
+    /// deliveries always look at the ledger.
+    pub claims: u32,
+    pub origin: Origin,
+}
+
+impl Delivery {
+    fn seen_before(&self) -> bool {
+        // A Kafka record may have been handled here already: from SQLite
+        // while the broker was away, or before a rebalance or a replay.
+        self.claims > 1 || self.event.retry_count > 0 || matches!(self.origin, Origin::Kafka { .. })
+    }
+}
 
 impl Dispatcher {
     pub fn new(
@@ -53,7 +78,14 @@ impl Dispatcher {
             registry,
             env,
             pool,
+            native: std::sync::RwLock::new(None),
         })
+    }
+
+    /// Calls `f` instead of the handlers' components from now on (None:
+    /// back to WebAssembly). See [`NativeHandler`].
+    pub fn set_native(&self, f: Option<NativeHandler>) {
+        *self.native.write().unwrap_or_else(|p| p.into_inner()) = f;
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -62,24 +94,31 @@ impl Dispatcher {
 
     /// Runs every claimed event through its handlers. Handlers that already
     /// finished an event (its ledger says so) are not run again.
-    pub fn dispatch(
-        &self,
-        claimed: Vec<Claimed>,
-        origin: &Origin,
-    ) -> Result<Vec<Resolution>, StoreError> {
+    pub fn dispatch(&self, deliveries: Vec<Delivery>) -> Result<Vec<Resolution>, StoreError> {
         let snapshot = self.registry.snapshot();
+        let native = self
+            .native
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         // Only events seen before can have ledger entries: skip the lookup
-        // for first deliveries, which are nearly all of them.
-        let seen_before = claimed
+        // for first deliveries from SQLite, which are nearly all of them.
+        let seen_before = deliveries
             .iter()
-            .filter(|(e, claims)| *claims > 1 || e.retry_count > 0)
-            .map(|(e, _)| e.id.as_str());
+            .filter(|d| d.seen_before())
+            .map(|d| d.event.id.as_str());
         let ledger = self.store.processed_for(seen_before)?;
 
-        let lanes = into_lanes(claimed, self.pool.current_num_threads() * LANES_PER_WORKER);
-        let resolve = |(event, _): Claimed| {
-            let done = ledger.get(&event.id).map(Vec::as_slice).unwrap_or_default();
-            self.resolve(&snapshot, event, done, origin)
+        let lanes = into_lanes(
+            deliveries,
+            self.pool.current_num_threads() * LANES_PER_WORKER,
+        );
+        let resolve = |d: Delivery| {
+            let done = ledger
+                .get(&d.event.id)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            self.resolve(&snapshot, d.event, done, &d.origin, native.as_ref())
         };
         Ok(if lanes.len() == 1 {
             lanes.into_iter().flatten().map(resolve).collect()
@@ -99,6 +138,7 @@ impl Dispatcher {
         event: Event,
         done: &[(String, String)],
         origin: &Origin,
+        native: Option<&NativeHandler>,
     ) -> Resolution {
         let subscribers: Vec<_> = if event.chain_depth > self.env.limits.max_chain_depth {
             // Only an event from a host with a laxer limit gets here.
@@ -122,9 +162,13 @@ impl Dispatcher {
             }
             let span = tracing::debug_span!("handle", handler = %handler.name, event_id = %event.id, attempt);
             let _enter = span.enter();
-            let inv = self
-                .runtime
-                .invoke(handler.handle_ref(), &event, origin, attempt, &self.env);
+            let inv = match native {
+                None => {
+                    self.runtime
+                        .invoke(handler.handle_ref(), &event, origin, attempt, &self.env)
+                }
+                Some(f) => call_native(f, &handler.name, &event),
+            };
             let verdict =
                 Verdict::decide(&inv.outcome, attempt, &handler.manifest.retry, now_millis());
             if let Some(error) = inv.outcome.error() {
@@ -146,18 +190,35 @@ impl Dispatcher {
     }
 }
 
+fn call_native(f: &NativeHandler, handler: &str, event: &Event) -> crate::runtime::Invocation {
+    let started = std::time::Instant::now();
+    let outcome = match f(handler, event) {
+        Ok(()) => crate::outcome::RunOutcome::Completed,
+        Err(message) => crate::outcome::RunOutcome::Rejected(message),
+    };
+    crate::runtime::Invocation {
+        outcome,
+        effects: Default::default(),
+        started_at: crate::event::now_rfc3339(),
+        duration: started.elapsed(),
+        note: None,
+    }
+}
+
 /// Splits events into at most `n` lanes by project, keeping publish order
 /// within each lane. Empty lanes are dropped.
-fn into_lanes(claimed: Vec<Claimed>, n: usize) -> Vec<Vec<Claimed>> {
+fn into_lanes(deliveries: Vec<Delivery>, n: usize) -> Vec<Vec<Delivery>> {
     let n = n.max(1);
-    let mut lanes: Vec<Vec<Claimed>> = (0..n).map(|_| Vec::new()).collect();
+    let mut lanes: Vec<Vec<Delivery>> = (0..n).map(|_| Vec::new()).collect();
     let mut lane_of: HashMap<String, usize> = HashMap::new();
-    for item in claimed {
-        let lane = *lane_of.entry(item.0.project_id.clone()).or_insert_with(|| {
-            let mut h = DefaultHasher::new();
-            item.0.project_id.hash(&mut h);
-            (h.finish() % n as u64) as usize
-        });
+    for item in deliveries {
+        let lane = *lane_of
+            .entry(item.event.project_id.clone())
+            .or_insert_with(|| {
+                let mut h = DefaultHasher::new();
+                item.event.project_id.hash(&mut h);
+                (h.finish() % n as u64) as usize
+            });
         lanes[lane].push(item);
     }
     lanes.retain(|l| !l.is_empty());
@@ -171,7 +232,7 @@ mod tests {
 
     #[test]
     fn lanes_keep_each_project_in_order() {
-        let claimed: Vec<Claimed> = (0..40)
+        let claimed: Vec<Delivery> = (0..40)
             .map(|i| {
                 let e = NewEvent {
                     event_type: "t".into(),
@@ -186,15 +247,19 @@ mod tests {
                     0,
                 )
                 .unwrap();
-                (e, 1)
+                Delivery {
+                    event: e,
+                    claims: 1,
+                    origin: Origin::Sqlite,
+                }
             })
             .collect();
-        let order: Vec<String> = claimed.iter().map(|(e, _)| e.id.clone()).collect();
+        let order: Vec<String> = claimed.iter().map(|d| d.event.id.clone()).collect();
         let lanes = into_lanes(claimed, 3);
         assert!(lanes.len() <= 3);
         for lane in &lanes {
             let mut last: HashMap<&str, usize> = HashMap::new();
-            for (e, _) in lane {
+            for Delivery { event: e, .. } in lane {
                 let pos = order.iter().position(|id| *id == e.id).unwrap();
                 if let Some(prev) = last.insert(e.project_id.as_str(), pos) {
                     assert!(prev < pos, "project {} out of order", e.project_id);
@@ -203,7 +268,7 @@ mod tests {
         }
         let projects_per_lane: Vec<std::collections::HashSet<&str>> = lanes
             .iter()
-            .map(|l| l.iter().map(|(e, _)| e.project_id.as_str()).collect())
+            .map(|l| l.iter().map(|d| d.event.project_id.as_str()).collect())
             .collect();
         for (i, a) in projects_per_lane.iter().enumerate() {
             for b in &projects_per_lane[i + 1..] {

@@ -8,19 +8,22 @@
 //! | [`config`] | host configuration: TOML file + the plan's environment variables |
 //! | [`event`]  | the event model and input validation |
 //! | [`store`]  | SQLite: events, subscriptions, executions, ledger, dead letters, state, Kafka outbox |
-//! | [`kafka`]  | Kafka: client settings, topics, wire format, the outbox relay (dual write) |
-//! | [`source`] | where events come from: the SQLite poller (and its wake-up) |
+//! | [`kafka`]  | Kafka: client settings, topics, wire format, outbox relay, consumer groups, replay |
+//! | [`source`] | where events come from: the SQLite poller, and the switch between it and Kafka |
+//! | [`breaker`] | the circuit breaker that decides when Kafka is given up on and retried |
 //! | [`matching`] | which subscriptions want an event |
 //! | [`manifest`] | handler manifests (`name.toml`) |
 //! | [`registry`] | loading handlers from the handlers folder |
 //! | [`runtime`] | wasmtime: engine, limits, host imports, compiled-component cache |
 //! | [`dispatch`] | running matched handlers on claimed events, in per-project lanes |
 //! | [`outcome`] | what a run produced and what happens next (retry, dead letter) |
+//! | [`metrics`] | counters and histograms for `/metrics` |
 //! | [`bus`]    | all of the above wired together |
 //! | [`cli`]    | the `persona-bus` command line |
 //!
 //! `main.rs` only parses arguments, sets up tracing and calls [`cli::main`].
 
+pub mod breaker;
 pub mod bus;
 pub mod cli;
 pub mod config;
@@ -29,6 +32,7 @@ pub mod event;
 pub mod kafka;
 pub mod manifest;
 pub mod matching;
+pub mod metrics;
 pub mod outcome;
 pub mod registry;
 pub mod runtime;

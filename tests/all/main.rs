@@ -3,6 +3,7 @@
 //! compiled handler components.
 
 mod cli;
+mod consume;
 mod crash;
 mod embedded;
 mod hostile;
@@ -36,6 +37,23 @@ pub fn cli_with_input(sb: &Sandbox, args: &[&str], stdin: Option<&str>) -> (bool
 /// [`cli`] with environment variables set (the plan's `KAFKA_*`).
 pub fn cli_with_env(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     run_host(sb, args, None, env)
+}
+
+/// Runs `persona-bus --data-dir DIR ARGS` with `env` (another device's
+/// data directory).
+pub fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(host_binary())
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run persona-bus");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn run_host(

@@ -2,6 +2,8 @@
 //! paths, throwaway data and handler folders, a bus with test-friendly
 //! settings, and waiting with a deadline.
 
+pub mod kafka;
+
 use persona_bus::config::Config;
 use persona_bus::event::NewEvent;
 use persona_bus::{Bus, Event};

@@ -1,5 +1,7 @@
-//! Kafka (plan phase 1 so far): client settings, topics, the wire format and
-//! the outbox relay that dual-writes events.
+//! Kafka: client settings, topics, the wire format, the outbox relay that
+//! produces events, and the host's consumer groups: the event processor
+//! (`consumer`), the audit logger (`archive`) and the webhook ingester
+//! (`webhooks`).
 //!
 //! SQLite stays the record: an event is stored first and queued in the
 //! outbox (`persona_events.kafka_state = 'pending'`); the relay produces it
@@ -10,8 +12,13 @@
 //! deduplicate by event id (the `event-id` header), which the processed ledger
 //! makes exact for handler effects.
 
+pub mod admin;
+pub mod archive;
+pub mod consumer;
+pub mod group;
 pub mod outbox;
 pub mod topics;
+pub mod webhooks;
 pub mod wire;
 
 use crate::config::KafkaConfig;
@@ -38,7 +45,9 @@ pub enum KafkaError {
 pub fn client_config(k: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers)
-        .set("client.id", &k.client_id);
+        .set("client.id", &k.client_id)
+        // Small records should leave at once: batching is linger.ms's job.
+        .set("socket.nagle.disable", "true");
     match (&k.sasl_username, &k.sasl_password) {
         (Some(user), Some(password)) => {
             c.set(

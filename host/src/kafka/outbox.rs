@@ -5,7 +5,7 @@ use super::wire::{WireEvent, headers};
 use super::{KafkaError, client_config};
 use crate::config::KafkaConfig;
 use crate::event::Event;
-use crate::source::Wakeup;
+use crate::source::{SourceSwitch, Wakeup};
 use crate::store::Store;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
@@ -64,6 +64,7 @@ pub fn spawn(
     store: Arc<Store>,
     k: KafkaConfig,
     wakeup: Arc<Wakeup>,
+    source: Arc<SourceSwitch>,
     stop: impl Fn() -> bool + Send + 'static,
 ) -> Result<JoinHandle<()>, KafkaError> {
     let producer: ThreadedProducer<Deliveries> = client_config(&k)
@@ -79,7 +80,7 @@ pub fn spawn(
         .map_err(|e| KafkaError::Client(e.to_string()))?;
     std::thread::Builder::new()
         .name("kafka-outbox".into())
-        .spawn(move || relay(store, k, producer, wakeup, stop))
+        .spawn(move || relay(store, k, producer, wakeup, source, stop))
         .map_err(|e| KafkaError::Client(format!("cannot start the outbox relay: {e}")))
 }
 
@@ -88,6 +89,7 @@ fn relay(
     k: KafkaConfig,
     producer: ThreadedProducer<Deliveries>,
     wakeup: Arc<Wakeup>,
+    source: Arc<SourceSwitch>,
     stop: impl Fn() -> bool,
 ) {
     // Produced but not yet acknowledged (or failed): never sent twice.
@@ -96,10 +98,10 @@ fn relay(
     tracing::info!(brokers = %k.brokers, "kafka outbox relay started (dual write)");
     loop {
         let stopping = stop();
-        settle(&store, &producer, &mut in_flight, &mut backoff);
+        settle(&store, &producer, &source, &mut in_flight, &mut backoff);
         if stopping {
             let _ = producer.flush(Duration::from_secs(2));
-            settle(&store, &producer, &mut in_flight, &mut backoff);
+            settle(&store, &producer, &source, &mut in_flight, &mut backoff);
             break;
         }
         if !backoff.is_zero() {
@@ -177,6 +179,7 @@ fn produce(producer: &ThreadedProducer<Deliveries>, k: &KafkaConfig, e: &Event) 
 fn settle(
     store: &Store,
     producer: &ThreadedProducer<Deliveries>,
+    source: &SourceSwitch,
     in_flight: &mut HashSet<String>,
     backoff: &mut Duration,
 ) {
@@ -193,8 +196,10 @@ fn settle(
             tracing::error!(error = %e, events = acked.len(), "cannot mark outbox events sent");
         }
         *backoff = Duration::ZERO;
+        source.success("produce acknowledged");
     }
     if let Some((_, first)) = failed.first() {
+        source.failure(&format!("produce: {first}"));
         *backoff = (*backoff * 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
         tracing::warn!(events = failed.len(), error = %first, retry_in = ?*backoff, "Kafka did not take events; they stay in the outbox");
     }

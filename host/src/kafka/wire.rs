@@ -40,8 +40,25 @@ impl WireEvent {
     }
 }
 
-/// The record headers of the plan (phase 4 "event versioning headers").
+/// Header on an event that its device already handled from SQLite (the
+/// breaker was open, or it was written in phase 1) before producing it:
+/// other devices archive it instead of running it again.
+pub const HANDLED_BY: &str = "handled-by";
+/// With [`HANDLED_BY`]: the event's status on that device.
+pub const HANDLED_STATUS: &str = "handled-status";
+
+/// The record headers of the plan (phase 4 "event versioning headers"),
+/// plus [`HANDLED_BY`] for events already handled.
 pub fn headers(e: &Event, origin_device: &str) -> Vec<(&'static str, String)> {
+    let mut hs = base_headers(e, origin_device);
+    if e.status.is_final() {
+        hs.push((HANDLED_BY, origin_device.to_owned()));
+        hs.push((HANDLED_STATUS, e.status.as_str().to_owned()));
+    }
+    hs
+}
+
+fn base_headers(e: &Event, origin_device: &str) -> Vec<(&'static str, String)> {
     vec![
         ("event-id", e.id.clone()),
         ("event-type", e.event_type.clone()),
@@ -54,4 +71,134 @@ pub fn headers(e: &Event, origin_device: &str) -> Vec<(&'static str, String)> {
         ("chain-depth", e.chain_depth.to_string()),
         ("origin-device", origin_device.to_owned()),
     ]
+}
+
+/// Why a record could not be read as an event.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record has no value")]
+    Empty,
+    #[error("record value is not a persona event: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("event `{field}` is empty or invalid")]
+    Field { field: &'static str },
+}
+
+impl WireEvent {
+    /// The event as this device stores and dispatches it. Checks what the
+    /// matcher and the store rely on; a record that fails is dead-lettered.
+    pub fn into_event(self) -> Result<Event, DecodeError> {
+        let bad = |field| Err(DecodeError::Field { field });
+        if self.id.trim().is_empty() || self.id.len() > 128 {
+            return bad("id");
+        }
+        if self.event_type.is_empty()
+            || !self
+                .event_type
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+        {
+            return bad("event_type");
+        }
+        if self.source_type.trim().is_empty() {
+            return bad("source_type");
+        }
+        if self.project_id.trim().is_empty() {
+            return bad("project_id");
+        }
+        Ok(Event {
+            id: self.id,
+            project_id: self.project_id,
+            event_type: self.event_type,
+            source_type: self.source_type,
+            source_id: self.source_id,
+            target_persona_id: self.target_persona_id,
+            payload: self.payload.to_string(),
+            status: crate::event::EventStatus::Pending,
+            error_message: None,
+            processed_at: None,
+            created_at: self.created_at,
+            headers: self.headers,
+            schema_version: self.schema_version,
+            chain_depth: self.chain_depth,
+            retry_count: 0,
+        })
+    }
+
+    /// Decodes a record value.
+    pub fn decode(value: Option<&[u8]>) -> Result<Event, DecodeError> {
+        let value = value.ok_or(DecodeError::Empty)?;
+        serde_json::from_slice::<WireEvent>(value)?.into_event()
+    }
+}
+
+/// One handled event, as sent to the executions topic: which device ran
+/// which handlers and how it ended. Other devices' audit loggers apply the
+/// final status to their archived copy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecutionRecord {
+    pub event_id: String,
+    pub event_type: String,
+    pub project_id: String,
+    pub device: String,
+    /// The event's status after this delivery (`pending` = retry scheduled).
+    pub status: String,
+    pub error: Option<String>,
+    pub runs: Vec<RunRecord>,
+    pub processed_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub handler: String,
+    pub version: String,
+    pub attempt: u32,
+    pub outcome: String,
+    pub duration_us: u64,
+    pub error: Option<String>,
+}
+
+impl ExecutionRecord {
+    pub fn from_resolution(r: &crate::outcome::Resolution, device: &str, now: &str) -> Self {
+        let (status, error) = match &r.next {
+            crate::outcome::Next::Final { status, error } => (status.as_str(), error.clone()),
+            crate::outcome::Next::Retry { error, .. } => ("pending", Some(error.clone())),
+        };
+        Self {
+            event_id: r.event.id.clone(),
+            event_type: r.event.event_type.clone(),
+            project_id: r.event.project_id.clone(),
+            device: device.to_owned(),
+            status: status.to_owned(),
+            error,
+            runs: r
+                .runs
+                .iter()
+                .map(|run| RunRecord {
+                    handler: run.handler.to_string(),
+                    version: run.version.to_string(),
+                    attempt: run.attempt,
+                    outcome: run.outcome.label().to_owned(),
+                    duration_us: run.duration.as_micros() as u64,
+                    error: run.outcome.error(),
+                })
+                .collect(),
+            processed_at: now.to_owned(),
+        }
+    }
+}
+
+/// A webhook as the HTTP endpoint puts it on the webhooks topic; the
+/// webhook ingester turns it into a `webhook_received` event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookRecord {
+    /// Becomes the event id: a redelivered webhook is routed once.
+    pub id: String,
+    pub trigger_id: String,
+    #[serde(default)]
+    pub project_id: Option<String>,
+    /// The request body, as JSON.
+    pub body: serde_json::Value,
+    pub received_at: String,
 }

@@ -1,8 +1,10 @@
-//! Where events come from. In the embedded default that is the SQLite
-//! poller; the Kafka consumer and the failover between the two build on the
-//! same dispatch and commit path.
+//! Where events come from: the SQLite poller, or the Kafka consumer
+//! (`kafka::consumer`) with the poller as its fallback. Both go through the
+//! same dispatch and commit path; [`SourceSwitch`] decides who is in charge.
 
 pub mod poller;
+pub mod switch;
 mod wakeup;
 
+pub use switch::{SourceStatus, SourceSwitch};
 pub use wakeup::Wakeup;

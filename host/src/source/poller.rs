@@ -13,10 +13,11 @@
 //! processed ledger keeps handlers whose runs did commit from running again.
 
 use crate::bus::Inner;
+use crate::dispatch::Delivery;
 use crate::event::now_millis;
 use crate::outcome::Resolution;
 use crate::runtime::Origin;
-use crate::store::StoreError;
+use crate::store::{ClaimScope, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::sync_channel;
@@ -29,6 +30,7 @@ pub(crate) fn run(inner: Arc<Inner>) {
     let poll = inner.config.poll.clone();
     let active = Duration::from_millis(poll.active_interval_ms);
     let idle = Duration::from_millis(poll.idle_interval_ms);
+    let check = Duration::from_secs(inner.config.kafka.breaker.check_secs);
     let linger = Duration::from_micros(poll.linger_us);
     let mut empty_polls: u32 = 0;
     let mut last_reap = Instant::now();
@@ -88,7 +90,12 @@ pub(crate) fn run(inner: Arc<Inner>) {
             }
             Ok(_) => {
                 empty_polls = empty_polls.saturating_add(1);
-                let mut wait = if empty_polls > poll.idle_after_empty_polls {
+                let mut wait = if inner.source.claim_scope() == ClaimScope::Leftovers {
+                    // Kafka is in charge: look for events left behind only
+                    // now and then (plan phase 2: every 60 s); a breaker
+                    // transition or a due retry wakes us sooner.
+                    check
+                } else if empty_polls > poll.idle_after_empty_polls {
                     idle
                 } else {
                     active
@@ -124,13 +131,23 @@ fn claim_and_dispatch(
     limit: usize,
     deliver: impl FnOnce(Vec<Resolution>),
 ) -> Result<usize, StoreError> {
-    let claimed = inner.store.claim(limit, now_millis())?;
+    let claimed = inner
+        .store
+        .claim(limit, now_millis(), inner.source.claim_scope())?;
     if claimed.is_empty() {
         return Ok(0);
     }
     let n = claimed.len();
     let ids: Vec<String> = claimed.iter().map(|(e, _)| e.id.clone()).collect();
-    match inner.dispatcher.dispatch(claimed, &Origin::Sqlite) {
+    let deliveries = claimed
+        .into_iter()
+        .map(|(event, claims)| Delivery {
+            event,
+            claims,
+            origin: Origin::Sqlite,
+        })
+        .collect();
+    match inner.dispatcher.dispatch(deliveries) {
         Ok(resolutions) => deliver(resolutions),
         Err(e) => {
             release(inner, &ids, &e);
@@ -152,8 +169,8 @@ fn commit(inner: &Inner, resolutions: &[Resolution]) -> Result<(), StoreError> {
                 );
             }
             if committed.published > 0 {
-                // Follow-up events are pending now: pick them up at once.
-                inner.wakeup.ring();
+                // Follow-up events are stored: pick them up at once.
+                inner.stored();
             }
             inner.notify_resolved(resolutions);
             Ok(())

@@ -52,7 +52,72 @@ fn event_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Event> {
 /// Inserts a validated event as `pending` (inside the caller's transaction);
 /// with `outbox`, also as waiting to be produced to Kafka.
 pub(crate) fn insert_event(conn: &Connection, e: &Event, outbox: bool) -> Result<(), StoreError> {
-    conn.prepare_cached(INSERT_EVENT)
+    insert_with_state(conn, INSERT_EVENT, e, outbox.then_some("pending"))
+}
+
+/// Stores an event that came from Kafka, unless a row for it exists: it is
+/// `remote` (Kafka has it already, and another device may own it).
+pub(crate) fn insert_remote(conn: &Connection, e: &Event) -> Result<bool, StoreError> {
+    const SQL: &str = "INSERT INTO persona_events (id, project_id, event_type, source_type, source_id, \
+         target_persona_id, payload, status, created_at, headers, schema_version, chain_depth, kafka_state) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?11, ?12) ON CONFLICT (id) DO NOTHING";
+    Ok(insert_with_state_n(conn, SQL, e, Some("remote"))? == 1)
+}
+
+/// Writes the final state of an event consumed from Kafka in one
+/// statement: the row is created (`remote`) if this device has none, else
+/// its status is set.
+pub(crate) fn upsert_final(
+    conn: &Connection,
+    e: &Event,
+    status: &str,
+    error: Option<&str>,
+    now: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO persona_events (id, project_id, event_type, source_type, source_id, target_persona_id, \
+         payload, status, error_message, processed_at, created_at, headers, schema_version, chain_depth, kafka_state) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'remote') \
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, error_message = excluded.error_message, \
+         processed_at = excluded.processed_at, claimed_at = NULL",
+    )
+    .op("prepare upsert event")?
+    .execute(params![
+        e.id,
+        e.project_id,
+        e.event_type,
+        e.source_type,
+        e.source_id,
+        e.target_persona_id,
+        e.payload,
+        status,
+        error,
+        now,
+        e.created_at,
+        headers_to_json(&e.headers),
+        e.schema_version,
+        e.chain_depth,
+    ])
+    .op("upsert event")?;
+    Ok(())
+}
+
+fn insert_with_state(
+    conn: &Connection,
+    sql: &str,
+    e: &Event,
+    kafka_state: Option<&str>,
+) -> Result<(), StoreError> {
+    insert_with_state_n(conn, sql, e, kafka_state).map(|_| ())
+}
+
+pub(crate) fn insert_with_state_n(
+    conn: &Connection,
+    sql: &str,
+    e: &Event,
+    kafka_state: Option<&str>,
+) -> Result<usize, StoreError> {
+    conn.prepare_cached(sql)
         .op("prepare insert event")?
         .execute(params![
             e.id,
@@ -66,10 +131,35 @@ pub(crate) fn insert_event(conn: &Connection, e: &Event, outbox: bool) -> Result
             headers_to_json(&e.headers),
             e.schema_version,
             e.chain_depth,
-            outbox.then_some("pending"),
+            kafka_state,
         ])
-        .op("insert event")?;
-    Ok(())
+        .op("insert event")
+}
+
+/// Which pending rows the SQLite poller may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimScope {
+    /// What this device must handle itself: SQLite is the source (Kafka
+    /// off, or the breaker open). That is every event not yet on Kafka
+    /// (never queued, or still in the outbox) and retries scheduled here.
+    /// Events already on Kafka (`sent`, `remote`) are left to whichever
+    /// device owns their partition, after recovery: taking them here could
+    /// run them on two devices.
+    Local,
+    /// Kafka is the source and healthy: only what Kafka will not bring
+    /// (events never queued for it, and retries, which are scheduled here).
+    Leftovers,
+}
+
+impl ClaimScope {
+    fn condition(self) -> &'static str {
+        match self {
+            ClaimScope::Local => {
+                "(kafka_state IS NULL OR kafka_state <> 'remote' OR retry_count > 0)"
+            }
+            ClaimScope::Leftovers => "(kafka_state IS NULL OR retry_count > 0)",
+        }
+    }
 }
 
 /// Filters for [`Store::list_events`].
@@ -110,13 +200,20 @@ impl Store {
     /// Atomically moves up to `limit` due `pending` events to `processing`
     /// and returns them in publish order, each with how many times it has
     /// been claimed (1 = first delivery).
-    pub fn claim(&self, limit: usize, now_ms: i64) -> Result<Vec<(Event, u32)>, StoreError> {
+    pub fn claim(
+        &self,
+        limit: usize,
+        now_ms: i64,
+        scope: ClaimScope,
+    ) -> Result<Vec<(Event, u32)>, StoreError> {
         let conn = self.writer();
         let sql = format!(
             "UPDATE persona_events SET status = 'processing', claimed_at = ?1, claims = claims + 1 \
              WHERE rowid IN (SELECT rowid FROM persona_events \
-                             WHERE {LIVE} AND status = 'pending' AND next_attempt_at <= ?1 ORDER BY rowid LIMIT ?2) \
-             RETURNING rowid, claims, {EVENT_COLUMNS}"
+                             WHERE {LIVE} AND status = 'pending' AND next_attempt_at <= ?1 AND {} \
+                             ORDER BY rowid LIMIT ?2) \
+             RETURNING rowid, claims, {EVENT_COLUMNS}",
+            scope.condition()
         );
         let mut stmt = conn.prepare_cached(&sql).op("prepare claim")?;
         let mut rows: Vec<(i64, u32, Event)> = stmt

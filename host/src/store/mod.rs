@@ -10,15 +10,17 @@ mod group_commit;
 mod handlers;
 mod outbox;
 mod outcomes;
+mod remote;
 mod schema;
 mod state;
 mod subscriptions;
 
 pub use dead_letters::DeadLetterFilter;
-pub use events::{EventFilter, EventPage};
+pub use events::{ClaimScope, EventFilter, EventPage};
 pub use group_commit::GroupCommit;
 pub use handlers::HandlerRecord;
 pub use outcomes::{Committed, DeadLetter, Execution};
+pub use remote::RemoteOutcome;
 pub use state::parse_counter;
 pub use subscriptions::NewSubscription;
 
@@ -223,19 +225,33 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         });
     }
     for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version) {
-        // Each migration and its version bump commit together, or not at all.
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;",
-            i + 1
-        ))
-        .map_err(|source| {
-            let _ = conn.execute_batch("ROLLBACK");
-            StoreError::Sqlite {
-                op: "migrate",
-                source,
+        // Each migration and its version bump commit together, or not at
+        // all. The version is read again under the write lock: another
+        // process opening the same store at the same moment (a CLI beside a
+        // starting host) may have applied it meanwhile.
+        let step = || -> rusqlite::Result<bool> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if now as usize > i {
+                conn.execute_batch("COMMIT")?;
+                return Ok(false);
             }
-        })?;
-        tracing::info!(version = i + 1, path = %path.display(), "applied schema migration");
+            conn.execute_batch(&format!("{sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+            Ok(true)
+        };
+        match step() {
+            Ok(true) => {
+                tracing::info!(version = i + 1, path = %path.display(), "applied schema migration")
+            }
+            Ok(false) => {}
+            Err(source) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(StoreError::Sqlite {
+                    op: "migrate",
+                    source,
+                });
+            }
+        }
     }
     Ok(())
 }

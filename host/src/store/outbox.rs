@@ -7,11 +7,13 @@ use crate::event::Event;
 use rusqlite::params;
 
 impl Store {
-    /// Up to `limit` events still to be produced, oldest first.
+    /// Up to `limit` events still to be produced, oldest first. An event
+    /// being handled here right now waits for its outcome, so that it goes
+    /// out marked as handled (see `kafka::wire::HANDLED_BY`).
     pub fn outbox_pending(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
         self.read(|conn| {
             conn.prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM persona_events WHERE kafka_state = 'pending' ORDER BY rowid LIMIT ?1"
+                "SELECT {EVENT_COLUMNS} FROM persona_events WHERE kafka_state = 'pending' AND status <> 'processing' ORDER BY rowid LIMIT ?1"
             ))
             .op("prepare outbox")?
             .query_map([limit as i64], super::events::event_from_row)

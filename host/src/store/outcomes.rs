@@ -1,7 +1,7 @@
 //! Committing what handlers did: executions, the processed ledger, effects,
 //! dead letters and the event's next state, all in one transaction.
 
-use super::events::insert_event;
+use super::events::{insert_event, insert_remote, upsert_final};
 use super::{Op, Store, StoreError, headers_to_json};
 use crate::event::{Event, now_rfc3339};
 use crate::outcome::{Next, Resolution, Run, StateOp, Verdict};
@@ -55,6 +55,21 @@ impl Store {
     /// effects are applied only if that insert was new, so a run that happens
     /// twice (a redelivery, a crash between run and commit) takes effect once.
     pub fn commit(&self, resolutions: &[Resolution]) -> Result<Committed, StoreError> {
+        self.commit_from(resolutions, false)
+    }
+
+    /// Commits outcomes of events consumed from Kafka: as [`Store::commit`],
+    /// and each event's row is written first if this device has none (an
+    /// event from another device), so `events list/show` see it.
+    pub fn commit_consumed(&self, resolutions: &[Resolution]) -> Result<Committed, StoreError> {
+        self.commit_from(resolutions, true)
+    }
+
+    fn commit_from(
+        &self,
+        resolutions: &[Resolution],
+        from_kafka: bool,
+    ) -> Result<Committed, StoreError> {
         let now = now_rfc3339();
         let mut done = Committed::default();
         let mut conn = self.writer();
@@ -62,6 +77,12 @@ impl Store {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .op("begin commit")?;
         for res in resolutions {
+            // A consumed event's row may not exist here yet (another
+            // device's event). A final state is written in one upsert below;
+            // a retry needs the row first.
+            if from_kafka && matches!(res.next, Next::Retry { .. }) {
+                insert_remote(&tx, &res.event)?;
+            }
             for run in &res.runs {
                 insert_execution(&tx, &res.event.id, run, &now)?;
                 let ledger_outcome = match run.verdict {
@@ -97,6 +118,10 @@ impl Store {
                 }
             }
             match &res.next {
+                Next::Final { status, error } if from_kafka => {
+                    upsert_final(&tx, &res.event, status.as_str(), error.as_deref(), &now)?;
+                    1
+                }
                 Next::Final { status, error } => tx
                     .prepare_cached(
                         "UPDATE persona_events SET status = ?2, error_message = ?3, processed_at = ?4, claimed_at = NULL \
@@ -125,22 +150,26 @@ impl Store {
         &self,
         event_ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<HashMap<String, Vec<(String, String)>>, StoreError> {
+        // One query for the whole batch: the ids go in as a JSON array.
+        let ids: Vec<&str> = event_ids.into_iter().collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
         self.read(|conn| {
+            let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT handler, outcome FROM persona_processed WHERE event_id = ?1",
+                    "SELECT event_id, handler, outcome FROM persona_processed \
+                     WHERE event_id IN (SELECT value FROM json_each(?1))",
                 )
                 .op("prepare ledger lookup")?;
-            let mut out = HashMap::new();
-            for id in event_ids {
-                let rows: Vec<(String, String)> = stmt
-                    .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .op("ledger lookup")?
-                    .collect::<rusqlite::Result<_>>()
-                    .op("read ledger")?;
-                if !rows.is_empty() {
-                    out.insert(id.to_owned(), rows);
-                }
+            let rows = stmt
+                .query_map([ids], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .op("ledger lookup")?;
+            for row in rows {
+                let (event, handler, outcome): (String, String, String) = row.op("read ledger")?;
+                out.entry(event).or_default().push((handler, outcome));
             }
             Ok(out)
         })

@@ -59,17 +59,17 @@ fn claim_is_atomic_ordered_and_reaped() {
     let events: Vec<_> = (0..5).map(|i| event(&format!("p{i}"))).collect();
     store.insert_batch(&events).unwrap();
     let now = now_millis();
-    let first = store.claim(3, now).unwrap();
+    let first = store.claim(3, now, ClaimScope::Local).unwrap();
     assert_eq!(
         first.iter().map(|(e, _)| e.id.clone()).collect::<Vec<_>>(),
         events[..3].iter().map(|e| e.id.clone()).collect::<Vec<_>>()
     );
     assert!(first.iter().all(|(_, claims)| *claims == 1));
-    let second = store.claim(10, now).unwrap();
+    let second = store.claim(10, now, ClaimScope::Local).unwrap();
     assert_eq!(second.len(), 2, "claimed rows are not claimed again");
-    assert!(store.claim(10, now).unwrap().is_empty());
+    assert!(store.claim(10, now, ClaimScope::Local).unwrap().is_empty());
     assert_eq!(store.reap(i64::MAX).unwrap(), 5);
-    let again = store.claim(10, now).unwrap();
+    let again = store.claim(10, now, ClaimScope::Local).unwrap();
     assert_eq!(again.len(), 5);
     assert!(
         again.iter().all(|(_, claims)| *claims == 2),
@@ -129,7 +129,10 @@ fn retry_schedules_the_event_again() {
     let store = Store::open(dir.path()).unwrap();
     let ev = event("p");
     store.insert(&ev).unwrap();
-    let (claimed, _) = store.claim(1, now_millis()).unwrap().remove(0);
+    let (claimed, _) = store
+        .claim(1, now_millis(), ClaimScope::Local)
+        .unwrap()
+        .remove(0);
     let at = now_millis() + 60_000;
     let res = Resolution {
         event: claimed,
@@ -141,11 +144,18 @@ fn retry_schedules_the_event_again() {
     };
     store.commit(&[res]).unwrap();
     assert!(
-        store.claim(1, now_millis()).unwrap().is_empty(),
+        store
+            .claim(1, now_millis(), ClaimScope::Local)
+            .unwrap()
+            .is_empty(),
         "not due yet"
     );
     assert_eq!(store.next_retry_at(now_millis()).unwrap(), Some(at));
     let row = store.event(&ev.id).unwrap();
     assert_eq!((row.status, row.retry_count), (EventStatus::Pending, 1));
-    assert_eq!(store.claim(1, at).unwrap().len(), 1, "due at its time");
+    assert_eq!(
+        store.claim(1, at, ClaimScope::Local).unwrap().len(),
+        1,
+        "due at its time"
+    );
 }

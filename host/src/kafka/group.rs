@@ -1,0 +1,324 @@
+//! What every consumer group of the host shares: client settings, taking a
+//! batch of records, and storing offsets once a batch is durable.
+
+use super::{KafkaError, client_config};
+use crate::config::{KafkaConfig, OffsetReset};
+use rdkafka::Message;
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, DefaultConsumerContext, Rebalance,
+};
+use rdkafka::message::{BorrowedMessage, Headers};
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// A consumer in `group` subscribed to `topics`. Offsets are stored by the
+/// host only after a batch's outcome is durable in SQLite
+/// (`enable.auto.offset.store=false`) and committed in the background.
+pub fn subscribe(
+    k: &KafkaConfig,
+    group: &str,
+    topics: &[&str],
+) -> Result<BaseConsumer, KafkaError> {
+    subscribe_with(k, group, topics, DefaultConsumerContext)
+}
+
+/// [`subscribe`] with a context (rebalance callbacks).
+pub fn subscribe_with<C: ConsumerContext + 'static>(
+    k: &KafkaConfig,
+    group: &str,
+    topics: &[&str],
+    context: C,
+) -> Result<BaseConsumer<C>, KafkaError> {
+    let consumer: BaseConsumer<C> = client_config(k)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "500")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.offset.reset",
+            match k.auto_offset_reset {
+                OffsetReset::Earliest => "earliest",
+                OffsetReset::Latest => "latest",
+            },
+        )
+        // A killed host's partitions move to the others within seconds.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        // Per-topic balance: each member gets its share of the events
+        // topic. (cooperative-sticky balances the total count, and could give
+        // one device every events partition and the other every actions one.)
+        .set("partition.assignment.strategy", "range,roundrobin")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create_with_context(context)
+        .map_err(|e| KafkaError::Client(e.to_string()))?;
+    consumer
+        .subscribe(topics)
+        .map_err(|e| KafkaError::Client(format!("subscribe {topics:?} as {group}: {e}")))?;
+    Ok(consumer)
+}
+
+/// Where a record sits.
+#[derive(Debug, Clone)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Position {
+    pub fn of(m: &BorrowedMessage<'_>) -> Self {
+        Self {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+        }
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "kafka:{}/{}@{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// The record's headers as text (non-UTF-8 values are replaced).
+pub fn headers_of(m: &BorrowedMessage<'_>) -> Vec<(String, String)> {
+    m.headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Takes up to `max` records: waits up to `wait` for the first, then takes
+/// what is already fetched (a short linger while the batch is small).
+/// `f` turns each record into what the caller keeps. A consumer error ends
+/// the batch and is returned beside it.
+pub fn poll_batch<T, C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    max: usize,
+    wait: Duration,
+    linger: Duration,
+    mut f: impl FnMut(&BorrowedMessage<'_>) -> T,
+) -> (Vec<T>, Option<String>) {
+    let mut out = Vec::new();
+    let started = Instant::now();
+    let mut timeout = wait;
+    while out.len() < max {
+        match consumer.poll(timeout) {
+            Some(Ok(m)) => {
+                if out.is_empty() && tracing::enabled!(tracing::Level::TRACE) {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    let age = m.timestamp().to_millis().map(|t| now - t);
+                    tracing::trace!(age_ms = ?age, topic = m.topic(), "first record of a batch");
+                }
+                out.push(f(&m))
+            }
+            Some(Err(e)) => return (out, Some(e.to_string())),
+            None if out.is_empty() || started.elapsed() >= linger => break,
+            None => {}
+        }
+        timeout = Duration::ZERO;
+        if !out.is_empty() && out.len() < max && started.elapsed() < linger {
+            // Records already fetched come back at once; a tiny wait lets a
+            // few more arrive so a batch shares one SQLite commit.
+            timeout = Duration::from_micros(200);
+        }
+    }
+    (out, None)
+}
+
+/// How long a batch may wait to fill once it has its first record, given
+/// the size of the one before: none when traffic is light (latency first),
+/// up to 2 ms when busy (throughput: fewer, larger commits).
+pub fn linger_after(previous: usize) -> Duration {
+    match previous {
+        0..=16 => Duration::ZERO,
+        17..=256 => Duration::from_micros(500),
+        _ => Duration::from_millis(2),
+    }
+}
+
+/// The next offset to consume per partition, for what a batch covered.
+#[derive(Debug, Default, Clone)]
+pub struct Offsets(HashMap<(String, i32), i64>);
+
+impl Offsets {
+    pub fn add(&mut self, p: &Position) {
+        let next = self.0.entry((p.topic.clone(), p.partition)).or_insert(0);
+        *next = (*next).max(p.offset + 1);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Stores them for the next background commit. A partition taken away
+    /// by a rebalance refuses: its new owner gets those records again, and
+    /// the processed ledger keeps their effects from happening twice.
+    pub fn store<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+        if self.0.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::with_capacity(self.0.len());
+        for ((topic, partition), next) in &self.0 {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+                tracing::warn!(topic, partition, error = %e, "cannot note an offset");
+            }
+        }
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            tracing::info!(error = %e, "offsets not stored (partitions reassigned?); the records will be seen again and deduplicated");
+        }
+    }
+}
+
+/// A record copied out of the consumer, for the simple groups.
+pub struct Record {
+    pub at: Position,
+    /// None when the group's `keep` filter passed on it (only its offset
+    /// matters then).
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+    pub kept: bool,
+}
+
+/// What a simple group does besides writing batches.
+pub trait GroupWork {
+    /// Whether a record is worth copying out and handing to `handle`.
+    fn keep(&self, _m: &BorrowedMessage<'_>) -> bool {
+        true
+    }
+    /// Called before each poll (pause or resume partitions, say).
+    fn tend(&mut self, _consumer: &BaseConsumer) {}
+    /// Writes a batch; an error is retried.
+    fn handle(&mut self, records: &[Record]) -> Result<(), String>;
+}
+
+/// The loop of a group that writes each batch to SQLite (audit logger,
+/// webhook ingester): take a batch, hand it to `handle`, retry `handle`
+/// until it succeeds (or the host stops, and nothing is stored), then store
+/// the batch's offsets. Ends when `stopping()` says so, committing what is
+/// stored.
+pub fn run_loop(
+    name: &str,
+    consumer: BaseConsumer,
+    max: usize,
+    stopping: impl Fn() -> bool,
+    mut work: impl GroupWork,
+) {
+    tracing::info!(group = name, "kafka {name} started");
+    while !stopping() {
+        work.tend(&consumer);
+        let (records, error) = poll_batch(
+            &consumer,
+            max,
+            Duration::from_millis(200),
+            Duration::ZERO,
+            |m| {
+                let kept = work.keep(m);
+                Record {
+                    at: Position::of(m),
+                    value: kept
+                        .then(|| rdkafka::Message::payload(m).map(<[u8]>::to_vec))
+                        .flatten(),
+                    headers: if kept { headers_of(m) } else { Vec::new() },
+                    kept,
+                }
+            },
+        );
+        if let Some(e) = error {
+            tracing::debug!(group = name, error = %e, "consumer error");
+        }
+        if records.is_empty() {
+            continue;
+        }
+        let mut backoff = Duration::from_millis(100);
+        let done = loop {
+            match work.handle(&records) {
+                Ok(()) => break true,
+                Err(e) if stopping() => {
+                    tracing::error!(group = name, error = %e, "batch not written while stopping; Kafka will redeliver it");
+                    break false;
+                }
+                Err(e) => {
+                    tracing::error!(group = name, error = %e, retry_in = ?backoff, "batch not written; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        if !done {
+            break;
+        }
+        let mut offsets = Offsets::default();
+        for r in &records {
+            offsets.add(&r.at);
+        }
+        offsets.store(&consumer);
+    }
+    let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+    consumer.unsubscribe();
+    tracing::info!(group = name, "kafka {name} stopped");
+}
+
+/// The partitions a consumer owns, kept current by its rebalance callbacks.
+/// The audit logger reads the event processor's: events on those
+/// partitions are written to SQLite by the processor anyway, so archiving
+/// them again would only double the writes.
+#[derive(Clone, Default)]
+pub struct Owned(Arc<RwLock<HashSet<(String, i32)>>>);
+
+impl Owned {
+    pub fn contains(&self, topic: &str, partition: i32) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(topic.to_owned(), partition))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl rdkafka::ClientContext for Owned {}
+
+impl ConsumerContext for Owned {
+    // Before a revocation takes effect, and after an assignment: so the set
+    // never claims a partition the consumer does not hold.
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut set = self.0.write().unwrap_or_else(|p| p.into_inner());
+            for e in tpl.elements() {
+                set.remove(&(e.topic().to_owned(), e.partition()));
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut set = self.0.write().unwrap_or_else(|p| p.into_inner());
+            for e in tpl.elements() {
+                set.insert((e.topic().to_owned(), e.partition()));
+            }
+        }
+    }
+}

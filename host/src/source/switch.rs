@@ -1,0 +1,208 @@
+//! Which source is in charge: the Kafka consumer or the SQLite poller.
+//!
+//! Wraps the [`Breaker`] with what its transitions mean for the host:
+//! the poller's claim scope, waking the poller when SQLite takes over, a
+//! status file for `persona-bus status`, and counters for metrics. Every
+//! transition is logged with its reason.
+
+use crate::breaker::{Breaker, State, Transition};
+use crate::config::KafkaConfig;
+use crate::store::ClaimScope;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::Wakeup;
+
+/// What `persona-bus status` and `/ready` read (also written to
+/// `<data_dir>/control/source.json` on every transition).
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    /// `sqlite` (Kafka off or dual write) or `kafka`.
+    pub configured: &'static str,
+    /// Who handles events now: `kafka` or `sqlite`.
+    pub active: &'static str,
+    pub breaker: State,
+    pub required: bool,
+    pub transitions: u64,
+    pub last_transition: Option<Transition>,
+    pub at: String,
+}
+
+pub struct SourceSwitch {
+    consuming: bool,
+    required: bool,
+    state: AtomicU8,
+    breaker: Mutex<Breaker>,
+    last: Mutex<Option<Transition>>,
+    transitions: AtomicU64,
+    /// Counts per destination state, for metrics: closed, open, half-open.
+    to_state: [AtomicU64; 3],
+    poller: Arc<Wakeup>,
+    status_file: Option<PathBuf>,
+}
+
+impl SourceSwitch {
+    /// `status_dir`: where `source.json` is written (None in unit tests).
+    pub fn new(k: &KafkaConfig, poller: Arc<Wakeup>, status_dir: Option<PathBuf>) -> Self {
+        let b = &k.breaker;
+        let s = Self {
+            consuming: k.consuming(),
+            required: k.required,
+            state: AtomicU8::new(State::Closed.to_u8()),
+            breaker: Mutex::new(Breaker::new(b.failures, Duration::from_secs(b.open_secs))),
+            last: Mutex::new(None),
+            transitions: AtomicU64::new(0),
+            to_state: Default::default(),
+            poller,
+            status_file: status_dir.map(|d| d.join("source.json")),
+        };
+        s.write_status();
+        s
+    }
+
+    /// Kafka is the configured source (plan phases 2-3).
+    pub fn consuming(&self) -> bool {
+        self.consuming
+    }
+
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Whether the Kafka consumer should be consuming now.
+    pub fn kafka_active(&self) -> bool {
+        self.consuming && self.state() == State::Closed
+    }
+
+    /// What the poller may claim. With `KAFKA_REQUIRED` there is no
+    /// fallback: Kafka-bound events wait in SQLite for Kafka to return.
+    pub fn claim_scope(&self) -> ClaimScope {
+        if !self.consuming || (!self.required && self.state() != State::Closed) {
+            ClaimScope::Local
+        } else {
+            ClaimScope::Leftovers
+        }
+    }
+
+    /// Healthy means events are being handled from the configured source.
+    pub fn healthy(&self) -> bool {
+        !self.consuming || !self.required || self.state() == State::Closed
+    }
+
+    pub fn failure(&self, reason: &str) {
+        if !self.consuming {
+            return;
+        }
+        let t = self.lock().failure(Instant::now(), reason);
+        self.apply(t);
+    }
+
+    pub fn success(&self, reason: &str) {
+        if !self.consuming || self.state() == State::Open {
+            return;
+        }
+        let t = self.lock().success(reason);
+        self.apply(t);
+    }
+
+    /// Starts open: Kafka was unreachable when the host started.
+    pub fn open_at_start(&self, reason: &str) {
+        let mut b = self.lock();
+        let (fresh, t) = Breaker::new_open(b.threshold(), b.open_for(), Instant::now(), reason);
+        *b = fresh;
+        drop(b);
+        self.apply(Some(t));
+    }
+
+    /// Moves an open breaker to half-open when its time is up; returns
+    /// true when a probe is due now.
+    pub fn tick(&self) -> bool {
+        if !self.consuming {
+            return false;
+        }
+        let t = self.lock().tick(Instant::now());
+        self.apply(t);
+        self.state() == State::HalfOpen
+    }
+
+    /// How long until an open breaker half-opens (None unless open).
+    pub fn until_probe(&self) -> Option<Duration> {
+        self.lock()
+            .reopens_at()
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    pub fn status(&self) -> SourceStatus {
+        let state = self.state();
+        SourceStatus {
+            configured: if self.consuming { "kafka" } else { "sqlite" },
+            active: if self.consuming && (state == State::Closed || self.required) {
+                "kafka"
+            } else {
+                "sqlite"
+            },
+            breaker: state,
+            required: self.required,
+            transitions: self.transitions.load(Ordering::Relaxed),
+            last_transition: self.last.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            at: crate::event::now_rfc3339(),
+        }
+    }
+
+    /// Transitions into each state so far: (closed, open, half_open).
+    pub fn transition_counts(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.to_state[i].load(Ordering::Relaxed))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn apply(&self, t: Option<Transition>) {
+        let Some(t) = t else { return };
+        self.state.store(t.to.to_u8(), Ordering::Release);
+        self.transitions.fetch_add(1, Ordering::Relaxed);
+        self.to_state[t.to.to_u8() as usize].fetch_add(1, Ordering::Relaxed);
+        match t.to {
+            State::Open if self.required => tracing::error!(
+                from = t.from.as_str(), reason = %t.reason,
+                "circuit breaker OPEN: KAFKA_REQUIRED is set, so events wait in SQLite until Kafka is back (unhealthy)"
+            ),
+            State::Open => tracing::warn!(
+                from = t.from.as_str(), reason = %t.reason,
+                "circuit breaker OPEN: the SQLite poller takes over"
+            ),
+            State::HalfOpen => {
+                tracing::info!(from = t.from.as_str(), reason = %t.reason, "circuit breaker HALF-OPEN")
+            }
+            State::Closed => tracing::info!(
+                from = t.from.as_str(), reason = %t.reason,
+                "circuit breaker CLOSED: consuming from Kafka again"
+            ),
+        }
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+        // SQLite may be in charge now (or no longer): let the poller look.
+        self.poller.ring();
+        self.write_status();
+    }
+
+    fn write_status(&self) {
+        let Some(path) = &self.status_file else {
+            return;
+        };
+        let Ok(json) = serde_json::to_vec_pretty(&self.status()) else {
+            return;
+        };
+        // Written then renamed, so a reader never sees half a file.
+        let tmp = path.with_extension("json.tmp");
+        let result = std::fs::create_dir_all(path.parent().unwrap_or(path))
+            .and_then(|()| std::fs::write(&tmp, json))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the source status file");
+        }
+    }
+}

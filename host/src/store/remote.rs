@@ -1,0 +1,128 @@
+//! What Kafka brings from other devices: archived events, their outcomes
+//! (from execution records), routed webhooks, undecodable records, and the
+//! ledger entries a replay clears.
+
+use super::events::{insert_remote, insert_with_state_n};
+use super::{Op, Store, StoreError};
+use crate::event::{Event, now_rfc3339};
+use rusqlite::params;
+
+/// An event's outcome as another device reported it (an execution record).
+#[derive(Debug, Clone)]
+pub struct RemoteOutcome {
+    pub event_id: String,
+    pub status: String,
+    pub error: Option<String>,
+    pub processed_at: Option<String>,
+}
+
+impl Store {
+    /// Archives events seen on Kafka (the audit logger): rows this device
+    /// already has are left alone. Returns how many were new.
+    pub fn archive(&self, events: &[Event]) -> Result<usize, StoreError> {
+        self.write_tx("archive", |tx| {
+            let mut n = 0;
+            for e in events {
+                n += insert_remote(tx, e)? as usize;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Applies outcomes reported by other devices to rows that went through
+    /// Kafka and still wait here (events from elsewhere, and this device's
+    /// own events handled by the device that owns their partition; the
+    /// report can arrive before the relay has marked the row sent). Rows
+    /// this device handled keep their own status.
+    pub fn apply_remote_outcomes(&self, outcomes: &[RemoteOutcome]) -> Result<usize, StoreError> {
+        self.write_tx("remote outcomes", |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE persona_events SET status = ?2, error_message = ?3, processed_at = ?4 \
+                     WHERE id = ?1 AND kafka_state IS NOT NULL AND status IN ('pending', 'processing')",
+                )
+                .op("prepare remote outcome")?;
+            let mut n = 0;
+            for o in outcomes {
+                n += stmt
+                    .execute(params![o.event_id, o.status, o.error, o.processed_at])
+                    .op("remote outcome")?;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Stores events unless their id exists (a webhook routed twice after a
+    /// redelivery is stored once), queued for Kafka when the outbox is on.
+    /// Returns how many were new.
+    pub fn insert_new(&self, events: &[Event]) -> Result<usize, StoreError> {
+        const SQL: &str = "INSERT INTO persona_events (id, project_id, event_type, source_type, source_id, \
+             target_persona_id, payload, status, created_at, headers, schema_version, chain_depth, kafka_state) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?11, ?12) ON CONFLICT (id) DO NOTHING";
+        let outbox = self.outbox_enabled().then_some("pending");
+        self.write_tx("insert new", |tx| {
+            let mut n = 0;
+            for e in events {
+                n += insert_with_state_n(tx, SQL, e, outbox)?;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Records a Kafka record that could not be decoded as a dead letter
+    /// (`handler` = `(decode)`), so it is listed beside the others; the raw
+    /// record itself goes to the dlq topic.
+    pub fn record_undecodable(
+        &self,
+        where_: &str,
+        error: &str,
+        headers: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let now = now_rfc3339();
+        self.write_tx("undecodable", |tx| {
+            tx.prepare_cached(
+                "INSERT INTO persona_dead_letters (event_id, handler, handler_version, attempts, reason, last_error, headers, created_at) \
+                 VALUES (?1, '(decode)', '-', 0, 'malformed', ?2, ?3, ?4)",
+            )
+            .op("prepare undecodable")?
+            .execute(params![where_, error, super::headers_to_json(headers), now])
+            .op("insert undecodable")?;
+            Ok(())
+        })
+    }
+
+    /// Deletes the ledger entries of `handlers` (all handlers when empty) for
+    /// these events, so a replay runs them again. Returns how many went.
+    pub fn clear_ledger(
+        &self,
+        handlers: &[String],
+        event_ids: &[String],
+    ) -> Result<usize, StoreError> {
+        let ids = serde_json::to_string(event_ids).unwrap_or_else(|_| "[]".into());
+        let names = serde_json::to_string(handlers).unwrap_or_else(|_| "[]".into());
+        self.write_tx("clear ledger", |tx| {
+            tx.prepare_cached(
+                "DELETE FROM persona_processed WHERE event_id IN (SELECT value FROM json_each(?1)) \
+                 AND (json_array_length(?2) = 0 OR handler IN (SELECT value FROM json_each(?2)))",
+            )
+            .op("prepare clear ledger")?
+            .execute(params![ids, names])
+            .op("clear ledger")
+        })
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction on the writer.
+    pub(crate) fn write_tx<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .op(what)?;
+        let out = f(&tx)?;
+        tx.commit().op(what)?;
+        Ok(out)
+    }
+}
