@@ -6,6 +6,7 @@
 #   scripts/kafka.sh down    stop it
 #   scripts/kafka.sh status  is it running?
 #   scripts/kafka.sh tool CLASS ARGS...   run a Kafka command-line tool
+#   scripts/kafka.sh pid     the broker's process id (the failover tests kill -9 it)
 #
 # The jars of org.apache.kafka:kafka_2.13 and its runtime dependencies are
 # copied by Maven into a cache folder (outside the clone), so a fresh machine
@@ -17,10 +18,14 @@ KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
 RECIPE=2
 HOME_DIR="${PERSONA_BUS_KAFKA_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/persona-bus/kafka-$KAFKA_VERSION}"
 LIBS="$HOME_DIR/libs"
-DATA="${KAFKA_DATA_DIR:-$HOME_DIR/data}"
-CONF="$HOME_DIR/server.properties"
-LOG="$HOME_DIR/server.log"
-PIDFILE="$HOME_DIR/kafka.pid"
+# One broker's files (config, data, log, pid). Another instance (the
+# failover tests start a private broker they can kill) sets its own, with
+# KAFKA_PORT and KAFKA_CONTROLLER_PORT; the jars are shared.
+INSTANCE="${KAFKA_INSTANCE_DIR:-$HOME_DIR}"
+DATA="${KAFKA_DATA_DIR:-$INSTANCE/data}"
+CONF="$INSTANCE/server.properties"
+LOG="$INSTANCE/server.log"
+PIDFILE="$INSTANCE/kafka.pid"
 PORT="${KAFKA_PORT:-9092}"
 CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 
@@ -109,7 +114,7 @@ PROPS
 up() {
     java_ok
     fetch
-    mkdir -p "$HOME_DIR"
+    mkdir -p "$HOME_DIR" "$INSTANCE"
     if running && port_open "$PORT"; then
         echo "kafka already running on 127.0.0.1:$PORT (pid $(cat "$PIDFILE"))"
         return 0
@@ -119,8 +124,8 @@ up() {
     if [ ! -f "$DATA/meta.properties" ]; then
         local cluster
         cluster=$(java -cp "$LIBS/*" kafka.tools.StorageTool random-uuid)
-        java -cp "$LIBS/*" kafka.tools.StorageTool format -t "$cluster" -c "$CONF" >"$HOME_DIR/format.log" 2>&1 \
-            || { cat "$HOME_DIR/format.log" >&2; die "formatting the log dir failed"; }
+        java -cp "$LIBS/*" kafka.tools.StorageTool format -t "$cluster" -c "$CONF" >"$INSTANCE/format.log" 2>&1 \
+            || { cat "$INSTANCE/format.log" >&2; die "formatting the log dir failed"; }
     fi
     echo "starting kafka $KAFKA_VERSION on 127.0.0.1:$PORT (log: $LOG)"
     KAFKA_HEAP="${KAFKA_HEAP:--Xms256m -Xmx768m}"
@@ -170,6 +175,7 @@ case "${1:-}" in
     up) up ;;
     tool) shift; tool "$@" ;;
     down) down ;;
+    pid) running && cat "$PIDFILE" ;;
     status) if running && port_open "$PORT"; then echo "running (pid $(cat "$PIDFILE"))"; else echo "not running"; exit 1; fi ;;
     *) die "usage: $0 up|down|status" ;;
 esac

@@ -221,7 +221,7 @@ impl Default for BreakerConfig {
             failures: 3,
             open_secs: 300,
             check_secs: 60,
-            failure_after_ms: 1_500,
+            failure_after_ms: 1_000,
         }
     }
 }

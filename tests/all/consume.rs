@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn work(project: &str, seq: usize) -> Event {
+pub(crate) fn work(project: &str, seq: usize) -> Event {
     NewEvent {
         event_type: "work".into(),
         source_type: "system".into(),
@@ -30,7 +30,7 @@ fn work(project: &str, seq: usize) -> Event {
     .unwrap()
 }
 
-fn install_slow(sb: &Sandbox, sleep_ms: u32) {
+pub(crate) fn install_slow(sb: &Sandbox, sleep_ms: u32) {
     sb.install(
         "slow",
         guests::SLOW,
@@ -39,7 +39,7 @@ fn install_slow(sb: &Sandbox, sleep_ms: u32) {
 }
 
 /// The environment that makes a host process consume `prefix`'s topics.
-fn env_for(prefix: &str, device: &str) -> Vec<(String, String)> {
+pub(crate) fn env_for(prefix: &str, device: &str) -> Vec<(String, String)> {
     [
         ("KAFKA_ENABLED", "true".to_owned()),
         ("KAFKA_DUAL_WRITE", "false".into()),
@@ -54,7 +54,7 @@ fn env_for(prefix: &str, device: &str) -> Vec<(String, String)> {
 }
 
 /// A TOML file naming `prefix`'s topics and groups (what env cannot set).
-fn topics_toml(sb: &Sandbox, prefix: &str, extra: &str) -> std::path::PathBuf {
+pub(crate) fn topics_toml(sb: &Sandbox, prefix: &str, extra: &str) -> std::path::PathBuf {
     let path = sb.root.path().join("bus.toml");
     let mut text = format!(
         "[kafka]\naudit_group = \"{prefix}.audit\"\nwebhook_group = \"{prefix}.webhooks\"\n\
@@ -68,7 +68,7 @@ fn topics_toml(sb: &Sandbox, prefix: &str, extra: &str) -> std::path::PathBuf {
     path
 }
 
-fn spawn_host(
+pub(crate) fn spawn_host(
     sb: &Sandbox,
     data_dir: &std::path::Path,
     config: &std::path::Path,
@@ -92,10 +92,15 @@ fn spawn_host(
 }
 
 /// Waits until `topic` exists with its partitions (the host creates it).
-fn wait_for_topic(topic: &str) {
+pub(crate) fn wait_for_topic(topic: &str) {
+    wait_for_topic_on(&brokers(), topic)
+}
+
+/// Waits until `topic` exists on `brokers`.
+pub(crate) fn wait_for_topic_on(brokers: &str, topic: &str) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
     wait_for(Duration::from_secs(60), &format!("topic {topic}"), || {
@@ -109,7 +114,7 @@ fn wait_for_topic(topic: &str) {
     });
 }
 
-fn completed(store: &Store) -> u64 {
+pub(crate) fn completed(store: &Store) -> u64 {
     store
         .status_counts()
         .unwrap()
@@ -120,7 +125,7 @@ fn completed(store: &Store) -> u64 {
 
 /// Each event ran exactly once on `handler`: one ledger row, one execution
 /// row and a per-event counter of 1.
-fn assert_each_once(store: &Store, handler: &str, events: &[Event]) {
+pub(crate) fn assert_each_once(store: &Store, handler: &str, events: &[Event]) {
     assert_eq!(store.ledger_count(handler).unwrap(), events.len() as u64);
     for e in events {
         let runs = store.executions(&e.id).unwrap();
@@ -211,11 +216,16 @@ fn consumes_dispatches_and_keeps_order_within_a_project() {
 }
 
 /// Reads up to `expect` record values of `topic` from the beginning.
-fn read_topic(topic: &str, expect: usize) -> Vec<Vec<u8>> {
+pub(crate) fn read_topic(topic: &str, expect: usize) -> Vec<Vec<u8>> {
+    read_topic_on(&brokers(), topic, expect)
+}
+
+/// Reads up to `expect` record values of `topic` on `brokers`.
+pub(crate) fn read_topic_on(brokers: &str, topic: &str, expect: usize) -> Vec<Vec<u8>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", format!("reader-{}", ulid::Ulid::new()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")

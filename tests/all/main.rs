@@ -6,6 +6,7 @@ mod cli;
 mod consume;
 mod crash;
 mod embedded;
+mod failover;
 mod hostile;
 mod input;
 mod kafka;

@@ -101,3 +101,86 @@ pub fn send_raw(
 pub fn flush(p: &ThreadedProducer<DefaultProducerContext>) {
     p.flush(Duration::from_secs(30)).expect("flush");
 }
+
+/// A broker of the test's own (port, data and process), started by the
+/// project's script, that the test may `kill -9` and restart without
+/// disturbing the shared broker other tests use. Stopped on drop.
+pub struct PrivateBroker {
+    dir: tempfile::TempDir,
+    port: u16,
+    controller: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl PrivateBroker {
+    /// Starts it (about 10 s; the jars come from `make kafka-up`'s cache).
+    pub fn start() -> Self {
+        let b = Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            port: free_port(),
+            controller: free_port(),
+        };
+        b.up();
+        b
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn script(&self, verb: &str) -> std::process::Output {
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh"))
+            .arg(verb)
+            .env("KAFKA_INSTANCE_DIR", self.dir.path())
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller.to_string())
+            // Small: it only carries a test's events.
+            .env("KAFKA_HEAP", "-Xms128m -Xmx384m")
+            .output()
+            .expect("run scripts/kafka.sh")
+    }
+
+    /// Starts it again after a kill (same data: the topics and offsets are
+    /// still there).
+    pub fn up(&self) {
+        let out = self.script("up");
+        assert!(
+            out.status.success(),
+            "private broker did not start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `kill -9` of the broker process; returns once it is gone.
+    pub fn kill9(&self) {
+        let out = self.script("pid");
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(!pid.is_empty(), "private broker is not running");
+        let status = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "broker still answers after kill -9"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.script("down");
+    }
+}

@@ -145,8 +145,8 @@ fn run(
     tracing::info!(group = %k.consumer_group, topics = ?[&k.topics.events.name, &k.topics.actions.name], "kafka consumer started");
     let check_every = Duration::from_millis(k.breaker.failure_after_ms);
     let mut last_heard = Instant::now();
-    // A record the half-open probe polled, for the next batch.
-    let mut carried: Option<Decoded> = None;
+    // Records the half-open probe polled, for the next batch.
+    let mut carried: Vec<Decoded> = Vec::new();
     // Size of the last batch: decides how long the next may linger.
     let mut previous = 0;
     while !inner.stopping.load(Ordering::Acquire) {
@@ -172,12 +172,17 @@ fn run(
             decode,
         );
         previous = records.len();
-        if let Some(first) = carried.take() {
-            records.insert(0, first);
+        if !carried.is_empty() {
+            carried.append(&mut records);
+            records = std::mem::take(&mut carried);
         }
-        if let Some(e) = error {
-            inner.source.failure(&format!("consumer: {e}"));
-            last_heard = Instant::now();
+        match error {
+            Some(e) if group::is_outage(&e) => {
+                inner.source.failure(&format!("consumer: {e}"));
+                last_heard = Instant::now();
+            }
+            Some(e) => tracing::warn!(error = %e, "consumer error"),
+            None => {}
         }
         if records.is_empty() {
             // Idle: is the broker still there? A record is proof enough
@@ -468,28 +473,46 @@ fn send_json(
 
 /// The half-open probe: a metadata request and a consumer poll. Topics
 /// are created again if the broker came back without them.
-fn probe(inner: &Inner, consumer: &BaseConsumer<Owned>, timeout: Duration) -> Option<Decoded> {
+fn probe(inner: &Inner, consumer: &BaseConsumer<Owned>, timeout: Duration) -> Vec<Decoded> {
     let k = &inner.config.kafka;
+    // A broker that just came back can be slow to answer its first requests.
+    let timeout = timeout.max(Duration::from_secs(5));
     let result = consumer
         .fetch_metadata(Some(&k.topics.events.name), timeout)
         .map_err(|e| format!("metadata: {e}"))
         .and_then(|_| super::topics::ensure(k, timeout).map_err(|e| e.to_string()))
-        .and_then(|()| match consumer.poll(Duration::from_millis(100)) {
-            Some(Err(e)) => Err(format!("poll: {e}")),
-            // A record polled here is handed to the normal path.
-            Some(Ok(m)) => Ok(Some(decode(&m))),
-            None => Ok(None),
+        .and_then(|()| {
+            // Errors queued while the consumer was paused are stale (the
+            // broker just answered): drain them, keeping any record.
+            let mut records = Vec::new();
+            for _ in 0..10_000 {
+                match consumer.poll(Duration::ZERO) {
+                    Some(Ok(m)) => records.push(decode(&m)),
+                    Some(Err(_)) => {}
+                    None => break,
+                }
+            }
+            // Then a poll of its own: only an outage now fails the probe
+            // ("topic not yet known" right after creating it does not).
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Err(e)) if group::is_outage(&e) => Err(format!("poll: {e}")),
+                Some(Ok(m)) => {
+                    records.push(decode(&m));
+                    Ok(records)
+                }
+                _ => Ok(records),
+            }
         });
     match result {
-        Ok(record) => {
+        Ok(records) => {
             inner
                 .source
                 .success("metadata and a consumer poll answered");
-            record
+            records
         }
         Err(e) => {
             inner.source.failure(&e);
-            None
+            Vec::new()
         }
     }
 }

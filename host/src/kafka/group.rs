@@ -54,6 +54,9 @@ pub fn subscribe_with<C: ConsumerContext + 'static>(
         .set("partition.assignment.strategy", "range,roundrobin")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "100")
+        // Notice topics created after the subscription (a broker that was
+        // down when the host started) within seconds, not minutes.
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .create_with_context(context)
         .map_err(|e| KafkaError::Client(e.to_string()))?;
     consumer
@@ -112,7 +115,7 @@ pub fn poll_batch<T, C: ConsumerContext>(
     wait: Duration,
     linger: Duration,
     mut f: impl FnMut(&BorrowedMessage<'_>) -> T,
-) -> (Vec<T>, Option<String>) {
+) -> (Vec<T>, Option<rdkafka::error::KafkaError>) {
     let mut out = Vec::new();
     let started = Instant::now();
     let mut timeout = wait;
@@ -128,7 +131,7 @@ pub fn poll_batch<T, C: ConsumerContext>(
                 }
                 out.push(f(&m))
             }
-            Some(Err(e)) => return (out, Some(e.to_string())),
+            Some(Err(e)) => return (out, Some(e)),
             None if out.is_empty() || started.elapsed() >= linger => break,
             None => {}
         }
@@ -321,4 +324,25 @@ impl ConsumerContext for Owned {
             }
         }
     }
+}
+
+/// Whether a consumer error means Kafka is away (counted by the breaker),
+/// rather than something about one topic or record (logged only).
+pub fn is_outage(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::AllBrokersDown
+                | C::BrokerTransportFailure
+                | C::Resolve
+                | C::RequestTimedOut
+                | C::OperationTimedOut
+                | C::NetworkException
+                | C::BrokerNotAvailable
+                | C::CoordinatorNotAvailable
+                | C::NotCoordinator
+                | C::MessageTimedOut
+        )
+    )
 }

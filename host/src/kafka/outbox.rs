@@ -108,6 +108,14 @@ fn relay(
             wakeup.wait(backoff);
             continue;
         }
+        if !source.may_produce() {
+            // Kafka is the source but the breaker is open: the poller
+            // handles these events now. Holding them until Kafka is back
+            // means they go out marked as handled (`handled-by`), so no
+            // other device runs them again.
+            wakeup.wait(IDLE);
+            continue;
+        }
         let batch = match store.outbox_pending(ROUND) {
             Ok(b) => b,
             Err(e) => {

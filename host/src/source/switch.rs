@@ -26,8 +26,13 @@ pub struct SourceStatus {
     pub active: &'static str,
     pub breaker: State,
     pub required: bool,
+    /// Events are handled from the configured source (false only with
+    /// `KAFKA_REQUIRED` while the breaker is not closed).
+    pub healthy: bool,
     pub transitions: u64,
     pub last_transition: Option<Transition>,
+    /// The latest transitions, oldest first (at most 32).
+    pub history: Vec<Transition>,
     pub at: String,
 }
 
@@ -36,7 +41,7 @@ pub struct SourceSwitch {
     required: bool,
     state: AtomicU8,
     breaker: Mutex<Breaker>,
-    last: Mutex<Option<Transition>>,
+    history: Mutex<std::collections::VecDeque<Transition>>,
     transitions: AtomicU64,
     /// Counts per destination state, for metrics: closed, open, half-open.
     to_state: [AtomicU64; 3],
@@ -53,7 +58,7 @@ impl SourceSwitch {
             required: k.required,
             state: AtomicU8::new(State::Closed.to_u8()),
             breaker: Mutex::new(Breaker::new(b.failures, Duration::from_secs(b.open_secs))),
-            last: Mutex::new(None),
+            history: Mutex::new(Default::default()),
             transitions: AtomicU64::new(0),
             to_state: Default::default(),
             poller,
@@ -75,6 +80,13 @@ impl SourceSwitch {
     /// Whether the Kafka consumer should be consuming now.
     pub fn kafka_active(&self) -> bool {
         self.consuming && self.state() == State::Closed
+    }
+
+    /// Whether the outbox relay should hand events to Kafka now: always in
+    /// dual write; with Kafka as the source, only while the breaker is
+    /// closed (or with `KAFKA_REQUIRED`, where nothing else handles them).
+    pub fn may_produce(&self) -> bool {
+        !self.consuming || self.required || self.state() == State::Closed
     }
 
     /// What the poller may claim. With `KAFKA_REQUIRED` there is no
@@ -146,10 +158,21 @@ impl SourceSwitch {
             },
             breaker: state,
             required: self.required,
+            healthy: self.healthy(),
             transitions: self.transitions.load(Ordering::Relaxed),
-            last_transition: self.last.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            last_transition: self.history().last().cloned(),
+            history: self.history(),
             at: crate::event::now_rfc3339(),
         }
+    }
+
+    fn history(&self) -> Vec<Transition> {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Transitions into each state so far: (closed, open, half_open).
@@ -183,7 +206,13 @@ impl SourceSwitch {
                 "circuit breaker CLOSED: consuming from Kafka again"
             ),
         }
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+        {
+            let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            h.push_back(t);
+            while h.len() > 32 {
+                h.pop_front();
+            }
+        }
         // SQLite may be in charge now (or no longer): let the poller look.
         self.poller.ring();
         self.write_status();
