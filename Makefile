@@ -102,6 +102,11 @@ kafka-up:
 kafka-down:
 	scripts/kafka.sh down
 
+# Minutes, not in CI: kills and restarts a private broker under load and
+# prints published / handled / duplicated / lost (BENCHMARKS.md).
+soak: toolchain kafka-up
+	$(CARGO) bench -p persona-bus-tests --bench soak
+
 clean:
 	rm -rf build $(DATA_DIR) $(JS_TOOLS)/node_modules
 	$(CARGO) clean

@@ -326,6 +326,20 @@ impl Bus {
         self.inner.dispatcher.set_native(f);
     }
 
+    /// Events were stored by another path (a webhook, a dead-letter retry):
+    /// wake whoever takes them from here.
+    pub fn wake(&self) {
+        self.inner.wakeup.ring();
+        self.inner.outbox_wakeup.ring();
+    }
+
+    /// `n` events were stored without [`Bus::publish`] (webhooks): count
+    /// them and wake the poller and the relay.
+    pub fn published_elsewhere(&self, n: u64) {
+        self.inner.metrics.published.fetch_add(n, Ordering::Relaxed);
+        self.inner.stored();
+    }
+
     /// Counters and histograms (`GET /metrics`).
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.inner.metrics

@@ -86,6 +86,12 @@ pub struct RunArgs {
     /// Publish a little demo traffic every 2 s
     #[arg(long)]
     pub demo: bool,
+    /// Serve the HTTP API and dashboard here [env: PERSONA_BUS_HTTP_ADDR] [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_addr: Option<String>,
+    /// Do not serve the HTTP API
+    #[arg(long)]
+    pub no_http: bool,
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +245,13 @@ fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.handlers {
         config.handlers_dir = dir;
     }
+    if let Some(addr) = args.http_addr {
+        config.http.addr = addr;
+    }
+    if args.no_http {
+        config.http.enabled = false;
+    }
+    config.validate().context("invalid configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -23,6 +23,65 @@ pub struct Config {
     pub limits: HostLimits,
     pub runtime: RuntimeConfig,
     pub kafka: KafkaConfig,
+    pub http: HttpConfig,
+}
+
+/// The HTTP API and dashboard served by `persona-bus run`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve the API at all.
+    pub enabled: bool,
+    /// `--http-addr` / `PERSONA_BUS_HTTP_ADDR`.
+    pub addr: String,
+    /// Bearer token required by mutating routes (`PERSONA_BUS_HTTP_TOKEN`).
+    /// Without one the host refuses to listen beyond loopback.
+    pub token: Option<String>,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// Webhook triggers by id: `[http.webhooks.github] secret = "..."`.
+    pub webhooks: std::collections::BTreeMap<String, WebhookTrigger>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTrigger {
+    /// HMAC-SHA256 key for `x-hub-signature-256`.
+    pub secret: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Project of the `webhook_received` events (default: `default`).
+    #[serde(default)]
+    pub project_id: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            addr: "127.0.0.1:8080".into(),
+            token: None,
+            max_body_bytes: 1024 * 1024,
+            webhooks: Default::default(),
+        }
+    }
+}
+
+// Secrets never reach a log line through `{:?}`.
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("enabled", &self.enabled)
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("webhooks", &self.webhooks.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -35,6 +94,7 @@ impl Default for Config {
             limits: HostLimits::default(),
             runtime: RuntimeConfig::default(),
             kafka: KafkaConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -382,6 +442,8 @@ pub const ENV_VARS: &[&str] = &[
     "KAFKA_SASL_USERNAME",
     "KAFKA_SASL_PASSWORD",
     "KAFKA_SSL_ENABLED",
+    "PERSONA_BUS_HTTP_ADDR",
+    "PERSONA_BUS_HTTP_TOKEN",
 ];
 
 impl Config {
@@ -424,6 +486,12 @@ impl Config {
         }
         if let Some(v) = env("PERSONA_BUS_HANDLERS_DIR") {
             self.handlers_dir = v.into();
+        }
+        if let Some(v) = env("PERSONA_BUS_HTTP_ADDR") {
+            self.http.addr = v;
+        }
+        if let Some(v) = env("PERSONA_BUS_HTTP_TOKEN") {
+            self.http.token = Some(v);
         }
         let k = &mut self.kafka;
         if let Some(v) = env("KAFKA_BROKERS") {
@@ -491,6 +559,25 @@ impl Config {
         }
         if self.runtime.pool_slots == 0 || self.runtime.epoch_tick_ms == 0 {
             return invalid("runtime", "pool_slots and epoch_tick_ms must be above 0");
+        }
+        let h = &self.http;
+        if h.enabled {
+            let addr: std::net::SocketAddr = h.addr.parse().map_err(|_| ConfigError::Invalid {
+                field: "http.addr",
+                reason: format!("{:?} is not host:port (e.g. 127.0.0.1:8080)", h.addr),
+            })?;
+            if !addr.ip().is_loopback() && h.token.as_deref().is_none_or(str::is_empty) {
+                return invalid(
+                    "http.token",
+                    "listening beyond loopback needs a bearer token (PERSONA_BUS_HTTP_TOKEN)",
+                );
+            }
+            if h.max_body_bytes < 1024 {
+                return invalid("http.max_body_bytes", "must be at least 1024");
+            }
+            if h.webhooks.values().any(|w| w.secret.is_empty()) {
+                return invalid("http.webhooks", "every trigger needs a non-empty secret");
+            }
         }
         let k = &self.kafka;
         if k.enabled {

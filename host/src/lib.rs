@@ -19,10 +19,12 @@
 //! | [`outcome`] | what a run produced and what happens next (retry, dead letter) |
 //! | [`metrics`] | counters and histograms for `/metrics` |
 //! | [`bus`]    | all of the above wired together |
+//! | [`api`]    | the HTTP API, webhooks, health, metrics and the dashboard |
 //! | [`cli`]    | the `persona-bus` command line |
 //!
 //! `main.rs` only parses arguments, sets up tracing and calls [`cli::main`].
 
+pub mod api;
 pub mod breaker;
 pub mod bus;
 pub mod cli;
@@ -43,6 +45,7 @@ pub use bus::{Bus, BusError, Notice};
 pub use config::Config;
 pub use event::{Event, EventStatus, NewEvent};
 
+use anyhow::Context;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +68,21 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let bus = tokio::task::spawn_blocking(move || Bus::open(config)).await??;
     let bus = Arc::new(bus);
+    // Bind before starting, so a taken port fails the start, not later.
+    let http = &bus.config().http;
+    let listener = if http.enabled {
+        let listener = api::bind(&http.addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (http.addr / --http-addr)", http.addr))?;
+        // Where it listens (port 0 picks one), for tools and tests.
+        let addr = listener.local_addr()?;
+        let control = bus.config().data_dir.join("control");
+        std::fs::create_dir_all(&control)?;
+        std::fs::write(control.join("http.addr"), addr.to_string())?;
+        Some(listener)
+    } else {
+        None
+    };
     bus.start()?;
     let snapshot = bus.registry().snapshot();
     tracing::info!(
@@ -72,8 +90,22 @@ pub async fn run(
         refused = snapshot.failures.len(),
         data_dir = %bus.config().data_dir.display(),
         handlers_dir = %bus.config().handlers_dir.display(),
-        "persona-bus is running on the embedded SQLite bus; ctrl-c stops it"
+        source = bus.source().status().active,
+        "persona-bus is running; ctrl-c stops it"
     );
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let server = listener.map(|listener| {
+        let mut stopped = http_stopped.clone();
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            let until = async move {
+                let _ = stopped.changed().await;
+            };
+            if let Err(e) = api::serve(bus, listener, until).await {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        })
+    });
     let demo = options.demo.then(|| {
         let bus = bus.clone();
         let every = options.demo_every.unwrap_or(Duration::from_secs(2));
@@ -83,6 +115,12 @@ pub async fn run(
     tracing::info!("shutting down: finishing the current batch");
     if let Some(demo) = demo {
         demo.abort();
+    }
+    let _ = stop_http.send(true);
+    if let Some(server) = server {
+        // Live event streams never end by themselves: give requests in
+        // flight a moment, then go.
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     }
     tokio::task::spawn_blocking(move || bus.shutdown()).await?;
     Ok(())

@@ -84,6 +84,7 @@ pub(crate) fn spawn_host(
         .args(["run", "--handlers", sb.handlers_dir().to_str().unwrap()])
         .envs(env.iter().map(|(a, b)| (a.as_str(), b.as_str())))
         .env("RUST_LOG", "info")
+        .env("PERSONA_BUS_HTTP_ADDR", "127.0.0.1:0")
         .stdout(Stdio::null())
         // Kept beside the data dir, for when a test fails.
         .stderr(std::fs::File::create(data_dir.with_extension("log")).unwrap())

@@ -21,6 +21,7 @@ fn start_host(sb: &Sandbox, config: &std::path::Path) -> Child {
         ])
         .args(["run", "--handlers", sb.handlers_dir().to_str().unwrap()])
         .env("RUST_LOG", "warn")
+        .env("PERSONA_BUS_HTTP_ADDR", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

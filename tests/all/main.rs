@@ -8,6 +8,7 @@ mod crash;
 mod embedded;
 mod failover;
 mod hostile;
+mod http;
 mod input;
 mod kafka;
 mod languages;
@@ -44,6 +45,7 @@ pub fn cli_with_env(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> (bool,
 /// data directory).
 pub fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(host_binary())
+        .env("PERSONA_BUS_HTTP_ADDR", "127.0.0.1:0")
         .arg("--data-dir")
         .arg(dir)
         .args(args)
@@ -64,6 +66,8 @@ fn run_host(
     env: &[(&str, &str)],
 ) -> (bool, String, String) {
     let mut child = Command::new(host_binary())
+        // Hosts started by tests serve HTTP on a port of their own.
+        .env("PERSONA_BUS_HTTP_ADDR", "127.0.0.1:0")
         .arg("--data-dir")
         .arg(sb.data_dir())
         .args(args)

@@ -116,10 +116,15 @@ impl Store {
         )
         .op("clear ledger")?;
         // Only a finished event is reopened; one still pending or running
-        // picks the handler up on its next attempt anyway.
+        // picks the handler up on its next attempt anyway. The retry is this
+        // device's to run, whichever source brought the event: a row that
+        // already went through Kafka becomes local (the poller takes it even
+        // while the Kafka consumer is in charge).
         tx.execute(
             "UPDATE persona_events SET status = 'pending', retry_count = 0, next_attempt_at = 0, \
-             error_message = NULL, processed_at = NULL WHERE id = ?1 AND status NOT IN ('pending', 'processing')",
+             error_message = NULL, processed_at = NULL, \
+             kafka_state = CASE WHEN kafka_state = 'pending' THEN 'pending' ELSE NULL END \
+             WHERE id = ?1 AND status NOT IN ('pending', 'processing')",
             [&event_id],
         )
         .op("reopen event")?;

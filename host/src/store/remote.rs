@@ -111,6 +111,25 @@ impl Store {
         })
     }
 
+    /// Whether the store takes writes now (for `/ready`): takes the write
+    /// lock and lets it go.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        self.write_tx("check writable", |_| Ok(()))
+    }
+
+    /// Dead letters not yet retried (for `/metrics`).
+    pub fn dead_letter_count(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT count(*) FROM persona_dead_letters WHERE retried_at IS NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .op("count dead letters")
+            .map(|n| n as u64)
+        })
+    }
+
     /// Runs `f` in one IMMEDIATE transaction on the writer.
     pub(crate) fn write_tx<T>(
         &self,

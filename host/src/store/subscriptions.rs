@@ -118,6 +118,49 @@ impl Store {
         })
     }
 
+    /// Replaces a subscription's fields (PUT). Rows a manifest manages are
+    /// rewritten on each reload, so they are refused here.
+    pub fn update_subscription(
+        &self,
+        id: &str,
+        new: &NewSubscription,
+    ) -> Result<Subscription, StoreError> {
+        if new.persona_id.trim().is_empty() || new.event_type.trim().is_empty() {
+            return Err(StoreError::InvalidSubscription(
+                "persona_id and event_type are required".into(),
+            ));
+        }
+        SourceFilter::parse(new.source_filter.as_deref())
+            .map_err(|e| StoreError::InvalidSubscription(e.to_string()))?;
+        let current = self
+            .subscriptions()?
+            .into_iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| StoreError::SubscriptionNotFound(id.to_owned()))?;
+        if current.managed_by != "api" {
+            return Err(StoreError::InvalidSubscription(format!(
+                "subscription {id} comes from a handler manifest; change the manifest instead"
+            )));
+        }
+        let now = now_rfc3339();
+        self.writer()
+            .execute(
+                "UPDATE persona_event_subscriptions SET persona_id = ?2, event_type = ?3, source_filter = ?4, \
+                 project_id = ?5, enabled = ?6, updated_at = ?7 WHERE id = ?1",
+                params![id, new.persona_id, new.event_type, new.source_filter, new.project_id, new.enabled, now],
+            )
+            .op("update sub")?;
+        Ok(Subscription {
+            persona_id: new.persona_id.clone(),
+            event_type: new.event_type.clone(),
+            source_filter: new.source_filter.clone(),
+            project_id: new.project_id.clone(),
+            enabled: new.enabled,
+            updated_at: now,
+            ..current
+        })
+    }
+
     pub fn delete_subscription(&self, id: &str) -> Result<(), StoreError> {
         match self
             .writer()

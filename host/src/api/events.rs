@@ -1,0 +1,137 @@
+//! `GET/POST /api/personas/events` and the server-sent event stream.
+
+use super::{Api, ApiError, blocking};
+use crate::bus::Notice;
+use crate::event::{EventStatus, NewEvent};
+use crate::store::EventFilter;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_like::StreamExt;
+use serde::Deserialize;
+use std::time::Duration;
+
+// tokio-stream's StreamExt, named for what it is used as.
+mod futures_like {
+    pub use tokio_stream::StreamExt;
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    limit: Option<usize>,
+    event_type: Option<String>,
+    status: Option<String>,
+}
+
+/// `{events, pendingCount, total}` as the original, plus `kafka` (the
+/// plan's health check in the GET response).
+pub async fn list(
+    State(api): State<Api>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(EventStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!("status {s:?} is not one of pending, processing, completed, failed, skipped, dead_letter"))
+        })?),
+    };
+    let filter = EventFilter {
+        event_type: q.event_type.filter(|t| !t.is_empty()),
+        status,
+        limit: q.limit.unwrap_or(50).clamp(1, 1000),
+    };
+    let bus = api.bus.clone();
+    let page = blocking(move || Ok(bus.store().list_events(&filter)?)).await?;
+    let mut value = serde_json::to_value(&page).map_err(ApiError::internal)?;
+    value["kafka"] = kafka_health(&api);
+    Ok(Json(value))
+}
+
+pub fn kafka_health(api: &Api) -> serde_json::Value {
+    let k = &api.bus.config().kafka;
+    let s = api.bus.source().status();
+    serde_json::json!({
+        "enabled": k.enabled,
+        "dual_write": k.dual_write,
+        "source": s.active,
+        "breaker": s.breaker,
+        "healthy": s.healthy,
+    })
+}
+
+/// 201 `{ok, event_id}`; 400 naming the missing or bad field.
+pub async fn publish(
+    State(api): State<Api>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
+    for field in ["event_type", "source_type"] {
+        if value
+            .get(field)
+            .and_then(|v| v.as_str())
+            .is_none_or(|s| s.trim().is_empty())
+        {
+            return Err(ApiError::bad_request(format!("`{field}` is required")));
+        }
+    }
+    let new: NewEvent = serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request(format!("invalid event: {e}")))?;
+    let bus = api.bus.clone();
+    let event = blocking(move || {
+        bus.publish(new).map_err(|e| match e {
+            crate::BusError::Event(e) => ApiError::bad_request(e.to_string()),
+            e => ApiError::internal(e),
+        })
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "ok": true, "event_id": event.id })),
+    ))
+}
+
+/// Server-sent events: `init` (the latest 50 events), then `published`
+/// and `status` as they happen, a heartbeat every 15 s, and `lagged` when
+/// this client fell behind (it should reload).
+pub async fn stream(
+    State(api): State<Api>,
+) -> Result<
+    Sse<impl tokio_stream::Stream<Item = Result<SseEvent, std::convert::Infallible>>>,
+    ApiError,
+> {
+    let notices = api.bus.subscribe();
+    let bus = api.bus.clone();
+    let first = blocking(move || {
+        Ok(bus.store().list_events(&EventFilter {
+            limit: 50,
+            ..Default::default()
+        })?)
+    })
+    .await?;
+    let init = SseEvent::default()
+        .event("init")
+        .json_data(&first)
+        .map_err(ApiError::internal)?;
+    let live = tokio_stream::wrappers::BroadcastStream::new(notices).map(|n| {
+        Ok(match n {
+            Ok(notice @ Notice::Published { .. }) => SseEvent::default()
+                .event("published")
+                .json_data(&notice)
+                .unwrap_or_default(),
+            Ok(notice @ Notice::Resolved { .. }) => SseEvent::default()
+                .event("status")
+                .json_data(&notice)
+                .unwrap_or_default(),
+            Err(lagged) => SseEvent::default().event("lagged").data(lagged.to_string()),
+        })
+    });
+    let stream = tokio_stream::once(Ok(init)).chain(live);
+    Ok(Sse::new(stream).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("heartbeat"),
+    ))
+}

@@ -1,0 +1,188 @@
+//! The HTTP API, served by `persona-bus run` (axum): the original bus's
+//! routes and JSON shapes (`/api/personas/...`), webhooks, health,
+//! readiness, Prometheus metrics and the dashboard at `/`.
+//!
+//! Every store call is blocking SQLite, so handlers run it on tokio's
+//! blocking pool; event processing has threads of its own, so a flood of
+//! requests slows the API, not the handlers. Bodies above
+//! `http.max_body_bytes` get 413; mutating routes need the bearer token
+//! when one is configured (webhooks are checked by signature instead).
+
+mod events;
+mod ops;
+mod subscriptions;
+mod webhooks;
+
+use crate::Bus;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use std::sync::Arc;
+
+/// What every route handler gets.
+#[derive(Clone)]
+pub struct Api {
+    pub bus: Arc<Bus>,
+    /// Produces webhooks to the webhooks topic when Kafka is the source.
+    webhook_producer: Option<Arc<rdkafka::producer::FutureProducer>>,
+}
+
+/// An error answered as `{"error": message}` with its status code.
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, m.into())
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self(StatusCode::NOT_FOUND, m.into())
+    }
+    pub fn internal(m: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %m, "API request failed");
+        Self(StatusCode::INTERNAL_SERVER_ERROR, m.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError as E;
+        match e {
+            E::EventNotFound(_) | E::SubscriptionNotFound(_) => Self::not_found(e.to_string()),
+            E::InvalidSubscription(_) => Self::bad_request(e.to_string()),
+            e => Self::internal(e),
+        }
+    }
+}
+
+/// Runs blocking store work off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// The routes.
+pub fn router(bus: Arc<Bus>) -> Router {
+    let http = bus.config().http.clone();
+    let webhook_producer = webhook_producer(&bus);
+    let api = Api {
+        bus,
+        webhook_producer,
+    };
+    Router::new()
+        .route("/", get(ops::dashboard))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route(
+            "/api/personas/events",
+            get(events::list).post(events::publish),
+        )
+        .route("/api/personas/events/stream", get(events::stream))
+        .route(
+            "/api/personas/events/subscriptions",
+            get(subscriptions::list).post(subscriptions::create),
+        )
+        .route(
+            "/api/personas/events/subscriptions/{id}",
+            put(subscriptions::update).delete(subscriptions::delete),
+        )
+        .route("/api/personas/handlers", get(ops::handlers))
+        .route("/api/personas/dead-letters", get(ops::dead_letters))
+        .route(
+            "/api/personas/dead-letters/{id}/retry",
+            post(ops::retry_dead_letter),
+        )
+        .route(
+            "/api/personas/webhooks/{trigger_id}",
+            post(webhooks::receive),
+        )
+        .layer(middleware::from_fn_with_state(
+            http.token.clone(),
+            require_token,
+        ))
+        .layer(DefaultBodyLimit::max(http.max_body_bytes))
+        .with_state(api)
+}
+
+/// Mutating routes need `Authorization: Bearer <token>` when a token is
+/// configured. Webhooks prove themselves by signature instead.
+async fn require_token(
+    State(token): State<Option<String>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mutating = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let webhook = request.uri().path().starts_with("/api/personas/webhooks/");
+    if let Some(token) = token.filter(|_| mutating && !webhook) {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
+        if !ok {
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "this route needs `Authorization: Bearer <token>` (PERSONA_BUS_HTTP_TOKEN)".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without returning early, so timing says nothing about where
+/// two secrets differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn webhook_producer(bus: &Bus) -> Option<Arc<rdkafka::producer::FutureProducer>> {
+    let k = &bus.config().kafka;
+    if !k.consuming() {
+        return None;
+    }
+    crate::kafka::client_config(k)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "5000")
+        .create()
+        .map_err(|e| tracing::warn!(error = %e, "no webhook producer; webhooks are stored locally"))
+        .ok()
+        .map(Arc::new)
+}
+
+/// Binds the API's address.
+pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    bus: Arc<Bus>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "HTTP API and dashboard listening");
+    axum::serve(listener, router(bus))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,170 @@
+//! What operators look at: `/health`, `/ready`, `/metrics`, handlers,
+//! dead letters, and the dashboard page.
+
+use super::events::kafka_health;
+use super::{Api, ApiError, blocking};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse};
+use serde::Deserialize;
+use std::fmt::Write;
+
+/// The dashboard: one page, no external assets (embedded at build time).
+pub async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}
+
+/// Liveness: the process answers.
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: SQLite takes writes, handlers are loaded, and events are
+/// being handled from the configured source (with `KAFKA_REQUIRED`, an
+/// open breaker is not ready). 200 when ready, else 503.
+pub async fn ready(State(api): State<Api>) -> impl IntoResponse {
+    let bus = api.bus.clone();
+    let writable = blocking(move || Ok(bus.store().check_writable()?)).await;
+    let snapshot = api.bus.registry().snapshot();
+    let source = api.bus.source().status();
+    let ready = writable.is_ok() && source.healthy;
+    let body = serde_json::json!({
+        "ready": ready,
+        "sqlite_writable": writable.is_ok(),
+        "sqlite_error": writable.err().map(|e| e.1),
+        "handlers_loaded": snapshot.handlers.len(),
+        "handlers_refused": snapshot.failures.len(),
+        "kafka": kafka_health(&api),
+        "breaker": source,
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body))
+}
+
+/// Prometheus text format.
+pub async fn metrics(State(api): State<Api>) -> Result<impl IntoResponse, ApiError> {
+    let bus = api.bus.clone();
+    let text = blocking(move || {
+        let mut extra = String::new();
+        let dead = bus.store().dead_letter_count()?;
+        let _ = writeln!(extra, "# HELP persona_bus_dead_letters Dead letters not yet retried.\n# TYPE persona_bus_dead_letters gauge\npersona_bus_dead_letters {dead}");
+        let pending = bus.store().unfinished()?;
+        let _ = writeln!(extra, "# HELP persona_bus_events_unfinished Events pending or processing in SQLite.\n# TYPE persona_bus_events_unfinished gauge\npersona_bus_events_unfinished {pending}");
+        let s = bus.source().status();
+        let state = match s.breaker {
+            crate::breaker::State::Closed => 0,
+            crate::breaker::State::Open => 1,
+            crate::breaker::State::HalfOpen => 2,
+        };
+        let _ = writeln!(extra, "# HELP persona_bus_breaker_state Circuit breaker: 0 closed, 1 open, 2 half-open.\n# TYPE persona_bus_breaker_state gauge\npersona_bus_breaker_state {state}");
+        let [closed, open, half] = bus.source().transition_counts();
+        let _ = writeln!(extra, "# HELP persona_bus_breaker_transitions_total Breaker transitions by destination state.\n# TYPE persona_bus_breaker_transitions_total counter");
+        for (to, n) in [("closed", closed), ("open", open), ("half_open", half)] {
+            let _ = writeln!(extra, "persona_bus_breaker_transitions_total{{to=\"{to}\"}} {n}");
+        }
+        let k = &bus.config().kafka;
+        if k.consuming() {
+            let topics = [k.topics.events.name.as_str(), k.topics.actions.name.as_str()];
+            match crate::kafka::admin::describe(k, &k.consumer_group, &topics, std::time::Duration::from_secs(2)) {
+                Ok(view) => {
+                    let _ = writeln!(extra, "# HELP persona_bus_consumer_lag Records not yet consumed, per partition.\n# TYPE persona_bus_consumer_lag gauge");
+                    for p in &view.partitions {
+                        let _ = writeln!(
+                            extra,
+                            "persona_bus_consumer_lag{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
+                            crate::metrics::escape(&view.group),
+                            crate::metrics::escape(&p.topic),
+                            p.partition,
+                            p.lag
+                        );
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "no consumer lag for /metrics"),
+            }
+        }
+        Ok(bus.metrics().render(&extra))
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
+
+/// Loaded handlers (version, subscriptions, runs and errors) and refused
+/// manifests.
+pub async fn handlers(State(api): State<Api>) -> Json<serde_json::Value> {
+    let snapshot = api.bus.registry().snapshot();
+    let runs = api.bus.metrics().handler_runs();
+    let loaded: Vec<_> = snapshot
+        .handlers
+        .values()
+        .map(|h| {
+            let (n, errors) = runs.get(&*h.name).copied().unwrap_or_default();
+            serde_json::json!({
+                "name": &*h.name,
+                "version": &*h.version,
+                "state": "loaded",
+                "subscriptions": h.manifest.subscriptions.iter().map(|s| &s.event_type).collect::<Vec<_>>(),
+                "instances": format!("{:?}", h.manifest.instances.policy).to_lowercase(),
+                "runs": n,
+                "errors": errors,
+                "error_rate": if n == 0 { 0.0 } else { errors as f64 / n as f64 },
+            })
+        })
+        .collect();
+    let refused: Vec<_> = snapshot
+        .failures
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "manifest": f.manifest,
+                "state": "refused",
+                "error": f.error,
+                "still_serving": f.still_serving,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "handlers": loaded, "refused": refused }))
+}
+
+#[derive(Deserialize)]
+pub struct DlqQuery {
+    limit: Option<usize>,
+}
+
+pub async fn dead_letters(
+    State(api): State<Api>,
+    Query(q): Query<DlqQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let bus = api.bus.clone();
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let letters = blocking(move || Ok(bus.store().dead_letters(limit)?)).await?;
+    Ok(Json(serde_json::json!({ "dead_letters": letters })))
+}
+
+pub async fn retry_dead_letter(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("dead letter id {id:?} is not a number")))?;
+    let bus = api.bus.clone();
+    let event = blocking(move || {
+        let event = bus.store().retry_dead_letter(id)?;
+        bus.wake();
+        Ok(event)
+    })
+    .await?;
+    match event {
+        Some(event_id) => Ok(Json(
+            serde_json::json!({ "ok": true, "event_id": event_id }),
+        )),
+        None => Err(ApiError::not_found(format!(
+            "dead letter {id} does not exist or was already retried"
+        ))),
+    }
+}
