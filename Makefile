@@ -22,7 +22,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka soak clean kafka-up kafka-down
+.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-http soak browser-deps clean kafka-up kafka-down
 
 all: build
 
@@ -75,8 +75,18 @@ run: build
 # Release profile: one build of wasmtime serves run, test and bench, and
 # handler compilation is not slowed by a debug cranelift.
 # Kafka tests run against the real broker (`make kafka-up`, left running).
-test: toolchain js-handlers kafka-up
+test: toolchain js-handlers browser-deps kafka-up
 	$(CARGO) test --release
+
+# The dashboard test drives Debian's headless Chromium with playwright-core
+# (installed by npm ci in tools/js, with the JavaScript toolchain).
+CHROMIUM ?= /usr/bin/chromium
+browser-deps: $(COMPONENTIZE)
+	@command -v node >/dev/null || { echo "Node.js 20 is required for the dashboard test"; exit 1; }
+	@test -x $(CHROMIUM) || { \
+		echo "installing Debian's chromium for the dashboard test (once)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check
@@ -88,6 +98,14 @@ fmt:
 bench: toolchain kafka-up
 	$(CARGO) bench -p persona-bus-tests --bench embedded
 	$(CARGO) bench -p persona-bus-tests --bench kafka
+	$(MAKE) bench-http
+
+# POST /api/personas/events from a separate load-generating process (this
+# bench's own client, and Debian's wrk, installed here when missing).
+bench-http: toolchain
+	@command -v wrk >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -qq --no-install-recommends wrk; }
+	$(CARGO) bench -p persona-bus-tests --bench http
 
 # Only the Kafka benchmarks (throughput against the real broker, WASM vs
 # native, latency at 1,000 events/s).

@@ -142,9 +142,11 @@ impl Bus {
             );
         }
         let wakeup = Arc::new(Wakeup::default());
+        let outbox_wakeup = Arc::new(Wakeup::default());
         let source = Arc::new(SourceSwitch::new(
             &config.kafka,
             wakeup.clone(),
+            outbox_wakeup.clone(),
             Some(config.data_dir.join("control")),
         ));
         if config.kafka.enabled {
@@ -188,7 +190,7 @@ impl Bus {
             store,
             dispatcher,
             wakeup,
-            outbox_wakeup: Arc::new(Wakeup::default()),
+            outbox_wakeup,
             source,
             processor_partitions: Default::default(),
             metrics: Default::default(),
@@ -294,6 +296,44 @@ impl Bus {
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         self.inner.stored();
         Ok(events)
+    }
+
+    /// Publishes independent events together: each is validated on its
+    /// own (a bad one gets its error, the others go ahead) and the valid
+    /// ones are stored in one transaction. For ingest paths that gather
+    /// many small requests (the HTTP API).
+    pub fn publish_each(&self, batch: Vec<NewEvent>) -> Vec<Result<Event, BusError>> {
+        let mut results: Vec<Result<Event, BusError>> = batch
+            .into_iter()
+            .map(|n| n.validate(self.inner.limits, 0).map_err(BusError::from))
+            .collect();
+        let valid: Vec<Event> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().cloned())
+            .collect();
+        if valid.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.inner.inserts.insert(&self.inner.store, valid.clone()) {
+            let message = e.to_string();
+            for r in results.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(BusError::Store(StoreError::GroupCommit(message.clone())));
+            }
+            return results;
+        }
+        self.inner
+            .metrics
+            .published
+            .fetch_add(valid.len() as u64, Ordering::Relaxed);
+        self.inner.stored();
+        if self.inner.notices.receiver_count() > 0 {
+            for event in valid {
+                let _ = self.inner.notices.send(Notice::Published {
+                    event: Box::new(event),
+                });
+            }
+        }
+        results
     }
 
     /// Processes what is pending now on the calling thread, without the

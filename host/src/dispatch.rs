@@ -39,9 +39,6 @@ pub struct Dispatcher {
 /// has no limits and no host API.
 pub type NativeHandler = Arc<dyn Fn(&str, &Event) -> Result<(), String> + Send + Sync>;
 
-/// A claimed event and how many times it has been claimed (1 = first time).
-pub type Claimed = (Event, u32);
-
 /// An event to dispatch, with where it came from.
 pub struct Delivery {
     pub event: Event,

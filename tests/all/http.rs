@@ -13,15 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A bus with the API on an ephemeral port; stopped on drop.
-struct Server {
-    base: String,
+pub(crate) struct Server {
+    pub(crate) base: String,
     bus: Arc<Bus>,
     _rt: tokio::runtime::Runtime,
     _sb: Sandbox,
 }
 
 impl Server {
-    fn start(sb: Sandbox, edit: impl FnOnce(&mut Config)) -> Self {
+    pub(crate) fn start(sb: Sandbox, edit: impl FnOnce(&mut Config)) -> Self {
         let mut c = sb.config();
         c.http.webhooks.insert(
             "github".into(),

@@ -2,6 +2,7 @@
 //! real bus on a real SQLite file in its own temporary folder, with real
 //! compiled handler components.
 
+mod browser;
 mod cli;
 mod consume;
 mod crash;

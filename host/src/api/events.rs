@@ -66,27 +66,20 @@ pub async fn publish(
     State(api): State<Api>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
-    for field in ["event_type", "source_type"] {
-        if value
-            .get(field)
-            .and_then(|v| v.as_str())
-            .is_none_or(|s| s.trim().is_empty())
-        {
-            return Err(ApiError::bad_request(format!("`{field}` is required")));
+    let new: NewEvent = serde_json::from_slice(&body).map_err(|e| {
+        let message = e.to_string();
+        // serde says "missing field `event_type` at line 1 column 30".
+        match message.split('`').nth(1) {
+            Some(field) if message.starts_with("missing field") => {
+                ApiError::bad_request(format!("`{field}` is required"))
+            }
+            _ if e.is_syntax() || e.is_eof() => {
+                ApiError::bad_request(format!("body is not valid JSON: {message}"))
+            }
+            _ => ApiError::bad_request(format!("invalid event: {message}")),
         }
-    }
-    let new: NewEvent = serde_json::from_value(value)
-        .map_err(|e| ApiError::bad_request(format!("invalid event: {e}")))?;
-    let bus = api.bus.clone();
-    let event = blocking(move || {
-        bus.publish(new).map_err(|e| match e {
-            crate::BusError::Event(e) => ApiError::bad_request(e.to_string()),
-            e => ApiError::internal(e),
-        })
-    })
-    .await?;
+    })?;
+    let event = api.ingest.publish(new).await?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "ok": true, "event_id": event.id })),

@@ -26,6 +26,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Api {
     pub bus: Arc<Bus>,
+    /// Publishes from requests, gathered into shared transactions.
+    ingest: Ingest,
     /// Produces webhooks to the webhooks topic when Kafka is the source.
     webhook_producer: Option<Arc<rdkafka::producer::FutureProducer>>,
 }
@@ -63,6 +65,69 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+type Reply = tokio::sync::oneshot::Sender<Result<crate::Event, crate::BusError>>;
+
+/// One thread that stores published events for every request: it takes
+/// whatever requests are waiting and stores them in one transaction, so
+/// a busy API costs one commit per batch rather than a blocking task and
+/// a lock hand-off per request.
+#[derive(Clone)]
+pub struct Ingest(std::sync::mpsc::SyncSender<(crate::NewEvent, Reply)>);
+
+impl Ingest {
+    fn start(bus: Arc<Bus>) -> Self {
+        // Bounded: a flood waits here instead of growing memory.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(crate::NewEvent, Reply)>(4096);
+        let spawned = std::thread::Builder::new()
+            .name("http-ingest".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < 1024
+                        && let Ok(next) = rx.try_recv()
+                    {
+                        batch.push(next);
+                    }
+                    let (events, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    for (result, reply) in bus.publish_each(events).into_iter().zip(replies) {
+                        let _ = reply.send(result);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the HTTP ingest thread");
+        }
+        Self(tx)
+    }
+
+    /// Publishes one event and waits for it to be stored.
+    pub async fn publish(&self, event: crate::NewEvent) -> Result<crate::Event, ApiError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let tx = self.0.clone();
+        // A full queue blocks: do that off the async threads.
+        match tx.try_send((event, reply)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(item)) => {
+                tokio::task::spawn_blocking(move || tx.send(item).is_ok())
+                    .await
+                    .map_err(ApiError::internal)?
+                    .then_some(())
+                    .ok_or_else(|| ApiError::internal("the ingest thread stopped"))?;
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                return Err(ApiError::internal("the ingest thread stopped"));
+            }
+        }
+        answer
+            .await
+            .map_err(|_| ApiError::internal("the ingest thread stopped"))?
+            .map_err(|e| match e {
+                crate::BusError::Event(e) => ApiError::bad_request(e.to_string()),
+                e => ApiError::internal(e),
+            })
+    }
+}
+
 /// Runs blocking store work off the async threads.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -77,6 +142,7 @@ pub fn router(bus: Arc<Bus>) -> Router {
     let http = bus.config().http.clone();
     let webhook_producer = webhook_producer(&bus);
     let api = Api {
+        ingest: Ingest::start(bus.clone()),
         bus,
         webhook_producer,
     };

@@ -105,7 +105,10 @@ fn relay(
             break;
         }
         if !backoff.is_zero() {
-            wakeup.wait(backoff);
+            // A ring (the breaker closed: Kafka is back) ends the backoff.
+            if wakeup.wait(backoff) {
+                backoff = Duration::ZERO;
+            }
             continue;
         }
         if !source.may_produce() {

@@ -46,12 +46,19 @@ pub struct SourceSwitch {
     /// Counts per destination state, for metrics: closed, open, half-open.
     to_state: [AtomicU64; 3],
     poller: Arc<Wakeup>,
+    /// The outbox relay's: rung when Kafka comes back.
+    relay: Arc<Wakeup>,
     status_file: Option<PathBuf>,
 }
 
 impl SourceSwitch {
     /// `status_dir`: where `source.json` is written (None in unit tests).
-    pub fn new(k: &KafkaConfig, poller: Arc<Wakeup>, status_dir: Option<PathBuf>) -> Self {
+    pub fn new(
+        k: &KafkaConfig,
+        poller: Arc<Wakeup>,
+        relay: Arc<Wakeup>,
+        status_dir: Option<PathBuf>,
+    ) -> Self {
         let b = &k.breaker;
         let s = Self {
             consuming: k.consuming(),
@@ -62,6 +69,7 @@ impl SourceSwitch {
             transitions: AtomicU64::new(0),
             to_state: Default::default(),
             poller,
+            relay,
             status_file: status_dir.map(|d| d.join("source.json")),
         };
         s.write_status();
@@ -213,8 +221,10 @@ impl SourceSwitch {
                 h.pop_front();
             }
         }
-        // SQLite may be in charge now (or no longer): let the poller look.
+        // SQLite may be in charge now (or no longer): let the poller look;
+        // and the relay, which holds events while the breaker is open.
         self.poller.ring();
+        self.relay.ring();
         self.write_status();
     }
 

@@ -1,0 +1,37 @@
+//! The dashboard in a real browser (headless Chromium via playwright-core):
+//! see `tests/browser/dashboard.mjs`. `make test` installs both (Debian's
+//! `chromium`, npm's `playwright-core` in tools/js).
+
+use crate::http::Server;
+use persona_bus_tests::{Sandbox, guests};
+use std::process::Command;
+
+#[test]
+fn dashboard_shows_live_events_and_retries_a_dead_letter() {
+    let sb = Sandbox::new();
+    sb.install_shipped("audit", guests::AUDIT, guests::AUDIT_MANIFEST);
+    sb.install(
+        "trap",
+        guests::TRAP,
+        "[[subscriptions]]\nevent_type = \"boom\"\n[retry]\nmax_attempts = 1",
+    );
+    let s = Server::start(sb, |_| {});
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/dashboard.mjs");
+    let out = Command::new("node")
+        .arg(script)
+        .arg(&s.base)
+        .output()
+        .expect("node (Node.js 20) runs the browser test");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "browser test failed (needs /usr/bin/chromium and tools/js/node_modules: `make test` installs them)\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("appeared and completed") && stdout.contains("retried from the page"),
+        "{stdout}"
+    );
+}
