@@ -51,7 +51,6 @@ pub struct Metrics {
     failed: AtomicU64,
     retried: AtomicU64,
     pub undecodable: AtomicU64,
-    pub reloads: AtomicU64,
     handlers: Mutex<PerHandler>,
 }
 
@@ -134,12 +133,6 @@ impl Metrics {
             "persona_bus_records_undecodable_total",
             "Kafka records that could not be decoded (dead-lettered).",
             self.undecodable.load(Ordering::Relaxed),
-        );
-        c(
-            &mut s,
-            "persona_bus_handler_reloads_total",
-            "Handler folder reloads.",
-            self.reloads.load(Ordering::Relaxed),
         );
         let _ = writeln!(
             s,

@@ -10,7 +10,7 @@ use persona_bus::{Bus, Event, EventStatus};
 use persona_bus_tests::kafka::{self as k, brokers};
 use persona_bus_tests::{Sandbox, guests, wait_for};
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub(crate) fn work(project: &str, seq: usize) -> Event {
@@ -73,23 +73,25 @@ pub(crate) fn spawn_host(
     data_dir: &std::path::Path,
     config: &std::path::Path,
     env: &[(String, String)],
-) -> Child {
-    Command::new(host_binary())
-        .args([
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .args(["run", "--handlers", sb.handlers_dir().to_str().unwrap()])
-        .envs(env.iter().map(|(a, b)| (a.as_str(), b.as_str())))
-        .env("RUST_LOG", "info")
-        .env("PERSONA_BUS_HTTP_ADDR", "127.0.0.1:0")
-        .stdout(Stdio::null())
-        // Kept beside the data dir, for when a test fails.
-        .stderr(std::fs::File::create(data_dir.with_extension("log")).unwrap())
-        .spawn()
-        .unwrap()
+) -> crate::Host {
+    crate::Host(
+        Command::new(host_binary())
+            .args([
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
+            ])
+            .args(["run", "--handlers", sb.handlers_dir().to_str().unwrap()])
+            .envs(env.iter().map(|(a, b)| (a.as_str(), b.as_str())))
+            .env("RUST_LOG", "info")
+            .env("PERSONA_BUS_HTTP_ADDR", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            // Kept beside the data dir, for when a test fails.
+            .stderr(std::fs::File::create(data_dir.with_extension("log")).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Waits until `topic` exists with its partitions (the host creates it).

@@ -6,26 +6,28 @@ use persona_bus::EventStatus;
 use persona_bus::event::{EventLimits, NewEvent};
 use persona_bus::store::{EventFilter, Store};
 use persona_bus_tests::{Sandbox, guests, wait_for};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const EVENTS: usize = 300;
 
-fn start_host(sb: &Sandbox, config: &std::path::Path) -> Child {
-    Command::new(host_binary())
-        .args([
-            "--data-dir",
-            sb.data_dir().to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .args(["run", "--handlers", sb.handlers_dir().to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .env("PERSONA_BUS_HTTP_ADDR", "127.0.0.1:0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+fn start_host(sb: &Sandbox, config: &std::path::Path) -> crate::Host {
+    crate::Host(
+        Command::new(host_binary())
+            .args([
+                "--data-dir",
+                sb.data_dir().to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
+            ])
+            .args(["run", "--handlers", sb.handlers_dir().to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .env("PERSONA_BUS_HTTP_ADDR", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 #[test]

@@ -81,6 +81,36 @@ fn publisher(
     })
 }
 
+/// Publishes a `work` event per number in `projects` (project `p<n>`)
+/// through the CLI into `dir`; returns their ids.
+fn publish_work(
+    dir: &Path,
+    toml: &Path,
+    env: &[(String, String)],
+    projects: std::ops::Range<usize>,
+) -> Vec<String> {
+    let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    projects
+        .map(|i| {
+            let project = format!("p{i}");
+            let args = [
+                "--config",
+                toml.to_str().unwrap(),
+                "publish",
+                "--event-type",
+                "work",
+                "--source-type",
+                "system",
+                "--project",
+                &project,
+            ];
+            let (ok, out, err) = run_in(dir, &args, &env);
+            assert!(ok, "{err}");
+            out.lines().last().unwrap().to_owned()
+        })
+        .collect()
+}
+
 fn with_brokers(
     mut env: Vec<(String, String)>,
     brokers: &str,
@@ -239,34 +269,11 @@ fn kafka_required_stops_handling_while_down_and_resumes_when_back() {
         "[kafka.breaker]\nopen_secs = 3\nfailure_after_ms = 500\n",
     );
     let env = with_brokers(env_for(&prefix, "device-r"), &broker.brokers(), true);
-    let env_ref: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let dir = sb.data_dir();
     let mut host = spawn_host(&sb, &dir, &toml, &env);
     wait_for_topic_on(&broker.brokers(), &format!("{prefix}.events"));
     let store = Store::open(&dir).unwrap();
-    let publish = |n: usize| {
-        (0..n)
-            .map(|i| {
-                let (ok, out, err) = run_in(
-                    &dir,
-                    &[
-                        "--config",
-                        toml.to_str().unwrap(),
-                        "publish",
-                        "--event-type",
-                        "work",
-                        "--source-type",
-                        "system",
-                        "--project",
-                        &format!("p{i}"),
-                    ],
-                    &env_ref,
-                );
-                assert!(ok, "{err}");
-                out.lines().last().unwrap().to_owned()
-            })
-            .collect::<Vec<_>>()
-    };
+    let publish = |n: usize| publish_work(&dir, &toml, &env, 0..n);
     let first = publish(10);
     wait_for(Duration::from_secs(30), "the first events handled", || {
         completed(&store) == 10
@@ -311,34 +318,11 @@ fn unreachable_at_start_serves_from_sqlite_then_switches_to_kafka() {
         "[kafka.breaker]\nopen_secs = 3\nfailure_after_ms = 500\n",
     );
     let env = with_brokers(env_for(&prefix, "device-s"), &broker.brokers(), false);
-    let env_ref: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let dir = sb.data_dir();
     let mut host = spawn_host(&sb, &dir, &toml, &env);
     wait_breaker(&dir, "open", Duration::from_secs(30));
     let store = Store::open(&dir).unwrap();
-    let publish = |from: usize| {
-        (from..from + 10)
-            .map(|i| {
-                let (ok, out, err) = run_in(
-                    &dir,
-                    &[
-                        "--config",
-                        toml.to_str().unwrap(),
-                        "publish",
-                        "--event-type",
-                        "work",
-                        "--source-type",
-                        "system",
-                        "--project",
-                        &format!("p{i}"),
-                    ],
-                    &env_ref,
-                );
-                assert!(ok, "{err}");
-                out.lines().last().unwrap().to_owned()
-            })
-            .collect::<Vec<_>>()
-    };
+    let publish = |from: usize| publish_work(&dir, &toml, &env, from..from + 10);
     let early = publish(0);
     wait_for(
         Duration::from_secs(30),

@@ -440,6 +440,7 @@ fn health_ready_metrics_handlers_and_dead_letters() {
         "persona_bus_handler_duration_seconds_bucket{handler=\"audit\"",
         "persona_bus_dead_letters 1",
         "persona_bus_breaker_state 0",
+        "persona_bus_handler_reloads_total 1",
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }

@@ -22,6 +22,30 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+/// A host process started by a test. Killed (SIGKILL) and reaped when
+/// dropped, so a failing test does not leave it running.
+pub struct Host(pub std::process::Child);
+
+impl std::ops::Deref for Host {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Host {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The host binary under test, for tests that need a real process.
 pub fn host_binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_persona-bus-host"))

@@ -55,6 +55,8 @@ pub async fn metrics(State(api): State<Api>) -> Result<impl IntoResponse, ApiErr
         let _ = writeln!(extra, "# HELP persona_bus_dead_letters Dead letters not yet retried.\n# TYPE persona_bus_dead_letters gauge\npersona_bus_dead_letters {dead}");
         let pending = bus.store().unfinished()?;
         let _ = writeln!(extra, "# HELP persona_bus_events_unfinished Events pending or processing in SQLite.\n# TYPE persona_bus_events_unfinished gauge\npersona_bus_events_unfinished {pending}");
+        let reloads = bus.registry().reloads();
+        let _ = writeln!(extra, "# HELP persona_bus_handler_reloads_total Handler folder reloads (the first load included).\n# TYPE persona_bus_handler_reloads_total counter\npersona_bus_handler_reloads_total {reloads}");
         let s = bus.source().status();
         let state = match s.breaker {
             crate::breaker::State::Closed => 0,

@@ -161,6 +161,8 @@ pub struct Registry {
     current: RwLock<Arc<Snapshot>>,
     /// One reload at a time (the watcher and `handlers reload` may race).
     reloading: Mutex<()>,
+    /// Reloads so far (for `/metrics`).
+    reloads: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -172,7 +174,13 @@ impl Registry {
             limits,
             current: RwLock::new(Arc::new(Snapshot::default())),
             reloading: Mutex::new(()),
+            reloads: Default::default(),
         }
+    }
+
+    /// Reloads of the handlers folder so far (the first load included).
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn dir(&self) -> &Path {
@@ -190,6 +198,8 @@ impl Registry {
     /// Rescans the folder and swaps in what changed (see the module docs).
     pub fn reload(&self) -> Result<ReloadReport, StoreError> {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        self.reloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let old = self.snapshot();
         let manifests = manifests_in(&self.dir).unwrap_or_else(|e| {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read the handlers folder");
