@@ -500,23 +500,13 @@ fn an_event_published_on_device_a_is_handled_on_device_b() {
     const N: usize = 60;
     let mut ids = Vec::new();
     for i in 0..N {
-        let (ok, out, err) = crate::run_in(
+        ids.push(crate::publish_work(
             &dir_a,
-            &[
-                "--config",
-                toml.to_str().unwrap(),
-                "publish",
-                "--event-type",
-                "work",
-                "--source-type",
-                "system",
-                "--project",
-                &format!("proj-{i}"),
-            ],
+            &toml,
             &env_ref,
-        );
-        assert!(ok, "{err}");
-        ids.push(out.lines().last().unwrap().to_owned());
+            &format!("proj-{i}"),
+            None,
+        ));
     }
     wait_for(
         Duration::from_secs(60),

@@ -7,7 +7,6 @@ use crate::consume::{
     assert_each_once, completed, env_for, install_slow, read_topic_on, spawn_host, topics_toml,
     wait_for_topic_on,
 };
-use crate::run_in;
 use persona_bus::store::Store;
 use persona_bus_tests::kafka::{self as k, PrivateBroker};
 use persona_bus_tests::{Sandbox, wait_for};
@@ -55,25 +54,8 @@ fn publisher(
         while !stop.load(Ordering::Acquire) {
             let project = format!("p{}", seq % 4);
             let payload = format!("{{\"seq\":{seq}}}");
-            let (ok, stdout, err) = run_in(
-                &dir,
-                &[
-                    "--config",
-                    toml.to_str().unwrap(),
-                    "publish",
-                    "--event-type",
-                    "work",
-                    "--source-type",
-                    "system",
-                    "--project",
-                    &project,
-                    "--payload",
-                    &payload,
-                ],
-                &env,
-            );
-            assert!(ok, "publish failed: {err}");
-            out.push((stdout.lines().last().unwrap().to_owned(), project, seq));
+            let id = crate::publish_work(&dir, &toml, &env, &project, Some(&payload));
+            out.push((id, project, seq));
             seq += 1;
             std::thread::sleep(every);
         }
@@ -91,23 +73,7 @@ fn publish_work(
 ) -> Vec<String> {
     let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     projects
-        .map(|i| {
-            let project = format!("p{i}");
-            let args = [
-                "--config",
-                toml.to_str().unwrap(),
-                "publish",
-                "--event-type",
-                "work",
-                "--source-type",
-                "system",
-                "--project",
-                &project,
-            ];
-            let (ok, out, err) = run_in(dir, &args, &env);
-            assert!(ok, "{err}");
-            out.lines().last().unwrap().to_owned()
-        })
+        .map(|i| crate::publish_work(dir, toml, &env, &format!("p{i}"), None))
         .collect()
 }
 

@@ -84,6 +84,34 @@ pub fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String,
     )
 }
 
+/// `persona-bus --data-dir DIR --config TOML publish` of a `work` event in
+/// `project` (with `payload`, if any); returns the new event's id.
+pub fn publish_work(
+    dir: &Path,
+    toml: &Path,
+    env: &[(&str, &str)],
+    project: &str,
+    payload: Option<&str>,
+) -> String {
+    let mut args = vec![
+        "--config",
+        toml.to_str().unwrap(),
+        "publish",
+        "--event-type",
+        "work",
+        "--source-type",
+        "system",
+        "--project",
+        project,
+    ];
+    if let Some(p) = payload {
+        args.extend(["--payload", p]);
+    }
+    let (ok, out, err) = run_in(dir, &args, env);
+    assert!(ok, "publish failed: {err}");
+    out.lines().last().unwrap().to_owned()
+}
+
 fn run_host(
     sb: &Sandbox,
     args: &[&str],
