@@ -76,10 +76,7 @@ impl NewEvent {
     /// parent's depth + 1 for events a handler publishes.
     pub fn validate(self, limits: EventLimits, chain_depth: u32) -> Result<Event, EventError> {
         let event_type = required("event_type", self.event_type)?;
-        if !event_type
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
-        {
+        if !is_valid_event_type(&event_type) {
             return Err(EventError::BadEventType(event_type));
         }
         let source_type = required("source_type", self.source_type)?;
@@ -117,6 +114,14 @@ impl NewEvent {
             processed_at: None,
         })
     }
+}
+
+/// Letters, digits and `_ - . :` only (what the matcher and the topics
+/// rely on); the caller checks emptiness.
+pub fn is_valid_event_type(event_type: &str) -> bool {
+    event_type
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
 }
 
 fn required(field: &'static str, value: String) -> Result<String, EventError> {

@@ -6,6 +6,7 @@ use crate::cli_with_env;
 use persona_bus::config::Config;
 use persona_bus::kafka::wire::WireEvent;
 use persona_bus::{Bus, BusError, EventStatus, NewEvent};
+use persona_bus_tests::kafka::{self as k, brokers};
 use persona_bus_tests::{Sandbox, event, guests, wait_final, wait_for};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -13,28 +14,14 @@ use rdkafka::message::{Headers, Message};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-pub(crate) fn brokers() -> String {
-    std::env::var("PERSONA_BUS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-/// A config that dual-writes to topics named `<random>.events` etc.
+/// A phase-1 config (write both, read SQLite) on topics named
+/// `<random>.events` etc.
 pub(crate) fn kafka_config(sb: &Sandbox, brokers: &str) -> (Config, String) {
-    let prefix = format!("t{}", ulid::Ulid::new().to_string().to_lowercase());
+    let prefix = k::prefix();
     let mut c = sb.config();
-    let k = &mut c.kafka;
-    k.enabled = true;
-    k.dual_write = true;
-    k.brokers = brokers.into();
-    k.client_id = format!("device-{prefix}");
-    for (topic, name) in [
-        (&mut k.topics.events, "events"),
-        (&mut k.topics.webhooks, "webhooks"),
-        (&mut k.topics.actions, "actions"),
-        (&mut k.topics.executions, "executions"),
-        (&mut k.topics.dlq, "dlq"),
-    ] {
-        topic.name = format!("{prefix}.{name}");
-    }
+    k::consuming(&mut c, &prefix);
+    c.kafka.dual_write = true;
+    c.kafka.brokers = brokers.into();
     (c, prefix)
 }
 

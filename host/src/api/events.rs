@@ -9,14 +9,9 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use futures_like::StreamExt;
 use serde::Deserialize;
 use std::time::Duration;
-
-// tokio-stream's StreamExt, named for what it is used as.
-mod futures_like {
-    pub use tokio_stream::StreamExt;
-}
+use tokio_stream::StreamExt;
 
 #[derive(Deserialize)]
 pub struct ListQuery {

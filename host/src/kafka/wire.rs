@@ -92,12 +92,7 @@ impl WireEvent {
         if self.id.trim().is_empty() || self.id.len() > 128 {
             return bad("id");
         }
-        if self.event_type.is_empty()
-            || !self
-                .event_type
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
-        {
+        if self.event_type.is_empty() || !crate::event::is_valid_event_type(&self.event_type) {
             return bad("event_type");
         }
         if self.source_type.trim().is_empty() {

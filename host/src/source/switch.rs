@@ -156,6 +156,7 @@ impl SourceSwitch {
     }
 
     pub fn status(&self) -> SourceStatus {
+        let history = self.history();
         let state = self.state();
         SourceStatus {
             configured: if self.consuming { "kafka" } else { "sqlite" },
@@ -168,8 +169,8 @@ impl SourceSwitch {
             required: self.required,
             healthy: self.healthy(),
             transitions: self.transitions.load(Ordering::Relaxed),
-            last_transition: self.history().last().cloned(),
-            history: self.history(),
+            last_transition: history.last().cloned(),
+            history,
             at: crate::event::now_rfc3339(),
         }
     }
