@@ -2,10 +2,12 @@
 //! broker while events are published at a steady rate; the broker is
 //! killed with `kill -9` and restarted several times. Prints how many
 //! events were published, handled, handled twice (must be 0) and lost
-//! (must be 0), and the breaker's transitions.
+//! (must be 0), the breaker's transitions, and how long SQLite took to
+//! take over after each kill (the plan: within 5 s).
 //!
 //! `cargo bench -p persona-bus-tests --bench soak -- [KILLS] [RATE]`
 
+use persona_bus::breaker::State;
 use persona_bus::event::NewEvent;
 use persona_bus::{Bus, EventStatus};
 use persona_bus_tests::kafka::{self as k, PrivateBroker};
@@ -65,13 +67,29 @@ fn main() {
             ids
         })
     };
+    let mut takeovers = Vec::new();
     for round in 1..=kills {
         std::thread::sleep(Duration::from_secs(8));
+        // From the kill -9 (which returns once the broker no longer
+        // answers): how long until the breaker hands the events to SQLite.
+        let was_closed = bus.source().state() == State::Closed;
+        let killed = Instant::now();
         broker.kill9();
+        while bus.source().state() != State::Open && killed.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let takeover = killed.elapsed();
+        if was_closed {
+            takeovers.push(takeover);
+        }
         println!(
-            "[{:>6.1?}] round {round}: broker killed (breaker {})",
+            "[{:>6.1?}] round {round}: broker killed; SQLite in charge after {takeover:.2?}{}",
             started.elapsed(),
-            bus.source().state().as_str()
+            if was_closed {
+                ""
+            } else {
+                " (the breaker was still open from the last round)"
+            }
         );
         std::thread::sleep(Duration::from_secs(6));
         broker.up();
@@ -118,5 +136,11 @@ fn main() {
         bus.source().transition_counts()[0],
         started.elapsed()
     );
+    if let Some(worst) = takeovers.iter().max() {
+        println!(
+            "SQLite takeover after a broker kill: worst {worst:.2?} over {} kills with the breaker closed (limit 5 s)",
+            takeovers.len()
+        );
+    }
     assert_eq!((twice, lost), (0, 0), "the soak found duplicates or losses");
 }
