@@ -1,21 +1,25 @@
-//! The bus: the store, the runtime, the registry, dispatch and the poller,
-//! wired together. [`Bus::open`] validates and loads everything before any
-//! event moves; [`Bus::start`] starts the poller; [`Bus::shutdown`] drains.
+//! The bus: the store, the runtime, the registry, the pipeline and the
+//! sources, wired together. [`Bus::open`] validates and loads everything
+//! before any event moves; [`Bus::start`] starts the sources;
+//! [`Bus::shutdown`] stops them, giving calls in flight
+//! `shutdown_grace_ms` to finish.
 
 use crate::config::Config;
+use crate::context::HostContext;
+pub use crate::context::Notice;
 use crate::dispatch::Dispatcher;
-use crate::event::{Event, EventError, EventLimits, EventStatus, NewEvent};
-use crate::outcome::{Next, Resolution};
+use crate::event::{Event, EventError, EventLimits, NewEvent};
+use crate::pipeline::{Pipeline, Sink};
 use crate::registry::Registry;
 use crate::runtime::{CallEnv, Runtime, RuntimeError};
 use crate::source::{SourceSwitch, Wakeup, poller};
 use crate::store::{GroupCommit, Role, Store, StoreError, Sync};
-use serde::Serialize;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 use tokio::sync::broadcast;
 
 /// Why the bus could not start or refused a request.
@@ -38,84 +42,21 @@ pub enum BusError {
     Kafka(#[from] crate::kafka::KafkaError),
 }
 
-/// What happened on the bus, for live views (SSE, dashboard) and benchmarks.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Notice {
-    Published {
-        event: Box<Event>,
-    },
-    Resolved {
-        event_id: String,
-        status: EventStatus,
-        error: Option<String>,
-        /// When the event was published (RFC 3339), for latency views.
-        created_at: String,
-    },
-}
-
-pub(crate) struct Inner {
-    pub(crate) config: Config,
-    pub(crate) store: Arc<Store>,
-    pub(crate) dispatcher: Dispatcher,
-    /// Rung on publish so the poller picks new events up at once.
-    pub(crate) wakeup: Arc<Wakeup>,
-    /// Rung when events enter the outbox so the relay produces them at once.
-    pub(crate) outbox_wakeup: Arc<Wakeup>,
-    /// Kafka consumer or SQLite poller: who is in charge (the breaker).
-    pub(crate) source: Arc<SourceSwitch>,
-    pub(crate) metrics: crate::metrics::Metrics,
-    /// Partitions the Kafka event processor owns now (see `kafka::archive`).
-    pub(crate) processor_partitions: crate::kafka::group::Owned,
-    pub(crate) stopping: AtomicBool,
-    notices: broadcast::Sender<Notice>,
+pub struct Bus {
+    ctx: Arc<HostContext>,
+    pipeline: Arc<Pipeline>,
+    /// Where the outcomes of events claimed from SQLite go.
+    sqlite: Arc<dyn Sink>,
     limits: EventLimits,
     inserts: GroupCommit,
-    /// Held for the life of the bus: one host per data directory.
-    _lock: File,
-}
-
-impl Inner {
-    /// New events are stored: wake whoever takes them from here.
-    pub(crate) fn stored(&self) {
-        if self.store.outbox_enabled() {
-            self.outbox_wakeup.ring();
-        }
-        // With Kafka in charge the consumer brings them back; the poller
-        // would find nothing it may take.
-        if self.source.claim_scope() == crate::store::ClaimScope::Local {
-            self.wakeup.ring();
-        }
-    }
-
-    pub(crate) fn notify_resolved(&self, resolutions: &[Resolution]) {
-        self.metrics.resolved(resolutions);
-        if self.notices.receiver_count() == 0 {
-            return;
-        }
-        for r in resolutions {
-            let (status, error) = match &r.next {
-                Next::Final { status, error } => (*status, error.clone()),
-                Next::Retry { error, .. } => (EventStatus::Pending, Some(error.clone())),
-            };
-            let _ = self.notices.send(Notice::Resolved {
-                event_id: r.event.id.clone(),
-                status,
-                error,
-                created_at: r.event.created_at.clone(),
-            });
-        }
-    }
-}
-
-pub struct Bus {
-    inner: Arc<Inner>,
     poller: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
     watcher: Mutex<Option<JoinHandle<()>>>,
     relay: Mutex<Option<JoinHandle<()>>>,
     /// The Kafka consumer groups (event processor, audit logger, webhooks).
     consumers: Mutex<Vec<JoinHandle<()>>>,
+    /// Held for the life of the bus: one host per data directory.
+    _lock: File,
 }
 
 impl Bus {
@@ -178,64 +119,65 @@ impl Bus {
             store: store.clone(),
             limits: config.limits.clone(),
         });
-        let dispatcher = Dispatcher::new(runtime, store.clone(), registry, env, config.workers())
-            .map_err(|source| BusError::Io {
-            what: "start the handler worker pool".into(),
+        let dispatcher = Arc::new(Dispatcher::new(runtime, store.clone(), registry, env));
+        let pipeline = Pipeline::start(
+            dispatcher,
+            config.workers(),
+            config.runtime.max_in_flight,
+            config.runtime.lane_depth,
+        )
+        .map_err(|source| BusError::Io {
+            what: "start the handler threads".into(),
             source,
         })?;
-        let (notices, _) = broadcast::channel(16 * 1024);
         let limits = config.limits.event_limits();
-        let inner = Arc::new(Inner {
+        let ctx = Arc::new(HostContext::new(
             config,
             store,
-            dispatcher,
+            source,
             wakeup,
             outbox_wakeup,
-            source,
-            processor_partitions: Default::default(),
-            metrics: Default::default(),
-            stopping: AtomicBool::new(false),
-            notices,
-            limits,
-            inserts: GroupCommit::default(),
-            _lock: lock,
-        });
-        let checkpointer = spawn_checkpointer(inner.clone())?;
-        let relay = if inner.config.kafka.enabled {
-            let stop = inner.clone();
+        ));
+        let sqlite: Arc<dyn Sink> = Arc::new(poller::SqliteSink { ctx: ctx.clone() });
+        let checkpointer = spawn_checkpointer(ctx.clone())?;
+        let relay = if ctx.config.kafka.enabled {
+            let stop = ctx.clone();
             Some(crate::kafka::outbox::spawn(
-                inner.store.clone(),
-                inner.config.kafka.clone(),
-                inner.outbox_wakeup.clone(),
-                inner.source.clone(),
-                move || stop.stopping.load(Ordering::Acquire),
+                ctx.store.clone(),
+                ctx.config.kafka.clone(),
+                ctx.outbox_wakeup.clone(),
+                ctx.source.clone(),
+                move || stop.stopping(),
             )?)
         } else {
             None
         };
-        let watcher = if inner.config.watch_handlers {
-            let stop = inner.clone();
-            let registry = inner.dispatcher.registry().clone();
-            let control = inner.config.data_dir.join("control");
+        let watcher = if ctx.config.watch_handlers {
+            let stop = ctx.clone();
+            let registry = pipeline.dispatcher().registry().clone();
+            let control = ctx.config.data_dir.join("control");
             Some(
-                crate::registry::spawn_watcher(registry, &control, move || {
-                    stop.stopping.load(Ordering::Acquire)
-                })
-                .map_err(|e| BusError::Io {
-                    what: "watch the handlers folder".into(),
-                    source: std::io::Error::other(e),
-                })?,
+                crate::registry::spawn_watcher(registry, &control, move || stop.stopping())
+                    .map_err(|e| BusError::Io {
+                        what: "watch the handlers folder".into(),
+                        source: std::io::Error::other(e),
+                    })?,
             )
         } else {
             None
         };
         Ok(Self {
-            inner,
+            ctx,
+            pipeline,
+            sqlite,
+            limits,
+            inserts: GroupCommit::default(),
             poller: Mutex::new(None),
             checkpointer: Mutex::new(Some(checkpointer)),
             watcher: Mutex::new(watcher),
             relay: Mutex::new(relay),
             consumers: Mutex::new(Vec::new()),
+            _lock: lock,
         })
     }
 
@@ -243,17 +185,21 @@ impl Bus {
     /// groups (idempotent).
     pub fn start(&self) -> Result<(), BusError> {
         let mut slot = self.poller.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() && self.inner.source.consuming() {
+        if slot.is_none() && self.ctx.source.consuming() {
             let mut consumers = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
-            consumers.push(crate::kafka::consumer::spawn(self.inner.clone())?);
-            consumers.push(crate::kafka::archive::spawn(self.inner.clone())?);
-            consumers.push(crate::kafka::webhooks::spawn(self.inner.clone())?);
+            consumers.push(crate::kafka::consumer::spawn(
+                self.ctx.clone(),
+                self.pipeline.clone(),
+            )?);
+            consumers.push(crate::kafka::archive::spawn(self.ctx.clone())?);
+            consumers.push(crate::kafka::webhooks::spawn(self.ctx.clone())?);
         }
         if slot.is_none() {
-            let inner = self.inner.clone();
+            let (ctx, pipeline, sink) =
+                (self.ctx.clone(), self.pipeline.clone(), self.sqlite.clone());
             let handle = std::thread::Builder::new()
                 .name("sqlite-poller".into())
-                .spawn(move || poller::run(inner))
+                .spawn(move || poller::run(ctx, pipeline, sink))
                 .map_err(|source| BusError::Io {
                     what: "start the poller".into(),
                     source,
@@ -266,17 +212,11 @@ impl Bus {
     /// Validates and durably stores an event, and wakes the poller.
     /// Concurrent callers share a transaction (group commit).
     pub fn publish(&self, new: NewEvent) -> Result<Event, BusError> {
-        let event = new.validate(self.inner.limits, 0)?;
-        self.inner
-            .inserts
-            .insert(&self.inner.store, vec![event.clone()])?;
-        self.inner.metrics.published.fetch_add(1, Ordering::Relaxed);
-        self.inner.stored();
-        if self.inner.notices.receiver_count() > 0 {
-            let _ = self.inner.notices.send(Notice::Published {
-                event: Box::new(event.clone()),
-            });
-        }
+        let event = new.validate(self.limits, 0)?;
+        self.inserts.insert(&self.ctx.store, vec![event.clone()])?;
+        self.ctx.metrics.published.fetch_add(1, Ordering::Relaxed);
+        self.ctx.stored();
+        self.ctx.notify_published([&event]);
         Ok(event)
     }
 
@@ -285,16 +225,14 @@ impl Bus {
     pub fn publish_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<Event>, BusError> {
         let events = batch
             .into_iter()
-            .map(|n| n.validate(self.inner.limits, 0))
+            .map(|n| n.validate(self.limits, 0))
             .collect::<Result<Vec<_>, _>>()?;
-        self.inner
-            .inserts
-            .insert(&self.inner.store, events.clone())?;
-        self.inner
+        self.inserts.insert(&self.ctx.store, events.clone())?;
+        self.ctx
             .metrics
             .published
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        self.inner.stored();
+        self.ctx.stored();
         Ok(events)
     }
 
@@ -305,7 +243,7 @@ impl Bus {
     pub fn publish_each(&self, batch: Vec<NewEvent>) -> Vec<Result<Event, BusError>> {
         let mut results: Vec<Result<Event, BusError>> = batch
             .into_iter()
-            .map(|n| n.validate(self.inner.limits, 0).map_err(BusError::from))
+            .map(|n| n.validate(self.limits, 0).map_err(BusError::from))
             .collect();
         let valid: Vec<Event> = results
             .iter()
@@ -314,92 +252,93 @@ impl Bus {
         if valid.is_empty() {
             return results;
         }
-        if let Err(e) = self.inner.inserts.insert(&self.inner.store, valid.clone()) {
+        if let Err(e) = self.inserts.insert(&self.ctx.store, valid.clone()) {
             let message = e.to_string();
             for r in results.iter_mut().filter(|r| r.is_ok()) {
                 *r = Err(BusError::Store(StoreError::GroupCommit(message.clone())));
             }
             return results;
         }
-        self.inner
+        self.ctx
             .metrics
             .published
             .fetch_add(valid.len() as u64, Ordering::Relaxed);
-        self.inner.stored();
-        if self.inner.notices.receiver_count() > 0 {
-            for event in valid {
-                let _ = self.inner.notices.send(Notice::Published {
-                    event: Box::new(event),
-                });
-            }
-        }
+        self.ctx.stored();
+        self.ctx.notify_published(&valid);
         results
     }
 
     /// Processes what is pending now on the calling thread, without the
     /// poller (tests, `run --once`). Returns how many events it processed.
     pub fn drain(&self) -> Result<usize, BusError> {
-        let mut total = 0;
-        loop {
-            match poller::process_batch(&self.inner, self.inner.config.poll.batch_size)? {
-                0 => return Ok(total),
-                n => total += n,
-            }
-        }
+        Ok(poller::drain(
+            &self.ctx,
+            &self.pipeline,
+            &self.sqlite,
+            self.ctx.config.poll.batch_size,
+        )?)
     }
 
     pub fn store(&self) -> &Arc<Store> {
-        &self.inner.store
+        &self.ctx.store
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
-        self.inner.dispatcher.registry()
+        self.pipeline.dispatcher().registry()
     }
 
     pub fn config(&self) -> &Config {
-        &self.inner.config
+        &self.ctx.config
     }
 
     /// Replaces every handler's WebAssembly call with a native function
     /// (benchmarks only: see [`crate::dispatch::NativeHandler`]).
     pub fn set_native_handler(&self, f: Option<crate::dispatch::NativeHandler>) {
-        self.inner.dispatcher.set_native(f);
+        self.pipeline.dispatcher().set_native(f);
     }
 
     /// Events were stored by another path (a webhook, a dead-letter retry):
     /// wake whoever takes them from here.
     pub fn wake(&self) {
-        self.inner.wakeup.ring();
-        self.inner.outbox_wakeup.ring();
+        self.ctx.wakeup.ring();
+        self.ctx.outbox_wakeup.ring();
     }
 
     /// `n` events were stored without [`Bus::publish`] (webhooks): count
     /// them and wake the poller and the relay.
     pub fn published_elsewhere(&self, n: u64) {
-        self.inner.metrics.published.fetch_add(n, Ordering::Relaxed);
-        self.inner.stored();
+        self.ctx.metrics.published.fetch_add(n, Ordering::Relaxed);
+        self.ctx.stored();
     }
 
     /// Counters and histograms (`GET /metrics`).
     pub fn metrics(&self) -> &crate::metrics::Metrics {
-        &self.inner.metrics
+        &self.ctx.metrics
     }
 
     /// Who is handling events now, and the breaker's state.
     pub fn source(&self) -> &Arc<SourceSwitch> {
-        &self.inner.source
+        &self.ctx.source
     }
 
     /// Live notices of publishes and outcomes.
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
-        self.inner.notices.subscribe()
+        self.ctx.subscribe()
     }
 
-    /// Stops the poller after its current batch is committed.
+    /// Events accepted by dispatch and not yet committed.
+    pub fn in_flight(&self) -> usize {
+        self.pipeline.in_flight()
+    }
+
+    /// Stops taking new work at once, gives handler calls in flight up to
+    /// `shutdown_grace_ms` to finish and commits their outcomes, abandons
+    /// the calls still running then (their events return to `pending`, no
+    /// Kafka offset passes them), and stops every thread. Idempotent.
     pub fn shutdown(&self) {
-        self.inner.stopping.store(true, Ordering::Release);
-        self.inner.wakeup.ring();
-        self.inner.outbox_wakeup.ring();
+        self.ctx.stop();
+        let grace = Duration::from_millis(self.ctx.config.shutdown_grace_ms);
+        self.pipeline.close(grace);
         for handle in std::mem::take(&mut *self.consumers.lock().unwrap_or_else(|p| p.into_inner()))
         {
             let _ = handle.join();
@@ -425,13 +364,13 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(1
 /// Copies the WAL into the database in the background. The host's own
 /// connections never checkpoint on commit, so the fsync a checkpoint needs
 /// happens here, off the event path, and the WAL stays small.
-fn spawn_checkpointer(inner: Arc<Inner>) -> Result<JoinHandle<()>, BusError> {
+fn spawn_checkpointer(ctx: Arc<HostContext>) -> Result<JoinHandle<()>, BusError> {
     std::thread::Builder::new()
         .name("wal-checkpoint".into())
         .spawn(move || {
             loop {
-                let stopping = inner.stopping.load(Ordering::Acquire);
-                if let Err(e) = inner.store.checkpoint() {
+                let stopping = ctx.stopping();
+                if let Err(e) = ctx.store.checkpoint() {
                     tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
                 }
                 if stopping {

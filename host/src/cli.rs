@@ -264,8 +264,19 @@ fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(crate::run(config, options, shutdown_signal()))
 }
 
-/// Resolves on ctrl-c or SIGTERM.
+/// Resolves on the first ctrl-c or SIGTERM. A second one exits at once,
+/// without waiting for the handler calls the first gave a grace period.
 async fn shutdown_signal() {
+    signal().await;
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("second signal: exiting now, without waiting for handler calls in flight");
+        std::process::exit(130);
+    });
+}
+
+/// The next ctrl-c or SIGTERM.
+async fn signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -24,6 +24,11 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub kafka: KafkaConfig,
     pub http: HttpConfig,
+    /// On SIGINT/SIGTERM (or `Bus::shutdown`): how long handler calls in
+    /// flight may take to finish. Calls still running then are abandoned:
+    /// nothing of theirs is committed, their events go back to `pending`
+    /// and no Kafka offset passes them. Env: `PERSONA_BUS_SHUTDOWN_GRACE_MS`.
+    pub shutdown_grace_ms: u64,
 }
 
 /// The HTTP API and dashboard served by `persona-bus run`.
@@ -95,6 +100,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             kafka: KafkaConfig::default(),
             http: HttpConfig::default(),
+            shutdown_grace_ms: 10_000,
         }
     }
 }
@@ -194,8 +200,20 @@ pub struct RuntimeConfig {
     /// Instance slots of the pooling allocator: how many handler instances
     /// may exist at once.
     pub pool_slots: u32,
-    /// Granularity of handler timeouts.
+    /// Granularity of handler timeouts, and how often a running guest
+    /// yields its thread to other calls.
     pub epoch_tick_ms: u64,
+    /// Handler calls in progress at once (each holds an instance slot, so
+    /// at most `pool_slots`). One handler takes at most half of them unless
+    /// its manifest sets `instances.concurrency`.
+    pub max_calls: u32,
+    /// Events accepted by dispatch and not yet committed, from all sources:
+    /// bounds memory, and how far a source runs ahead of what is durable.
+    pub max_in_flight: usize,
+    /// Events queued in one project's lane. A project whose lane is full is
+    /// not claimed from SQLite until it drains, so one slow project cannot
+    /// fill `max_in_flight` and hold up the others.
+    pub lane_depth: usize,
     /// Where compiled components are cached; default `<data_dir>/cache`.
     pub cache_dir: Option<PathBuf>,
 }
@@ -206,6 +224,9 @@ impl Default for RuntimeConfig {
             workers: 0,
             pool_slots: 128,
             epoch_tick_ms: 5,
+            max_calls: 64,
+            max_in_flight: 4096,
+            lane_depth: 512,
             cache_dir: None,
         }
     }
@@ -444,6 +465,7 @@ pub const ENV_VARS: &[&str] = &[
     "KAFKA_SSL_ENABLED",
     "PERSONA_BUS_HTTP_ADDR",
     "PERSONA_BUS_HTTP_TOKEN",
+    "PERSONA_BUS_SHUTDOWN_GRACE_MS",
 ];
 
 impl Config {
@@ -492,6 +514,13 @@ impl Config {
         }
         if let Some(v) = env("PERSONA_BUS_HTTP_TOKEN") {
             self.http.token = Some(v);
+        }
+        if let Some(v) = env("PERSONA_BUS_SHUTDOWN_GRACE_MS") {
+            self.shutdown_grace_ms = v.trim().parse().map_err(|_| ConfigError::Env {
+                var: "PERSONA_BUS_SHUTDOWN_GRACE_MS",
+                value: v.clone(),
+                reason: "expected milliseconds (a whole number)".into(),
+            })?;
         }
         let k = &mut self.kafka;
         if let Some(v) = env("KAFKA_BROKERS") {
@@ -557,8 +586,18 @@ impl Config {
         if l.default_timeout_ms > l.max_timeout_ms || l.default_memory_mb > l.max_memory_mb {
             return invalid("limits", "a default is above its ceiling");
         }
-        if self.runtime.pool_slots == 0 || self.runtime.epoch_tick_ms == 0 {
+        let r = &self.runtime;
+        if r.pool_slots == 0 || r.epoch_tick_ms == 0 {
             return invalid("runtime", "pool_slots and epoch_tick_ms must be above 0");
+        }
+        if r.max_calls == 0 || r.max_calls > r.pool_slots {
+            return invalid(
+                "runtime.max_calls",
+                "must be between 1 and runtime.pool_slots",
+            );
+        }
+        if r.max_in_flight == 0 || r.lane_depth == 0 {
+            return invalid("runtime", "max_in_flight and lane_depth must be above 0");
         }
         let h = &self.http;
         if h.enabled {

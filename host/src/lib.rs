@@ -10,15 +10,17 @@
 //! | [`store`]  | SQLite: events, subscriptions, executions, ledger, dead letters, state, Kafka outbox |
 //! | [`kafka`]  | Kafka: client settings, topics, wire format, outbox relay, consumer groups, replay |
 //! | [`source`] | where events come from: the SQLite poller, and the switch between it and Kafka |
+//! | [`context`] | what the running parts share: config, store, wakeups, source switch, metrics, notices |
+//! | [`pipeline`] | per-project lanes from the sources to the committer, bounded, with a shutdown that ends |
 //! | [`breaker`] | the circuit breaker that decides when Kafka is given up on and retried |
 //! | [`matching`] | which subscriptions want an event |
 //! | [`manifest`] | handler manifests (`name.toml`) |
 //! | [`registry`] | loading handlers from the handlers folder |
 //! | [`runtime`] | wasmtime: engine, limits, host imports, compiled-component cache |
-//! | [`dispatch`] | running matched handlers on claimed events, in per-project lanes |
+//! | [`dispatch`] | running the matching handlers on one event |
 //! | [`outcome`] | what a run produced and what happens next (retry, dead letter) |
 //! | [`metrics`] | counters and histograms for `/metrics` |
-//! | [`bus`]    | all of the above wired together |
+//! | [`bus`]    | all of the above wired together (the sources see only `context` and `pipeline`) |
 //! | [`api`]    | the HTTP API, webhooks, health, metrics and the dashboard |
 //! | [`cli`]    | the `persona-bus` command line |
 //!
@@ -29,6 +31,7 @@ pub mod breaker;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod dispatch;
 pub mod event;
 pub mod kafka;
@@ -36,6 +39,7 @@ pub mod manifest;
 pub mod matching;
 pub mod metrics;
 pub mod outcome;
+pub mod pipeline;
 pub mod registry;
 pub mod runtime;
 pub mod source;
@@ -59,8 +63,9 @@ pub struct RunOptions {
     pub demo_every: Option<Duration>,
 }
 
-/// Runs the host until `shutdown` resolves, then drains: the poller commits
-/// its current batch and stops before this returns.
+/// Runs the host until `shutdown` resolves, then stops: no new work, calls
+/// in flight get `shutdown_grace_ms` to finish, the rest are abandoned
+/// (their events handled again at the next start).
 pub async fn run(
     config: Config,
     options: RunOptions,
@@ -112,7 +117,10 @@ pub async fn run(
         tokio::spawn(async move { demo_traffic(bus, every).await })
     });
     shutdown.await;
-    tracing::info!("shutting down: finishing the current batch");
+    tracing::info!(
+        grace_ms = bus.config().shutdown_grace_ms,
+        "shutting down: no new work; handler calls in flight may finish within the grace period (a second signal exits at once)"
+    );
     if let Some(demo) = demo {
         demo.abort();
     }

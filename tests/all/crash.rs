@@ -11,7 +11,7 @@ use std::time::Duration;
 
 const EVENTS: usize = 300;
 
-fn start_host(sb: &Sandbox, config: &std::path::Path) -> crate::Host {
+pub(crate) fn start_host(sb: &Sandbox, config: &std::path::Path) -> crate::Host {
     crate::Host(
         Command::new(host_binary())
             .args([

@@ -11,6 +11,7 @@ mod failover;
 mod hostile;
 mod http;
 mod input;
+mod isolation;
 mod kafka;
 mod languages;
 mod lifecycle;

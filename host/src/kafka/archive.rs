@@ -12,21 +12,20 @@
 use super::KafkaError;
 use super::group::{self, GroupWork, Record};
 use super::wire::{ExecutionRecord, WireEvent};
-use crate::bus::Inner;
+use crate::context::HostContext;
 use crate::store::RemoteOutcome;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 pub fn group_id(k: &crate::config::KafkaConfig) -> String {
     format!("{}.{}", k.audit_group, k.client_id)
 }
 
-pub(crate) fn spawn(inner: Arc<Inner>) -> Result<JoinHandle<()>, KafkaError> {
+pub(crate) fn spawn(inner: Arc<HostContext>) -> Result<JoinHandle<()>, KafkaError> {
     let k = &inner.config.kafka;
     let group = group_id(k);
     let consumer = group::subscribe(
@@ -46,19 +45,13 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> Result<JoinHandle<()>, KafkaError> {
                 inner,
                 paused: HashSet::new(),
             };
-            group::run_loop(
-                &group,
-                consumer,
-                5_000,
-                move || stop.stopping.load(Ordering::Acquire),
-                work,
-            )
+            group::run_loop(&group, consumer, 5_000, move || stop.stopping(), work)
         })
         .map_err(|e| KafkaError::Client(format!("cannot start the audit logger: {e}")))
 }
 
 struct Archive {
-    inner: Arc<Inner>,
+    inner: Arc<HostContext>,
     /// Partitions paused because this device's event processor owns them.
     paused: HashSet<(String, i32)>,
 }
@@ -115,7 +108,7 @@ impl GroupWork for Archive {
     }
 }
 
-fn archive(inner: &Inner, records: &[Record]) -> Result<(), String> {
+fn archive(inner: &HostContext, records: &[Record]) -> Result<(), String> {
     let k = &inner.config.kafka;
     // This device's event processor writes the events of its partitions.
     let mine = &inner.processor_partitions;

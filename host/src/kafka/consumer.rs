@@ -1,38 +1,39 @@
 //! The event processor (group `vibeman-event-processor`): consumes the
-//! events and actions topics and runs each record through the same
-//! dispatch and commit path as the SQLite poller.
+//! events and actions topics and submits each record to the same pipeline
+//! as the SQLite poller.
 //!
 //! - Order: records of one project share a partition (key = project_id) and
-//!   a dispatch lane, so they run in order; lanes and partitions run in
-//!   parallel on the worker pool.
-//! - At-least-once, effects once: a batch's outcomes (executions, ledger,
-//!   state, follow-ups, the event row) are committed to SQLite first; only
-//!   then are its offsets stored for Kafka's background commit. A crash in
-//!   between redelivers the batch, and the processed ledger (consulted for
-//!   every Kafka record) skips handlers that already finished.
-//! - Pipelined like the poller: the committer writes batch k while this
-//!   thread dispatches batch k+1. A commit that fails is retried until it
-//!   succeeds or the host stops (then nothing is stored and Kafka
-//!   redelivers), so a later batch's offsets never cover an uncommitted one.
+//!   a pipeline lane, so they run in order; projects run in parallel, and a
+//!   slow handler holds up only its own project.
+//! - At-least-once, effects once: outcomes (executions, ledger, state,
+//!   follow-ups, the event row) are committed to SQLite first, and only then
+//!   is an offset stored for Kafka's background commit. Lanes finish out of
+//!   order, so an [`OffsetTracker`] keeps, per partition, the records still
+//!   being handled: the stored offset never passes one of them. A crash in
+//!   between redelivers, and the processed ledger (consulted for every Kafka
+//!   record) skips handlers that already finished.
+//! - A commit that fails is retried until it succeeds or the host stops
+//!   (then nothing is stored and Kafka redelivers).
 //! - The circuit breaker ([`crate::source::SourceSwitch`]) hears about every
 //!   consumer error and idle health check; while it is open this consumer
 //!   pauses and the SQLite poller handles events.
 
-use super::group::{self, Offsets, Owned, Position};
+use super::group::{self, OffsetTracker, Owned, Position};
 use super::wire::{ExecutionRecord, HANDLED_BY, HANDLED_STATUS, WireEvent};
 use super::{KafkaError, client_config};
-use crate::bus::Inner;
+use crate::context::HostContext;
 use crate::dispatch::Delivery;
 use crate::event::now_rfc3339;
 use crate::outcome::{Resolution, Verdict};
+use crate::pipeline::{Finished, Pipeline, Refused, Sink};
 use crate::runtime::Origin;
 use crate::store::RemoteOutcome;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -52,32 +53,29 @@ struct Handled {
     status: String,
 }
 
-/// One dispatched batch on its way to the committer.
-struct Batch {
-    resolutions: Vec<Resolution>,
-    undecodable: Vec<Undecodable>,
-    handled: Vec<Handled>,
-    offsets: Offsets,
-}
-
 enum Decoded {
     Dispatch(Delivery, Position),
     Handled(Handled, Position),
     Undecodable(Undecodable),
 }
 
-pub(crate) fn spawn(inner: Arc<Inner>) -> Result<JoinHandle<()>, KafkaError> {
-    let k = &inner.config.kafka;
+type CopyProducer = ThreadedProducer<DefaultProducerContext>;
+
+pub(crate) fn spawn(
+    ctx: Arc<HostContext>,
+    pipeline: Arc<Pipeline>,
+) -> Result<JoinHandle<()>, KafkaError> {
+    let k = &ctx.config.kafka;
     let consumer = Arc::new(group::subscribe_with(
         k,
         &k.consumer_group,
         &[&k.topics.events.name, &k.topics.actions.name],
-        inner.processor_partitions.clone(),
+        ctx.processor_partitions.clone(),
     )?);
     // Execution records and dead letters for other devices and tools. The
     // SQLite rows are the record; these are copies, so a failed send is
     // logged, not retried forever.
-    let producer: ThreadedProducer<DefaultProducerContext> = client_config(k)
+    let producer: CopyProducer = client_config(k)
         .set("linger.ms", "20")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "30000")
@@ -85,47 +83,107 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> Result<JoinHandle<()>, KafkaError> {
         .map_err(|e| KafkaError::Client(e.to_string()))?;
     std::thread::Builder::new()
         .name("kafka-consumer".into())
-        .spawn(move || run(inner, consumer, producer))
+        .spawn(move || run(ctx, pipeline, consumer, Arc::new(producer)))
         .map_err(|e| KafkaError::Client(format!("cannot start the Kafka consumer: {e}")))
 }
 
-fn run(
-    inner: Arc<Inner>,
+/// Where the outcomes of consumed records go (on the pipeline's committer
+/// thread): SQLite first, then their offsets, then the copies.
+struct KafkaSink {
+    ctx: Arc<HostContext>,
     consumer: Arc<BaseConsumer<Owned>>,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    tracker: Arc<OffsetTracker>,
+    /// To the thread that produces execution records (None once stopped).
+    copies: Mutex<Option<SyncSender<Vec<Resolution>>>>,
+}
+
+impl Sink for KafkaSink {
+    fn commit(&self, batch: Vec<Finished>) {
+        let mut resolutions = Vec::with_capacity(batch.len());
+        let mut positions = Vec::with_capacity(batch.len());
+        for f in batch {
+            if let Origin::Kafka {
+                topic,
+                partition,
+                offset,
+            } = f.origin
+            {
+                positions.push(Position {
+                    topic,
+                    partition,
+                    offset,
+                });
+            }
+            resolutions.push(f.resolution);
+        }
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let committed = loop {
+            match self.ctx.store.commit_consumed(&resolutions) {
+                Ok(c) => break c,
+                Err(e) if self.ctx.stopping() => {
+                    tracing::error!(error = %e, events = resolutions.len(), "cannot commit consumed events while stopping; Kafka will redeliver them");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in = ?backoff, "cannot commit consumed events; retrying (offsets are not stored until it succeeds)");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        tracing::debug!(events = resolutions.len(), commit = ?started.elapsed(), "batch committed");
+        self.tracker.finish(&positions).store(&self.consumer);
+        if committed.published > 0 {
+            // Handlers published follow-ups: they are in the outbox now.
+            self.ctx.outbox_wakeup.ring();
+        }
+        if committed.duplicates > 0 {
+            tracing::debug!(
+                runs = committed.duplicates,
+                "redelivered runs skipped by the ledger"
+            );
+        }
+        self.ctx.notify_resolved(&resolutions);
+        let copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(copies) = copies.as_ref()
+            && copies.send(resolutions).is_err()
+        {
+            tracing::warn!("the execution-record thread is gone; records not sent");
+        }
+    }
+
+    fn abandoned(&self, events: Vec<(String, Origin)>) {
+        // Their offsets stay unstored: Kafka redelivers them to whoever
+        // owns the partition next.
+        tracing::info!(
+            events = events.len(),
+            "abandoned Kafka records will be redelivered"
+        );
+    }
+}
+
+fn run(
+    ctx: Arc<HostContext>,
+    pipeline: Arc<Pipeline>,
+    consumer: Arc<BaseConsumer<Owned>>,
+    producer: Arc<CopyProducer>,
 ) {
-    let k = inner.config.kafka.clone();
-    let (to_committer, batches) = sync_channel::<Batch>(1);
+    let k = ctx.config.kafka.clone();
     // Execution records are built and produced on a thread of their own:
     // the committer is the pipeline's bottleneck (SQLite), so it only
     // commits. A full channel waits (bounded memory), never drops.
-    let (to_copier, copies) = sync_channel::<Vec<Resolution>>(2);
-    let producer = Arc::new(producer);
+    let (to_copier, copies) = sync_channel::<Vec<Resolution>>(8);
     let copier = {
-        let inner = inner.clone();
+        let ctx = ctx.clone();
         let producer = producer.clone();
         std::thread::Builder::new()
             .name("kafka-copies".into())
             .spawn(move || {
                 for resolutions in copies {
-                    send_copies(&inner, &producer, &resolutions);
+                    send_copies(&ctx, &producer, &resolutions);
                 }
                 let _ = producer.flush(Duration::from_secs(2));
-            })
-    };
-    let committer = {
-        let inner = inner.clone();
-        let consumer = consumer.clone();
-        std::thread::Builder::new()
-            .name("kafka-committer".into())
-            .spawn(move || {
-                for batch in batches {
-                    if let Some(done) = commit(&inner, &consumer, &producer, batch)
-                        && to_copier.send(done).is_err()
-                    {
-                        tracing::warn!("the execution-record thread is gone; records not sent");
-                    }
-                }
             })
     };
     let copier = match copier {
@@ -135,13 +193,14 @@ fn run(
             return;
         }
     };
-    let committer = match committer {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the Kafka committer; consumer not started");
-            return;
-        }
-    };
+    let tracker = Arc::new(OffsetTracker::default());
+    let sink = Arc::new(KafkaSink {
+        ctx: ctx.clone(),
+        consumer: consumer.clone(),
+        tracker: tracker.clone(),
+        copies: Mutex::new(Some(to_copier)),
+    });
+    let as_sink: Arc<dyn Sink> = sink.clone();
     tracing::info!(group = %k.consumer_group, topics = ?[&k.topics.events.name, &k.topics.actions.name], "kafka consumer started");
     let check_every = Duration::from_millis(k.breaker.failure_after_ms);
     let mut last_heard = Instant::now();
@@ -149,12 +208,12 @@ fn run(
     let mut carried: Vec<Decoded> = Vec::new();
     // Size of the last batch: decides how long the next may linger.
     let mut previous = 0;
-    while !inner.stopping.load(Ordering::Acquire) {
-        if !inner.source.kafka_active() {
-            if inner.source.tick() {
-                carried = probe(&inner, &consumer, check_every);
+    while !ctx.stopping() {
+        if !ctx.source.kafka_active() {
+            if ctx.source.tick() {
+                carried = probe(&ctx, &consumer, check_every);
             } else {
-                let wait = inner
+                let wait = ctx
                     .source
                     .until_probe()
                     .unwrap_or(Duration::from_millis(200))
@@ -178,7 +237,7 @@ fn run(
         }
         match error {
             Some(e) if group::is_outage(&e) => {
-                inner.source.failure(&format!("consumer: {e}"));
+                ctx.source.failure(&format!("consumer: {e}"));
                 last_heard = Instant::now();
             }
             Some(e) => tracing::warn!(error = %e, "consumer error"),
@@ -190,68 +249,67 @@ fn run(
             if last_heard.elapsed() >= check_every {
                 last_heard = Instant::now();
                 match consumer.fetch_metadata(Some(&k.topics.events.name), check_every) {
-                    Ok(_) => inner.source.success("metadata answered"),
-                    Err(e) => inner.source.failure(&format!("metadata: {e}")),
+                    Ok(_) => ctx.source.success("metadata answered"),
+                    Err(e) => ctx.source.failure(&format!("metadata: {e}")),
                 }
             }
             continue;
         }
         last_heard = Instant::now();
-        inner.source.success("records consumed");
-        inner
-            .metrics
+        ctx.source.success("records consumed");
+        ctx.metrics
             .consumed
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         let mut deliveries = Vec::with_capacity(records.len());
         let mut undecodable = Vec::new();
         let mut handled = Vec::new();
-        let mut offsets = Offsets::default();
         for r in records {
             match r {
                 Decoded::Dispatch(delivery, at) => {
-                    offsets.add(&at);
+                    tracker.begin(&at);
                     deliveries.push(delivery);
                 }
                 Decoded::Handled(h, at) => {
-                    offsets.add(&at);
-                    handled.push(h);
+                    tracker.begin(&at);
+                    handled.push((h, at));
                 }
                 Decoded::Undecodable(u) => {
-                    offsets.add(&u.at);
+                    tracker.begin(&u.at);
                     undecodable.push(u);
                 }
             }
         }
-        let dispatch_started = Instant::now();
-        let batch_len = deliveries.len();
-        let resolutions = match inner.dispatcher.dispatch(deliveries) {
-            Ok(r) => r,
-            Err(e) => {
-                // Only the ledger lookup can fail here. Storing nothing and
-                // seeking back is not possible from here cleanly, so stop
-                // consuming: the host's other paths keep running, and a
-                // restart resumes from the stored offsets.
+        match pipeline.submit(deliveries, &as_sink) {
+            Ok(()) => {}
+            Err(Refused::Closed) => break,
+            Err(Refused::Store(e)) => {
+                // Only the ledger lookup can fail here. The records' offsets
+                // are never stored, so stop consuming: the host's other
+                // paths keep running, and a restart resumes from the stored
+                // offsets.
                 tracing::error!(error = %e, "cannot read the processed ledger; the Kafka consumer stops (restart to resume)");
                 break;
             }
-        };
-        tracing::debug!(events = batch_len, dispatch = ?dispatch_started.elapsed(), "batch dispatched");
-        let batch = Batch {
-            resolutions,
-            undecodable,
-            handled,
-            offsets,
-        };
-        if to_committer.send(batch).is_err() {
-            tracing::error!("the Kafka committer is gone; the consumer stops");
-            break;
+        }
+        if !handled.is_empty() || !undecodable.is_empty() {
+            write_side_records(&ctx, &producer, &handled, &undecodable);
+            let done = handled
+                .iter()
+                .map(|(_, at)| at)
+                .chain(undecodable.iter().map(|u| &u.at));
+            tracker.finish(done).store(&consumer);
         }
     }
-    drop(to_committer);
-    let _ = committer.join();
+    if ctx.stopping() {
+        // The bus is closing the pipeline: once it is empty, every outcome
+        // that became durable has had its offset stored.
+        let grace = Duration::from_millis(ctx.config.shutdown_grace_ms);
+        pipeline.wait_idle(grace + Duration::from_secs(5));
+    }
+    drop(sink.copies.lock().unwrap_or_else(|p| p.into_inner()).take());
     let _ = copier.join();
-    // Everything handed over is durable and its offsets stored: commit them
-    // now rather than at the next interval, then leave the group.
+    // Commit what is stored now rather than at the next interval, then
+    // leave the group.
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::info!(error = %e, "final offset commit did not complete; Kafka will redeliver from the last commit");
     }
@@ -309,57 +367,40 @@ fn handled_by(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<(String, Stri
     ))
 }
 
-/// Makes a batch durable, then stores its offsets; returns the outcomes
-/// for the execution records (None if nothing was committed).
-fn commit(
-    inner: &Inner,
-    consumer: &BaseConsumer<Owned>,
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    batch: Batch,
-) -> Option<Vec<Resolution>> {
-    let k = &inner.config.kafka;
-    let started = Instant::now();
-    let mut backoff = Duration::from_millis(100);
-    let committed = loop {
-        match inner.store.commit_consumed(&batch.resolutions) {
-            Ok(c) => break c,
-            Err(e) if inner.stopping.load(Ordering::Acquire) => {
-                tracing::error!(error = %e, events = batch.resolutions.len(), "cannot commit consumed events while stopping; Kafka will redeliver them");
-                return None;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, retry_in = ?backoff, "cannot commit consumed events; retrying (offsets are not stored until it succeeds)");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    };
-    if !batch.handled.is_empty() {
-        // Handled on their device already: keep a copy with its outcome.
-        let events: Vec<_> = batch.handled.iter().map(|h| h.event.clone()).collect();
-        let outcomes: Vec<_> = batch
-            .handled
+/// Records that are not dispatched: events their own device already
+/// handled (archived with its outcome) and records that are not events
+/// (dead-lettered here and copied raw to the dlq topic).
+fn write_side_records(
+    ctx: &HostContext,
+    producer: &CopyProducer,
+    handled: &[(Handled, Position)],
+    undecodable: &[Undecodable],
+) {
+    let k = &ctx.config.kafka;
+    if !handled.is_empty() {
+        let events: Vec<_> = handled.iter().map(|(h, _)| h.event.clone()).collect();
+        let outcomes: Vec<_> = handled
             .iter()
-            .filter(|h| h.device != k.client_id)
-            .map(|h| RemoteOutcome {
+            .filter(|(h, _)| h.device != k.client_id)
+            .map(|(h, _)| RemoteOutcome {
                 event_id: h.event.id.clone(),
                 status: h.status.clone(),
                 error: None,
                 processed_at: None,
             })
             .collect();
-        let written = inner
+        let written = ctx
             .store
             .archive(&events)
-            .and_then(|_| inner.store.apply_remote_outcomes(&outcomes));
+            .and_then(|_| ctx.store.apply_remote_outcomes(&outcomes));
         if let Err(e) = written {
             tracing::error!(error = %e, "cannot archive events handled on their own device");
         }
     }
-    for u in &batch.undecodable {
-        inner.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
+    for u in undecodable {
+        ctx.metrics.undecodable.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(at = %u.at, error = %u.error, "undecodable Kafka record dead-lettered");
-        if let Err(e) = inner
+        if let Err(e) = ctx
             .store
             .record_undecodable(&u.at.to_string(), &u.error, &u.headers)
         {
@@ -373,30 +414,12 @@ fn commit(
             tracing::warn!(at = %u.at, error = %e, "cannot send an undecodable record to the dlq topic");
         }
     }
-    tracing::debug!(events = batch.resolutions.len(), commit = ?started.elapsed(), "batch committed");
-    batch.offsets.store(consumer);
-    if committed.published > 0 {
-        // Handlers published follow-ups: they are in the outbox now.
-        inner.outbox_wakeup.ring();
-    }
-    if committed.duplicates > 0 {
-        tracing::debug!(
-            runs = committed.duplicates,
-            "redelivered runs skipped by the ledger"
-        );
-    }
-    inner.notify_resolved(&batch.resolutions);
-    Some(batch.resolutions)
 }
 
 /// Execution records (one per handled event) and dead letters, for other
 /// devices and tools.
-fn send_copies(
-    inner: &Inner,
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    resolutions: &[Resolution],
-) {
-    let k = &inner.config.kafka;
+fn send_copies(ctx: &HostContext, producer: &CopyProducer, resolutions: &[Resolution]) {
+    let k = &ctx.config.kafka;
     let now = now_rfc3339();
     for r in resolutions {
         if k.publish_executions {
@@ -473,8 +496,8 @@ fn send_json(
 
 /// The half-open probe: a metadata request and a consumer poll. Topics
 /// are created again if the broker came back without them.
-fn probe(inner: &Inner, consumer: &BaseConsumer<Owned>, timeout: Duration) -> Vec<Decoded> {
-    let k = &inner.config.kafka;
+fn probe(ctx: &HostContext, consumer: &BaseConsumer<Owned>, timeout: Duration) -> Vec<Decoded> {
+    let k = &ctx.config.kafka;
     // A broker that just came back can be slow to answer its first requests.
     let timeout = timeout.max(Duration::from_secs(5));
     let result = consumer
@@ -505,13 +528,11 @@ fn probe(inner: &Inner, consumer: &BaseConsumer<Owned>, timeout: Duration) -> Ve
         });
     match result {
         Ok(records) => {
-            inner
-                .source
-                .success("metadata and a consumer poll answered");
+            ctx.source.success("metadata and a consumer poll answered");
             records
         }
         Err(e) => {
-            inner.source.failure(&e);
+            ctx.source.failure(&e);
             Vec::new()
         }
     }

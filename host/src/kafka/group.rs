@@ -189,6 +189,52 @@ impl Offsets {
     }
 }
 
+/// Which records of each partition are still being handled, so the offset
+/// stored for a partition never passes a record whose outcome is not yet
+/// durable, although the pipeline finishes records of different projects
+/// (lanes) out of order.
+#[derive(Default)]
+pub struct OffsetTracker(std::sync::Mutex<HashMap<(String, i32), Pending>>);
+
+#[derive(Default)]
+struct Pending {
+    offsets: std::collections::BTreeSet<i64>,
+    /// One past the highest offset begun.
+    next: i64,
+}
+
+impl OffsetTracker {
+    /// A record was taken from the partition.
+    pub fn begin(&self, at: &Position) {
+        let mut parts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let part = parts.entry((at.topic.clone(), at.partition)).or_default();
+        part.offsets.insert(at.offset);
+        part.next = part.next.max(at.offset + 1);
+    }
+
+    /// These records' outcomes are durable. Returns, for each partition they
+    /// touch, the offset safe to store: the lowest still being handled, or
+    /// one past the highest begun when none is.
+    pub fn finish<'a>(&self, done: impl IntoIterator<Item = &'a Position>) -> Offsets {
+        let mut parts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut touched: HashSet<(String, i32)> = HashSet::new();
+        for at in done {
+            let key = (at.topic.clone(), at.partition);
+            if let Some(part) = parts.get_mut(&key) {
+                part.offsets.remove(&at.offset);
+                touched.insert(key);
+            }
+        }
+        let mut out = Offsets::default();
+        for key in touched {
+            let part = &parts[&key];
+            let safe = part.offsets.first().copied().unwrap_or(part.next);
+            out.0.insert(key, safe);
+        }
+        out
+    }
+}
+
 /// A record copied out of the consumer, for the simple groups.
 pub struct Record {
     pub at: Position,
@@ -345,4 +391,39 @@ pub fn is_outage(e: &rdkafka::error::KafkaError) -> bool {
                 | C::MessageTimedOut
         )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(partition: i32, offset: i64) -> Position {
+        Position {
+            topic: "t".into(),
+            partition,
+            offset,
+        }
+    }
+
+    #[test]
+    fn the_stored_offset_never_passes_a_record_still_being_handled() {
+        let tracker = OffsetTracker::default();
+        for o in 10..15 {
+            tracker.begin(&at(0, o));
+        }
+        tracker.begin(&at(1, 3));
+        // 12 and 13 (other projects' lanes) finish before 10 and 11.
+        let safe = tracker.finish([&at(0, 12), &at(0, 13)]);
+        assert_eq!(safe.0[&("t".to_owned(), 0)], 10);
+        assert!(!safe.0.contains_key(&("t".to_owned(), 1)), "untouched");
+        let safe = tracker.finish([&at(0, 10)]);
+        assert_eq!(safe.0[&("t".to_owned(), 0)], 11);
+        let safe = tracker.finish([&at(0, 11), &at(0, 14)]);
+        assert_eq!(
+            safe.0[&("t".to_owned(), 0)],
+            15,
+            "all durable: past the last"
+        );
+        assert_eq!(tracker.finish([&at(1, 3)]).0[&("t".to_owned(), 1)], 4);
+    }
 }

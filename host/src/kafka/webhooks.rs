@@ -10,16 +10,15 @@
 use super::KafkaError;
 use super::group::{self, GroupWork, Record};
 use super::wire::WebhookRecord;
-use crate::bus::Inner;
+use crate::context::HostContext;
 use crate::event::{Event, EventError, NewEvent};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 /// The event type webhooks are routed as.
 pub const WEBHOOK_RECEIVED: &str = "webhook_received";
 
-pub(crate) fn spawn(inner: Arc<Inner>) -> Result<JoinHandle<()>, KafkaError> {
+pub(crate) fn spawn(inner: Arc<HostContext>) -> Result<JoinHandle<()>, KafkaError> {
     let k = &inner.config.kafka;
     let group = k.webhook_group.clone();
     let consumer = group::subscribe(k, &group, &[&k.topics.webhooks.name])?;
@@ -31,7 +30,7 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> Result<JoinHandle<()>, KafkaError> {
                 &group,
                 consumer,
                 1_000,
-                move || stop.stopping.load(Ordering::Acquire),
+                move || stop.stopping(),
                 Route(inner),
             )
         })
@@ -81,7 +80,7 @@ pub fn to_event(
     Ok(event)
 }
 
-struct Route(Arc<Inner>);
+struct Route(Arc<HostContext>);
 
 impl GroupWork for Route {
     fn handle(&mut self, records: &[Record]) -> Result<(), String> {
@@ -89,7 +88,7 @@ impl GroupWork for Route {
     }
 }
 
-fn route(inner: &Inner, records: &[Record]) -> Result<(), String> {
+fn route(inner: &HostContext, records: &[Record]) -> Result<(), String> {
     let limits = inner.config.limits.event_limits();
     let mut events = Vec::new();
     for r in records {

@@ -8,4 +8,8 @@ wasmtime::component::bindgen!({
     // Host imports may trap the guest: that is how a log flood or a state
     // quota stops a handler.
     imports: { default: trappable },
+    // `handle` is called with `call_async` so that every call can be ended
+    // at its deadline, even while the guest waits inside a WASI import
+    // (a sleep, a poll, a stream read): see `runtime::invoke`.
+    exports: { default: async },
 });

@@ -3,10 +3,19 @@
 //! Isolation per event is the default because it is cheap here: with the
 //! pooling allocator an instance of a small Rust guest costs microseconds
 //! (see BENCHMARKS.md), and a fresh instance means one event can never see
-//! another's memory. Timeouts use epoch interruption: a ticker thread bumps
-//! the engine's epoch every `epoch_tick_ms`, and each store gets a deadline
-//! of its handler's timeout in ticks. The ticker holds only a weak reference,
-//! so it ends with the engine.
+//! another's memory.
+//!
+//! Every call ends by its deadline, whatever the guest does. Calls are
+//! async (`call_async` on a fiber, WASI p2 linked in async mode), so:
+//! - running wasm code is stopped by epoch interruption: a ticker thread
+//!   bumps the engine's epoch every `epoch_tick_ms`; at each tick the store
+//!   yields to the executor (so other calls on the same thread move on) or,
+//!   past its deadline, traps;
+//! - a guest waiting inside an import (sleeping, polling a clock, reading a
+//!   stream) is a pending future: a tokio deadline around the call drops it,
+//!   and with it the instance and the call's buffered effects.
+//!
+//! The ticker holds only a weak reference, so it ends with the engine.
 
 pub mod bindings;
 mod cache;
@@ -25,10 +34,11 @@ use bindings::{Handler, HandlerPre};
 use limits::{LimitHit, Limiter};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Trap};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -74,8 +84,9 @@ pub struct Prepared {
     pub digest: String,
     /// Warm instances kept by the `reuse` policy.
     warm: Mutex<Vec<Warm>>,
-    /// Calls running now, against the manifest's `concurrency`.
-    slots: Slots,
+    /// Calls running now, against the manifest's `concurrency` (made on the
+    /// first call, when the manifest is at hand).
+    slots: OnceLock<Semaphore>,
 }
 
 /// A warm instance (the `reuse` policy) and its captured stderr.
@@ -89,39 +100,6 @@ struct Warm {
 
 /// Warm instances kept per handler when the manifest sets no concurrency.
 const DEFAULT_WARM: u32 = 16;
-
-/// A counting semaphore for a handler's `concurrency`.
-#[derive(Default)]
-struct Slots {
-    running: Mutex<u32>,
-    freed: Condvar,
-}
-
-/// Held while a call runs; frees its slot when dropped.
-struct Permit<'a>(Option<&'a Slots>);
-
-impl Slots {
-    fn acquire(&self, max: Option<u32>) -> Permit<'_> {
-        let Some(max) = max else {
-            return Permit(None);
-        };
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        while *running >= max {
-            running = self.freed.wait(running).unwrap_or_else(|p| p.into_inner());
-        }
-        *running += 1;
-        Permit(Some(self))
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        if let Some(slots) = self.0 {
-            *slots.running.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
-            slots.freed.notify_one();
-        }
-    }
-}
 
 /// What a handler sees of the host during one call.
 pub struct CallEnv {
@@ -151,7 +129,14 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
-    tick: Duration,
+    /// Handler calls in progress at once, whatever the handler: each holds
+    /// an instance slot of the pooling allocator, so this stays below
+    /// `pool_slots` (warm instances of the `reuse` policy take the rest).
+    calls: Semaphore,
+    /// Most calls of one handler at once when its manifest sets no
+    /// `concurrency`: half of `calls`, so one slow handler never takes every
+    /// call slot from the others.
+    default_concurrency: usize,
 }
 
 impl Runtime {
@@ -195,7 +180,9 @@ impl Runtime {
         // WASI is linked because wasm32-wasip2 guests import it (their std
         // does), but the context built per call grants nothing: no files, no
         // network, no environment, no arguments; stdout is discarded.
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        // Async: a guest blocked in a WASI call (a sleep, a poll) is a
+        // pending future the call's deadline can drop.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
         Handler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |s| s,
@@ -214,11 +201,13 @@ impl Runtime {
                 }
             })
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        let calls = (cfg.max_calls as usize).max(1);
         Ok(Self {
             engine,
             linker,
             cache_dir,
-            tick,
+            calls: Semaphore::new(calls),
+            default_concurrency: (calls / 2).max(1),
         })
     }
 
@@ -244,14 +233,15 @@ impl Runtime {
             pre,
             digest,
             warm: Mutex::new(Vec::new()),
-            slots: Slots::default(),
+            slots: OnceLock::new(),
         })
     }
 
     /// Runs `handle` under the handler's limits, on a fresh instance or a
     /// warm one as its manifest says. Never fails: whatever the guest does
-    /// becomes the [`RunOutcome`].
-    pub fn invoke(
+    /// becomes the [`RunOutcome`], and it returns by the handler's deadline
+    /// (`limits.timeout_ms` after the call starts) at the latest.
+    pub async fn invoke(
         &self,
         h: HandlerRef<'_>,
         event: &Event,
@@ -259,56 +249,103 @@ impl Runtime {
         attempt: u32,
         env: &Arc<CallEnv>,
     ) -> Invocation {
-        let started = Instant::now();
-        let started_at = now_rfc3339();
         let limits = &h.manifest.limits;
-        let finish = |outcome: RunOutcome, effects: Effects, note: Option<String>| Invocation {
-            outcome,
-            effects,
-            started_at: started_at.clone(),
-            duration: started.elapsed(),
-            note,
-        };
         if event.payload.len() > limits.max_event_bytes {
             let message = format!(
                 "event payload is {} bytes; this handler takes at most {} (limits.max_event_bytes)",
                 event.payload.len(),
                 limits.max_event_bytes
             );
-            return finish(
-                RunOutcome::Failed {
+            return Invocation {
+                outcome: RunOutcome::Failed {
                     kind: FailureKind::InputTooLarge,
                     message,
                 },
-                Effects::default(),
-                None,
-            );
+                effects: Effects::default(),
+                started_at: now_rfc3339(),
+                duration: Duration::ZERO,
+                note: None,
+            };
         }
-        let _permit = h.prepared.slots.acquire(h.manifest.instances.concurrency);
+        // A slot of this handler, then one of the host's. Neither semaphore
+        // is ever closed, so acquiring only waits. The wait is not part of
+        // the call's time: the deadline starts with the call.
+        let own = h.prepared.slots.get_or_init(|| {
+            Semaphore::new(
+                h.manifest
+                    .instances
+                    .concurrency
+                    .map_or(self.default_concurrency, |c| c as usize),
+            )
+        });
+        let _own = own.acquire().await;
+        let _slot = self.calls.acquire().await;
+        let started = Instant::now();
+        let started_at = now_rfc3339();
+        let deadline = started + limits.timeout;
         let call = host_api::Call::new(h.name, h.config, limits, event, env);
         let input = to_wit(event, origin, attempt);
-        let (outcome, effects, note) = match h.manifest.instances.policy {
-            InstancePolicy::Fresh => {
-                let (mut store, stderr) = self.new_store(&h, call);
-                let result = match h.prepared.pre.instantiate(&mut store) {
-                    Ok(instance) => instance
-                        .call_handle(&mut store, &input)
-                        .map_err(|e| (e, false)),
-                    Err(e) => Err((e, true)),
-                };
-                let outcome =
-                    to_outcome(result, store.data().limiter.hit, limits, &stderr.contents());
-                let call = store.into_data().call;
-                (outcome, call.effects, call.note)
+        let run = async {
+            match h.manifest.instances.policy {
+                InstancePolicy::Fresh => self.invoke_fresh(&h, call, &input, deadline).await,
+                InstancePolicy::Reuse => self.invoke_warm(&h, call, &input, deadline).await,
             }
-            InstancePolicy::Reuse => self.invoke_warm(&h, call, &input),
+        };
+        // Running wasm traps at the deadline by itself (the epoch callback);
+        // this ends a call that waits inside an import. Dropping the future
+        // drops its store: the instance and the buffered effects go with it.
+        let (outcome, effects, note) = match tokio::time::timeout_at(deadline.into(), run).await {
+            Ok(done) => done,
+            Err(_) => (
+                RunOutcome::Failed {
+                    kind: FailureKind::Timeout,
+                    message: format!(
+                        "ran past its {} ms timeout (stopped while waiting in a host call)",
+                        limits.timeout.as_millis()
+                    ),
+                },
+                Effects::default(),
+                None,
+            ),
         };
         let effects = if outcome == RunOutcome::Completed {
             effects
         } else {
             Effects::default()
         };
-        finish(outcome, effects, note)
+        Invocation {
+            outcome,
+            effects,
+            started_at,
+            duration: started.elapsed(),
+            note,
+        }
+    }
+
+    /// The `fresh` policy: a new instance for this call only.
+    async fn invoke_fresh(
+        &self,
+        h: &HandlerRef<'_>,
+        call: host_api::Call,
+        input: &wit::Event,
+        deadline: Instant,
+    ) -> (RunOutcome, Effects, Option<String>) {
+        let (mut store, stderr) = self.new_store(h, call, deadline);
+        let result = match h.prepared.pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance
+                .call_handle(&mut store, input)
+                .await
+                .map_err(|e| (e, false)),
+            Err(e) => Err((e, true)),
+        };
+        let outcome = to_outcome(
+            result,
+            store.data().limiter.hit,
+            &h.manifest.limits,
+            &stderr.contents(),
+        );
+        let call = store.into_data().call;
+        (outcome, call.effects, call.note)
     }
 
     /// A store for one handler, armed with its limits for one call.
@@ -316,6 +353,7 @@ impl Runtime {
         &self,
         h: &HandlerRef<'_>,
         call: host_api::Call,
+        deadline: Instant,
     ) -> (wasmtime::Store<HostState>, MemoryOutputPipe) {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut wasi = WasiCtxBuilder::new();
@@ -329,30 +367,43 @@ impl Runtime {
             table: ResourceTable::new(),
             limiter: Limiter::new(h.manifest.limits.memory_bytes),
             call,
+            deadline,
         };
         let mut store = wasmtime::Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
-        self.arm(&mut store, &h.manifest.limits);
+        // At every epoch tick: past the deadline, trap (reported as a
+        // timeout); before it, let the executor run other calls, then go on.
+        store.epoch_deadline_callback(|ctx| {
+            Ok(if Instant::now() >= ctx.data().deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+            })
+        });
+        Self::arm(&mut store, &h.manifest.limits, deadline);
         (store, stderr)
     }
 
     /// Sets a store's fuel and deadline for the next call.
-    fn arm(&self, store: &mut wasmtime::Store<HostState>, limits: &crate::manifest::Limits) {
+    fn arm(
+        store: &mut wasmtime::Store<HostState>,
+        limits: &crate::manifest::Limits,
+        deadline: Instant,
+    ) {
         // Cannot fail: fuel is enabled on this engine.
         let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
-        store.set_epoch_deadline(
-            limits.timeout.as_nanos().div_ceil(self.tick.as_nanos()) as u64 + 1,
-        );
+        store.data_mut().deadline = deadline;
+        store.set_epoch_deadline(1);
     }
 
     /// The `reuse` policy: call a warm instance, or make one. An instance
-    /// that fails in any way is dropped, never reused.
-    fn invoke_warm(
+    /// that fails in any way (a timeout included) is dropped, never reused.
+    async fn invoke_warm(
         &self,
         h: &HandlerRef<'_>,
         call: host_api::Call,
         input: &wit::Event,
+        deadline: Instant,
     ) -> (RunOutcome, Effects, Option<String>) {
         let limits = &h.manifest.limits;
         let pooled = h
@@ -366,12 +417,12 @@ impl Runtime {
                 let state = w.store.data_mut();
                 state.call = call;
                 state.limiter.hit = false;
-                self.arm(&mut w.store, limits);
+                Self::arm(&mut w.store, limits, deadline);
                 w
             }
             None => {
-                let (mut store, stderr) = self.new_store(h, call);
-                match h.prepared.pre.instantiate(&mut store) {
+                let (mut store, stderr) = self.new_store(h, call, deadline);
+                match h.prepared.pre.instantiate_async(&mut store).await {
                     Ok(handler) => Warm {
                         store,
                         handler,
@@ -393,6 +444,7 @@ impl Runtime {
         let result = warm
             .handler
             .call_handle(&mut warm.store, input)
+            .await
             .map_err(|e| (e, false));
         let printed = warm.stderr.contents();
         let outcome = to_outcome(
@@ -537,12 +589,13 @@ fn to_wit(e: &Event, origin: &Origin, attempt: u32) -> wit::Event {
 }
 
 /// Per-call store data: the WASI context (granting nothing), the memory
-/// limiter and the call's buffered effects.
+/// limiter, the call's buffered effects and its deadline.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,
     call: host_api::Call,
+    deadline: Instant,
 }
 
 impl WasiView for HostState {

@@ -1,69 +1,75 @@
-//! The SQLite poller: claims pending events, dispatches them, commits.
+//! The SQLite poller: claims pending events and submits them to the
+//! pipeline; its [`SqliteSink`] commits their outcomes.
 //!
 //! Adaptive like the original (fast while busy, slow when idle) but far
-//! quicker: in-process publishes ring the [`Wakeup`] so they are picked up at
-//! once, and the intervals (20 ms active, 500 ms idle by default) only bound
-//! how long an event written by another process waits.
+//! quicker: in-process publishes ring the [`crate::source::Wakeup`] so they
+//! are picked up at once, and the intervals (20 ms active, 500 ms idle by
+//! default) only bound how long an event written by another process waits.
 //!
-//! Commits are pipelined: a committer thread writes the outcomes of batch k
-//! while this thread claims and dispatches batch k+1, so handlers and SQLite
-//! work at the same time. Handlers still run in publish order per project
-//! (dispatch is sequential); only the commit trails by one batch. A commit
-//! that fails returns its events to `pending`: nothing is lost, and the
-//! processed ledger keeps handlers whose runs did commit from running again.
+//! The poller claims ahead while earlier events are still being handled (up
+//! to `runtime.max_in_flight`), so handlers and SQLite work at the same time
+//! and a slow handler holds up only its own project. A commit that fails
+//! returns its events to `pending`: nothing is lost, and the processed
+//! ledger keeps handlers whose runs did commit from running again.
 
-use crate::bus::Inner;
+use crate::context::HostContext;
 use crate::dispatch::Delivery;
 use crate::event::now_millis;
 use crate::outcome::Resolution;
+use crate::pipeline::{Finished, Pipeline, Refused, Sink};
 use crate::runtime::Origin;
 use crate::store::{ClaimScope, StoreError};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 /// How often rows stuck in `processing` are looked for.
 const REAP_EVERY: Duration = Duration::from_secs(30);
 
-pub(crate) fn run(inner: Arc<Inner>) {
-    let poll = inner.config.poll.clone();
+/// Commits outcomes of events claimed from SQLite.
+pub(crate) struct SqliteSink {
+    pub(crate) ctx: Arc<HostContext>,
+}
+
+impl Sink for SqliteSink {
+    fn commit(&self, batch: Vec<Finished>) {
+        let resolutions: Vec<Resolution> = batch.into_iter().map(|f| f.resolution).collect();
+        // A failure is logged and its events released inside.
+        let _ = commit(&self.ctx, &resolutions);
+    }
+
+    fn abandoned(&self, events: Vec<(String, Origin)>) {
+        let ids: Vec<&str> = events.iter().map(|(id, _)| id.as_str()).collect();
+        match self.ctx.store.release(&ids) {
+            Ok(n) => tracing::info!(events = n, "abandoned events returned to pending"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot return abandoned events to pending; the next start does")
+            }
+        }
+    }
+}
+
+pub(crate) fn run(ctx: Arc<HostContext>, pipeline: Arc<Pipeline>, sink: Arc<dyn Sink>) {
+    let poll = ctx.config.poll.clone();
     let active = Duration::from_millis(poll.active_interval_ms);
     let idle = Duration::from_millis(poll.idle_interval_ms);
-    let check = Duration::from_secs(inner.config.kafka.breaker.check_secs);
+    let check = Duration::from_secs(ctx.config.kafka.breaker.check_secs);
     let linger = Duration::from_micros(poll.linger_us);
     let mut empty_polls: u32 = 0;
     let mut last_reap = Instant::now();
-    // One batch in flight to the committer: enough to overlap, and the
-    // poller never runs more than one batch ahead of what is durable.
-    let (to_committer, batches) = sync_channel::<Vec<Resolution>>(1);
-    let committer = {
-        let inner = inner.clone();
-        std::thread::Builder::new()
-            .name("committer".into())
-            .spawn(move || {
-                for resolutions in batches {
-                    // A failure is logged and its events released inside.
-                    let _ = commit(&inner, &resolutions);
-                }
-            })
-    };
-    let committer = match committer {
-        Ok(handle) => handle,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the committer thread; poller not started");
-            return;
-        }
-    };
     tracing::info!(
         active_ms = poll.active_interval_ms,
         idle_ms = poll.idle_interval_ms,
         "sqlite poller started"
     );
-    while !inner.stopping.load(Ordering::Acquire) {
+    while !ctx.stopping() {
         if last_reap.elapsed() >= REAP_EVERY {
             last_reap = Instant::now();
-            match inner.store.reap(now_millis() - poll.stuck_after_ms as i64) {
+            // Events in the pipeline wait in their lanes: not stuck.
+            let busy = pipeline.in_flight_ids();
+            match ctx
+                .store
+                .reap_except(now_millis() - poll.stuck_after_ms as i64, &busy)
+            {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::warn!(events = n, "returned events stuck in processing to pending")
@@ -71,15 +77,7 @@ pub(crate) fn run(inner: Arc<Inner>) {
                 Err(e) => tracing::error!(error = %e, "reaper failed"),
             }
         }
-        let to_committer = &to_committer;
-        let deliver = |resolutions| {
-            if let Err(returned) = to_committer.send(resolutions) {
-                // Only when the committer died: commit here instead (a
-                // failure is logged and its events released inside).
-                let _ = commit(&inner, &returned.0);
-            }
-        };
-        match claim_and_dispatch(&inner, poll.batch_size, deliver) {
+        match claim_and_submit(&ctx, &pipeline, &sink, poll.batch_size) {
             Ok(n) if n > 0 => {
                 empty_polls = 0;
                 // A short batch while busy: let the next one fill up a little
@@ -90,7 +88,7 @@ pub(crate) fn run(inner: Arc<Inner>) {
             }
             Ok(_) => {
                 empty_polls = empty_polls.saturating_add(1);
-                let mut wait = if inner.source.claim_scope() == ClaimScope::Leftovers {
+                let mut wait = if ctx.source.claim_scope() == ClaimScope::Leftovers {
                     // Kafka is in charge: look for events left behind only
                     // now and then (plan phase 2: every 60 s); a breaker
                     // transition or a due retry wakes us sooner.
@@ -102,10 +100,10 @@ pub(crate) fn run(inner: Arc<Inner>) {
                 };
                 // Wake for a retry that falls due before the interval ends.
                 let now = now_millis();
-                if let Ok(Some(due)) = inner.store.next_retry_at(now) {
+                if let Ok(Some(due)) = ctx.store.next_retry_at(now) {
                     wait = wait.min(Duration::from_millis((due - now).max(1) as u64));
                 }
-                if inner.wakeup.wait(wait) {
+                if ctx.wakeup.wait(wait) {
                     empty_polls = 0;
                 }
             }
@@ -113,27 +111,26 @@ pub(crate) fn run(inner: Arc<Inner>) {
                 // The store is unwell (disk full, locked by a foreign
                 // writer). Back off and try again; nothing was claimed.
                 tracing::error!(error = %e, "poll failed; retrying in 1 s");
-                inner.wakeup.wait(Duration::from_secs(1));
+                ctx.wakeup.wait(Duration::from_secs(1));
             }
         }
     }
-    // Closing the channel lets the committer finish the last batch and stop.
-    drop(to_committer);
-    let _ = committer.join();
     tracing::info!("sqlite poller stopped");
 }
 
-/// Claims up to `limit` events, dispatches them and hands the outcomes to
-/// `deliver` (the committer, or an inline commit). Returns how many events it
-/// claimed. If dispatch fails, the claimed events go back to pending.
-fn claim_and_dispatch(
-    inner: &Inner,
+/// Claims up to `limit` events (none of a project whose lane is full) and
+/// submits them. Returns how many it claimed. Events the pipeline refuses
+/// go back to pending.
+fn claim_and_submit(
+    ctx: &HostContext,
+    pipeline: &Arc<Pipeline>,
+    sink: &Arc<dyn Sink>,
     limit: usize,
-    deliver: impl FnOnce(Vec<Resolution>),
 ) -> Result<usize, StoreError> {
-    let claimed = inner
+    let full = pipeline.full_lanes();
+    let claimed = ctx
         .store
-        .claim(limit, now_millis(), inner.source.claim_scope())?;
+        .claim(limit, now_millis(), ctx.source.claim_scope(), &full)?;
     if claimed.is_empty() {
         return Ok(0);
     }
@@ -147,20 +144,23 @@ fn claim_and_dispatch(
             origin: Origin::Sqlite,
         })
         .collect();
-    match inner.dispatcher.dispatch(deliveries) {
-        Ok(resolutions) => deliver(resolutions),
-        Err(e) => {
-            release(inner, &ids, &e);
-            return Err(e);
+    match pipeline.submit(deliveries, sink) {
+        Ok(()) => Ok(n),
+        Err(Refused::Closed) => {
+            release(ctx, &ids, &"the host is shutting down");
+            Ok(0)
+        }
+        Err(Refused::Store(e)) => {
+            release(ctx, &ids, &e);
+            Err(e)
         }
     }
-    Ok(n)
 }
 
 /// Commits a batch of outcomes; on failure returns its events to pending
 /// and reports the error.
-fn commit(inner: &Inner, resolutions: &[Resolution]) -> Result<(), StoreError> {
-    match inner.store.commit(resolutions) {
+fn commit(ctx: &HostContext, resolutions: &[Resolution]) -> Result<(), StoreError> {
+    match ctx.store.commit(resolutions) {
         Ok(committed) => {
             if committed.duplicates > 0 {
                 tracing::info!(
@@ -170,22 +170,22 @@ fn commit(inner: &Inner, resolutions: &[Resolution]) -> Result<(), StoreError> {
             }
             if committed.published > 0 {
                 // Follow-up events are stored: pick them up at once.
-                inner.stored();
+                ctx.stored();
             }
-            inner.notify_resolved(resolutions);
+            ctx.notify_resolved(resolutions);
             Ok(())
         }
         Err(e) => {
             let ids: Vec<String> = resolutions.iter().map(|r| r.event.id.clone()).collect();
-            release(inner, &ids, &e);
+            release(ctx, &ids, &e);
             Err(e)
         }
     }
 }
 
-fn release(inner: &Inner, ids: &[String], cause: &StoreError) {
+fn release(ctx: &HostContext, ids: &[String], cause: &dyn std::fmt::Display) {
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    match inner.store.release(&ids) {
+    match ctx.store.release(&ids) {
         Ok(n) => {
             tracing::error!(error = %cause, events = n, "could not commit outcomes; events returned to pending")
         }
@@ -195,12 +195,22 @@ fn release(inner: &Inner, ids: &[String], cause: &StoreError) {
     }
 }
 
-/// Claims, dispatches and commits one batch on the calling thread; returns
-/// how many events it processed (used by `Bus::drain`).
-pub(crate) fn process_batch(inner: &Inner, limit: usize) -> Result<usize, StoreError> {
-    let mut committed = Ok(());
-    let n = claim_and_dispatch(inner, limit, |resolutions| {
-        committed = commit(inner, &resolutions)
-    })?;
-    committed.map(|()| n)
+/// Claims, handles and commits on the calling thread's behalf until nothing
+/// is due (follow-ups included); returns how many events it processed (used
+/// by `Bus::drain`).
+pub(crate) fn drain(
+    ctx: &HostContext,
+    pipeline: &Arc<Pipeline>,
+    sink: &Arc<dyn Sink>,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let mut total = 0;
+    loop {
+        let n = claim_and_submit(ctx, pipeline, sink, limit)?;
+        pipeline.wait_idle(Duration::MAX);
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
+    }
 }

@@ -23,7 +23,7 @@ pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
 
 /// Reads an event from the columns starting at `at` (RETURNING rows carry
 /// extra leading columns).
-fn event_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Event> {
+pub(crate) fn event_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Event> {
     let col = |i: usize| i + at;
     let status: String = row.get(col(7))?;
     let headers: String = row.get(col(11))?;
@@ -200,30 +200,44 @@ impl Store {
     /// Atomically moves up to `limit` due `pending` events to `processing`
     /// and returns them in publish order, each with how many times it has
     /// been claimed (1 = first delivery).
+    /// Events of the projects in `skip` are left pending (their lanes are
+    /// full).
     pub fn claim(
         &self,
         limit: usize,
         now_ms: i64,
         scope: ClaimScope,
+        skip: &[String],
     ) -> Result<Vec<(Event, u32)>, StoreError> {
         let conn = self.writer();
         let sql = format!(
             "UPDATE persona_events SET status = 'processing', claimed_at = ?1, claims = claims + 1 \
              WHERE rowid IN (SELECT rowid FROM persona_events \
-                             WHERE {LIVE} AND status = 'pending' AND next_attempt_at <= ?1 AND {} \
+                             WHERE {LIVE} AND status = 'pending' AND next_attempt_at <= ?1 AND {} {} \
                              ORDER BY rowid LIMIT ?2) \
              RETURNING rowid, claims, {EVENT_COLUMNS}",
-            scope.condition()
+            scope.condition(),
+            if skip.is_empty() {
+                ""
+            } else {
+                "AND project_id NOT IN (SELECT value FROM json_each(?3))"
+            }
         );
         let mut stmt = conn.prepare_cached(&sql).op("prepare claim")?;
-        let mut rows: Vec<(i64, u32, Event)> = stmt
-            .query_map(params![now_ms, limit as i64], |row| {
-                // RETURNING puts rowid and claims first; the event follows.
-                let rowid: i64 = row.get(0)?;
-                let claims: u32 = row.get(1)?;
-                let event = event_at(row, 2)?;
-                Ok((rowid, claims, event))
-            })
+        let read = |row: &Row<'_>| {
+            // RETURNING puts rowid and claims first; the event follows.
+            let rowid: i64 = row.get(0)?;
+            let claims: u32 = row.get(1)?;
+            let event = event_at(row, 2)?;
+            Ok((rowid, claims, event))
+        };
+        let rows = if skip.is_empty() {
+            stmt.query_map(params![now_ms, limit as i64], read)
+        } else {
+            let skip = serde_json::to_string(skip).unwrap_or_else(|_| "[]".into());
+            stmt.query_map(params![now_ms, limit as i64, skip], read)
+        };
+        let mut rows: Vec<(i64, u32, Event)> = rows
             .op("claim")?
             .collect::<rusqlite::Result<_>>()
             .op("read claimed")?;
@@ -259,13 +273,25 @@ impl Store {
     /// Returns to `pending` every event claimed before `claimed_before_ms`
     /// (all of them with `i64::MAX`: a restarted host owns nothing yet).
     pub fn reap(&self, claimed_before_ms: i64) -> Result<usize, StoreError> {
+        self.reap_except(claimed_before_ms, &[])
+    }
+
+    /// [`Store::reap`], leaving alone the events in `busy` (still being
+    /// handled by this host).
+    pub fn reap_except(
+        &self,
+        claimed_before_ms: i64,
+        busy: &[String],
+    ) -> Result<usize, StoreError> {
         let conn = self.writer();
+        let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
         conn.execute(
             &format!(
                 "UPDATE persona_events SET status = 'pending', claimed_at = NULL \
-                 WHERE {LIVE} AND status = 'processing' AND (claimed_at IS NULL OR claimed_at < ?1)"
+                 WHERE {LIVE} AND status = 'processing' AND (claimed_at IS NULL OR claimed_at < ?1) \
+                 AND id NOT IN (SELECT value FROM json_each(?2))"
             ),
-            [claimed_before_ms],
+            params![claimed_before_ms, busy],
         )
         .op("reap")
     }

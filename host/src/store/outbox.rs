@@ -5,21 +5,38 @@ use super::events::EVENT_COLUMNS;
 use super::{Op, Store, StoreError};
 use crate::event::Event;
 use rusqlite::params;
+use std::collections::HashSet;
 
 impl Store {
     /// Up to `limit` events still to be produced, oldest first. An event
     /// being handled here right now waits for its outcome, so that it goes
-    /// out marked as handled (see `kafka::wire::HANDLED_BY`).
+    /// out marked as handled (see `kafka::wire::HANDLED_BY`); and so does
+    /// every later event of its project, because Kafka must get a project's
+    /// events in publish order (key = project_id).
     pub fn outbox_pending(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
         self.read(|conn| {
-            conn.prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM persona_events WHERE kafka_state = 'pending' AND status <> 'processing' ORDER BY rowid LIMIT ?1"
-            ))
-            .op("prepare outbox")?
-            .query_map([limit as i64], super::events::event_from_row)
-            .op("outbox")?
-            .collect::<rusqlite::Result<_>>()
-            .op("read outbox")
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT status = 'processing', {EVENT_COLUMNS} FROM persona_events \
+                     WHERE kafka_state = 'pending' ORDER BY rowid LIMIT ?1"
+                ))
+                .op("prepare outbox")?;
+            let rows = stmt
+                .query_map([limit as i64], |row| {
+                    Ok((row.get::<_, bool>(0)?, super::events::event_at(row, 1)?))
+                })
+                .op("outbox")?;
+            let mut held: HashSet<String> = HashSet::new();
+            let mut out = Vec::new();
+            for row in rows {
+                let (processing, event) = row.op("read outbox")?;
+                if processing || held.contains(&event.project_id) {
+                    held.insert(event.project_id);
+                } else {
+                    out.push(event);
+                }
+            }
+            Ok(out)
         })
     }
 

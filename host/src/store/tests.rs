@@ -59,17 +59,22 @@ fn claim_is_atomic_ordered_and_reaped() {
     let events: Vec<_> = (0..5).map(|i| event(&format!("p{i}"))).collect();
     store.insert_batch(&events).unwrap();
     let now = now_millis();
-    let first = store.claim(3, now, ClaimScope::Local).unwrap();
+    let first = store.claim(3, now, ClaimScope::Local, &[]).unwrap();
     assert_eq!(
         first.iter().map(|(e, _)| e.id.clone()).collect::<Vec<_>>(),
         events[..3].iter().map(|e| e.id.clone()).collect::<Vec<_>>()
     );
     assert!(first.iter().all(|(_, claims)| *claims == 1));
-    let second = store.claim(10, now, ClaimScope::Local).unwrap();
+    let second = store.claim(10, now, ClaimScope::Local, &[]).unwrap();
     assert_eq!(second.len(), 2, "claimed rows are not claimed again");
-    assert!(store.claim(10, now, ClaimScope::Local).unwrap().is_empty());
+    assert!(
+        store
+            .claim(10, now, ClaimScope::Local, &[])
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.reap(i64::MAX).unwrap(), 5);
-    let again = store.claim(10, now, ClaimScope::Local).unwrap();
+    let again = store.claim(10, now, ClaimScope::Local, &[]).unwrap();
     assert_eq!(again.len(), 5);
     assert!(
         again.iter().all(|(_, claims)| *claims == 2),
@@ -130,7 +135,7 @@ fn retry_schedules_the_event_again() {
     let ev = event("p");
     store.insert(&ev).unwrap();
     let (claimed, _) = store
-        .claim(1, now_millis(), ClaimScope::Local)
+        .claim(1, now_millis(), ClaimScope::Local, &[])
         .unwrap()
         .remove(0);
     let at = now_millis() + 60_000;
@@ -145,7 +150,7 @@ fn retry_schedules_the_event_again() {
     store.commit(&[res]).unwrap();
     assert!(
         store
-            .claim(1, now_millis(), ClaimScope::Local)
+            .claim(1, now_millis(), ClaimScope::Local, &[])
             .unwrap()
             .is_empty(),
         "not due yet"
@@ -154,8 +159,88 @@ fn retry_schedules_the_event_again() {
     let row = store.event(&ev.id).unwrap();
     assert_eq!((row.status, row.retry_count), (EventStatus::Pending, 1));
     assert_eq!(
-        store.claim(1, at, ClaimScope::Local).unwrap().len(),
+        store.claim(1, at, ClaimScope::Local, &[]).unwrap().len(),
         1,
         "due at its time"
     );
+}
+
+/// The relay must never put a later event of a project on Kafka before an
+/// earlier one that is still being handled (issue: `outbox_pending` used to
+/// skip `processing` rows and return the later ones).
+#[test]
+fn outbox_holds_a_project_behind_its_event_in_processing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.enable_outbox();
+    let first = event("p");
+    let second = event("p");
+    let other = event("q");
+    store
+        .insert_batch(&[first.clone(), second.clone(), other.clone()])
+        .unwrap();
+    // The first event of p is being handled; the second is still pending.
+    let (claimed, _) = store
+        .claim(1, now_millis(), ClaimScope::Local, &[])
+        .unwrap()
+        .remove(0);
+    assert_eq!(claimed.id, first.id);
+    let ids = |events: Vec<crate::event::Event>| -> Vec<String> {
+        events.into_iter().map(|e| e.id).collect()
+    };
+    assert_eq!(
+        ids(store.outbox_pending(100).unwrap()),
+        vec![other.id.clone()],
+        "p waits behind its event in processing; q goes"
+    );
+    let done = Resolution {
+        event: claimed,
+        runs: vec![],
+        next: Next::Final {
+            status: EventStatus::Completed,
+            error: None,
+        },
+    };
+    store.commit(&[done]).unwrap();
+    assert_eq!(
+        ids(store.outbox_pending(100).unwrap()),
+        vec![first.id, second.id, other.id],
+        "in publish order once it is handled"
+    );
+}
+
+#[test]
+fn claim_skips_projects_whose_lanes_are_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (p, q) = (event("p"), event("q"));
+    store.insert_batch(&[p.clone(), q.clone()]).unwrap();
+    let claimed = store
+        .claim(10, now_millis(), ClaimScope::Local, &["p".to_owned()])
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].0.id, q.id);
+    let claimed = store
+        .claim(10, now_millis(), ClaimScope::Local, &[])
+        .unwrap();
+    assert_eq!(claimed[0].0.id, p.id, "p is claimed once its lane has room");
+}
+
+#[test]
+fn the_reaper_leaves_events_in_flight_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a, b) = (event("p"), event("q"));
+    store.insert_batch(&[a.clone(), b.clone()]).unwrap();
+    store
+        .claim(10, now_millis(), ClaimScope::Local, &[])
+        .unwrap();
+    assert_eq!(
+        store
+            .reap_except(i64::MAX, std::slice::from_ref(&a.id))
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.event(&a.id).unwrap().status, EventStatus::Processing);
+    assert_eq!(store.event(&b.id).unwrap().status, EventStatus::Pending);
 }

@@ -4,10 +4,15 @@
 //! - `bigoutput`: publishes ever larger payloads (stopped by `limits.max_output_bytes`)
 //! - `statics`: counts calls in a static and stores the count, so a test can
 //!   tell a reused instance (counts up) from a fresh one (always 1)
+//! - `sleep`: sleeps config `sleep_ms` (`std::thread::sleep`: a
+//!   `wasi:clocks` pollable the guest blocks on inside the host), then
+//!   counts the event in its state
+//! - `stdin`: waits for input on stdin that never comes (reads, and on
+//!   end-of-input sleeps a little and reads again)
 wit_bindgen::generate!({ path: "../../../wit", world: "handler" });
 
 use persona::bus::host::{config, log, publish};
-use persona::bus::state::set;
+use persona::bus::state::{increment, set};
 use persona::bus::types::{Level, NewEvent};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -54,6 +59,22 @@ impl Guest for Hostile {
                 let n = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
                 set("calls_seen_by_instance", n.to_string().as_bytes())
                     .map_err(|e| HandlerError::Retry(format!("{e:?}")))
+            }
+            Some("sleep") => {
+                let ms: u64 = config("sleep_ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                increment("slept", 1).map_err(|e| HandlerError::Retry(format!("{e:?}")))?;
+                Ok(())
+            }
+            Some("stdin") => {
+                use std::io::Read;
+                let mut buf = [0u8; 64];
+                loop {
+                    match std::io::stdin().read(&mut buf) {
+                        Ok(n) if n > 0 => return Ok(()),
+                        _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+                    }
+                }
             }
             other => Err(HandlerError::Reject(format!("unknown mode {other:?}"))),
         }

@@ -1,0 +1,387 @@
+//! The pipeline: takes deliveries from the sources, runs them in
+//! per-project lanes, and hands durable outcomes back to each source's
+//! [`Sink`].
+//!
+//! ```text
+//! source ──submit──> lanes (one per project, in order) ──> committer ──> Sink::commit
+//!                    tokio tasks on the handler threads     one thread,   (store, offsets,
+//!                                                           batches       notices)
+//! ```
+//!
+//! - **No batch barrier.** Each project with work has a lane: a task that
+//!   takes its events one at a time, in the order they were submitted, and
+//!   sends each outcome to the committer as soon as it is known. A slow call
+//!   (up to its deadline) delays only the later events of its own project;
+//!   every other lane keeps running, and the committer keeps committing
+//!   whatever is ready, many outcomes per transaction.
+//! - **Order per project** holds for both sources: the SQLite poller claims
+//!   in publish order and Kafka delivers a partition in order, and a lane
+//!   never runs two events of its project at once.
+//! - **Bounded.** At most `runtime.max_in_flight` events are between submit
+//!   and commit; a source submitting more waits. A project whose lane holds
+//!   `runtime.lane_depth` events is reported by [`Pipeline::full_lanes`], so
+//!   the poller claims other projects' events instead of filling the pipeline
+//!   with one stuck project.
+//! - **A shutdown that ends.** [`Pipeline::close`] refuses new work at once,
+//!   lets calls in flight finish for the grace period, then abandons the
+//!   rest: nothing of theirs is committed, and each sink hears which events
+//!   were abandoned (the SQLite one returns them to `pending`; the Kafka one
+//!   stores no offset past them).
+
+use crate::dispatch::{Delivery, Dispatcher};
+use crate::outcome::Resolution;
+use crate::runtime::Origin;
+use crate::store::StoreError;
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Most outcomes committed in one transaction.
+const COMMIT_BATCH: usize = 4096;
+
+/// An event's outcome with where it came from.
+pub struct Finished {
+    pub resolution: Resolution,
+    pub origin: Origin,
+}
+
+/// Where a source's outcomes go. Called on the committer thread.
+pub trait Sink: Send + Sync {
+    /// Makes a batch of outcomes durable and does what follows (Kafka
+    /// offsets, notices). The batch holds outcomes in the order they were
+    /// ready: per project, that is submit order.
+    fn commit(&self, batch: Vec<Finished>);
+    /// Events whose calls were abandoned at shutdown: nothing of theirs was
+    /// committed.
+    fn abandoned(&self, events: Vec<(String, Origin)>);
+}
+
+/// Why [`Pipeline::submit`] did not take a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("the pipeline is closed (the host is shutting down)")]
+    Closed,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Job {
+    ticket: u64,
+    delivery: Delivery,
+    done: Vec<(String, String)>,
+    sink: Arc<dyn Sink>,
+}
+
+/// An outcome on its way to the committer.
+struct Ready {
+    ticket: u64,
+    finished: Finished,
+    sink: Arc<dyn Sink>,
+}
+
+/// What is in flight: submitted, not yet committed.
+struct Entry {
+    event_id: String,
+    origin: Origin,
+    sink: Arc<dyn Sink>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Queued events per project; a project is here while its lane task
+    /// runs (an empty queue means its last event is being handled).
+    lanes: HashMap<String, VecDeque<Job>>,
+    in_flight: HashMap<u64, Entry>,
+    next_ticket: u64,
+    closed: bool,
+}
+
+pub struct Pipeline {
+    dispatcher: Arc<Dispatcher>,
+    /// The handler threads. Taken at close.
+    threads: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    state: Mutex<State>,
+    /// Signalled whenever events leave the pipeline, or it closes.
+    freed: Condvar,
+    to_committer: Mutex<Option<mpsc::Sender<Ready>>>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    max_in_flight: usize,
+    lane_depth: usize,
+}
+
+impl Pipeline {
+    /// Starts `workers` handler threads and the committer thread.
+    pub fn start(
+        dispatcher: Arc<Dispatcher>,
+        workers: usize,
+        max_in_flight: usize,
+        lane_depth: usize,
+    ) -> std::io::Result<Arc<Self>> {
+        let threads = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.max(1))
+            .thread_name("handler")
+            .enable_time()
+            .build()?;
+        let (to_committer, ready) = mpsc::channel();
+        let pipeline = Arc::new(Self {
+            dispatcher,
+            handle: threads.handle().clone(),
+            threads: Mutex::new(Some(threads)),
+            state: Mutex::new(State::default()),
+            freed: Condvar::new(),
+            to_committer: Mutex::new(Some(to_committer)),
+            committer: Mutex::new(None),
+            max_in_flight: max_in_flight.max(1),
+            lane_depth: lane_depth.max(1),
+        });
+        let weak = Arc::downgrade(&pipeline);
+        let committer = std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || commit_loop(weak, ready))?;
+        *lock(&pipeline.committer) = Some(committer);
+        Ok(pipeline)
+    }
+
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// Queues deliveries in their projects' lanes, in order; outcomes go to
+    /// `sink` once durable. Waits while the pipeline is full (a batch larger
+    /// than the whole bound is taken when the pipeline is empty).
+    pub fn submit(
+        self: &Arc<Self>,
+        deliveries: Vec<Delivery>,
+        sink: &Arc<dyn Sink>,
+    ) -> Result<(), Refused> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let mut ledger = self.dispatcher.ledger_for(&deliveries)?;
+        let n = deliveries.len();
+        let mut state = lock(&self.state);
+        while !state.closed
+            && !state.in_flight.is_empty()
+            && state.in_flight.len() + n > self.max_in_flight
+        {
+            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if state.closed {
+            return Err(Refused::Closed);
+        }
+        let mut start = Vec::new();
+        for delivery in deliveries {
+            let ticket = state.next_ticket;
+            state.next_ticket += 1;
+            state.in_flight.insert(
+                ticket,
+                Entry {
+                    event_id: delivery.event.id.clone(),
+                    origin: delivery.origin.clone(),
+                    sink: sink.clone(),
+                },
+            );
+            let done = ledger.remove(&delivery.event.id).unwrap_or_default();
+            let project = delivery.event.project_id.clone();
+            let job = Job {
+                ticket,
+                delivery,
+                done,
+                sink: sink.clone(),
+            };
+            match state.lanes.get_mut(&project) {
+                Some(queue) => queue.push_back(job),
+                None => {
+                    state.lanes.insert(project.clone(), VecDeque::from([job]));
+                    start.push(project);
+                }
+            }
+        }
+        drop(state);
+        for project in start {
+            self.handle.spawn(lane(self.clone(), project));
+        }
+        Ok(())
+    }
+
+    /// Projects whose lanes are full: claim none of their events for now.
+    pub fn full_lanes(&self) -> Vec<String> {
+        lock(&self.state)
+            .lanes
+            .iter()
+            .filter(|(_, q)| q.len() >= self.lane_depth)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Ids of the events in flight (the reaper leaves them alone).
+    pub fn in_flight_ids(&self) -> Vec<String> {
+        lock(&self.state)
+            .in_flight
+            .values()
+            .map(|e| e.event_id.clone())
+            .collect()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        lock(&self.state).in_flight.len()
+    }
+
+    /// Waits until nothing is in flight, or `timeout` has passed; true when
+    /// idle.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let until = Instant::now().checked_add(timeout);
+        let mut state = lock(&self.state);
+        while !state.in_flight.is_empty() {
+            state = match until {
+                None => self.freed.wait(state).unwrap_or_else(|p| p.into_inner()),
+                Some(until) => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    self.freed
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+        true
+    }
+
+    /// Refuses new work at once, waits up to `grace` for what is in flight,
+    /// then abandons the rest (see the module doc). Returns how many events
+    /// were abandoned. Idempotent.
+    pub fn close(&self, grace: Duration) -> usize {
+        {
+            let mut state = lock(&self.state);
+            state.closed = true;
+        }
+        self.freed.notify_all();
+        let idle = self.wait_idle(grace);
+        // Stop the handler threads: a lane still running is dropped at its
+        // next await point (a running guest yields at every epoch tick), and
+        // with it the instance and the call's buffered effects.
+        if let Some(threads) = lock(&self.threads).take() {
+            threads.shutdown_background();
+        }
+        // Let the committer finish what was handed to it, then stop.
+        drop(lock(&self.to_committer).take());
+        if let Some(committer) = lock(&self.committer).take() {
+            let _ = committer.join();
+        }
+        // Whatever is left was never committed.
+        let left: Vec<Entry> = {
+            let mut state = lock(&self.state);
+            state.lanes.clear();
+            state.in_flight.drain().map(|(_, e)| e).collect()
+        };
+        self.freed.notify_all();
+        let abandoned = left.len();
+        if !idle && abandoned > 0 {
+            tracing::warn!(
+                events = abandoned,
+                grace_ms = grace.as_millis() as u64,
+                "shutdown: handler calls still running after the grace period were abandoned; their events are handled again after a restart"
+            );
+        }
+        for (sink, events) in by_sink(left.into_iter().map(|e| (e.sink, (e.event_id, e.origin)))) {
+            sink.abandoned(events);
+        }
+        abandoned
+    }
+
+    /// The committer took these outcomes off the books.
+    fn retire(&self, tickets: &[u64]) {
+        let mut state = lock(&self.state);
+        for t in tickets {
+            state.in_flight.remove(t);
+        }
+        drop(state);
+        self.freed.notify_all();
+    }
+}
+
+/// One project's lane: its events, one at a time, in submit order.
+async fn lane(pipeline: Arc<Pipeline>, project: String) {
+    let Some(to_committer) = lock(&pipeline.to_committer).clone() else {
+        return;
+    };
+    loop {
+        let job = {
+            let mut state = lock(&pipeline.state);
+            match state.lanes.get_mut(&project).and_then(VecDeque::pop_front) {
+                Some(job) => job,
+                None => {
+                    state.lanes.remove(&project);
+                    return;
+                }
+            }
+        };
+        let Job {
+            ticket,
+            delivery,
+            done,
+            sink,
+        } = job;
+        let origin = delivery.origin;
+        let resolution = pipeline
+            .dispatcher
+            .resolve(delivery.event, &done, &origin)
+            .await;
+        let ready = Ready {
+            ticket,
+            finished: Finished { resolution, origin },
+            sink,
+        };
+        if to_committer.send(ready).is_err() {
+            // Closed: this outcome is abandoned with the rest.
+            return;
+        }
+    }
+}
+
+/// Commits whatever outcomes are ready, in batches, until the pipeline
+/// closes.
+fn commit_loop(pipeline: std::sync::Weak<Pipeline>, ready: mpsc::Receiver<Ready>) {
+    while let Ok(first) = ready.recv() {
+        let mut batch = vec![first];
+        while batch.len() < COMMIT_BATCH {
+            match ready.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let tickets: Vec<u64> = batch.iter().map(|r| r.ticket).collect();
+        for (sink, items) in by_sink(batch.into_iter().map(|r| (r.sink, r.finished))) {
+            sink.commit(items);
+        }
+        match pipeline.upgrade() {
+            Some(p) => p.retire(&tickets),
+            None => return,
+        }
+    }
+}
+
+/// Items grouped by sink, in order within each. Usually one sink; two or
+/// three while the source switches.
+type BySink<T> = Vec<(Arc<dyn Sink>, Vec<T>)>;
+
+fn by_sink<T>(items: impl IntoIterator<Item = (Arc<dyn Sink>, T)>) -> BySink<T> {
+    let mut groups: BySink<T> = Vec::new();
+    for (sink, item) in items {
+        match groups.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &sink)) {
+            Some((_, group)) => group.push(item),
+            None => groups.push((sink, vec![item])),
+        }
+    }
+    groups
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
