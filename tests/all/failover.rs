@@ -38,6 +38,17 @@ fn wait_breaker(dir: &Path, state: &str, within: Duration) -> Duration {
     started.elapsed()
 }
 
+/// The breaker's last transition was to closed, and it did not open again
+/// within 2 s.
+fn assert_stays_closed(dir: &Path) {
+    std::thread::sleep(Duration::from_secs(2));
+    let status = source(dir);
+    assert_eq!(status["breaker"], "closed", "{status}");
+    let history = status["history"].as_array().cloned().unwrap_or_default();
+    let last = history.last().cloned().unwrap_or_default();
+    assert_eq!(last["to"], "closed", "{status}");
+}
+
 /// Publishes through the CLI (a separate process each time, into the
 /// host's store) every `every` until stopped; returns (id, project, seq).
 fn publisher(
@@ -261,6 +272,11 @@ fn kafka_required_stops_handling_while_down_and_resumes_when_back() {
         "the held events handled from Kafka",
         || completed(&store) == 20,
     );
+    // Closed for good: the outage's late errors (librdkafka reports some
+    // after the broker is back) used to reopen it within milliseconds of the
+    // probe, for another `open_secs`, under load for longer than this test
+    // waited.
+    assert_stays_closed(&dir);
     host.kill().unwrap();
     host.wait().unwrap();
     let all: Vec<_> = first
@@ -303,6 +319,7 @@ fn unreachable_at_start_serves_from_sqlite_then_switches_to_kafka() {
     wait_for(Duration::from_secs(30), "events handled from Kafka", || {
         completed(&store) == 20
     });
+    assert_stays_closed(&dir);
     let all: Vec<_> = early
         .iter()
         .chain(&late)

@@ -27,8 +27,14 @@ impl Default for Sandbox {
 }
 
 impl Sandbox {
+    /// `PERSONA_BUS_KEEP_TEST_DIRS=1` keeps the folder (and the host logs
+    /// tests write into it) for a look after a failure.
     pub fn new() -> Self {
-        let root = tempfile::tempdir().expect("temp dir");
+        let root = tempfile::Builder::new()
+            .prefix("persona-bus-test")
+            .disable_cleanup(std::env::var_os("PERSONA_BUS_KEEP_TEST_DIRS").is_some())
+            .tempdir()
+            .expect("temp dir");
         std::fs::create_dir_all(root.path().join("handlers")).unwrap();
         Self { root }
     }

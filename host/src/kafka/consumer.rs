@@ -237,7 +237,14 @@ fn run(
         }
         match error {
             Some(e) if group::is_outage(&e) => {
-                ctx.source.failure(&format!("consumer: {e}"));
+                // Right after Kafka came back, the outage's own errors are
+                // still being reported: count one only if the broker does
+                // not answer either.
+                if ctx.source.settling() && answers(&consumer, &k, check_every) {
+                    tracing::debug!(error = %e, "stale consumer error after Kafka came back (metadata answers); not counted");
+                } else {
+                    ctx.source.failure(&format!("consumer: {e}"));
+                }
                 last_heard = Instant::now();
             }
             Some(e) => tracing::warn!(error = %e, "consumer error"),
@@ -494,6 +501,17 @@ fn send_json(
     }
 }
 
+/// Whether the broker answers a metadata request within `timeout`.
+fn answers(
+    consumer: &BaseConsumer<Owned>,
+    k: &crate::config::KafkaConfig,
+    timeout: Duration,
+) -> bool {
+    consumer
+        .fetch_metadata(Some(&k.topics.events.name), timeout)
+        .is_ok()
+}
+
 /// The half-open probe: a metadata request and a consumer poll. Topics
 /// are created again if the broker came back without them.
 fn probe(ctx: &HostContext, consumer: &BaseConsumer<Owned>, timeout: Duration) -> Vec<Decoded> {
@@ -516,9 +534,13 @@ fn probe(ctx: &HostContext, consumer: &BaseConsumer<Owned>, timeout: Duration) -
                 }
             }
             // Then a poll of its own: only an outage now fails the probe
-            // ("topic not yet known" right after creating it does not).
+            // ("topic not yet known" right after creating it does not), and
+            // only if the broker then fails a metadata request too: errors
+            // of the outage keep arriving for a while after it ends.
             match consumer.poll(Duration::from_millis(100)) {
-                Some(Err(e)) if group::is_outage(&e) => Err(format!("poll: {e}")),
+                Some(Err(e)) if group::is_outage(&e) && !answers(consumer, k, timeout) => {
+                    Err(format!("poll: {e}"))
+                }
                 Some(Ok(m)) => {
                     records.push(decode(&m));
                     Ok(records)

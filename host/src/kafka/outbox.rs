@@ -11,10 +11,10 @@ use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Events read from the outbox per round.
 const ROUND: usize = 1_000;
@@ -92,8 +92,9 @@ fn relay(
     source: Arc<SourceSwitch>,
     stop: impl Fn() -> bool,
 ) {
-    // Produced but not yet acknowledged (or failed): never sent twice.
-    let mut in_flight: HashSet<String> = HashSet::new();
+    // Produced but not yet acknowledged (or failed): never sent twice. With
+    // when each was produced, to tell a stale failure from a fresh one.
+    let mut in_flight: HashMap<String, Instant> = HashMap::new();
     let mut backoff = Duration::ZERO;
     tracing::info!(brokers = %k.brokers, "kafka outbox relay started (dual write)");
     loop {
@@ -129,7 +130,7 @@ fn relay(
         };
         let fresh: Vec<Event> = batch
             .into_iter()
-            .filter(|e| !in_flight.contains(&e.id))
+            .filter(|e| !in_flight.contains_key(&e.id))
             .collect();
         if fresh.is_empty() {
             wakeup.wait(if in_flight.is_empty() {
@@ -141,7 +142,7 @@ fn relay(
         }
         for e in &fresh {
             if produce(&producer, &k, e) {
-                in_flight.insert(e.id.clone());
+                in_flight.insert(e.id.clone(), Instant::now());
             }
         }
         // Wait for this round's acknowledgements (batched by linger.ms).
@@ -191,15 +192,20 @@ fn settle(
     store: &Store,
     producer: &ThreadedProducer<Deliveries>,
     source: &SourceSwitch,
-    in_flight: &mut HashSet<String>,
+    in_flight: &mut HashMap<String, Instant>,
     backoff: &mut Duration,
 ) {
     let ctx = producer.context();
     let acked = std::mem::take(&mut *ctx.acked.lock().unwrap_or_else(|p| p.into_inner()));
     let failed = std::mem::take(&mut *ctx.failed.lock().unwrap_or_else(|p| p.into_inner()));
-    for id in acked.iter().chain(failed.iter().map(|(id, _)| id)) {
+    for id in &acked {
         in_flight.remove(id);
     }
+    // When the newest failed produce was handed over: the breaker judges by it.
+    let newest_failure = failed
+        .iter()
+        .filter_map(|(id, _)| in_flight.remove(id))
+        .max();
     if !acked.is_empty() {
         if let Err(e) = store.outbox_sent(&acked) {
             // They were delivered; marking them fails only if SQLite does. The
@@ -207,10 +213,10 @@ fn settle(
             tracing::error!(error = %e, events = acked.len(), "cannot mark outbox events sent");
         }
         *backoff = Duration::ZERO;
-        source.success("produce acknowledged");
     }
+    let first_error = failed.first().map(|(_, e)| e.as_str());
+    source.produced(!acked.is_empty(), newest_failure.zip(first_error));
     if let Some((_, first)) = failed.first() {
-        source.failure(&format!("produce: {first}"));
         *backoff = (*backoff * 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
         tracing::warn!(events = failed.len(), error = %first, retry_in = ?*backoff, "Kafka did not take events; they stay in the outbox");
     }

@@ -49,7 +49,13 @@ pub struct SourceSwitch {
     /// The outbox relay's: rung when Kafka comes back.
     relay: Arc<Wakeup>,
     status_file: Option<PathBuf>,
+    /// When the breaker last closed (see [`SourceSwitch::settling`]).
+    closed_at: Mutex<Option<Instant>>,
 }
+
+/// How long after the breaker closes a consumer error must be confirmed
+/// before it counts (see [`SourceSwitch::settling`]).
+const SETTLE: Duration = Duration::from_secs(10);
 
 impl SourceSwitch {
     /// `status_dir`: where `source.json` is written (None in unit tests).
@@ -71,6 +77,7 @@ impl SourceSwitch {
             poller,
             relay,
             status_file: status_dir.map(|d| d.join("source.json")),
+            closed_at: Mutex::new(None),
         };
         s.write_status();
         s
@@ -118,6 +125,44 @@ impl SourceSwitch {
         }
         let t = self.lock().failure(Instant::now(), reason);
         self.apply(t);
+    }
+
+    /// Whether the breaker closed only moments ago. librdkafka reports the
+    /// connection failures of an outage late, some only after the broker is
+    /// back (queued errors, reconnect attempts of its other connections):
+    /// counted as they come, they reopened the breaker within milliseconds of
+    /// every successful probe, for another `open_secs`. While settling, a
+    /// consumer error counts only if a metadata request fails too.
+    pub fn settling(&self) -> bool {
+        self.closed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < SETTLE)
+    }
+
+    /// What the outbox relay saw: acknowledgements, and when the newest
+    /// failed produce was handed to librdkafka, with its error. Only while the breaker is closed
+    /// (half-open is the probe's to judge), and a failure only if that
+    /// produce came after the breaker last closed: a produce queued during
+    /// the outage times out up to `message.timeout.ms` after it ended.
+    pub fn produced(&self, acked: bool, newest_failure: Option<(Instant, &str)>) {
+        if self.state() != State::Closed {
+            return;
+        }
+        if let Some((produced_at, reason)) = newest_failure {
+            let stale = self
+                .closed_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|closed| closed > produced_at);
+            if !stale {
+                self.failure(&format!("produce: {reason}"));
+                return;
+            }
+        }
+        if acked {
+            self.success("produce acknowledged");
+        }
     }
 
     pub fn success(&self, reason: &str) {
@@ -198,6 +243,9 @@ impl SourceSwitch {
         self.state.store(t.to.to_u8(), Ordering::Release);
         self.transitions.fetch_add(1, Ordering::Relaxed);
         self.to_state[t.to.to_u8() as usize].fetch_add(1, Ordering::Relaxed);
+        if t.to == State::Closed {
+            *self.closed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
         match t.to {
             State::Open if self.required => tracing::error!(
                 from = t.from.as_str(), reason = %t.reason,
@@ -244,5 +292,52 @@ impl SourceSwitch {
         if let Err(e) = result {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the source status file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn switch(failures: u32) -> SourceSwitch {
+        let mut k = KafkaConfig {
+            enabled: true,
+            ..Default::default()
+        };
+        k.breaker.failures = failures;
+        k.breaker.open_secs = 0;
+        SourceSwitch::new(&k, Default::default(), Default::default(), None)
+    }
+
+    /// Opens the breaker, then closes it through a passed probe.
+    fn reopen_and_close(s: &SourceSwitch) {
+        s.open_at_start("test");
+        assert!(s.tick(), "open_secs = 0: a probe is due at once");
+        s.success("probe passed");
+        assert_eq!(s.state(), State::Closed);
+    }
+
+    #[test]
+    fn a_produce_that_failed_from_before_the_close_is_stale() {
+        let s = switch(1);
+        let during_outage = Instant::now();
+        reopen_and_close(&s);
+        assert!(s.settling());
+        s.produced(false, Some((during_outage, "Message timed out")));
+        assert_eq!(s.state(), State::Closed, "stale: not counted");
+        s.produced(false, Some((Instant::now(), "Message timed out")));
+        assert_eq!(s.state(), State::Open, "a fresh failure counts");
+    }
+
+    #[test]
+    fn produce_outcomes_do_not_decide_a_half_open_breaker() {
+        let s = switch(1);
+        s.open_at_start("test");
+        assert!(s.tick());
+        assert_eq!(s.state(), State::HalfOpen);
+        s.produced(true, None);
+        assert_eq!(s.state(), State::HalfOpen, "an ack is not the probe");
+        s.produced(false, Some((Instant::now(), "Message timed out")));
+        assert_eq!(s.state(), State::HalfOpen, "nor is a failure");
     }
 }
