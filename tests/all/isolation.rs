@@ -242,3 +242,55 @@ fn a_second_signal_exits_at_once() {
     signal(&host, "INT");
     exits_within(&mut host, Duration::from_secs(2));
 }
+
+/// Swapping out a version whose call is stuck does not wait for it: the new
+/// version serves at once, and the stuck call still ends at its deadline.
+#[test]
+fn a_reload_does_not_wait_for_a_stuck_call_of_the_old_version() {
+    let sb = Sandbox::new();
+    let manifest = |sleep_ms: u64| {
+        format!(
+            "[[subscriptions]]\nevent_type = \"stuck\"\n[limits]\ntimeout_ms = 3000\n\
+             [retry]\nmax_attempts = 1\n\
+             [config]\nmode = \"sleep\"\nsleep_ms = \"{sleep_ms}\""
+        )
+    };
+    sb.install_versioned("stuck", "1", guests::HOSTILE, &manifest(600_000));
+    let mut config = sb.config();
+    config.watch_handlers = false;
+    let bus = Bus::open(config).unwrap();
+    bus.start().unwrap();
+    let mut first = event("stuck");
+    first.project_id = Some("a".into());
+    let first = bus.publish(first).unwrap();
+    wait_for(Duration::from_secs(10), "the stuck call to start", || {
+        bus.store().event(&first.id).unwrap().status == EventStatus::Processing
+    });
+
+    sb.install_atomic("stuck", "2", guests::HOSTILE, &manifest(0));
+    let started = Instant::now();
+    let report = bus.registry().reload().unwrap();
+    assert_eq!(report.loaded, vec![("stuck".to_owned(), "2".to_owned())]);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the reload waited {:?}",
+        started.elapsed()
+    );
+    let mut second = event("stuck");
+    second.project_id = Some("b".into());
+    let second = bus.publish(second).unwrap();
+    let done = wait_final(&bus, &second.id, Duration::from_secs(2));
+    assert_eq!(done.status, EventStatus::Completed);
+    assert_eq!(
+        bus.store().executions(&second.id).unwrap()[0].handler_version,
+        "2"
+    );
+
+    let dead = wait_final(&bus, &first.id, Duration::from_secs(10));
+    assert_eq!(dead.status, EventStatus::DeadLetter);
+    let run = &bus.store().executions(&first.id).unwrap()[0];
+    assert_eq!(
+        (run.outcome.as_str(), run.handler_version.as_str()),
+        ("timeout", "1")
+    );
+}
