@@ -39,8 +39,14 @@ fn main() {
         hostile_neighbours(100_000, 5);
         return;
     }
-    if args.iter().any(|a| a == "--dispatch") {
-        return dispatch_cost(20_000);
+    if let Some(i) = args.iter().position(|a| a == "--dispatch") {
+        // Optionally only some handlers: `--dispatch noop noop-reuse`.
+        let only: Vec<&str> = args[i + 1..]
+            .iter()
+            .take_while(|a| !a.starts_with("--"))
+            .map(String::as_str)
+            .collect();
+        return dispatch_cost(20_000, &only);
     }
     if args.iter().any(|a| a == "--breakdown") {
         return breakdown(20_000);
@@ -59,7 +65,7 @@ fn main() {
     latency(1_000, Duration::from_secs(10 / scale as u64));
     latency(10_000, Duration::from_secs(5));
     other_process(20 / scale as u32 * 10, 100);
-    dispatch_cost(20_000 / scale);
+    dispatch_cost(20_000 / scale, &[]);
     hot_swap();
     hostile_neighbours(100_000 / scale, 10);
 }
@@ -317,7 +323,7 @@ fn other_process(n: u32, rate: u64) {
 /// The cost of one handler call through the runtime (fresh store and
 /// instance, limits armed, result mapped back) beside a native Rust
 /// function doing the same work on the same event, in one loop.
-fn dispatch_cost(n: usize) {
+fn dispatch_cost(n: usize, only: &[&str]) {
     let sb = Sandbox::new();
     let store = Arc::new(Store::open(&sb.data_dir()).unwrap());
     let config = sb.config();
@@ -347,6 +353,10 @@ fn dispatch_cost(n: usize) {
         ("tally-js", guests::TALLY_JS, "fresh"),
         ("tally-js-reuse", guests::TALLY_JS, "reuse"),
     ];
+    let handlers: Vec<_> = handlers
+        .into_iter()
+        .filter(|(name, _, _)| only.is_empty() || only.contains(name))
+        .collect();
     for (name, wasm, policy) in &handlers {
         std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).unwrap();
         std::fs::write(

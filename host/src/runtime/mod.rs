@@ -173,6 +173,12 @@ impl Runtime {
             // Fuel is only charged against handlers that set `limits.fuel`;
             // the others run with an unbounded tank.
             .consume_fuel(true)
+            // Calls are async (so a deadline can end them), but nothing uses
+            // the component model's own concurrency (`run_concurrent`,
+            // streams): without its per-call task bookkeeping a call costs
+            // less, and no internal error is formatted per call (which
+            // captured a backtrace each time under RUST_BACKTRACE=1).
+            .concurrency_support(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(engine_err)?;
 
