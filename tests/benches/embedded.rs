@@ -594,7 +594,19 @@ fn hostile_neighbours(n: usize, hostile_rate: u64) {
             }
         }
         let bus = Arc::new(open_default(&sb));
-        bus.start().unwrap();
+        // The good events wait as a backlog, published before the host
+        // starts: what is timed is handling them, not a publisher competing
+        // for the same two cores.
+        let good: Vec<usize> = (0..n).collect();
+        for chunk in good.chunks(500) {
+            bus.publish_batch(
+                chunk
+                    .iter()
+                    .map(|i| bench_event(i % 8).clone_with_type("good"))
+                    .collect(),
+            )
+            .unwrap();
+        }
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let side = with_hostile.then(|| {
             let (bus, stop) = (bus.clone(), stop.clone());
@@ -612,16 +624,7 @@ fn hostile_neighbours(n: usize, hostile_rate: u64) {
             })
         });
         let start = Instant::now();
-        let good: Vec<usize> = (0..n).collect();
-        for chunk in good.chunks(50) {
-            bus.publish_batch(
-                chunk
-                    .iter()
-                    .map(|i| bench_event(i % 8).clone_with_type("good"))
-                    .collect(),
-            )
-            .unwrap();
-        }
+        bus.start().unwrap();
         // Done when every good event is: count them through the status index.
         while bus
             .store()
@@ -656,13 +659,28 @@ fn hostile_neighbours(n: usize, hostile_rate: u64) {
         }
         (rate, outcomes)
     };
-    let (alone, _) = run(false);
-    let (beside, stopped) = run(true);
+    // Alone and beside, alternately: the machine's own drift between runs
+    // is as large as the effect measured, so one pair of runs says little.
+    // The median ratio of 5 pairs, with the range.
+    let mut ratios = Vec::new();
+    let mut pairs = Vec::new();
+    let mut stopped = HashMap::new();
+    for _ in 0..5 {
+        let (a, _) = run(false);
+        let (b, s) = run(true);
+        ratios.push(b / a);
+        pairs.push(format!("{a:.0}/{b:.0}"));
+        stopped = s;
+    }
+    ratios.sort_by(f64::total_cmp);
     let mut stopped: Vec<_> = stopped.into_iter().collect();
     stopped.sort();
     println!(
-        "hostile neighbours: well-behaved handler {alone:.0} events/s alone, {beside:.0} events/s beside 7 hostile handlers at {hostile_rate} events/s each = {:.0}%; hostile runs stopped (handler=reason: count): {}",
-        100.0 * beside / alone,
+        "hostile neighbours: well-behaved handler beside 7 hostile handlers at {hostile_rate} events/s each keeps {:.0}% of its throughput alone (median of 5 pairs; range {:.0}-{:.0}%; alone/beside events/s: {}; {n} events from a backlog); hostile runs stopped in the last (handler=reason: count): {}",
+        100.0 * ratios[2],
+        100.0 * ratios[0],
+        100.0 * ratios[4],
+        pairs.join(", "),
         stopped
             .iter()
             .map(|(k, v)| format!("{k}: {v}"))

@@ -147,7 +147,11 @@ fn claim_and_submit(
     match pipeline.submit(deliveries, sink) {
         Ok(()) => Ok(n),
         Err(Refused::Closed) => {
-            release(ctx, &ids, &"the host is shutting down");
+            // Shutting down: unclaim them for the next start.
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            if let Err(e) = ctx.store.release(&ids) {
+                tracing::warn!(error = %e, "cannot unclaim events at shutdown; the next start does");
+            }
             Ok(0)
         }
         Err(Refused::Store(e)) => {
@@ -183,7 +187,7 @@ fn commit(ctx: &HostContext, resolutions: &[Resolution]) -> Result<(), StoreErro
     }
 }
 
-fn release(ctx: &HostContext, ids: &[String], cause: &dyn std::fmt::Display) {
+fn release(ctx: &HostContext, ids: &[String], cause: &StoreError) {
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     match ctx.store.release(&ids) {
         Ok(n) => {
