@@ -356,6 +356,7 @@ fn commit_loop(pipeline: std::sync::Weak<Pipeline>, ready: mpsc::Receiver<Ready>
                 Err(_) => break,
             }
         }
+        tracing::debug!(outcomes = batch.len(), "committing");
         let tickets: Vec<u64> = batch.iter().map(|r| r.ticket).collect();
         for (sink, items) in by_sink(batch.into_iter().map(|r| (r.sink, r.finished))) {
             sink.commit(items);
