@@ -225,7 +225,7 @@ impl Default for RuntimeConfig {
             pool_slots: 128,
             epoch_tick_ms: 5,
             max_calls: 64,
-            max_in_flight: 4096,
+            max_in_flight: 10_000,
             lane_depth: 512,
             cache_dir: None,
         }

@@ -306,41 +306,46 @@ impl Pipeline {
     }
 }
 
-/// One project's lane: its events, one at a time, in submit order.
+/// One project's lane: its events, one at a time, in submit order. It takes
+/// everything queued at once (one lock per wave, not per event: the lock is
+/// shared with every other lane and the sources) and ends when it finds the
+/// queue empty.
 async fn lane(pipeline: Arc<Pipeline>, project: String) {
     let Some(to_committer) = lock(&pipeline.to_committer).clone() else {
         return;
     };
     loop {
-        let job = {
+        let jobs = {
             let mut state = lock(&pipeline.state);
-            match state.lanes.get_mut(&project).and_then(VecDeque::pop_front) {
-                Some(job) => job,
-                None => {
+            match state.lanes.get_mut(&project) {
+                Some(queue) if !queue.is_empty() => std::mem::take(queue),
+                _ => {
                     state.lanes.remove(&project);
                     return;
                 }
             }
         };
-        let Job {
-            ticket,
-            delivery,
-            done,
-            sink,
-        } = job;
-        let origin = delivery.origin;
-        let resolution = pipeline
-            .dispatcher
-            .resolve(delivery.event, &done, &origin)
-            .await;
-        let ready = Ready {
-            ticket,
-            finished: Finished { resolution, origin },
-            sink,
-        };
-        if to_committer.send(ready).is_err() {
-            // Closed: this outcome is abandoned with the rest.
-            return;
+        for job in jobs {
+            let Job {
+                ticket,
+                delivery,
+                done,
+                sink,
+            } = job;
+            let origin = delivery.origin;
+            let resolution = pipeline
+                .dispatcher
+                .resolve(delivery.event, &done, &origin)
+                .await;
+            let ready = Ready {
+                ticket,
+                finished: Finished { resolution, origin },
+                sink,
+            };
+            if to_committer.send(ready).is_err() {
+                // Closed: this outcome is abandoned with the rest.
+                return;
+            }
         }
     }
 }

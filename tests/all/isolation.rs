@@ -60,6 +60,7 @@ fn blocked_call_ends_at_its_deadline(mode: &str) {
         assert_eq!(done.status, EventStatus::Completed);
     }
     let took = started.elapsed();
+    println!("{mode}: 200 events of other projects completed in {took:?} beside the blocked call");
     assert!(
         took <= Duration::from_secs(2),
         "200 events of other projects took {took:?} beside a {mode} call"
@@ -77,6 +78,10 @@ fn blocked_call_ends_at_its_deadline(mode: &str) {
     for run in &runs {
         assert_eq!(run.outcome, "timeout", "{run:?}");
         let ms = run.duration_us / 1000;
+        println!(
+            "{mode}: attempt {} stopped as timeout after {ms} ms",
+            run.attempt
+        );
         assert!(
             (950..2000).contains(&ms),
             "stopped at its 1000 ms deadline, not after {ms} ms"
@@ -195,6 +200,7 @@ fn a_host_with_a_stuck_call_exits_within_its_grace_and_handles_the_event_once_af
     std::thread::sleep(Duration::from_millis(200));
     signal(&host, "INT");
     let (took, status) = exits_within(&mut host, grace + Duration::from_secs(2));
+    println!("SIGINT with a stuck call, grace {grace:?}: exited ({status}) after {took:?}");
     assert!(status.success(), "exit status {status}");
     assert!(
         took >= grace - Duration::from_millis(100),
@@ -240,7 +246,8 @@ fn a_second_signal_exits_at_once() {
         "still in its grace period"
     );
     signal(&host, "INT");
-    exits_within(&mut host, Duration::from_secs(2));
+    let (took, _) = exits_within(&mut host, Duration::from_secs(2));
+    println!("second signal: exited after {took:?}");
 }
 
 /// Swapping out a version whose call is stuck does not wait for it: the new
