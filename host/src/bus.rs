@@ -326,11 +326,6 @@ impl Bus {
         self.ctx.subscribe()
     }
 
-    /// Events accepted by dispatch and not yet committed.
-    pub fn in_flight(&self) -> usize {
-        self.pipeline.in_flight()
-    }
-
     /// Stops taking new work at once, gives handler calls in flight up to
     /// `shutdown_grace_ms` to finish and commits their outcomes, abandons
     /// the calls still running then (their events return to `pending`, no

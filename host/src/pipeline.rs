@@ -71,17 +71,16 @@ struct Job {
     ticket: u64,
     delivery: Delivery,
     done: Vec<(String, String)>,
-    sink: Arc<dyn Sink>,
 }
 
 /// An outcome on its way to the committer.
 struct Ready {
     ticket: u64,
     finished: Finished,
-    sink: Arc<dyn Sink>,
 }
 
-/// What is in flight: submitted, not yet committed.
+/// What is in flight: submitted, not yet committed. The committer finds an
+/// outcome's sink here, by its ticket.
 struct Entry {
     event_id: String,
     origin: Origin,
@@ -190,7 +189,6 @@ impl Pipeline {
                 ticket,
                 delivery,
                 done,
-                sink: sink.clone(),
             };
             match state.lanes.get_mut(&project) {
                 Some(queue) => queue.push_back(job),
@@ -224,10 +222,6 @@ impl Pipeline {
             .values()
             .map(|e| e.event_id.clone())
             .collect()
-    }
-
-    pub fn in_flight(&self) -> usize {
-        lock(&self.state).in_flight.len()
     }
 
     /// Waits until nothing is in flight, or `timeout` has passed; true when
@@ -295,6 +289,17 @@ impl Pipeline {
         abandoned
     }
 
+    /// The sinks of these in-flight events, in order.
+    fn sinks_of(&self, tickets: &[u64]) -> Vec<Arc<dyn Sink>> {
+        let state = lock(&self.state);
+        // Entries leave only through `retire` (after their commit) or
+        // `close` (after the committer has stopped): all are still here.
+        tickets
+            .iter()
+            .map(|t| state.in_flight[t].sink.clone())
+            .collect()
+    }
+
     /// The committer took these outcomes off the books.
     fn retire(&self, tickets: &[u64]) {
         let mut state = lock(&self.state);
@@ -330,7 +335,6 @@ async fn lane(pipeline: Arc<Pipeline>, project: String) {
                 ticket,
                 delivery,
                 done,
-                sink,
             } = job;
             let origin = delivery.origin;
             let resolution = pipeline
@@ -340,7 +344,6 @@ async fn lane(pipeline: Arc<Pipeline>, project: String) {
             let ready = Ready {
                 ticket,
                 finished: Finished { resolution, origin },
-                sink,
             };
             if to_committer.send(ready).is_err() {
                 // Closed: this outcome is abandoned with the rest.
@@ -362,14 +365,15 @@ fn commit_loop(pipeline: std::sync::Weak<Pipeline>, ready: mpsc::Receiver<Ready>
             }
         }
         tracing::debug!(outcomes = batch.len(), "committing");
+        let Some(pipeline) = pipeline.upgrade() else {
+            return;
+        };
         let tickets: Vec<u64> = batch.iter().map(|r| r.ticket).collect();
-        for (sink, items) in by_sink(batch.into_iter().map(|r| (r.sink, r.finished))) {
+        let sinks = pipeline.sinks_of(&tickets);
+        for (sink, items) in by_sink(sinks.into_iter().zip(batch.into_iter().map(|r| r.finished))) {
             sink.commit(items);
         }
-        match pipeline.upgrade() {
-            Some(p) => p.retire(&tickets),
-            None => return,
-        }
+        pipeline.retire(&tickets);
     }
 }
 

@@ -33,6 +33,20 @@ fn stuck_beside_good(mode: &str, sleep_ms: u64) -> (Sandbox, Bus) {
     (sb, bus)
 }
 
+/// Publishes a `stuck` event in `project` and waits until its call runs.
+fn publish_stuck(bus: &Bus, project: &str) -> persona_bus::Event {
+    let stuck = bus
+        .publish(NewEvent {
+            project_id: Some(project.into()),
+            ..event("stuck")
+        })
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the stuck call to start", || {
+        bus.store().event(&stuck.id).unwrap().status == EventStatus::Processing
+    });
+    stuck
+}
+
 /// Publishes a `stuck` event, then 200 `work` events of 20 other projects
 /// right after it: they all complete within 2 s while the stuck call
 /// waits. The stuck event is stopped at each deadline (outcome `timeout`),
@@ -40,13 +54,8 @@ fn stuck_beside_good(mode: &str, sleep_ms: u64) -> (Sandbox, Bus) {
 fn blocked_call_ends_at_its_deadline(mode: &str) {
     let (_sb, bus) = stuck_beside_good(mode, 600_000);
     bus.start().unwrap();
-    let mut stuck = event("stuck");
-    stuck.project_id = Some("stuck-project".into());
-    let stuck = bus.publish(stuck).unwrap();
     // Let the stuck call start, so the others really run beside it.
-    wait_for(Duration::from_secs(10), "the stuck call to start", || {
-        bus.store().event(&stuck.id).unwrap().status == EventStatus::Processing
-    });
+    let stuck = publish_stuck(&bus, "stuck-project");
     let started = Instant::now();
     let work: Vec<NewEvent> = (0..200)
         .map(|i| NewEvent {
@@ -267,12 +276,7 @@ fn a_reload_does_not_wait_for_a_stuck_call_of_the_old_version() {
     config.watch_handlers = false;
     let bus = Bus::open(config).unwrap();
     bus.start().unwrap();
-    let mut first = event("stuck");
-    first.project_id = Some("a".into());
-    let first = bus.publish(first).unwrap();
-    wait_for(Duration::from_secs(10), "the stuck call to start", || {
-        bus.store().event(&first.id).unwrap().status == EventStatus::Processing
-    });
+    let first = publish_stuck(&bus, "a");
 
     sb.install_atomic("stuck", "2", guests::HOSTILE, &manifest(0));
     let started = Instant::now();

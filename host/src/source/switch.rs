@@ -134,10 +134,11 @@ impl SourceSwitch {
     /// every successful probe, for another `open_secs`. While settling, a
     /// consumer error counts only if a metadata request fails too.
     pub fn settling(&self) -> bool {
-        self.closed_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|at| at.elapsed() < SETTLE)
+        self.closed_at().is_some_and(|at| at.elapsed() < SETTLE)
+    }
+
+    fn closed_at(&self) -> Option<Instant> {
+        *self.closed_at.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// What the outbox relay saw: acknowledgements, and when the newest
@@ -150,11 +151,7 @@ impl SourceSwitch {
             return;
         }
         if let Some((produced_at, reason)) = newest_failure {
-            let stale = self
-                .closed_at
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some_and(|closed| closed > produced_at);
+            let stale = self.closed_at().is_some_and(|closed| closed > produced_at);
             if !stale {
                 self.failure(&format!("produce: {reason}"));
                 return;
