@@ -30,6 +30,7 @@ fn main() {
             &args[i + 1],
             args[i + 2].parse().unwrap(),
             args[i + 3].parse().unwrap(),
+            IdShape::from_env(),
         );
     }
     let quick = args.iter().any(|a| a == "--quick");
@@ -57,7 +58,8 @@ fn main() {
         k::brokers()
     );
     println!(
-        "events: {n} per run, ids: ULID (time-ordered), 64 projects, 6 partitions, handler: noop (reused instance); load generator warmed up before each timed window\n"
+        "events: {n} per run, ids: {}, 64 projects, 6 partitions, handler: noop (reused instance); load generator warmed up before each timed window\n",
+        IdShape::from_env().describe()
     );
     // Latency first, on a quiet broker (after the throughput runs the
     // broker is busy with a million records, and its pauses show up here).
@@ -257,10 +259,55 @@ fn latency(rate: u32, run: Duration) {
     );
 }
 
+/// The shape of the event ids the generator sends: random UUIDv4 strings
+/// by default (what most producers send), or time-ordered ULIDs with
+/// `BENCH_IDS=ulid` (kind to SQLite's B-trees; for comparison).
+#[derive(Clone, Copy)]
+enum IdShape {
+    Uuid,
+    Ulid,
+}
+
+impl IdShape {
+    fn from_env() -> Self {
+        match std::env::var("BENCH_IDS").as_deref() {
+            Ok("ulid") => Self::Ulid,
+            _ => Self::Uuid,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Uuid => "random UUIDv4 (BENCH_IDS=ulid for time-ordered ULIDs)",
+            Self::Ulid => "ULID (time-ordered; BENCH_IDS=ulid)",
+        }
+    }
+
+    fn next(self) -> String {
+        match self {
+            Self::Ulid => ulid::Ulid::new().to_string(),
+            Self::Uuid => {
+                let mut b = fastrand::u128(..).to_be_bytes();
+                b[6] = (b[6] & 0x0f) | 0x40; // version 4
+                b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+                let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                format!(
+                    "{}-{}-{}-{}-{}",
+                    &h[..8],
+                    &h[8..12],
+                    &h[12..16],
+                    &h[16..20],
+                    &h[20..]
+                )
+            }
+        }
+    }
+}
+
 /// The load generator: produces `n` events to `topic` as another device
 /// would (rate 0 = as fast as it can), each stamped with its send time in
 /// microseconds, over 64 projects. Waits for every acknowledgement.
-fn load_generator(topic: &str, n: usize, rate: u32) {
+fn load_generator(topic: &str, n: usize, rate: u32, ids: IdShape) {
     let p = k::producer(if rate == 0 { 20 } else { 0 });
     // Warm up before the clock starts: a metadata answer is not enough, the
     // idempotent producer fetches its producer id after that, and records
@@ -288,7 +335,7 @@ fn load_generator(topic: &str, n: usize, rate: u32) {
         }
         // The wire format and the plan's headers, written directly: a
         // generator should spend the shared cores on load, not on itself.
-        let id = ulid::Ulid::new().to_string();
+        let id = ids.next();
         let project = &projects[i % 64];
         let sent = humantime::format_rfc3339_micros(SystemTime::now());
         let value = format!(
