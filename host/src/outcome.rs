@@ -78,7 +78,7 @@ pub enum RunOutcome {
 }
 
 impl RunOutcome {
-    /// The `outcome` column of `persona_executions`.
+    /// The `outcome` column of `persona_runs` (the `persona_executions` view).
     pub fn label(&self) -> &'static str {
         match self {
             Self::Completed => "completed",

@@ -16,6 +16,7 @@ mod kafka;
 mod languages;
 mod lifecycle;
 mod matching;
+mod migration;
 mod outcomes;
 
 use persona_bus_tests::Sandbox;

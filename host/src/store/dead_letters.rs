@@ -111,7 +111,9 @@ impl Store {
         )
         .op("mark retried")?;
         tx.execute(
-            "DELETE FROM persona_processed WHERE event_id = ?1 AND handler = ?2 AND outcome = 'dead_letter'",
+            "DELETE FROM persona_ledger WHERE outcome = 'dead_letter' \
+             AND event_seq = (SELECT seq FROM persona_events WHERE id = ?1) \
+             AND handler_no = (SELECT no FROM persona_handler_names WHERE name = ?2)",
             params![event_id, handler],
         )
         .op("clear ledger")?;

@@ -66,23 +66,23 @@ pub(crate) fn insert_remote(conn: &Connection, e: &Event) -> Result<bool, StoreE
 
 /// Writes the final state of an event consumed from Kafka in one
 /// statement: the row is created (`remote`) if this device has none, else
-/// its status is set.
+/// its status is set. Returns the row's seq.
 pub(crate) fn upsert_final(
     conn: &Connection,
     e: &Event,
     status: &str,
     error: Option<&str>,
     now: &str,
-) -> Result<(), StoreError> {
+) -> Result<i64, StoreError> {
     conn.prepare_cached(
         "INSERT INTO persona_events (id, project_id, event_type, source_type, source_id, target_persona_id, \
          payload, status, error_message, processed_at, created_at, headers, schema_version, chain_depth, kafka_state) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'remote') \
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, error_message = excluded.error_message, \
-         processed_at = excluded.processed_at, claimed_at = NULL",
+         processed_at = excluded.processed_at, claimed_at = NULL RETURNING seq",
     )
     .op("prepare upsert event")?
-    .execute(params![
+    .query_row(params![
         e.id,
         e.project_id,
         e.event_type,
@@ -97,9 +97,8 @@ pub(crate) fn upsert_final(
         headers_to_json(&e.headers),
         e.schema_version,
         e.chain_depth,
-    ])
-    .op("upsert event")?;
-    Ok(())
+    ], |r| r.get(0))
+    .op("upsert event")
 }
 
 fn insert_with_state(
@@ -212,10 +211,10 @@ impl Store {
         let conn = self.writer();
         let sql = format!(
             "UPDATE persona_events SET status = 'processing', claimed_at = ?1, claims = claims + 1 \
-             WHERE rowid IN (SELECT rowid FROM persona_events \
+             WHERE seq IN (SELECT seq FROM persona_events \
                              WHERE {LIVE} AND status = 'pending' AND next_attempt_at <= ?1 AND {} {} \
-                             ORDER BY rowid LIMIT ?2) \
-             RETURNING rowid, claims, {EVENT_COLUMNS}",
+                             ORDER BY seq LIMIT ?2) \
+             RETURNING seq, claims, {EVENT_COLUMNS}",
             scope.condition(),
             if skip.is_empty() {
                 ""
@@ -225,11 +224,11 @@ impl Store {
         );
         let mut stmt = conn.prepare_cached(&sql).op("prepare claim")?;
         let read = |row: &Row<'_>| {
-            // RETURNING puts rowid and claims first; the event follows.
-            let rowid: i64 = row.get(0)?;
+            // RETURNING puts seq and claims first; the event follows.
+            let seq: i64 = row.get(0)?;
             let claims: u32 = row.get(1)?;
             let event = event_at(row, 2)?;
-            Ok((rowid, claims, event))
+            Ok((seq, claims, event))
         };
         let rows = if skip.is_empty() {
             stmt.query_map(params![now_ms, limit as i64], read)
@@ -241,8 +240,8 @@ impl Store {
             .op("claim")?
             .collect::<rusqlite::Result<_>>()
             .op("read claimed")?;
-        // RETURNING gives no order guarantee; publish order is rowid order.
-        rows.sort_unstable_by_key(|(rowid, ..)| *rowid);
+        // RETURNING gives no order guarantee; publish order is seq order.
+        rows.sort_unstable_by_key(|(seq, ..)| *seq);
         Ok(rows.into_iter().map(|(_, claims, e)| (e, claims)).collect())
     }
 
@@ -341,7 +340,7 @@ impl Store {
             let cond = "(?1 IS NULL OR event_type = ?1) AND (?2 IS NULL OR status = ?2)";
             let events = conn
                 .prepare_cached(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM persona_events WHERE {cond} ORDER BY rowid DESC LIMIT ?3"
+                    "SELECT {EVENT_COLUMNS} FROM persona_events WHERE {cond} ORDER BY seq DESC LIMIT ?3"
                 ))
                 .op("prepare list events")?
                 .query_map(params![ty, st, filter.limit.max(1) as i64], event_from_row)

@@ -101,6 +101,9 @@ pub struct Store {
     outbox: std::sync::atomic::AtomicBool,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Handler name -> number in `persona_handler_names` (the ledger and
+    /// executions store the number). Only committed numbers are cached.
+    handler_nos: Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl Store {
@@ -124,6 +127,7 @@ impl Store {
             outbox: std::sync::atomic::AtomicBool::new(false),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            handler_nos: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -156,6 +160,33 @@ impl Store {
     /// lock is safe to take over.
     fn writer(&self) -> MutexGuard<'_, Connection> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The numbers of these handlers, registering the new ones (each in a
+    /// committed statement of its own, before the caller's transaction, so
+    /// a rolled-back batch never leaves a number cached that the file does
+    /// not have).
+    fn handler_numbers<'a>(
+        &self,
+        conn: &Connection,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+        let mut cache = self.handler_nos.lock().unwrap_or_else(|p| p.into_inner());
+        for name in names {
+            if cache.contains_key(name) {
+                continue;
+            }
+            let no: i64 = conn
+                .prepare_cached(
+                    "INSERT INTO persona_handler_names (name) VALUES (?1) \
+                     ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING no",
+                )
+                .op("prepare handler number")?
+                .query_row([name], |r| r.get(0))
+                .op("handler number")?;
+            cache.insert(name.to_owned(), no);
+        }
+        Ok(cache.clone())
     }
 
     /// Runs `f` on a pooled reader connection.

@@ -18,7 +18,7 @@ impl Store {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT status = 'processing', {EVENT_COLUMNS} FROM persona_events \
-                     WHERE kafka_state = 'pending' ORDER BY rowid LIMIT ?1"
+                     WHERE kafka_state = 'pending' ORDER BY seq LIMIT ?1"
                 ))
                 .op("prepare outbox")?;
             let rows = stmt

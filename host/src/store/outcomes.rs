@@ -71,20 +71,63 @@ impl Store {
         from_kafka: bool,
     ) -> Result<Committed, StoreError> {
         let now = now_rfc3339();
+        let now_ms = crate::event::now_millis();
         let mut done = Committed::default();
         let mut conn = self.writer();
+        let handlers = self.handler_numbers(
+            &conn,
+            resolutions
+                .iter()
+                .flat_map(|r| r.runs.iter().map(|run| &*run.handler)),
+        )?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .op("begin commit")?;
         for res in resolutions {
-            // A consumed event's row may not exist here yet (another
-            // device's event). A final state is written in one upsert below;
-            // a retry needs the row first.
-            if from_kafka && matches!(res.next, Next::Retry { .. }) {
-                insert_remote(&tx, &res.event)?;
-            }
+            // The event's next state first: it also gives the row's seq,
+            // which the ledger and executions refer to. A consumed event's
+            // row may not exist here yet (another device's event): a final
+            // state is written in one upsert, a retry needs the row first.
+            let seq = match &res.next {
+                Next::Final { status, error } if from_kafka => Some(upsert_final(
+                    &tx,
+                    &res.event,
+                    status.as_str(),
+                    error.as_deref(),
+                    &now,
+                )?),
+                Next::Final { status, error } => tx
+                    .prepare_cached(
+                        "UPDATE persona_events SET status = ?2, error_message = ?3, processed_at = ?4, claimed_at = NULL \
+                         WHERE id = ?1 RETURNING seq",
+                    )
+                    .op("prepare finish event")?
+                    .query_row(params![res.event.id, status.as_str(), error, now], |r| r.get(0))
+                    .optional()
+                    .op("finish event")?,
+                Next::Retry { at_ms, error } => {
+                    if from_kafka {
+                        insert_remote(&tx, &res.event)?;
+                    }
+                    tx.prepare_cached(
+                        "UPDATE persona_events SET status = 'pending', error_message = ?2, next_attempt_at = ?3, \
+                         retry_count = retry_count + 1, claimed_at = NULL WHERE id = ?1 RETURNING seq",
+                    )
+                    .op("prepare schedule retry")?
+                    .query_row(params![res.event.id, error, at_ms], |r| r.get(0))
+                    .optional()
+                    .op("schedule retry")?
+                }
+            };
+            let Some(seq) = seq else {
+                // Claimed rows are never deleted; a row gone anyway (edited
+                // by hand) has nothing left to record against.
+                tracing::warn!(event = %res.event.id, "event row vanished before its outcome was committed; outcome dropped");
+                continue;
+            };
             for run in &res.runs {
-                insert_execution(&tx, &res.event.id, run, &now)?;
+                let handler_no = handlers[&*run.handler];
+                insert_execution(&tx, seq, handler_no, run, &now)?;
                 let ledger_outcome = match run.verdict {
                     Verdict::Done => "completed",
                     Verdict::DeadLetter { .. } => "dead_letter",
@@ -92,11 +135,11 @@ impl Store {
                 };
                 let fresh = tx
                     .prepare_cached(
-                        "INSERT INTO persona_processed (event_id, handler, outcome, processed_at) \
+                        "INSERT INTO persona_ledger (event_seq, handler_no, outcome, processed_at) \
                          VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                     )
                     .op("prepare ledger")?
-                    .execute(params![res.event.id, &*run.handler, ledger_outcome, now])
+                    .execute(params![seq, handler_no, ledger_outcome, now_ms])
                     .op("insert ledger")?
                     == 1;
                 if !fresh {
@@ -117,28 +160,6 @@ impl Store {
                     Verdict::RetryAt(_) => unreachable!("skipped above"),
                 }
             }
-            match &res.next {
-                Next::Final { status, error } if from_kafka => {
-                    upsert_final(&tx, &res.event, status.as_str(), error.as_deref(), &now)?;
-                    1
-                }
-                Next::Final { status, error } => tx
-                    .prepare_cached(
-                        "UPDATE persona_events SET status = ?2, error_message = ?3, processed_at = ?4, claimed_at = NULL \
-                         WHERE id = ?1",
-                    )
-                    .op("prepare finish event")?
-                    .execute(params![res.event.id, status.as_str(), error, now])
-                    .op("finish event")?,
-                Next::Retry { at_ms, error } => tx
-                    .prepare_cached(
-                        "UPDATE persona_events SET status = 'pending', error_message = ?2, next_attempt_at = ?3, \
-                         retry_count = retry_count + 1, claimed_at = NULL WHERE id = ?1",
-                    )
-                    .op("prepare schedule retry")?
-                    .execute(params![res.event.id, error, at_ms])
-                    .op("schedule retry")?,
-            };
         }
         tx.commit().op("commit outcomes")?;
         Ok(done)
@@ -160,8 +181,10 @@ impl Store {
             let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT event_id, handler, outcome FROM persona_processed \
-                     WHERE event_id IN (SELECT value FROM json_each(?1))",
+                    "SELECT e.id, h.name, l.outcome FROM json_each(?1) j \
+                     JOIN persona_events e ON e.id = j.value \
+                     JOIN persona_ledger l ON l.event_seq = e.seq \
+                     JOIN persona_handler_names h ON h.no = l.handler_no",
                 )
                 .op("prepare ledger lookup")?;
             let rows = stmt
@@ -179,8 +202,9 @@ impl Store {
     pub fn executions(&self, event_id: &str) -> Result<Vec<Execution>, StoreError> {
         self.read(|conn| {
             conn.prepare_cached(
-                "SELECT id, event_id, handler, handler_version, attempt, outcome, duration_us, error, started_at \
-                 FROM persona_executions WHERE event_id = ?1 ORDER BY id",
+                "SELECT r.id, e.id, h.name, r.handler_version, r.attempt, r.outcome, r.duration_us, r.error, r.started_at \
+                 FROM persona_events e JOIN persona_runs r ON r.event_seq = e.seq \
+                 JOIN persona_handler_names h ON h.no = r.handler_no WHERE e.id = ?1 ORDER BY r.id",
             )
             .op("prepare executions")?
             .query_map([event_id], |r| {
@@ -206,7 +230,8 @@ impl Store {
     pub fn ledger_count(&self, handler: &str) -> Result<u64, StoreError> {
         self.read(|conn| {
             conn.query_row(
-                "SELECT count(*) FROM persona_processed WHERE handler = ?1",
+                "SELECT count(*) FROM persona_ledger \
+                 WHERE handler_no = (SELECT no FROM persona_handler_names WHERE name = ?1)",
                 [handler],
                 |r| r.get::<_, i64>(0),
             )
@@ -218,7 +243,8 @@ impl Store {
 
 fn insert_execution(
     conn: &Connection,
-    event_id: &str,
+    event_seq: i64,
+    handler_no: i64,
     run: &Run,
     now: &str,
 ) -> Result<(), StoreError> {
@@ -226,13 +252,13 @@ fn insert_execution(
     // note in `error`, so it is visible without failing the event.
     let error = run.outcome.error().or_else(|| run.note.clone());
     conn.prepare_cached(
-        "INSERT INTO persona_executions (event_id, handler, handler_version, attempt, outcome, duration_us, error, started_at) \
+        "INSERT INTO persona_runs (event_seq, handler_no, handler_version, attempt, outcome, duration_us, error, started_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
     .op("prepare execution")?
     .execute(params![
-        event_id,
-        &*run.handler,
+        event_seq,
+        handler_no,
         &*run.version,
         run.attempt,
         run.outcome.label(),

@@ -102,8 +102,10 @@ impl Store {
         let names = serde_json::to_string(handlers).unwrap_or_else(|_| "[]".into());
         self.write_tx("clear ledger", |tx| {
             tx.prepare_cached(
-                "DELETE FROM persona_processed WHERE event_id IN (SELECT value FROM json_each(?1)) \
-                 AND (json_array_length(?2) = 0 OR handler IN (SELECT value FROM json_each(?2)))",
+                "DELETE FROM persona_ledger \
+                 WHERE event_seq IN (SELECT e.seq FROM json_each(?1) j JOIN persona_events e ON e.id = j.value) \
+                 AND (json_array_length(?2) = 0 OR handler_no IN \
+                      (SELECT h.no FROM json_each(?2) j JOIN persona_handler_names h ON h.name = j.value))",
             )
             .op("prepare clear ledger")?
             .execute(params![ids, names])

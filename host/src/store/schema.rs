@@ -121,4 +121,123 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE persona_events ADD COLUMN kafka_state TEXT;
     CREATE INDEX idx_persona_events_outbox ON persona_events(kafka_state) WHERE kafka_state = 'pending';
     "#,
+    // 3: a layout whose cost does not depend on the shape of event ids.
+    //    Producers mostly send random UUIDs, and every B-tree keyed by one
+    //    takes each insert on a random page: with three of them (the events'
+    //    id, the ledger's key, the executions' event_id index) a batch
+    //    rewrote most of each tree to the WAL and throughput halved. Now an
+    //    integer `seq` (arrival order) is the events' key, the id lives in
+    //    exactly one unique index, and the ledger and executions refer to
+    //    (seq, handler number): they only ever append.
+    //
+    //    - persona_events is rebuilt with `seq INTEGER PRIMARY KEY` (the old
+    //      rowid, so arrival order is kept; a rowid alone could be renumbered
+    //      by VACUUM). Its columns keep their names and order; seq is last.
+    //    - persona_handler_names numbers handlers.
+    //    - persona_ledger and persona_runs replace persona_processed and
+    //      persona_executions; views of those names keep the old columns
+    //      queryable.
+    //    Ledger or execution rows whose event row is missing (never written
+    //    by this bus, but a hand-edited file may have them) get a stub event
+    //    row, so nothing is dropped.
+    r#"
+    CREATE TABLE persona_events_v3 (
+        id TEXT NOT NULL,
+        project_id TEXT NOT NULL DEFAULT 'default',
+        event_type TEXT NOT NULL,
+        source_type TEXT NOT NULL,
+        source_id TEXT,
+        target_persona_id TEXT,
+        payload TEXT,
+        status TEXT NOT NULL DEFAULT 'pending',
+        error_message TEXT,
+        processed_at TEXT,
+        created_at TEXT NOT NULL,
+        headers TEXT NOT NULL DEFAULT '[]',
+        schema_version INTEGER NOT NULL DEFAULT 1,
+        chain_depth INTEGER NOT NULL DEFAULT 0,
+        retry_count INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL DEFAULT 0,
+        claimed_at INTEGER,
+        claims INTEGER NOT NULL DEFAULT 0,
+        kafka_state TEXT,
+        seq INTEGER PRIMARY KEY
+    );
+    INSERT INTO persona_events_v3 (seq, id, project_id, event_type, source_type, source_id, target_persona_id,
+        payload, status, error_message, processed_at, created_at, headers, schema_version, chain_depth,
+        retry_count, next_attempt_at, claimed_at, claims, kafka_state)
+    SELECT rowid, id, project_id, event_type, source_type, source_id, target_persona_id,
+        payload, status, error_message, processed_at, created_at, headers, schema_version, chain_depth,
+        retry_count, next_attempt_at, claimed_at, claims, kafka_state
+    FROM persona_events WHERE id IS NOT NULL ORDER BY rowid;
+    INSERT INTO persona_events_v3 (id, event_type, source_type, status, processed_at, created_at)
+    SELECT event_id, '(unknown)', '(unknown)', 'completed', min(at), min(at) FROM (
+        SELECT event_id, processed_at AS at FROM persona_processed
+        UNION ALL SELECT event_id, started_at FROM persona_executions
+    ) WHERE event_id NOT IN (SELECT id FROM persona_events_v3) GROUP BY event_id;
+    DROP TABLE persona_events;
+    ALTER TABLE persona_events_v3 RENAME TO persona_events;
+    CREATE UNIQUE INDEX idx_persona_events_id ON persona_events(id);
+    CREATE INDEX idx_persona_events_status ON persona_events(status) WHERE status IN ('pending', 'processing');
+    CREATE INDEX idx_persona_events_type ON persona_events(event_type);
+    CREATE INDEX idx_persona_events_outbox ON persona_events(kafka_state) WHERE kafka_state = 'pending';
+
+    CREATE TABLE persona_handler_names (
+        no INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    );
+    INSERT INTO persona_handler_names (name)
+    SELECT handler FROM persona_processed UNION SELECT handler FROM persona_executions;
+
+    -- One row per (event, handler) that is finished (completed or
+    -- dead-lettered): that handler never runs on that event again.
+    CREATE TABLE persona_ledger (
+        event_seq INTEGER NOT NULL,
+        handler_no INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        processed_at INTEGER NOT NULL,  -- ms since epoch
+        PRIMARY KEY (event_seq, handler_no)
+    ) WITHOUT ROWID;
+    INSERT INTO persona_ledger (event_seq, handler_no, outcome, processed_at)
+    SELECT e.seq, h.no, p.outcome, CAST(round((julianday(p.processed_at) - 2440587.5) * 86400000.0) AS INTEGER)
+    FROM persona_processed p
+    JOIN persona_events e ON e.id = p.event_id
+    JOIN persona_handler_names h ON h.name = p.handler;
+
+    -- One row per handler run.
+    CREATE TABLE persona_runs (
+        id INTEGER PRIMARY KEY,
+        event_seq INTEGER NOT NULL,
+        handler_no INTEGER NOT NULL,
+        handler_version TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        duration_us INTEGER NOT NULL,
+        error TEXT,
+        started_at TEXT NOT NULL
+    );
+    INSERT INTO persona_runs (id, event_seq, handler_no, handler_version, attempt, outcome, duration_us, error, started_at)
+    SELECT x.id, e.seq, h.no, x.handler_version, x.attempt, x.outcome, x.duration_us, x.error, x.started_at
+    FROM persona_executions x
+    JOIN persona_events e ON e.id = x.event_id
+    JOIN persona_handler_names h ON h.name = x.handler
+    ORDER BY x.id;
+    CREATE INDEX idx_persona_runs_event ON persona_runs(event_seq);
+
+    DROP TABLE persona_processed;
+    DROP TABLE persona_executions;
+    CREATE VIEW persona_processed AS
+    SELECT e.id AS event_id, h.name AS handler, l.outcome AS outcome,
+           strftime('%Y-%m-%dT%H:%M:%fZ', l.processed_at / 1000.0, 'unixepoch') AS processed_at
+    FROM persona_ledger l
+    JOIN persona_events e ON e.seq = l.event_seq
+    JOIN persona_handler_names h ON h.no = l.handler_no;
+    CREATE VIEW persona_executions AS
+    SELECT r.id AS id, e.id AS event_id, h.name AS handler, r.handler_version AS handler_version,
+           r.attempt AS attempt, r.outcome AS outcome, r.duration_us AS duration_us, r.error AS error,
+           r.started_at AS started_at
+    FROM persona_runs r
+    JOIN persona_events e ON e.seq = r.event_seq
+    JOIN persona_handler_names h ON h.no = r.handler_no;
+    "#,
 ];
