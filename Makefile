@@ -22,7 +22,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-http soak browser-deps clean kafka-up kafka-down
+.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-peer bench-http soak browser-deps clean kafka-up kafka-down
 
 all: build
 
@@ -95,7 +95,8 @@ lint: toolchain
 fmt:
 	$(CARGO) fmt --all
 
-bench: toolchain kafka-up
+bench: toolchain kafka-up handlers
+	$(CARGO) build --release -p persona-bus-tests --bin persona-bus-host
 	$(CARGO) bench -p persona-bus-tests --bench embedded
 	$(CARGO) bench -p persona-bus-tests --bench kafka
 	$(MAKE) bench-http
@@ -107,9 +108,23 @@ bench-http: toolchain
 		$$SUDO apt-get install -y -qq --no-install-recommends wrk; }
 	$(CARGO) bench -p persona-bus-tests --bench http
 
+# The migration plan's own stack as a peer (tools/bench-peer: KafkaJS
+# 2.2.4 + better-sqlite3 12, locked; better-sqlite3 builds its native module
+# with node-gyp, approved under allowScripts) against persona-bus at
+# defaults, on the same topics in the same run.
+PEER := tools/bench-peer
+$(PEER)/node_modules/.package-lock.json: $(PEER)/package.json $(PEER)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node.js 20) is required for the benchmark peer"; exit 1; }
+	cd $(PEER) && npm ci --no-audit --no-fund
+
+bench-peer: toolchain kafka-up $(PEER)/node_modules/.package-lock.json
+	$(CARGO) build --release -p persona-bus-tests --bin persona-bus-host
+	$(CARGO) bench -p persona-bus-tests --bench kafka -- --peer
+
 # Only the Kafka benchmarks (throughput against the real broker, WASM vs
 # native, latency at 1,000 events/s).
-bench-kafka: toolchain kafka-up
+bench-kafka: toolchain kafka-up handlers
+	$(CARGO) build --release -p persona-bus-tests --bin persona-bus-host
 	$(CARGO) bench -p persona-bus-tests --bench kafka
 
 # Apache Kafka 4.x (KRaft) from the official jars on Maven Central, fetched

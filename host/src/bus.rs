@@ -68,10 +68,14 @@ impl Bus {
             source,
         })?;
         let lock = take_lock(&config)?;
-        let store = Arc::new(Store::open_with(
+        let store = Arc::new(Store::open_tuned(
             &config.data_dir,
             Sync::Normal,
             Role::Host,
+            crate::store::Tuning {
+                cache_kb: config.store.cache_kb,
+                readers: config.store.readers,
+            },
         )?);
         // We hold the lock, so nothing is being processed: every
         // `processing` row belongs to a host that died.

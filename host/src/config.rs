@@ -22,6 +22,7 @@ pub struct Config {
     pub poll: PollConfig,
     pub limits: HostLimits,
     pub runtime: RuntimeConfig,
+    pub store: StoreConfig,
     pub kafka: KafkaConfig,
     pub http: HttpConfig,
     /// On SIGINT/SIGTERM (or `Bus::shutdown`): how long handler calls in
@@ -29,6 +30,28 @@ pub struct Config {
     /// nothing of theirs is committed, their events go back to `pending`
     /// and no Kafka offset passes them. Env: `PERSONA_BUS_SHUTDOWN_GRACE_MS`.
     pub shutdown_grace_ms: u64,
+}
+
+/// The SQLite store's memory: bounded by these settings, whatever the size
+/// of the file or of a backlog.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Page cache of the writer connection, in KiB. Each pooled reader
+    /// connection gets a quarter of it.
+    pub cache_kb: u32,
+    /// Reader connections kept open for queries (more are opened when
+    /// needed and closed after).
+    pub readers: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            cache_kb: 8 * 1024,
+            readers: 4,
+        }
+    }
 }
 
 /// The HTTP API and dashboard served by `persona-bus run`.
@@ -98,6 +121,7 @@ impl Default for Config {
             poll: PollConfig::default(),
             limits: HostLimits::default(),
             runtime: RuntimeConfig::default(),
+            store: StoreConfig::default(),
             kafka: KafkaConfig::default(),
             http: HttpConfig::default(),
             shutdown_grace_ms: 10_000,
@@ -274,6 +298,11 @@ pub struct KafkaConfig {
     pub webhook_group: String,
     /// Messages taken from the consumer per dispatched batch.
     pub consumer_batch: usize,
+    /// Most record bytes (KiB) librdkafka prefetches for the event
+    /// processor (`queued.max.messages.kbytes`); the audit logger and the
+    /// webhook ingester get a quarter each. Bounds memory under a backlog;
+    /// above a few MiB it buys no throughput.
+    pub prefetch_kb: u32,
     /// Send one execution record per handled event to the executions topic.
     pub publish_executions: bool,
     /// The circuit breaker between Kafka and the SQLite fallback.
@@ -390,6 +419,7 @@ impl Default for KafkaConfig {
             audit_group: "vibeman-audit-logger".into(),
             webhook_group: "vibeman-webhook-ingester".into(),
             consumer_batch: 2_000,
+            prefetch_kb: 8 * 1024,
             publish_executions: true,
             breaker: BreakerConfig::default(),
         }

@@ -114,7 +114,11 @@ fn a_version_2_file_migrates_forward_with_every_row_and_the_old_names() {
     // cleared through the new keys), a new event runs, and the counter
     // continues from its migrated state.
     sb.install_shipped("counter", guests::COUNTER, guests::COUNTER_MANIFEST);
-    sb.install("noop", guests::NOOP, "[[subscriptions]]\nevent_type = \"*\"");
+    sb.install(
+        "noop",
+        guests::NOOP,
+        "[[subscriptions]]\nevent_type = \"*\"",
+    );
     sb.install(
         "doomed",
         guests::FLAKY,

@@ -1,17 +1,33 @@
-//! Kafka benchmarks (`make bench-kafka`, part of `make bench`), against the
-//! real broker `make kafka-up` starts. Prints the figures kept in
-//! BENCHMARKS.md.
+//! Kafka benchmarks (`make bench-kafka`, part of `make bench`; `make
+//! bench-peer` for the comparison with the migration plan's own stack),
+//! against the real broker `make kafka-up` starts. Prints the figures kept
+//! in BENCHMARKS.md.
 //!
-//! 1. Sustained throughput: a separate load-generating process (this binary
-//!    re-executed as `kafka --load-generator TOPIC N RATE`) produces events
-//!    while the host consumes them, matches them, runs a trivial WASM
-//!    handler (reused instance), commits executions + ledger to SQLite and
-//!    stores offsets. Beside it, in the same run, the same pipeline with a
-//!    native Rust handler (the WASM cost as a ratio), and both again from a
-//!    backlog (all records on the topic before the host starts).
-//! 2. Publish-to-handled latency at 1,000 events/s: from the generator's
-//!    send time (carried in `created_at`, microseconds) to the outcome
-//!    being durable in SQLite (the host's `Resolved` notice).
+//! Every figure comes from a separate load-generating process (this binary
+//! re-executed as `kafka --load-generator TOPIC N RATE`), warmed up (metadata,
+//! producer id, one acknowledged record) before its timed window, sending
+//! random UUIDv4 ids by default (`BENCH_IDS=ulid` for time-ordered ones) in
+//! four event types (`task_created`, `task_updated`, `task_completed`,
+//! `task_assigned`) over 64 projects.
+//!
+//! 1. Latency at 1,000 events/s: from the generator's send time (carried in
+//!    `created_at`, microseconds) to the outcome being durable in SQLite
+//!    (the host's `Resolved` notice).
+//! 2. Throughput from a backlog: every record is on the topic before the
+//!    host starts. The host is the real `persona-bus run` process, with two
+//!    handlers (the noop guest on every event, and again on
+//!    `task_completed`, a quarter of them), at default manifest settings
+//!    (a fresh instance per event) and with `policy = "reuse"`. The rate is
+//!    events over the window from the first handled event to the last (the
+//!    consumer group's join is reported apart); peak RSS is the process's
+//!    VmHWM.
+//! 3. Idle RSS: the host on its embedded default with the first-party
+//!    handlers, after start-up.
+//!
+//! `--peer` runs the plan's stack (KafkaJS + better-sqlite3,
+//! `tools/bench-peer`) on the same topics in the same run and prints both
+//! pipelines and the ratios. `--in-process` keeps the older in-process
+//! comparison of the WASM handler with a native one.
 
 use hdrhistogram::Histogram;
 use persona_bus::Bus;
@@ -20,8 +36,18 @@ use persona_bus_tests::kafka as k;
 use persona_bus_tests::{Sandbox, guests};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
+
+/// The event types the generator cycles through; the second handler
+/// subscribes to one of them (a quarter of the events).
+const EVENT_TYPES: [&str; 4] = [
+    "task_created",
+    "task_updated",
+    "task_completed",
+    "task_assigned",
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -41,7 +67,8 @@ fn main() {
             .init();
     }
     if args.iter().any(|a| a == "--latency") {
-        return latency(1_000, Duration::from_secs(5));
+        let l = latency(1_000, Duration::from_secs(if quick { 5 } else { 20 }));
+        return println!("{}", l.line("persona-bus"));
     }
     let probe = persona_bus::config::KafkaConfig {
         brokers: k::brokers(),
@@ -58,27 +85,38 @@ fn main() {
         k::brokers()
     );
     println!(
-        "events: {n} per run, ids: {}, 64 projects, 6 partitions, handler: noop (reused instance); load generator warmed up before each timed window\n",
+        "events: {n} per run, ids: {}, 4 event types, 64 projects, 6 partitions; load generator warmed up before each timed window\n",
         IdShape::from_env().describe()
     );
-    // Latency first, on a quiet broker (after the throughput runs the
-    // broker is busy with a million records, and its pauses show up here).
-    latency(1_000, Duration::from_secs(if quick { 5 } else { 20 }));
-    println!();
-    println!(
-        "{:<44} {:>12} {:>14}",
-        "pipeline", "events/s", "host window"
-    );
-    let wasm = throughput(n, Handler::Wasm, Load::Concurrent);
-    let native = throughput(n, Handler::Native, Load::Concurrent);
-    println!(
-        "  WASM / native throughput: {:.2} (WASM keeps {:.0}% of native)",
-        wasm / native,
-        100.0 * wasm / native
-    );
-    let wasm_b = throughput(n, Handler::Wasm, Load::Backlog);
-    let native_b = throughput(n, Handler::Native, Load::Backlog);
-    println!("  WASM / native from a backlog: {:.2}", wasm_b / native_b);
+    if args.iter().any(|a| a == "--in-process") {
+        return in_process(n);
+    }
+    if args.iter().any(|a| a == "--peer") {
+        return peer_comparison(n, quick);
+    }
+    // `--throughput [fresh|reuse]`: only the backlog runs.
+    let only = args
+        .iter()
+        .position(|a| a == "--throughput")
+        .map(|i| args.get(i + 1).map(String::as_str).unwrap_or("both"));
+    if only.is_none() {
+        // Latency first, on a quiet broker.
+        let l = latency(1_000, Duration::from_secs(if quick { 5 } else { 20 }));
+        println!("{}\n", l.line("persona-bus"));
+    }
+    let topic = backlog(n);
+    println!("{}", HostRun::header());
+    for (policy, name) in [(Policy::Fresh, "fresh"), (Policy::Reuse, "reuse")] {
+        if only.is_some_and(|o| o != name && o != "both") {
+            continue;
+        }
+        let run = host_process(&topic, n, policy);
+        println!("{}", run.line());
+    }
+    if only.is_none() {
+        println!();
+        idle_rss();
+    }
 }
 
 fn cores() -> usize {
@@ -122,10 +160,22 @@ fn host(handler: Handler, prefix: &str) -> (Sandbox, Bus) {
 /// idempotent producer id in hand, a first record acknowledged): none of
 /// that is load, so it stays out of the timed window. It sends nothing
 /// until [`go`].
+/// Generators send uncompressed batches (for the peer: KafkaJS has no LZ4
+/// codec of its own, and a JavaScript one would slow it down).
+static UNCOMPRESSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn spawn_generator(topic: &str, n: usize, rate: u32) -> Child {
     use std::io::BufRead;
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--load-generator", topic, &n.to_string(), &rate.to_string()])
+        .env(
+            "BENCH_COMPRESSION",
+            if UNCOMPRESSED.load(std::sync::atomic::Ordering::Relaxed) {
+                "none"
+            } else {
+                "lz4"
+            },
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -162,6 +212,25 @@ fn count_resolved(bus: &Bus, n: usize) -> (usize, Option<Instant>, Instant) {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// The in-process comparison (`--in-process`): the WASM noop against a
+/// native Rust one, one subscription, reused instance.
+fn in_process(n: usize) {
+    println!(
+        "{:<44} {:>12} {:>14}",
+        "pipeline (in-process)", "events/s", "host window"
+    );
+    let wasm = throughput(n, Handler::Wasm, Load::Concurrent);
+    let native = throughput(n, Handler::Native, Load::Concurrent);
+    println!(
+        "  WASM / native throughput: {:.2} (WASM keeps {:.0}% of native)",
+        wasm / native,
+        100.0 * wasm / native
+    );
+    let wasm_b = throughput(n, Handler::Wasm, Load::Backlog);
+    let native_b = throughput(n, Handler::Native, Load::Backlog);
+    println!("  WASM / native from a backlog: {:.2}", wasm_b / native_b);
 }
 
 fn throughput(n: usize, handler: Handler, load: Load) -> f64 {
@@ -211,7 +280,37 @@ fn throughput(n: usize, handler: Handler, load: Load) -> f64 {
     rate
 }
 
-fn latency(rate: u32, run: Duration) {
+/// Publish-to-durable latency of one pipeline.
+struct Latency {
+    events: usize,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Latency {
+    fn from_histogram(hist: &Histogram<u64>) -> Self {
+        let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        Self {
+            events: hist.len() as usize,
+            p50: ms(0.50),
+            p90: ms(0.90),
+            p99: ms(0.99),
+            max: hist.max() as f64 / 1000.0,
+        }
+    }
+
+    fn line(&self, who: &str) -> String {
+        format!(
+            "latency at 1,000 events/s, {who}, generator send -> outcome durable in SQLite ({} events): \
+             p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.events, self.p50, self.p90, self.p99, self.max
+        )
+    }
+}
+
+fn latency(rate: u32, run: Duration) -> Latency {
     let prefix = k::prefix();
     let (_sb, bus) = host(Handler::Wasm, &prefix);
     let mut notices = bus.subscribe();
@@ -240,22 +339,374 @@ fn latency(rate: u32, run: Duration) {
     }
     let _ = g.wait();
     bus.shutdown();
-    if std::env::var_os("BENCH_DETAIL").is_some() {
-        for q in [0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999] {
-            eprintln!(
-                "  q{q}: {:.2} ms",
-                hist.value_at_quantile(q) as f64 / 1000.0
-            );
+    Latency::from_histogram(&hist)
+}
+
+/// Puts `n` events on a fresh topic (6 partitions, the broker's default)
+/// and returns its name.
+fn backlog(n: usize) -> String {
+    let topic = format!("{}.events", k::prefix());
+    let t = Instant::now();
+    let mut g = spawn_generator(&topic, n, 0);
+    go(&mut g);
+    assert!(g.wait().unwrap().success(), "load generator failed");
+    println!(
+        "backlog: {n} events on {topic} in {:.1} s\n",
+        t.elapsed().as_secs_f64()
+    );
+    topic
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Policy {
+    /// Default manifest settings: a fresh instance per event.
+    Fresh,
+    /// `[instances] policy = "reuse"`.
+    Reuse,
+}
+
+/// One run of the real host process over a backlog.
+struct HostRun {
+    policy: Policy,
+    events: u64,
+    /// Start of the process to its first handled event (group join,
+    /// handler compilation from the cache).
+    to_first: Duration,
+    /// First handled event to the last.
+    window: Duration,
+    peak_rss_mb: f64,
+}
+
+impl HostRun {
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.window.as_secs_f64()
+    }
+
+    fn header() -> String {
+        format!(
+            "{:<58} {:>10} {:>11} {:>13}",
+            "persona-bus run, from the backlog", "events/s", "peak RSS", "join+start"
+        )
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{:<58} {:>10.0} {:>8.0} MB {:>11.1} s",
+            match self.policy {
+                Policy::Fresh => "2 handlers, default settings (fresh instance per event)",
+                Policy::Reuse => "2 handlers, [instances] policy = \"reuse\"",
+            },
+            self.rate(),
+            self.peak_rss_mb,
+            self.to_first.as_secs_f64()
+        )
+    }
+}
+
+/// Installs the two benchmark handlers: the noop guest on every event, and
+/// again (as `quarter`) on `task_completed`.
+fn install_bench_handlers(sb: &Sandbox, policy: Policy) {
+    let instances = match policy {
+        Policy::Fresh => "",
+        Policy::Reuse => "\n[instances]\npolicy = \"reuse\"",
+    };
+    sb.install(
+        "noop",
+        guests::NOOP,
+        &format!("[[subscriptions]]\nevent_type = \"*\"{instances}"),
+    );
+    sb.install(
+        "quarter",
+        guests::NOOP,
+        &format!("[[subscriptions]]\nevent_type = \"task_completed\"{instances}"),
+    );
+}
+
+/// A free loopback port for a child's HTTP server.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `persona-bus run` as a child process.
+struct HostProcess {
+    child: Child,
+    metrics: String,
+}
+
+impl HostProcess {
+    fn start(sb: &Sandbox, config: &persona_bus::Config) -> Self {
+        let port = free_port();
+        let toml = sb.root.path().join("bench.toml");
+        std::fs::write(&toml, toml::to_string(config).unwrap()).unwrap();
+        let log = std::fs::File::create(sb.root.path().join("host.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_persona-bus-host"))
+            .env("PERSONA_BUS_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env_remove("RUST_BACKTRACE")
+            .arg("--config")
+            .arg(&toml)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start persona-bus run");
+        Self {
+            child,
+            metrics: format!("http://127.0.0.1:{port}/metrics"),
         }
     }
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+
+    /// Events in a final state (completed, skipped, dead letter, failed),
+    /// from `/metrics`; None until the server answers.
+    fn handled(&self) -> Option<u64> {
+        let text = ureq::get(&self.metrics)
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with("persona_bus_events_handled_total{"))
+                .filter(|l| !l.contains("\"retry\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum(),
+        )
+    }
+
+    /// A field of /proc/PID/status (VmRSS, VmHWM) in MB.
+    fn memory_mb(&self, field: &str) -> f64 {
+        proc_status_mb(self.child.id(), field)
+    }
+
+    fn stop(mut self) {
+        // SIGTERM: a graceful stop, as an operator would.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_status_mb(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The real host, consuming `topic` from the start in a group of its own.
+fn host_process(topic: &str, n: usize, policy: Policy) -> HostRun {
+    let sb = Sandbox::new();
+    install_bench_handlers(&sb, policy);
+    let mut c = sb.config();
+    k::consuming(&mut c, &k::prefix());
+    c.kafka.topics.events.name = topic.to_owned();
+    let started = Instant::now();
+    let host = HostProcess::start(&sb, &c);
+    let deadline = started + Duration::from_secs(900);
+    let mut seen = 0;
+    let mut peak_rss_mb: f64 = 0.0;
+    while (seen as usize) < n && Instant::now() < deadline {
+        if let Some(h) = host.handled() {
+            seen = h;
+        }
+        peak_rss_mb = peak_rss_mb.max(host.memory_mb("VmHWM"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let peak_rss_mb = peak_rss_mb.max(host.memory_mb("VmHWM"));
+    host.stop();
+    assert_eq!(
+        seen as usize, n,
+        "not every event was handled (log: host.log)"
+    );
+    // The window is the host's own record: from the first handler run's
+    // start to the last event's outcome, as written in its data file
+    // (polling /metrics could only place them to within a poll).
+    let db = rusqlite::Connection::open(sb.data_dir().join("bus.db")).unwrap();
+    let time = |sql: &str| -> SystemTime {
+        let text: String = db.query_row(sql, [], |r| r.get(0)).unwrap();
+        humantime::parse_rfc3339(&text).unwrap()
+    };
+    let first = time("SELECT min(started_at) FROM persona_runs");
+    let last = time("SELECT max(processed_at) FROM persona_events");
+    let window = last.duration_since(first).unwrap();
+    let process_start = SystemTime::now() - started.elapsed();
+    HostRun {
+        policy,
+        events: seen,
+        to_first: first.duration_since(process_start).unwrap_or_default(),
+        window,
+        peak_rss_mb,
+    }
+}
+
+/// Creates `topic` with 6 partitions and waits until the broker has it.
+fn create_topic(topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", k::brokers())
+        .create()
+        .expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(admin.create_topics(
+        &[NewTopic::new(topic, 6, TopicReplication::Fixed(1))],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .expect("create topic");
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// What the peer (tools/bench-peer/peer.js) printed when it was done.
+struct PeerResult {
+    handled: u64,
+    first_ms: f64,
+    last_ms: f64,
+    latency_us: [f64; 4],
+}
+
+impl PeerResult {
+    fn rate(&self) -> f64 {
+        self.handled as f64 / ((self.last_ms - self.first_ms) / 1000.0)
+    }
+
+    fn latency(&self) -> Latency {
+        let [p50, p90, p99, max] = self.latency_us.map(|us| us / 1000.0);
+        Latency {
+            events: self.handled as usize,
+            p50,
+            p90,
+            p99,
+            max,
+        }
+    }
+}
+
+/// The plan's stack (KafkaJS + better-sqlite3) consuming `topic` from the
+/// start in a group of its own, until it has handled `n` events. `joined`
+/// runs once its group has assigned it partitions.
+fn peer(topic: &str, n: usize, joined: impl FnOnce()) -> PeerResult {
+    use std::io::BufRead;
+    let sb = Sandbox::new();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/bench-peer/peer.js");
+    let mut child = Command::new("node")
+        .arg(&script)
+        .args(["--brokers", &k::brokers(), "--topic", topic])
+        .args(["--group", &format!("{}.peer", k::prefix())])
+        .args(["--n", &n.to_string()])
+        .arg("--db")
+        .arg(sb.root.path().join("peer.db"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the peer (node tools/bench-peer/peer.js; `make bench-peer` installs it)");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read from the peer");
+    assert_eq!(line.trim(), "joined", "the peer did not join its group");
+    joined();
+    line.clear();
+    out.read_line(&mut line).expect("read from the peer");
+    assert!(child.wait().unwrap().success(), "the peer failed");
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("the peer printed {line:?}: {e}"));
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    let l = &v["latency_us"];
+    PeerResult {
+        handled: v["handled"].as_u64().unwrap_or(0),
+        first_ms: f(&v["first_ms"]),
+        last_ms: f(&v["last_ms"]),
+        latency_us: [f(&l["p50"]), f(&l["p90"]), f(&l["p99"]), f(&l["max"])],
+    }
+}
+
+/// `make bench-peer`: persona-bus at defaults and the plan's stack, on the
+/// same backlog in the same run, then their latency at 1,000 events/s.
+fn peer_comparison(n: usize, quick: bool) {
+    UNCOMPRESSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    println!("records uncompressed (KafkaJS reads no LZ4 without a plugin)\n");
+    let topic = backlog(n);
+    let host = host_process(&topic, n, Policy::Fresh);
+    let plan = peer(&topic, n, || {});
+    assert_eq!(plan.handled as usize, n, "the peer handled every event");
     println!(
-        "latency at {rate} events/s, generator send -> outcome durable in SQLite ({seen} events): \
-         p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        ms(0.50),
-        ms(0.90),
-        ms(0.99),
-        hist.max() as f64 / 1000.0
+        "{:<62} {:>10} {:>11}",
+        "from the same backlog (2 handlers)", "events/s", "peak RSS"
+    );
+    println!(
+        "{:<62} {:>10.0} {:>8.0} MB",
+        "persona-bus run, default settings",
+        host.rate(),
+        host.peak_rss_mb
+    );
+    println!(
+        "{:<62} {:>10.0} {:>11}",
+        "plan's stack: KafkaJS 2.2.4 + better-sqlite3 12, batch commits",
+        plan.rate(),
+        "-"
+    );
+    println!(
+        "  throughput ratio persona-bus / plan: {:.2}x\n",
+        host.rate() / plan.rate()
+    );
+    let run = Duration::from_secs(if quick { 5 } else { 20 });
+    let ours = latency(1_000, run);
+    let rate = 1_000u32;
+    let count = (rate as f64 * run.as_secs_f64()) as usize;
+    let topic = format!("{}.events", k::prefix());
+    // The topic exists before the peer subscribes (KafkaJS gives up on a
+    // topic the broker is still creating); the generator starts once the
+    // peer has joined.
+    create_topic(&topic);
+    let mut generator = None;
+    let theirs = peer(&topic, count, || {
+        let mut g = spawn_generator(&topic, count, rate);
+        go(&mut g);
+        generator = Some(g);
+    })
+    .latency();
+    if let Some(mut g) = generator {
+        let _ = g.wait();
+    }
+    println!("{}", ours.line("persona-bus"));
+    println!("{}", theirs.line("plan's stack"));
+    println!(
+        "  p99 ratio persona-bus / plan: {:.2} (p50 {:.2})",
+        ours.p99 / theirs.p99,
+        ours.p50 / theirs.p50
+    );
+}
+
+/// The host on its embedded default (SQLite, Kafka off) with the
+/// first-party handlers, idle after start-up.
+fn idle_rss() {
+    let sb = Sandbox::new();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/handlers");
+    if !shipped.join("audit.wasm").exists() {
+        eprintln!("idle RSS: build/handlers is empty (run `make handlers`); skipped");
+        return;
+    }
+    let mut c = sb.config();
+    c.handlers_dir = shipped;
+    let host = HostProcess::start(&sb, &c);
+    let t = Instant::now();
+    while host.handled().is_none() && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let rss = host.memory_mb("VmRSS");
+    let hwm = host.memory_mb("VmHWM");
+    host.stop();
+    println!(
+        "idle RSS, embedded default with the first-party handlers (audit, router, counter, tally-js): {rss:.0} MB (start-up peak {hwm:.0} MB)"
     );
 }
 
@@ -308,7 +759,8 @@ impl IdShape {
 /// would (rate 0 = as fast as it can), each stamped with its send time in
 /// microseconds, over 64 projects. Waits for every acknowledgement.
 fn load_generator(topic: &str, n: usize, rate: u32, ids: IdShape) {
-    let p = k::producer(if rate == 0 { 20 } else { 0 });
+    let compression = std::env::var("BENCH_COMPRESSION").unwrap_or_else(|_| "lz4".into());
+    let p = k::producer_compressed(if rate == 0 { 20 } else { 0 }, &compression);
     // Warm up before the clock starts: a metadata answer is not enough, the
     // idempotent producer fetches its producer id after that, and records
     // sent meanwhile wait (that was a 300-500 ms p99 at 1,000 events/s).
@@ -337,14 +789,15 @@ fn load_generator(topic: &str, n: usize, rate: u32, ids: IdShape) {
         // generator should spend the shared cores on load, not on itself.
         let id = ids.next();
         let project = &projects[i % 64];
+        let event_type = EVENT_TYPES[i % EVENT_TYPES.len()];
         let sent = humantime::format_rfc3339_micros(SystemTime::now());
         let value = format!(
-            r#"{{"id":"{id}","project_id":"{project}","event_type":"task_created","source_type":"system","source_id":null,"target_persona_id":null,"payload":{{"n":{i}}},"headers":[],"schema_version":1,"chain_depth":0,"created_at":"{sent}"}}"#
+            r#"{{"id":"{id}","project_id":"{project}","event_type":"{event_type}","source_type":"system","source_id":null,"target_persona_id":null,"payload":{{"n":{i}}},"headers":[],"schema_version":1,"chain_depth":0,"created_at":"{sent}"}}"#
         );
         let mut headers = OwnedHeaders::new_with_capacity(7);
         for (key, v) in [
             ("event-id", id.as_str()),
-            ("event-type", "task_created"),
+            ("event-type", event_type),
             ("schema-version", "1"),
             ("content-type", "application/json"),
             ("source", "system:"),

@@ -47,12 +47,20 @@ pub fn prefix() -> String {
 
 /// A producer like the host's relay (idempotent, acks=all, lz4).
 pub fn producer(linger_ms: u32) -> ThreadedProducer<DefaultProducerContext> {
+    producer_compressed(linger_ms, "lz4")
+}
+
+/// [`producer`] with another `compression.type` (`none`, `lz4`, ...).
+pub fn producer_compressed(
+    linger_ms: u32,
+    compression: &str,
+) -> ThreadedProducer<DefaultProducerContext> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", linger_ms.to_string())
-        .set("compression.type", "lz4")
+        .set("compression.type", compression)
         .set("socket.nagle.disable", "true")
         .set("queue.buffering.max.messages", "1000000")
         .create()

@@ -36,6 +36,7 @@ pub(crate) fn spawn(inner: Arc<HostContext>) -> Result<JoinHandle<()>, KafkaErro
             &k.topics.actions.name,
             &k.topics.executions.name,
         ],
+        k.prefetch_kb / 4,
     )?;
     std::thread::Builder::new()
         .name("kafka-audit".into())

@@ -70,12 +70,20 @@ pub(crate) fn spawn(
         k,
         &k.consumer_group,
         &[&k.topics.events.name, &k.topics.actions.name],
+        k.prefetch_kb,
         ctx.processor_partitions.clone(),
     )?);
     // Execution records and dead letters for other devices and tools. The
     // SQLite rows are the record; these are copies, so a failed send is
     // logged, not retried forever.
     let producer: CopyProducer = client_config(k)
+        // librdkafka queues up to 1 GiB by default; a full queue makes the
+        // copier wait (send_json), which bounds memory under a backlog.
+        .set(
+            "queue.buffering.max.kbytes",
+            k.prefetch_kb.max(1024).to_string(),
+        )
+        .set("queue.buffering.max.messages", "20000")
         .set("linger.ms", "20")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "30000")
@@ -172,8 +180,9 @@ fn run(
     let k = ctx.config.kafka.clone();
     // Execution records are built and produced on a thread of their own:
     // the committer is the pipeline's bottleneck (SQLite), so it only
-    // commits. A full channel waits (bounded memory), never drops.
-    let (to_copier, copies) = sync_channel::<Vec<Resolution>>(8);
+    // commits. A full channel waits (bounded memory: two committed batches
+    // at most), never drops.
+    let (to_copier, copies) = sync_channel::<Vec<Resolution>>(2);
     let copier = {
         let ctx = ctx.clone();
         let producer = producer.clone();

@@ -22,18 +22,32 @@ pub fn subscribe(
     k: &KafkaConfig,
     group: &str,
     topics: &[&str],
+    prefetch_kb: u32,
 ) -> Result<BaseConsumer, KafkaError> {
-    subscribe_with(k, group, topics, DefaultConsumerContext)
+    subscribe_with(k, group, topics, prefetch_kb, DefaultConsumerContext)
 }
 
-/// [`subscribe`] with a context (rebalance callbacks).
+/// [`subscribe`] with a context (rebalance callbacks). `prefetch_kb`
+/// bounds what librdkafka buffers ahead of the consumer.
 pub fn subscribe_with<C: ConsumerContext + 'static>(
     k: &KafkaConfig,
     group: &str,
     topics: &[&str],
+    prefetch_kb: u32,
     context: C,
 ) -> Result<BaseConsumer<C>, KafkaError> {
+    // librdkafka prefetches up to 64 MiB and 100,000 records per partition
+    // by default: under a backlog that is most of a device host's memory.
+    // Fetches are capped to the same budget (they are buffered whole).
+    let prefetch_kb = prefetch_kb.max(1024);
     let consumer: BaseConsumer<C> = client_config(k)
+        .set("queued.max.messages.kbytes", prefetch_kb.to_string())
+        .set("queued.min.messages", "10000")
+        .set("fetch.max.bytes", (prefetch_kb as u64 * 1024).to_string())
+        .set(
+            "max.partition.fetch.bytes",
+            (prefetch_kb as u64 * 1024 / 4).max(1 << 20).to_string(),
+        )
         .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "500")

@@ -21,7 +21,7 @@ pub const WEBHOOK_RECEIVED: &str = "webhook_received";
 pub(crate) fn spawn(inner: Arc<HostContext>) -> Result<JoinHandle<()>, KafkaError> {
     let k = &inner.config.kafka;
     let group = k.webhook_group.clone();
-    let consumer = group::subscribe(k, &group, &[&k.topics.webhooks.name])?;
+    let consumer = group::subscribe(k, &group, &[&k.topics.webhooks.name], k.prefetch_kb / 4)?;
     std::thread::Builder::new()
         .name("kafka-webhooks".into())
         .spawn(move || {

@@ -94,9 +94,29 @@ pub enum Role {
     Host,
 }
 
+/// Memory of the store's connections (from `[store]` in the config).
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Writer page cache, KiB; readers get a quarter each.
+    pub cache_kb: u32,
+    /// Reader connections kept in the pool.
+    pub readers: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        let c = crate::config::StoreConfig::default();
+        Self {
+            cache_kb: c.cache_kb,
+            readers: c.readers,
+        }
+    }
+}
+
 pub struct Store {
     path: PathBuf,
     role: Role,
+    tuning: Tuning,
     /// Dual write: new events are also queued for Kafka (see `outbox`).
     outbox: std::sync::atomic::AtomicBool,
     writer: Mutex<Connection>,
@@ -114,16 +134,27 @@ impl Store {
     }
 
     pub fn open_with(data_dir: &Path, sync: Sync, role: Role) -> Result<Self, StoreError> {
+        Self::open_tuned(data_dir, sync, role, Tuning::default())
+    }
+
+    /// [`Store::open_with`] with the connections' memory set.
+    pub fn open_tuned(
+        data_dir: &Path,
+        sync: Sync,
+        role: Role,
+        tuning: Tuning,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_owned(),
             source,
         })?;
         let path = data_dir.join(DB_FILE);
-        let writer = connect(&path, sync, role)?;
+        let writer = connect(&path, sync, role, tuning.cache_kb)?;
         migrate(&writer, &path)?;
         Ok(Self {
             path,
             role,
+            tuning,
             outbox: std::sync::atomic::AtomicBool::new(false),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
@@ -197,18 +228,23 @@ impl Store {
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
-            None => connect(&self.path, Sync::Normal, self.role)?,
+            None => connect(
+                &self.path,
+                Sync::Normal,
+                self.role,
+                (self.tuning.cache_kb / 4).max(256),
+            )?,
         };
         let result = f(&conn);
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < 8 {
+        if pool.len() < self.tuning.readers {
             pool.push(conn);
         }
         result
     }
 }
 
-fn connect(path: &Path, sync: Sync, role: Role) -> Result<Connection, StoreError> {
+fn connect(path: &Path, sync: Sync, role: Role, cache_kb: u32) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -236,7 +272,7 @@ fn connect(path: &Path, sync: Sync, role: Role) -> Result<Connection, StoreError
          PRAGMA wal_autocheckpoint = {autocheckpoint};
          PRAGMA journal_size_limit = 67108864;
          PRAGMA temp_store = MEMORY;
-         PRAGMA cache_size = -32768;
+         PRAGMA cache_size = -{cache_kb};
          PRAGMA foreign_keys = ON;"
     ))
     .op("pragmas")?;

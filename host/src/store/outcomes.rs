@@ -83,12 +83,22 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .op("begin commit")?;
-        for res in resolutions {
-            // The event's next state first: it also gives the row's seq,
-            // which the ledger and executions refer to. A consumed event's
-            // row may not exist here yet (another device's event): a final
-            // state is written in one upsert, a retry needs the row first.
-            let seq = match &res.next {
+        // Two passes. First each event's next state, visiting events in id
+        // order: the id index is the one B-tree whose key is random
+        // (producers mostly send UUIDv4 ids), and walking it left to right
+        // keeps each descent on pages the last one just touched. It also
+        // gives each row's seq, which the ledger and executions refer to.
+        // Then the runs, in the order they finished, so execution rows keep
+        // the order handlers ran in.
+        let mut by_id: Vec<usize> = (0..resolutions.len()).collect();
+        by_id.sort_unstable_by(|&a, &b| resolutions[a].event.id.cmp(&resolutions[b].event.id));
+        let mut seqs: Vec<Option<i64>> = vec![None; resolutions.len()];
+        for i in by_id {
+            let res = &resolutions[i];
+            // A consumed event's row may not exist here yet (another
+            // device's event): a final state is written in one upsert, a
+            // retry needs the row first.
+            seqs[i] = match &res.next {
                 Next::Final { status, error } if from_kafka => Some(upsert_final(
                     &tx,
                     &res.event,
@@ -119,6 +129,8 @@ impl Store {
                     .op("schedule retry")?
                 }
             };
+        }
+        for (res, seq) in resolutions.iter().zip(seqs) {
             let Some(seq) = seq else {
                 // Claimed rows are never deleted; a row gone anyway (edited
                 // by hand) has nothing left to record against.
@@ -172,10 +184,12 @@ impl Store {
         event_ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<HashMap<String, Vec<(String, String)>>, StoreError> {
         // One query for the whole batch: the ids go in as a JSON array.
-        let ids: Vec<&str> = event_ids.into_iter().collect();
+        let mut ids: Vec<&str> = event_ids.into_iter().collect();
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
+        // In id order, so consecutive probes of the id index share pages.
+        ids.sort_unstable();
         let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
         self.read(|conn| {
             let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
