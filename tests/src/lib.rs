@@ -144,11 +144,16 @@ pub fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) 
     }
 }
 
-/// Waits until the event is in a final state and returns it.
+/// Waits until the event exists and is in a final state, and returns it
+/// (an event consumed from Kafka has no row until a consumer writes it).
 pub fn wait_final(bus: &Bus, id: &str, timeout: Duration) -> Event {
     let mut last = None;
     wait_for(timeout, &format!("event {id} to finish"), || {
-        let e = bus.store().event(id).expect("event");
+        let e = match bus.store().event(id) {
+            Ok(e) => e,
+            Err(persona_bus::store::StoreError::EventNotFound(_)) => return false,
+            Err(e) => panic!("event {id}: {e}"),
+        };
         let done = e.status.is_final();
         last = Some(e);
         done
