@@ -72,10 +72,7 @@ impl Bus {
             &config.data_dir,
             Sync::Normal,
             Role::Host,
-            crate::store::Tuning {
-                cache_kb: config.store.cache_kb,
-                readers: config.store.readers,
-            },
+            config.store.clone(),
         )?);
         // We hold the lock, so nothing is being processed: every
         // `processing` row belongs to a host that died.

@@ -104,16 +104,6 @@ fn bench_event(project: usize) -> NewEvent {
     }
 }
 
-fn rss_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Publishes `n` events, one `publish` call each, from `publishers` threads
 /// while the poller handles them; measures until the last is durably
 /// completed.
@@ -122,7 +112,7 @@ fn throughput(n: usize, projects: usize, publishers: usize, batch: usize, report
     let bus = Arc::new(open_default(&sb));
     bus.start().unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let idle_rss = rss_kib("VmRSS:");
+    let idle_rss = persona_bus_tests::proc_status_kib("self", "VmRSS:");
     let started = Instant::now();
     let threads: Vec<_> = (0..publishers)
         .map(|p| {
@@ -152,7 +142,7 @@ fn throughput(n: usize, projects: usize, publishers: usize, batch: usize, report
     // Cheap checks only (the index of live rows): a full count would steal
     // the CPU being measured.
     while !publisher.is_finished() || bus.store().unfinished().unwrap() > 0 {
-        peak_rss = peak_rss.max(rss_kib("VmRSS:"));
+        peak_rss = peak_rss.max(persona_bus_tests::proc_status_kib("self", "VmRSS:"));
         std::thread::sleep(Duration::from_millis(5));
     }
     let elapsed = started.elapsed();

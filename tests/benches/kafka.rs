@@ -479,7 +479,7 @@ impl HostProcess {
 
     /// A field of /proc/PID/status (VmRSS, VmHWM) in MB.
     fn memory_mb(&self, field: &str) -> f64 {
-        proc_status_mb(self.child.id(), field)
+        persona_bus_tests::proc_status_kib(&self.child.id().to_string(), field) as f64 / 1024.0
     }
 
     fn stop(mut self) {
@@ -489,15 +489,6 @@ impl HostProcess {
             .status();
         let _ = self.child.wait();
     }
-}
-
-fn proc_status_mb(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// The real host, consuming `topic` from the start in a group of its own.

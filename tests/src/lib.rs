@@ -160,3 +160,15 @@ pub fn wait_final(bus: &Bus, id: &str, timeout: Duration) -> Event {
     });
     last.unwrap()
 }
+
+/// A memory field of `/proc/<process>/status` (`VmRSS`, `VmHWM`, ...) in
+/// KiB; `process` is a pid or `self`. 0 when it cannot be read.
+pub fn proc_status_kib(process: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

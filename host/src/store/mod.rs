@@ -24,6 +24,7 @@ pub use remote::RemoteOutcome;
 pub use state::parse_counter;
 pub use subscriptions::NewSubscription;
 
+use crate::config::StoreConfig;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -94,29 +95,11 @@ pub enum Role {
     Host,
 }
 
-/// Memory of the store's connections (from `[store]` in the config).
-#[derive(Debug, Clone, Copy)]
-pub struct Tuning {
-    /// Writer page cache, KiB; readers get a quarter each.
-    pub cache_kb: u32,
-    /// Reader connections kept in the pool.
-    pub readers: usize,
-}
-
-impl Default for Tuning {
-    fn default() -> Self {
-        let c = crate::config::StoreConfig::default();
-        Self {
-            cache_kb: c.cache_kb,
-            readers: c.readers,
-        }
-    }
-}
-
 pub struct Store {
     path: PathBuf,
     role: Role,
-    tuning: Tuning,
+    /// Memory of the connections (`[store]` in the config).
+    tuning: StoreConfig,
     /// Dual write: new events are also queued for Kafka (see `outbox`).
     outbox: std::sync::atomic::AtomicBool,
     writer: Mutex<Connection>,
@@ -134,7 +117,7 @@ impl Store {
     }
 
     pub fn open_with(data_dir: &Path, sync: Sync, role: Role) -> Result<Self, StoreError> {
-        Self::open_tuned(data_dir, sync, role, Tuning::default())
+        Self::open_tuned(data_dir, sync, role, StoreConfig::default())
     }
 
     /// [`Store::open_with`] with the connections' memory set.
@@ -142,7 +125,7 @@ impl Store {
         data_dir: &Path,
         sync: Sync,
         role: Role,
-        tuning: Tuning,
+        tuning: StoreConfig,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_owned(),
@@ -201,7 +184,7 @@ impl Store {
         &self,
         conn: &Connection,
         names: impl IntoIterator<Item = &'a str>,
-    ) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+    ) -> Result<MutexGuard<'_, std::collections::HashMap<String, i64>>, StoreError> {
         let mut cache = self.handler_nos.lock().unwrap_or_else(|p| p.into_inner());
         for name in names {
             if cache.contains_key(name) {
@@ -217,7 +200,7 @@ impl Store {
                 .op("handler number")?;
             cache.insert(name.to_owned(), no);
         }
-        Ok(cache.clone())
+        Ok(cache)
     }
 
     /// Runs `f` on a pooled reader connection.
