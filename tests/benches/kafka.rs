@@ -12,15 +12,16 @@
 //!
 //! 1. Latency at 1,000 events/s: from the generator's send time (carried in
 //!    `created_at`, microseconds) to the outcome being durable in SQLite
-//!    (the host's `Resolved` notice).
+//!    (the host's `Resolved` notice), with the two handlers below at default
+//!    settings, in-process.
 //! 2. Throughput from a backlog: every record is on the topic before the
 //!    host starts. The host is the real `persona-bus run` process, with two
 //!    handlers (the noop guest on every event, and again on
 //!    `task_completed`, a quarter of them), at default manifest settings
 //!    (a fresh instance per event) and with `policy = "reuse"`. The rate is
-//!    events over the window from the first handled event to the last (the
-//!    consumer group's join is reported apart); peak RSS is the process's
-//!    VmHWM.
+//!    events over the window the host's data file records, from the first
+//!    handler run's start to the last outcome (the consumer group's join is
+//!    reported apart); peak RSS is the process's VmHWM.
 //! 3. Idle RSS: the host on its embedded default with the first-party
 //!    handlers, after start-up.
 //!
@@ -94,7 +95,8 @@ fn main() {
     if args.iter().any(|a| a == "--peer") {
         return peer_comparison(n, quick);
     }
-    // `--throughput [fresh|reuse]`: only the backlog runs.
+    // `--throughput fresh|reuse|both`: only the backlog runs. (The value is
+    // required: `cargo bench` appends `--bench` to the arguments.)
     let only = args
         .iter()
         .position(|a| a == "--throughput")
@@ -137,7 +139,8 @@ enum Load {
     Backlog,
 }
 
-/// A host consuming fresh topics with the noop handler.
+/// An in-process host (`--in-process`) consuming fresh topics with the noop
+/// handler, reused, or a native one in its place.
 fn host(handler: Handler, prefix: &str) -> (Sandbox, Bus) {
     let sb = Sandbox::new();
     sb.install(
@@ -310,9 +313,15 @@ impl Latency {
     }
 }
 
+/// Latency of the host at default settings with the two benchmark handlers
+/// (the same work as the throughput runs and the peer).
 fn latency(rate: u32, run: Duration) -> Latency {
     let prefix = k::prefix();
-    let (_sb, bus) = host(Handler::Wasm, &prefix);
+    let sb = Sandbox::new();
+    install_bench_handlers(&sb, Policy::Fresh);
+    let mut c = sb.config();
+    k::consuming(&mut c, &prefix);
+    let bus = Bus::open(c).expect("open bus");
     let mut notices = bus.subscribe();
     bus.start().unwrap();
     // Let the consumer join and get its partitions before measuring.
