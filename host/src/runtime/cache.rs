@@ -28,7 +28,9 @@ pub(crate) fn load_or_compile(
     digest: &str,
 ) -> wasmtime::Result<Component> {
     let Some(dir) = dir else {
-        return Component::new(engine, wasm);
+        let component = Component::new(engine, wasm);
+        release_compiler_memory();
+        return component;
     };
     let path = entry(engine, dir, digest);
     if path.exists() {
@@ -53,11 +55,41 @@ pub(crate) fn load_or_compile(
         ms = started.elapsed().as_millis() as u64,
         "compiled and cached"
     );
-    if let Err(e) = store(&component, &path) {
-        // A cache that cannot be written costs time, not correctness.
-        tracing::warn!(path = %path.display(), error = %e, "cannot write compiled-component cache");
-    }
+    let component = match store(&component, &path) {
+        // Serve the cached file rather than the freshly compiled copy: its
+        // code is mapped from the file (pages paged in as used, shared with
+        // the page cache) instead of held in anonymous memory, so a first
+        // start takes the same memory as every later one.
+        // SAFETY: as above; the file was just written from this component.
+        Ok(()) => match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(mapped) => mapped,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot map the compiled-component cache entry just written; keeping the compiled copy");
+                component
+            }
+        },
+        Err(e) => {
+            // A cache that cannot be written costs time, not correctness.
+            tracing::warn!(path = %path.display(), error = %e, "cannot write compiled-component cache");
+            component
+        }
+    };
+    release_compiler_memory();
     Ok(component)
+}
+
+/// Hands the memory the compiler freed back to the system. Compiling a
+/// large guest (a JavaScript one: seconds, hundreds of MB of compiler
+/// state) leaves glibc's heaps that much larger, and glibc keeps freed
+/// memory for reuse: measured here, a host idle at 36 MB stayed at 370-440
+/// MB after compiling the first-party JavaScript handler.
+fn release_compiler_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // takes the allocator's own locks and touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn entry(engine: &Engine, dir: &Path, digest: &str) -> PathBuf {
