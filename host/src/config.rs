@@ -419,7 +419,7 @@ impl Default for KafkaConfig {
             audit_group: "vibeman-audit-logger".into(),
             webhook_group: "vibeman-webhook-ingester".into(),
             consumer_batch: 2_000,
-            prefetch_kb: 8 * 1024,
+            prefetch_kb: 2 * 1024,
             publish_executions: true,
             breaker: BreakerConfig::default(),
         }

@@ -84,6 +84,10 @@ fn main() {
         std::process::exit(1);
     }
     let n = if quick { 30_000 } else { 300_000 };
+    if args.iter().any(|a| a == "--uncompressed") {
+        // The peer's record format, for the backlog runs too.
+        UNCOMPRESSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     println!(
         "persona-bus Kafka benchmarks ({} cores, broker {})",
         cores(),
