@@ -62,6 +62,10 @@ fn main() {
     throughput(200_000 / scale, 8, 1, 1, false);
     throughput(200_000 / scale, 8, 2, 50, false);
     throughput(200_000 / scale, 1, 2, 50, false);
+    if args.iter().any(|a| a == "--throughput") {
+        // The publish figures alone.
+        return;
+    }
     latency(1_000, Duration::from_secs(10 / scale as u64));
     latency(10_000, Duration::from_secs(5));
     other_process(20 / scale as u32 * 10, 100);
