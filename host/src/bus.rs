@@ -355,7 +355,7 @@ impl Drop for Bus {
 }
 
 /// How often the WAL is checkpointed into the database.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(1000);
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Copies the WAL into the database in the background. The host's own
 /// connections never checkpoint on commit, so the fsync a checkpoint needs

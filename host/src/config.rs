@@ -300,8 +300,9 @@ pub struct KafkaConfig {
     pub consumer_batch: usize,
     /// Most record bytes (KiB) librdkafka prefetches for the event
     /// processor (`queued.max.messages.kbytes`); the audit logger and the
-    /// webhook ingester get a quarter each. Bounds memory under a backlog;
-    /// above a few MiB it buys no throughput.
+    /// webhook ingester get a quarter each (at least 1 MiB). Bounds memory
+    /// under a backlog; with the short fetch backoff (`kafka::group`) 2 MiB
+    /// keeps the pipeline fed, and more only holds decompressed batches.
     pub prefetch_kb: u32,
     /// Send one execution record per handled event to the executions topic.
     pub publish_executions: bool,
