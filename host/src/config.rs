@@ -43,6 +43,10 @@ pub struct StoreConfig {
     /// Reader connections kept open for queries (more are opened when
     /// needed and closed after).
     pub readers: usize,
+    /// Event ids kept in memory before they are merged into the on-disk id
+    /// index in sorted runs (about 80 bytes each; see `store::ids`). More
+    /// makes each merge land on fewer index pages per id.
+    pub id_tail: usize,
 }
 
 impl Default for StoreConfig {
@@ -50,6 +54,7 @@ impl Default for StoreConfig {
         Self {
             cache_kb: 8 * 1024,
             readers: 4,
+            id_tail: crate::store::ID_TAIL,
         }
     }
 }

@@ -42,7 +42,9 @@ const LEDGER: &str = "SELECT event_id, handler, outcome, processed_at FROM perso
 const EXECUTIONS: &str = "SELECT id, event_id, handler, handler_version, attempt, outcome, duration_us, error, \
      started_at FROM persona_executions ORDER BY id";
 const OTHERS: [&str; 4] = [
-    "SELECT * FROM persona_dead_letters ORDER BY id",
+    // Schema 4 adds `event_seq`; the columns the file had stay as they were.
+    "SELECT id, event_id, handler, handler_version, attempts, reason, last_error, headers, created_at, retried_at \
+     FROM persona_dead_letters ORDER BY id",
     "SELECT * FROM persona_handler_state ORDER BY handler, key",
     "SELECT * FROM persona_event_subscriptions ORDER BY id",
     "SELECT * FROM persona_handlers ORDER BY name",
@@ -88,6 +90,28 @@ fn a_version_2_file_migrates_forward_with_every_row_and_the_old_names() {
         .collect::<rusqlite::Result<_>>()
         .unwrap();
     assert_eq!(seqs, (1..=25).collect::<Vec<i64>>());
+    // Every id is in the id index (schema 4), and each dead letter points
+    // at its event's row.
+    let indexed: i64 = after
+        .query_row(
+            "SELECT count(*) FROM persona_event_ids i JOIN persona_events e ON e.seq = i.seq AND e.id = i.id",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexed, 25);
+    let unlinked: i64 = after
+        .query_row(
+            "SELECT count(*) FROM persona_dead_letters d LEFT JOIN persona_events e ON e.seq = d.event_seq \
+             WHERE e.id IS NOT d.event_id",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unlinked, 0, "dead letters refer to their event's seq");
+    for row in &events {
+        assert_eq!(store.event(&row[0]).unwrap().id, row[0], "found by id");
+    }
 
     // The store's own reads see the migrated ledger: no handler runs again
     // on an event it finished before the upgrade.

@@ -60,6 +60,7 @@ impl From<crate::store::StoreError> for ApiError {
         match e {
             E::EventNotFound(_) | E::SubscriptionNotFound(_) => Self::not_found(e.to_string()),
             E::InvalidSubscription(_) => Self::bad_request(e.to_string()),
+            E::DuplicateEvent(_) => Self(StatusCode::CONFLICT, e.to_string()),
             e => Self::internal(e),
         }
     }

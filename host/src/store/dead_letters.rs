@@ -48,7 +48,7 @@ impl Store {
     ) -> Result<Vec<DeadLetter>, StoreError> {
         self.read(|conn| {
             conn.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM persona_dead_letters d LEFT JOIN persona_events e ON e.id = d.event_id \
+                "SELECT {COLUMNS} FROM persona_dead_letters d LEFT JOIN persona_events e ON e.seq = d.event_seq \
                  WHERE {FILTER} ORDER BY d.id DESC LIMIT ?5"
             ))
             .op("prepare dead letters")?
@@ -74,7 +74,7 @@ impl Store {
     pub fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
         self.read(|conn| {
             conn.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM persona_dead_letters d LEFT JOIN persona_events e ON e.id = d.event_id WHERE d.id = ?1"
+                "SELECT {COLUMNS} FROM persona_dead_letters d LEFT JOIN persona_events e ON e.seq = d.event_seq WHERE d.id = ?1"
             ))
             .op("prepare dead letter")?
             .query_row([id], from_row)
@@ -94,15 +94,15 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .op("begin dlq retry")?;
-        let found: Option<(String, String)> = tx
+        let found: Option<(String, String, Option<i64>)> = tx
             .query_row(
-                "SELECT event_id, handler FROM persona_dead_letters WHERE id = ?1 AND retried_at IS NULL",
+                "SELECT event_id, handler, event_seq FROM persona_dead_letters WHERE id = ?1 AND retried_at IS NULL",
                 [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .op("find dead letter")?;
-        let Some((event_id, handler)) = found else {
+        let Some((event_id, handler, event_seq)) = found else {
             return Ok(None);
         };
         tx.execute(
@@ -112,9 +112,9 @@ impl Store {
         .op("mark retried")?;
         tx.execute(
             "DELETE FROM persona_ledger WHERE outcome = 'dead_letter' \
-             AND event_seq = (SELECT seq FROM persona_events WHERE id = ?1) \
+             AND event_seq = ?1 \
              AND handler_no = (SELECT no FROM persona_handler_names WHERE name = ?2)",
-            params![event_id, handler],
+            params![event_seq, handler],
         )
         .op("clear ledger")?;
         // Only a finished event is reopened; one still pending or running
@@ -126,8 +126,8 @@ impl Store {
             "UPDATE persona_events SET status = 'pending', retry_count = 0, next_attempt_at = 0, \
              error_message = NULL, processed_at = NULL, \
              kafka_state = CASE WHEN kafka_state = 'pending' THEN 'pending' ELSE NULL END \
-             WHERE id = ?1 AND status NOT IN ('pending', 'processing')",
-            [&event_id],
+             WHERE seq = ?1 AND status NOT IN ('pending', 'processing')",
+            [event_seq],
         )
         .op("reopen event")?;
         tx.commit().op("commit dlq retry")?;
@@ -140,7 +140,7 @@ impl Store {
             .execute(
                 &format!(
                     "DELETE FROM persona_dead_letters WHERE id IN (SELECT d.id FROM persona_dead_letters d \
-                     LEFT JOIN persona_events e ON e.id = d.event_id WHERE {FILTER})"
+                     LEFT JOIN persona_events e ON e.seq = d.event_seq WHERE {FILTER})"
                 ),
                 params![filter.handler, filter.event_type, filter.since, filter.include_retried],
             )

@@ -1,5 +1,6 @@
 //! Event rows: insert, claim, reap, list.
 
+use super::ids::TxIds;
 use super::{Op, Store, StoreError, headers_from_json, headers_to_json};
 use crate::event::{Event, EventStatus};
 use rusqlite::{Connection, Row, params};
@@ -13,6 +14,8 @@ pub(crate) const EVENT_COLUMNS: &str = "id, project_id, event_type, source_type,
 /// condition word for word, so every query on live rows starts with this.
 const LIVE: &str = "status IN ('pending', 'processing')";
 
+/// Inserts a row; the caller has checked that its id is new. Its seq is
+/// the rowid (`INTEGER PRIMARY KEY`).
 const INSERT_EVENT: &str = "INSERT INTO persona_events (id, project_id, event_type, source_type, source_id, \
      target_persona_id, payload, status, created_at, headers, schema_version, chain_depth, kafka_state) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?11, ?12)";
@@ -50,73 +53,105 @@ pub(crate) fn event_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Event> {
 }
 
 /// Inserts a validated event as `pending` (inside the caller's transaction);
-/// with `outbox`, also as waiting to be produced to Kafka.
-pub(crate) fn insert_event(conn: &Connection, e: &Event, outbox: bool) -> Result<(), StoreError> {
-    insert_with_state(conn, INSERT_EVENT, e, outbox.then_some("pending"))
+/// with `outbox`, also as waiting to be produced to Kafka. An id that is
+/// stored already is refused.
+pub(crate) fn insert_event(
+    conn: &Connection,
+    ids: &mut TxIds<'_>,
+    e: &Event,
+    outbox: bool,
+) -> Result<(), StoreError> {
+    if ids.seq(conn, &e.id)?.is_some() {
+        return Err(StoreError::DuplicateEvent(e.id.clone()));
+    }
+    insert_row(conn, ids, e, outbox.then_some("pending")).map(|_| ())
+}
+
+/// Stores an event unless a row for it exists, with `kafka_state`.
+/// Returns whether it was new.
+pub(crate) fn insert_if_new(
+    conn: &Connection,
+    ids: &mut TxIds<'_>,
+    e: &Event,
+    kafka_state: Option<&str>,
+) -> Result<bool, StoreError> {
+    if ids.seq(conn, &e.id)?.is_some() {
+        return Ok(false);
+    }
+    insert_row(conn, ids, e, kafka_state).map(|_| true)
 }
 
 /// Stores an event that came from Kafka, unless a row for it exists: it is
 /// `remote` (Kafka has it already, and another device may own it).
-pub(crate) fn insert_remote(conn: &Connection, e: &Event) -> Result<bool, StoreError> {
-    const SQL: &str = "INSERT INTO persona_events (id, project_id, event_type, source_type, source_id, \
-         target_persona_id, payload, status, created_at, headers, schema_version, chain_depth, kafka_state) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?11, ?12) ON CONFLICT (id) DO NOTHING";
-    Ok(insert_with_state_n(conn, SQL, e, Some("remote"))? == 1)
+pub(crate) fn insert_remote(
+    conn: &Connection,
+    ids: &mut TxIds<'_>,
+    e: &Event,
+) -> Result<bool, StoreError> {
+    insert_if_new(conn, ids, e, Some("remote"))
 }
 
-/// Writes the final state of an event consumed from Kafka in one
-/// statement: the row is created (`remote`) if this device has none, else
-/// its status is set. Returns the row's seq.
+/// Writes the final state of an event consumed from Kafka: the row is
+/// created (`remote`) if this device has none, else its status is set.
+/// Returns the row's seq.
 pub(crate) fn upsert_final(
     conn: &Connection,
+    ids: &mut TxIds<'_>,
     e: &Event,
     status: &str,
     error: Option<&str>,
     now: &str,
 ) -> Result<i64, StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO persona_events (id, project_id, event_type, source_type, source_id, target_persona_id, \
-         payload, status, error_message, processed_at, created_at, headers, schema_version, chain_depth, kafka_state) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'remote') \
-         ON CONFLICT (id) DO UPDATE SET status = excluded.status, error_message = excluded.error_message, \
-         processed_at = excluded.processed_at, claimed_at = NULL RETURNING seq",
-    )
-    .op("prepare upsert event")?
-    .query_row(params![
-        e.id,
-        e.project_id,
-        e.event_type,
-        e.source_type,
-        e.source_id,
-        e.target_persona_id,
-        e.payload,
-        status,
-        error,
-        now,
-        e.created_at,
-        headers_to_json(&e.headers),
-        e.schema_version,
-        e.chain_depth,
-    ], |r| r.get(0))
-    .op("upsert event")
+    if let Some(seq) = ids.seq(conn, &e.id)? {
+        conn.prepare_cached(
+            "UPDATE persona_events SET status = ?2, error_message = ?3, processed_at = ?4, claimed_at = NULL \
+             WHERE seq = ?1",
+        )
+        .op("prepare finish remote event")?
+        .execute(params![seq, status, error, now])
+        .op("finish remote event")?;
+        return Ok(seq);
+    }
+    let seq = conn
+        .prepare_cached(
+            "INSERT INTO persona_events (id, project_id, event_type, source_type, source_id, target_persona_id, \
+             payload, status, error_message, processed_at, created_at, headers, schema_version, chain_depth, kafka_state) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'remote')",
+        )
+        .op("prepare insert final event")?
+        .execute(params![
+                e.id,
+                e.project_id,
+                e.event_type,
+                e.source_type,
+                e.source_id,
+                e.target_persona_id,
+                e.payload,
+                status,
+                error,
+                now,
+                e.created_at,
+                headers_to_json(&e.headers),
+                e.schema_version,
+                e.chain_depth,
+            ])
+        .op("insert final event")
+        // seq is the rowid (`INTEGER PRIMARY KEY`); cheaper than RETURNING,
+        // which buffers its rows in a temporary table.
+        .map(|_| conn.last_insert_rowid())?;
+    ids.added(&e.id, seq);
+    Ok(seq)
 }
 
-fn insert_with_state(
+/// Inserts a row (its id checked new by the caller) and tells `ids`.
+fn insert_row(
     conn: &Connection,
-    sql: &str,
+    ids: &mut TxIds<'_>,
     e: &Event,
     kafka_state: Option<&str>,
-) -> Result<(), StoreError> {
-    insert_with_state_n(conn, sql, e, kafka_state).map(|_| ())
-}
-
-pub(crate) fn insert_with_state_n(
-    conn: &Connection,
-    sql: &str,
-    e: &Event,
-    kafka_state: Option<&str>,
-) -> Result<usize, StoreError> {
-    conn.prepare_cached(sql)
+) -> Result<i64, StoreError> {
+    let seq = conn
+        .prepare_cached(INSERT_EVENT)
         .op("prepare insert event")?
         .execute(params![
             e.id,
@@ -133,6 +168,9 @@ pub(crate) fn insert_with_state_n(
             kafka_state,
         ])
         .op("insert event")
+        .map(|_| conn.last_insert_rowid())?;
+    ids.added(&e.id, seq);
+    Ok(seq)
 }
 
 /// Which pending rows the SQLite poller may take.
@@ -186,14 +224,12 @@ impl Store {
 
     /// Stores validated events as `pending`, all in one transaction.
     pub fn insert_batch(&self, events: &[Event]) -> Result<(), StoreError> {
-        let mut conn = self.writer();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .op("begin insert")?;
-        for e in events {
-            insert_event(&tx, e, self.outbox_enabled())?;
-        }
-        tx.commit().op("commit insert")
+        self.write_tx("insert events", |tx, ids| {
+            for e in events {
+                insert_event(tx, ids, e, self.outbox_enabled())?;
+            }
+            Ok(())
+        })
     }
 
     /// Atomically moves up to `limit` due `pending` events to `processing`
@@ -315,11 +351,14 @@ impl Store {
 
     pub fn event(&self, id: &str) -> Result<Event, StoreError> {
         self.read(|conn| {
+            let Some(seq) = self.seq_of(conn, id)? else {
+                return Err(StoreError::EventNotFound(id.to_owned()));
+            };
             conn.prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM persona_events WHERE id = ?1"
+                "SELECT {EVENT_COLUMNS} FROM persona_events WHERE seq = ?1"
             ))
             .op("prepare get event")?
-            .query_row([id], event_from_row)
+            .query_row([seq], event_from_row)
             .map_err(|e| match e {
                 rusqlite::Error::QueryReturnedNoRows => StoreError::EventNotFound(id.to_owned()),
                 source => StoreError::Sqlite {

@@ -8,6 +8,7 @@ mod dead_letters;
 mod events;
 mod group_commit;
 mod handlers;
+mod ids;
 mod outbox;
 mod outcomes;
 mod remote;
@@ -19,6 +20,7 @@ pub use dead_letters::DeadLetterFilter;
 pub use events::{ClaimScope, EventFilter, EventPage};
 pub use group_commit::GroupCommit;
 pub use handlers::HandlerRecord;
+pub use ids::ID_TAIL;
 pub use outcomes::{Committed, DeadLetter, Execution};
 pub use remote::RemoteOutcome;
 pub use state::parse_counter;
@@ -57,6 +59,8 @@ pub enum StoreError {
     },
     #[error("event {0} not found")]
     EventNotFound(String),
+    #[error("an event with id {0} is stored already")]
+    DuplicateEvent(String),
     #[error("storing the event failed: {0}")]
     GroupCommit(String),
     #[error("invalid subscription: {0}")]
@@ -107,6 +111,8 @@ pub struct Store {
     /// Handler name -> number in `persona_handler_names` (the ledger and
     /// executions store the number). Only committed numbers are cached.
     handler_nos: Mutex<std::collections::HashMap<String, i64>>,
+    /// The event id index's in-memory tail (see `ids`).
+    ids: ids::Ids,
 }
 
 impl Store {
@@ -134,6 +140,7 @@ impl Store {
         let path = data_dir.join(DB_FILE);
         let writer = connect(&path, sync, role, tuning.cache_kb)?;
         migrate(&writer, &path)?;
+        let id_tail = tuning.id_tail;
         Ok(Self {
             path,
             role,
@@ -142,6 +149,7 @@ impl Store {
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             handler_nos: Mutex::new(std::collections::HashMap::new()),
+            ids: ids::Ids::new(id_tail),
         })
     }
 
@@ -201,6 +209,41 @@ impl Store {
             cache.insert(name.to_owned(), no);
         }
         Ok(cache)
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction on the writer, with the event
+    /// ids caught up (`ids::TxIds`); then a step of the id merge, if one is
+    /// due.
+    pub(crate) fn write_tx<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &mut ids::TxIds<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.writer();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .op(what)?;
+        let mut ids = self.ids.begin(&tx)?;
+        let out = f(&tx, &mut ids)?;
+        tx.commit().op(what)?;
+        ids.committed();
+        if let Err(e) = self.ids.merge_step(&mut conn) {
+            // The tail stays in memory and the merge is tried again after
+            // the next commit; nothing is lost meanwhile.
+            tracing::warn!(error = %e, "merging event ids into their index failed; retrying after the next commit");
+        }
+        Ok(out)
+    }
+
+    /// The seq of one event's row, for a reader (see `ids`).
+    fn seq_of(&self, conn: &Connection, id: &str) -> Result<Option<i64>, StoreError> {
+        self.ids.catch_up(conn)?;
+        self.ids.seq_for_read(conn, id, true)
+    }
+
+    /// Ids in the in-memory tail of the id index.
+    pub fn id_tail_len(&self) -> usize {
+        self.ids.tail_len()
     }
 
     /// Runs `f` on a pooled reader connection.

@@ -54,19 +54,19 @@ impl Store {
     }
 
     /// Marks events as acknowledged by Kafka.
-    pub fn outbox_sent(&self, ids: &[String]) -> Result<(), StoreError> {
-        let mut conn = self.writer();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .op("begin outbox sent")?;
-        {
+    pub fn outbox_sent(&self, event_ids: &[String]) -> Result<(), StoreError> {
+        self.write_tx("outbox sent", |tx, ids| {
             let mut stmt = tx
-                .prepare_cached("UPDATE persona_events SET kafka_state = 'sent' WHERE id = ?1 AND kafka_state = 'pending'")
+                .prepare_cached(
+                    "UPDATE persona_events SET kafka_state = 'sent' WHERE seq = ?1 AND kafka_state = 'pending'",
+                )
                 .op("prepare outbox sent")?;
-            for id in ids {
-                stmt.execute(params![id]).op("outbox sent")?;
+            for id in event_ids {
+                if let Some(seq) = ids.seq(tx, id)? {
+                    stmt.execute(params![seq]).op("outbox sent")?;
+                }
             }
-        }
-        tx.commit().op("commit outbox sent")
+            Ok(())
+        })
     }
 }

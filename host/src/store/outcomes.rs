@@ -83,50 +83,60 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .op("begin commit")?;
+        let mut ids = self.ids.begin(&tx)?;
         // Two passes. First each event's next state, visiting events in id
-        // order: the id index is the one B-tree whose key is random
-        // (producers mostly send UUIDv4 ids), and walking it left to right
-        // keeps each descent on pages the last one just touched. It also
-        // gives each row's seq, which the ledger and executions refer to.
-        // Then the runs, in the order they finished, so execution rows keep
-        // the order handlers ran in.
+        // order: a miss in the id tail probes the id index, and walking it
+        // left to right keeps each descent on pages the last one touched.
+        // It also gives each row's seq, which the ledger and executions
+        // refer to. Then the runs, in the order they finished, so execution
+        // rows keep the order handlers ran in.
         let mut by_id: Vec<usize> = (0..resolutions.len()).collect();
         by_id.sort_unstable_by(|&a, &b| resolutions[a].event.id.cmp(&resolutions[b].event.id));
         let mut seqs: Vec<Option<i64>> = vec![None; resolutions.len()];
         for i in by_id {
             let res = &resolutions[i];
             // A consumed event's row may not exist here yet (another
-            // device's event): a final state is written in one upsert, a
-            // retry needs the row first.
+            // device's event): a final state creates it, a retry needs the
+            // row first.
             seqs[i] = match &res.next {
                 Next::Final { status, error } if from_kafka => Some(upsert_final(
                     &tx,
+                    &mut ids,
                     &res.event,
                     status.as_str(),
                     error.as_deref(),
                     &now,
                 )?),
-                Next::Final { status, error } => tx
-                    .prepare_cached(
-                        "UPDATE persona_events SET status = ?2, error_message = ?3, processed_at = ?4, claimed_at = NULL \
-                         WHERE id = ?1 RETURNING seq",
-                    )
-                    .op("prepare finish event")?
-                    .query_row(params![res.event.id, status.as_str(), error, now], |r| r.get(0))
-                    .optional()
-                    .op("finish event")?,
+                Next::Final { status, error } => match ids.seq(&tx, &res.event.id)? {
+                    Some(seq) => {
+                        tx.prepare_cached(
+                            "UPDATE persona_events SET status = ?2, error_message = ?3, processed_at = ?4, claimed_at = NULL \
+                             WHERE seq = ?1",
+                        )
+                        .op("prepare finish event")?
+                        .execute(params![seq, status.as_str(), error, now])
+                        .op("finish event")?;
+                        Some(seq)
+                    }
+                    None => None,
+                },
                 Next::Retry { at_ms, error } => {
                     if from_kafka {
-                        insert_remote(&tx, &res.event)?;
+                        insert_remote(&tx, &mut ids, &res.event)?;
                     }
-                    tx.prepare_cached(
-                        "UPDATE persona_events SET status = 'pending', error_message = ?2, next_attempt_at = ?3, \
-                         retry_count = retry_count + 1, claimed_at = NULL WHERE id = ?1 RETURNING seq",
-                    )
-                    .op("prepare schedule retry")?
-                    .query_row(params![res.event.id, error, at_ms], |r| r.get(0))
-                    .optional()
-                    .op("schedule retry")?
+                    match ids.seq(&tx, &res.event.id)? {
+                        Some(seq) => {
+                            tx.prepare_cached(
+                                "UPDATE persona_events SET status = 'pending', error_message = ?2, next_attempt_at = ?3, \
+                                 retry_count = retry_count + 1, claimed_at = NULL WHERE seq = ?1",
+                            )
+                            .op("prepare schedule retry")?
+                            .execute(params![seq, error, at_ms])
+                            .op("schedule retry")?;
+                            Some(seq)
+                        }
+                        None => None,
+                    }
                 }
             };
         }
@@ -162,18 +172,23 @@ impl Store {
                     Verdict::Done => {
                         apply_state(&tx, &run.handler, &run.effects.state, &now)?;
                         for e in &run.effects.published {
-                            insert_event(&tx, e, self.outbox_enabled())?;
+                            insert_event(&tx, &mut ids, e, self.outbox_enabled())?;
                         }
                         done.published += run.effects.published.len();
                     }
                     Verdict::DeadLetter { reason } => {
-                        insert_dead_letter(&tx, &res.event, run, reason, &now)?
+                        insert_dead_letter(&tx, &res.event, seq, run, reason, &now)?
                     }
                     Verdict::RetryAt(_) => unreachable!("skipped above"),
                 }
             }
         }
         tx.commit().op("commit outcomes")?;
+        ids.committed();
+        drop(handlers);
+        if let Err(e) = self.ids.merge_step(&mut conn) {
+            tracing::warn!(error = %e, "merging event ids into their index failed; retrying after the next commit");
+        }
         Ok(done)
     }
 
@@ -183,30 +198,44 @@ impl Store {
         &self,
         event_ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<HashMap<String, Vec<(String, String)>>, StoreError> {
-        // One query for the whole batch: the ids go in as a JSON array.
         let mut ids: Vec<&str> = event_ids.into_iter().collect();
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
         // In id order, so consecutive probes of the id index share pages.
         ids.sort_unstable();
-        let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
         self.read(|conn| {
+            // An id the lookup misses (written a moment ago by another
+            // process) only means its handlers are not skipped here: the
+            // ledger still refuses their effects at commit.
+            self.ids.catch_up(conn)?;
+            let mut by_seq: HashMap<i64, &str> = HashMap::with_capacity(ids.len());
+            for id in &ids {
+                if let Some(seq) = self.ids.seq_for_read(conn, id, false)? {
+                    by_seq.insert(seq, id);
+                }
+            }
             let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
+            if by_seq.is_empty() {
+                return Ok(out);
+            }
+            let seqs: Vec<i64> = by_seq.keys().copied().collect();
+            let seqs = serde_json::to_string(&seqs).unwrap_or_else(|_| "[]".into());
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT e.id, h.name, l.outcome FROM json_each(?1) j \
-                     JOIN persona_events e ON e.id = j.value \
-                     JOIN persona_ledger l ON l.event_seq = e.seq \
+                    "SELECT l.event_seq, h.name, l.outcome FROM json_each(?1) j \
+                     JOIN persona_ledger l ON l.event_seq = j.value \
                      JOIN persona_handler_names h ON h.no = l.handler_no",
                 )
                 .op("prepare ledger lookup")?;
             let rows = stmt
-                .query_map([ids], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_map([seqs], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?)))
                 .op("ledger lookup")?;
             for row in rows {
-                let (event, handler, outcome): (String, String, String) = row.op("read ledger")?;
-                out.entry(event).or_default().push((handler, outcome));
+                let (seq, handler, outcome): (i64, String, String) = row.op("read ledger")?;
+                out.entry(by_seq[&seq].to_owned())
+                    .or_default()
+                    .push((handler, outcome));
             }
             Ok(out)
         })
@@ -215,13 +244,16 @@ impl Store {
     /// Handler runs of one event, oldest first.
     pub fn executions(&self, event_id: &str) -> Result<Vec<Execution>, StoreError> {
         self.read(|conn| {
+            let Some(seq) = self.seq_of(conn, event_id)? else {
+                return Ok(Vec::new());
+            };
             conn.prepare_cached(
                 "SELECT r.id, e.id, h.name, r.handler_version, r.attempt, r.outcome, r.duration_us, r.error, r.started_at \
                  FROM persona_events e JOIN persona_runs r ON r.event_seq = e.seq \
-                 JOIN persona_handler_names h ON h.no = r.handler_no WHERE e.id = ?1 ORDER BY r.id",
+                 JOIN persona_handler_names h ON h.no = r.handler_no WHERE e.seq = ?1 ORDER BY r.id",
             )
             .op("prepare executions")?
-            .query_map([event_id], |r| {
+            .query_map([seq], |r| {
                 Ok(Execution {
                     id: r.get(0)?,
                     event_id: r.get(1)?,
@@ -287,13 +319,14 @@ fn insert_execution(
 fn insert_dead_letter(
     conn: &Connection,
     event: &Event,
+    event_seq: i64,
     run: &Run,
     reason: &str,
     now: &str,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO persona_dead_letters (event_id, handler, handler_version, attempts, reason, last_error, headers, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO persona_dead_letters (event_id, handler, handler_version, attempts, reason, last_error, headers, created_at, event_seq) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )
     .op("prepare dead letter")?
     .execute(params![
@@ -305,6 +338,7 @@ fn insert_dead_letter(
         run.outcome.error().unwrap_or_default(),
         headers_to_json(&event.headers),
         now,
+        event_seq,
     ])
     .op("insert dead letter")?;
     Ok(())

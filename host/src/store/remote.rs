@@ -2,7 +2,7 @@
 //! (from execution records), routed webhooks, undecodable records, and the
 //! ledger entries a replay clears.
 
-use super::events::{insert_remote, insert_with_state_n};
+use super::events::{insert_if_new, insert_remote};
 use super::{Op, Store, StoreError};
 use crate::event::{Event, now_rfc3339};
 use rusqlite::params;
@@ -20,10 +20,10 @@ impl Store {
     /// Archives events seen on Kafka (the audit logger): rows this device
     /// already has are left alone. Returns how many were new.
     pub fn archive(&self, events: &[Event]) -> Result<usize, StoreError> {
-        self.write_tx("archive", |tx| {
+        self.write_tx("archive", |tx, ids| {
             let mut n = 0;
             for e in events {
-                n += insert_remote(tx, e)? as usize;
+                n += insert_remote(tx, ids, e)? as usize;
             }
             Ok(n)
         })
@@ -35,17 +35,20 @@ impl Store {
     /// report can arrive before the relay has marked the row sent). Rows
     /// this device handled keep their own status.
     pub fn apply_remote_outcomes(&self, outcomes: &[RemoteOutcome]) -> Result<usize, StoreError> {
-        self.write_tx("remote outcomes", |tx| {
+        self.write_tx("remote outcomes", |tx, ids| {
             let mut stmt = tx
                 .prepare_cached(
                     "UPDATE persona_events SET status = ?2, error_message = ?3, processed_at = ?4 \
-                     WHERE id = ?1 AND kafka_state IS NOT NULL AND status IN ('pending', 'processing')",
+                     WHERE seq = ?1 AND kafka_state IS NOT NULL AND status IN ('pending', 'processing')",
                 )
                 .op("prepare remote outcome")?;
             let mut n = 0;
             for o in outcomes {
+                let Some(seq) = ids.seq(tx, &o.event_id)? else {
+                    continue;
+                };
                 n += stmt
-                    .execute(params![o.event_id, o.status, o.error, o.processed_at])
+                    .execute(params![seq, o.status, o.error, o.processed_at])
                     .op("remote outcome")?;
             }
             Ok(n)
@@ -56,14 +59,11 @@ impl Store {
     /// redelivery is stored once), queued for Kafka when the outbox is on.
     /// Returns how many were new.
     pub fn insert_new(&self, events: &[Event]) -> Result<usize, StoreError> {
-        const SQL: &str = "INSERT INTO persona_events (id, project_id, event_type, source_type, source_id, \
-             target_persona_id, payload, status, created_at, headers, schema_version, chain_depth, kafka_state) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?11, ?12) ON CONFLICT (id) DO NOTHING";
         let outbox = self.outbox_enabled().then_some("pending");
-        self.write_tx("insert new", |tx| {
+        self.write_tx("insert new", |tx, ids| {
             let mut n = 0;
             for e in events {
-                n += insert_with_state_n(tx, SQL, e, outbox)?;
+                n += insert_if_new(tx, ids, e, outbox)? as usize;
             }
             Ok(n)
         })
@@ -79,7 +79,7 @@ impl Store {
         headers: &[(String, String)],
     ) -> Result<(), StoreError> {
         let now = now_rfc3339();
-        self.write_tx("undecodable", |tx| {
+        self.write_tx("undecodable", |tx, _| {
             tx.prepare_cached(
                 "INSERT INTO persona_dead_letters (event_id, handler, handler_version, attempts, reason, last_error, headers, created_at) \
                  VALUES (?1, '(decode)', '-', 0, 'malformed', ?2, ?3, ?4)",
@@ -98,17 +98,21 @@ impl Store {
         handlers: &[String],
         event_ids: &[String],
     ) -> Result<usize, StoreError> {
-        let ids = serde_json::to_string(event_ids).unwrap_or_else(|_| "[]".into());
         let names = serde_json::to_string(handlers).unwrap_or_else(|_| "[]".into());
-        self.write_tx("clear ledger", |tx| {
+        self.write_tx("clear ledger", |tx, ids| {
+            let mut seqs = Vec::with_capacity(event_ids.len());
+            for id in event_ids {
+                seqs.extend(ids.seq(tx, id)?);
+            }
+            let seqs = serde_json::to_string(&seqs).unwrap_or_else(|_| "[]".into());
             tx.prepare_cached(
                 "DELETE FROM persona_ledger \
-                 WHERE event_seq IN (SELECT e.seq FROM json_each(?1) j JOIN persona_events e ON e.id = j.value) \
+                 WHERE event_seq IN (SELECT value FROM json_each(?1)) \
                  AND (json_array_length(?2) = 0 OR handler_no IN \
                       (SELECT h.no FROM json_each(?2) j JOIN persona_handler_names h ON h.name = j.value))",
             )
             .op("prepare clear ledger")?
-            .execute(params![ids, names])
+            .execute(params![seqs, names])
             .op("clear ledger")
         })
     }
@@ -116,7 +120,7 @@ impl Store {
     /// Whether the store takes writes now (for `/ready`): takes the write
     /// lock and lets it go.
     pub fn check_writable(&self) -> Result<(), StoreError> {
-        self.write_tx("check writable", |_| Ok(()))
+        self.write_tx("check writable", |_, _| Ok(()))
     }
 
     /// Dead letters not yet retried (for `/metrics`).
@@ -130,20 +134,5 @@ impl Store {
             .op("count dead letters")
             .map(|n| n as u64)
         })
-    }
-
-    /// Runs `f` in one IMMEDIATE transaction on the writer.
-    pub(crate) fn write_tx<T>(
-        &self,
-        what: &'static str,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut conn = self.writer();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .op(what)?;
-        let out = f(&tx)?;
-        tx.commit().op(what)?;
-        Ok(out)
     }
 }

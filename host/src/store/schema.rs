@@ -240,4 +240,26 @@ pub const MIGRATIONS: &[&str] = &[
     JOIN persona_events e ON e.seq = r.event_seq
     JOIN persona_handler_names h ON h.no = r.handler_no;
     "#,
+    // 4: the event id leaves the events table's own index for
+    //    `persona_event_ids`, which is written in sorted runs: the ids of
+    //    events after `persona_id_merge.merged_through` are kept in memory
+    //    and merged later (see `store::ids`). Dead letters refer to their
+    //    event by seq too, so listing them needs no id lookup.
+    r#"
+    ALTER TABLE persona_dead_letters ADD COLUMN event_seq INTEGER;
+    UPDATE persona_dead_letters
+    SET event_seq = (SELECT e.seq FROM persona_events e WHERE e.id = persona_dead_letters.event_id);
+    CREATE TABLE persona_event_ids (
+        id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO persona_event_ids (id, seq) SELECT id, seq FROM persona_events ORDER BY id;
+    CREATE TABLE persona_id_merge (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        merged_through INTEGER NOT NULL
+    );
+    INSERT INTO persona_id_merge (one, merged_through)
+    SELECT 1, coalesce(max(seq), 0) FROM persona_events;
+    DROP INDEX idx_persona_events_id;
+    "#,
 ];

@@ -244,3 +244,115 @@ fn the_reaper_leaves_events_in_flight_alone() {
     assert_eq!(store.event(&a.id).unwrap().status, EventStatus::Processing);
     assert_eq!(store.event(&b.id).unwrap().status, EventStatus::Pending);
 }
+
+/// An event with a random-looking id (as producers send), so the id index
+/// is written out of order.
+fn scattered(i: u64) -> crate::event::Event {
+    let mut e = event("p");
+    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) ^ 0xD6E8_FEB8_6659_FD93;
+    e.id = format!("{h:016x}-{i:08}");
+    e
+}
+
+fn final_resolution(e: &crate::event::Event) -> Resolution {
+    Resolution {
+        event: e.clone(),
+        runs: vec![done_run("h", Effects::default())],
+        next: Next::Final {
+            status: EventStatus::Completed,
+            error: None,
+        },
+    }
+}
+
+#[test]
+fn event_ids_merge_into_their_index_and_stay_unique_across_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = StoreConfig {
+        id_tail: 16,
+        ..Default::default()
+    };
+    let host = Store::open_tuned(dir.path(), Sync::Normal, Role::Host, tuning.clone()).unwrap();
+    let events: Vec<_> = (0..200).map(scattered).collect();
+    for batch in events.chunks(5) {
+        host.insert_batch(batch).unwrap();
+    }
+    // Merged in runs: the tail stays near its bound, the rest is indexed.
+    assert!(host.id_tail_len() <= 3 * 16, "tail {}", host.id_tail_len());
+    let indexed: i64 = host
+        .read(|c| {
+            c.query_row("SELECT count(*) FROM persona_event_ids", [], |r| r.get(0))
+                .op("count")
+        })
+        .unwrap();
+    assert!(indexed >= 200 - 3 * 16, "indexed {indexed}");
+    for e in &events {
+        assert_eq!(host.event(&e.id).unwrap().id, e.id);
+    }
+    // An id stored long ago (merged) or a moment ago (tail) is refused.
+    for e in [&events[0], &events[199]] {
+        assert!(matches!(
+            host.insert(e),
+            Err(StoreError::DuplicateEvent(id)) if id == e.id
+        ));
+    }
+
+    // Another process on the same file (a CLI publishing) sees the same ids,
+    // and the host sees what it adds.
+    let cli = Store::open(dir.path()).unwrap();
+    assert_eq!(cli.event(&events[7].id).unwrap().id, events[7].id);
+    assert!(matches!(
+        cli.insert(&events[150]),
+        Err(StoreError::DuplicateEvent(_))
+    ));
+    let from_cli = scattered(1_000);
+    cli.insert(&from_cli).unwrap();
+    assert_eq!(host.event(&from_cli.id).unwrap().id, from_cli.id);
+    assert!(matches!(
+        host.insert(&from_cli),
+        Err(StoreError::DuplicateEvent(_))
+    ));
+
+    // A consumed event already stored (merged) is updated, not stored twice;
+    // its redelivery takes effect once.
+    let first = host
+        .commit_consumed(&[final_resolution(&events[3])])
+        .unwrap();
+    let again = host
+        .commit_consumed(&[final_resolution(&events[3])])
+        .unwrap();
+    assert_eq!((first.duplicates, again.duplicates), (0, 1));
+    let rows: i64 = host
+        .read(|c| {
+            c.query_row(
+                "SELECT count(*) FROM persona_events WHERE id = ?1",
+                [&events[3].id],
+                |r| r.get(0),
+            )
+            .op("count")
+        })
+        .unwrap();
+    assert_eq!(rows, 1);
+    assert_eq!(
+        host.event(&events[3].id).unwrap().status,
+        EventStatus::Completed
+    );
+    drop((host, cli));
+
+    // A restart rebuilds the tail from the rows after the last merge.
+    let host = Store::open_tuned(dir.path(), Sync::Normal, Role::Host, tuning).unwrap();
+    let done = host.processed_for([events[3].id.as_str()]).unwrap();
+    assert_eq!(
+        done[&events[3].id],
+        [("h".to_owned(), "completed".to_owned())]
+    );
+    assert!(matches!(
+        host.insert(&from_cli),
+        Err(StoreError::DuplicateEvent(_))
+    ));
+    assert!(matches!(
+        host.insert(&events[198]),
+        Err(StoreError::DuplicateEvent(_))
+    ));
+    host.insert(&scattered(1_001)).unwrap();
+}

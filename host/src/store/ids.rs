@@ -1,0 +1,286 @@
+//! The event id index, written in sorted runs.
+//!
+//! Producers mostly send random ids (UUIDv4). A unique index on such a key
+//! takes each new id to a random leaf page, so a commit of a few thousand
+//! events rewrote a few thousand index pages (in the WAL, then again at the
+//! checkpoint): that one index cost about a third of the Kafka pipeline's
+//! throughput. So the id index is kept in two parts:
+//!
+//! - `persona_event_ids (id, seq)`: every event with `seq <=
+//!   persona_id_merge.merged_through`;
+//! - the tail: events after that, whose ids are held here in memory and
+//!   rebuilt at start from `persona_events` (their rows are the record, and
+//!   rows are only appended, so the tail is a range of `seq`).
+//!
+//! When the tail reaches `[store] id_tail` ids ([`ID_TAIL`]) they are sorted and merged into
+//! the index in chunks of consecutive ids, one transaction per chunk after
+//! the commits that follow: each chunk lands on a narrow range of leaf
+//! pages, instead of each id on a page of its own. `merged_through` moves
+//! with the last chunk; a crash before that only repeats the merge.
+//!
+//! Writers (any process: the host, a CLI publishing into the same file)
+//! catch up at the start of each write transaction, under SQLite's write
+//! lock, so their view of the ids is complete when they decide whether an
+//! id is new. Readers look up the tail, then the index; a lookup that must
+//! not miss (a user asking for one event) then scans the tail's rows.
+
+use super::{Op, StoreError};
+use rusqlite::{Connection, OptionalExtension};
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+/// Tail size that starts a merge, by default (`[store] id_tail`). Memory:
+/// about 80 bytes an id, twice that while a merge runs.
+pub const ID_TAIL: usize = 65_536;
+/// A merge is written in this many transactions, one after each of the
+/// commits that follow (so none holds the writer for long).
+const CHUNKS: usize = 8;
+
+#[derive(Default)]
+struct Tail {
+    /// Whether `ids` was read from the file yet.
+    loaded: bool,
+    /// Every event up to this seq is in `persona_event_ids`.
+    merged_through: i64,
+    /// Every event in `(merged_through, last_seq]` is in `ids`.
+    last_seq: i64,
+    ids: HashMap<Box<str>, i64>,
+    merge: Option<Merge>,
+}
+
+/// A merge in progress: the tail up to `through`, sorted by id.
+struct Merge {
+    through: i64,
+    sorted: Vec<(Box<str>, i64)>,
+    next: usize,
+}
+
+pub(crate) struct Ids {
+    tail: Mutex<Tail>,
+    merge_at: usize,
+}
+
+/// Id lookups inside one write transaction, and the ids it adds.
+pub(crate) struct TxIds<'a> {
+    ids: &'a Ids,
+    added: HashMap<String, i64>,
+}
+
+impl Ids {
+    pub(crate) fn new(merge_at: usize) -> Self {
+        Self {
+            tail: Mutex::default(),
+            merge_at: merge_at.max(1),
+        }
+    }
+
+    fn tail(&self) -> MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// At the start of a write transaction (the write lock is held): catch
+    /// up with what was written since, here or by another process.
+    pub(crate) fn begin<'a>(&'a self, tx: &Connection) -> Result<TxIds<'a>, StoreError> {
+        self.catch_up(tx)?;
+        Ok(TxIds {
+            ids: self,
+            added: HashMap::new(),
+        })
+    }
+
+    /// Reads the rows written since the tail was last brought up to date
+    /// (all of them after the last merge, the first time). Safe on any
+    /// connection and snapshot: writes are serialized and seqs grow with
+    /// them, so what a snapshot shows is every row up to some seq.
+    pub(crate) fn catch_up(&self, conn: &Connection) -> Result<(), StoreError> {
+        let merged_through = merged_through(conn)?;
+        let mut tail = self.tail();
+        if !tail.loaded || merged_through > tail.merged_through {
+            // Another process merged (or this is the first look): what it
+            // merged leaves the tail.
+            tail.ids.retain(|_, seq| *seq > merged_through);
+            if tail
+                .merge
+                .as_ref()
+                .is_some_and(|m| m.through <= merged_through)
+            {
+                tail.merge = None;
+            }
+            tail.merged_through = merged_through;
+            tail.last_seq = tail.last_seq.max(merged_through);
+            tail.loaded = true;
+        }
+        let mut stmt = conn
+            .prepare_cached("SELECT id, seq FROM persona_events WHERE seq > ?1")
+            .op("prepare id tail")?;
+        let rows = stmt
+            .query_map([tail.last_seq], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .op("id tail")?;
+        for row in rows {
+            let (id, seq) = row.op("read id tail")?;
+            tail.last_seq = tail.last_seq.max(seq);
+            tail.ids.insert(id.into_boxed_str(), seq);
+        }
+        Ok(())
+    }
+
+    /// An event's seq, for a reader: the tail, then the index (call
+    /// [`Ids::catch_up`] on the same connection first). With `must_find`, a
+    /// miss in both scans the rows after the last merge this reader's
+    /// snapshot has (a merge that committed after the snapshot began has
+    /// already left the tail).
+    pub(crate) fn seq_for_read(
+        &self,
+        conn: &Connection,
+        id: &str,
+        must_find: bool,
+    ) -> Result<Option<i64>, StoreError> {
+        if let Some(seq) = self.tail().ids.get(id) {
+            return Ok(Some(*seq));
+        }
+        if let Some(seq) = indexed(conn, id)? {
+            return Ok(Some(seq));
+        }
+        if !must_find {
+            return Ok(None);
+        }
+        conn.prepare_cached(
+            "SELECT seq FROM persona_events \
+             WHERE seq > (SELECT merged_through FROM persona_id_merge) AND id = ?1",
+        )
+        .op("prepare scan id tail")?
+        .query_row([id], |r| r.get(0))
+        .optional()
+        .op("scan id tail")
+    }
+
+    /// After a commit: one step of the merge, in a transaction of its own
+    /// (`conn` is the writer, outside any transaction).
+    pub(crate) fn merge_step(&self, conn: &mut Connection) -> Result<(), StoreError> {
+        // Only the writer merges (its connection is `conn`), so the merge
+        // can leave the lock while it writes: readers keep looking up.
+        let mut merge = {
+            let mut tail = self.tail();
+            match tail.merge.take() {
+                Some(m) => m,
+                None if tail.ids.len() < self.merge_at => return Ok(()),
+                None => {
+                    let mut sorted: Vec<(Box<str>, i64)> = tail
+                        .ids
+                        .iter()
+                        .map(|(id, seq)| (id.clone(), *seq))
+                        .collect();
+                    sorted.sort_unstable();
+                    Merge {
+                        through: tail.last_seq,
+                        sorted,
+                        next: 0,
+                    }
+                }
+            }
+        };
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .op("begin id merge")?;
+        // Another process may have merged these meanwhile.
+        let merged = merged_through(&tx)?;
+        if merge.through > merged {
+            let chunk = merge.sorted.len().div_ceil(CHUNKS).max(1);
+            let end = (merge.next + chunk).min(merge.sorted.len());
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO persona_event_ids (id, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    )
+                    .op("prepare id merge")?;
+                for (id, seq) in &merge.sorted[merge.next..end] {
+                    stmt.execute(rusqlite::params![&**id, seq]).op("id merge")?;
+                }
+            }
+            if end == merge.sorted.len() {
+                tx.execute(
+                    "UPDATE persona_id_merge SET merged_through = max(merged_through, ?1)",
+                    [merge.through],
+                )
+                .op("id merge through")?;
+            }
+            if let Err(e) = tx.commit().op("commit id merge") {
+                // Kept for the next step (a failed chunk is written again).
+                self.tail().merge = Some(merge);
+                return Err(e);
+            }
+            merge.next = end;
+            if end < merge.sorted.len() {
+                self.tail().merge = Some(merge);
+                return Ok(());
+            }
+        }
+        let through = merge.through.max(merged);
+        let mut tail = self.tail();
+        tail.ids.retain(|_, seq| *seq > through);
+        tail.merged_through = tail.merged_through.max(through);
+        Ok(())
+    }
+
+    /// Ids in the tail now (for tests and metrics).
+    pub(crate) fn tail_len(&self) -> usize {
+        self.tail().ids.len()
+    }
+}
+
+impl TxIds<'_> {
+    /// The seq of an event, if it has a row: added in this transaction,
+    /// in the tail, or in the index.
+    pub(crate) fn seq(&self, tx: &Connection, id: &str) -> Result<Option<i64>, StoreError> {
+        if let Some(seq) = self.added.get(id) {
+            return Ok(Some(*seq));
+        }
+        if let Some(seq) = self.ids.tail().ids.get(id) {
+            return Ok(Some(*seq));
+        }
+        indexed(tx, id)
+    }
+
+    /// A row this transaction inserted.
+    pub(crate) fn added(&mut self, id: &str, seq: i64) {
+        self.added.insert(id.to_owned(), seq);
+    }
+
+    /// The transaction committed: its rows join the tail.
+    pub(crate) fn committed(self) {
+        if self.added.is_empty() {
+            return;
+        }
+        let mut tail = self.ids.tail();
+        // When the new rows directly follow the tail (always, unless a
+        // statement added rows without telling), the tail is complete
+        // through them; otherwise the next transaction reads the gap.
+        let (lo, hi) = self
+            .added
+            .values()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+        if lo == tail.last_seq + 1 && (hi - lo + 1) as usize == self.added.len() {
+            tail.last_seq = hi;
+        }
+        for (id, seq) in self.added {
+            tail.ids.insert(id.into_boxed_str(), seq);
+        }
+    }
+}
+
+fn merged_through(conn: &Connection) -> Result<i64, StoreError> {
+    conn.prepare_cached("SELECT merged_through FROM persona_id_merge")
+        .op("prepare merged through")?
+        .query_row([], |r| r.get(0))
+        .op("merged through")
+}
+
+fn indexed(conn: &Connection, id: &str) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached("SELECT seq FROM persona_event_ids WHERE id = ?1")
+        .op("prepare id lookup")?
+        .query_row([id], |r| r.get(0))
+        .optional()
+        .op("id lookup")
+}
