@@ -332,7 +332,10 @@ fn latency(rate: u32, run: Duration) -> Latency {
     let bus = Bus::open(c).expect("open bus");
     let mut notices = bus.subscribe();
     bus.start().unwrap();
-    // Let the consumer join and get its partitions before measuring.
+    // Let the consumer join and get its partitions before measuring, and
+    // the disk write back what came before (a fresh build writes gigabytes;
+    // on a fresh clone its write-back tripled p99 here). Not our load.
+    let _ = Command::new("sync").status();
     std::thread::sleep(Duration::from_secs(4));
     let n = (rate as f64 * run.as_secs_f64()) as usize;
     let mut g = spawn_generator(&format!("{prefix}.events"), n, rate);
@@ -392,6 +395,9 @@ struct HostRun {
     /// First handled event to the last.
     window: Duration,
     peak_rss_mb: f64,
+    /// CPU time the host process used in all (start-up included), per
+    /// event: what the machine pays, whatever else runs beside it.
+    cpu_us_per_event: f64,
 }
 
 impl HostRun {
@@ -401,21 +407,22 @@ impl HostRun {
 
     fn header() -> String {
         format!(
-            "{:<58} {:>10} {:>11} {:>13}",
-            "persona-bus run, from the backlog", "events/s", "peak RSS", "join+start"
+            "{:<58} {:>10} {:>11} {:>13} {:>13}",
+            "persona-bus run, from the backlog", "events/s", "peak RSS", "join+start", "CPU/event"
         )
     }
 
     fn line(&self) -> String {
         format!(
-            "{:<58} {:>10.0} {:>8.0} MB {:>11.1} s",
+            "{:<58} {:>10.0} {:>8.0} MB {:>11.1} s {:>10.1} us",
             match self.policy {
                 Policy::Fresh => "2 handlers, default settings (fresh instance per event)",
                 Policy::Reuse => "2 handlers, [instances] policy = \"reuse\"",
             },
             self.rate(),
             self.peak_rss_mb,
-            self.to_first.as_secs_f64()
+            self.to_first.as_secs_f64(),
+            self.cpu_us_per_event
         )
     }
 }
@@ -514,6 +521,27 @@ impl HostProcess {
         persona_bus_tests::proc_status_kib(&self.child.id().to_string(), field) as f64 / 1024.0
     }
 
+    /// User + system CPU time of the process so far (`/proc/PID/stat`,
+    /// in clock ticks of 1/100 s, Linux's USER_HZ).
+    fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // utime and stime: fields 14 and 15 of the line, 11 and 12 here.
+        Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    }
+
     fn stop(mut self) {
         // SIGTERM: a graceful stop, as an operator would.
         let _ = Command::new("kill")
@@ -530,6 +558,9 @@ fn host_process(topic: &str, n: usize, policy: Policy) -> HostRun {
     let mut c = sb.config();
     k::consuming(&mut c, &k::prefix());
     c.kafka.topics.events.name = topic.to_owned();
+    // A backlog is usually on the broker's disk long before a host starts:
+    // its write-back is not part of this run.
+    let _ = Command::new("sync").status();
     let started = Instant::now();
     let host = HostProcess::start(&sb, &c);
     let deadline = started + Duration::from_secs(900);
@@ -543,6 +574,7 @@ fn host_process(topic: &str, n: usize, policy: Policy) -> HostRun {
         std::thread::sleep(Duration::from_millis(100));
     }
     let peak_rss_mb = peak_rss_mb.max(host.memory_mb("VmHWM"));
+    let cpu = host.cpu_time();
     host.stop();
     assert_eq!(
         seen as usize, n,
@@ -566,6 +598,7 @@ fn host_process(topic: &str, n: usize, policy: Policy) -> HostRun {
         to_first: first.duration_since(process_start).unwrap_or_default(),
         window,
         peak_rss_mb,
+        cpu_us_per_event: cpu.as_secs_f64() * 1e6 / seen.max(1) as f64,
     }
 }
 
