@@ -291,7 +291,7 @@ fn connect(path: &Path, sync: Sync, role: Role, cache_kb: u32) -> Result<Connect
     // Smaller pages cut the bytes per transaction by 3x and nearly doubled
     // single-event insert throughput here. Takes effect only when the
     // database is created.
-    conn.execute_batch(&format!(
+    let pragmas = format!(
         "PRAGMA page_size = 1024;
          PRAGMA journal_mode = WAL;
          PRAGMA synchronous = {synchronous};
@@ -300,8 +300,22 @@ fn connect(path: &Path, sync: Sync, role: Role, cache_kb: u32) -> Result<Connect
          PRAGMA temp_store = MEMORY;
          PRAGMA cache_size = -{cache_kb};
          PRAGMA foreign_keys = ON;"
-    ))
-    .op("pragmas")?;
+    );
+    // Two processes creating the same file at once (a host starting beside
+    // a CLI): switching a new file to WAL takes a lock that SQLite does not
+    // wait for (no busy handler), so wait here, as busy_timeout would.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match conn.execute_batch(&pragmas) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            done => break done.op("pragmas")?,
+        }
+    }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }

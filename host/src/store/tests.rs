@@ -356,3 +356,20 @@ fn event_ids_merge_into_their_index_and_stay_unique_across_stores() {
     ));
     host.insert(&scattered(1_001)).unwrap();
 }
+
+#[test]
+fn stores_opened_at_once_on_a_new_file_all_open() {
+    // A host starting beside a CLI: both create and migrate the same file.
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let opened: Vec<_> = (0..4)
+            .map(|_| {
+                let path = dir.path().to_owned();
+                std::thread::spawn(move || Store::open(&path).map(|_| ()))
+            })
+            .collect();
+        for t in opened {
+            t.join().unwrap().expect("open beside another opener");
+        }
+    }
+}
