@@ -332,10 +332,8 @@ fn latency(rate: u32, run: Duration) -> Latency {
     let bus = Bus::open(c).expect("open bus");
     let mut notices = bus.subscribe();
     bus.start().unwrap();
-    // Let the consumer join and get its partitions before measuring, and
-    // the disk write back what came before (a fresh build writes gigabytes;
-    // on a fresh clone its write-back tripled p99 here). Not our load.
-    let _ = Command::new("sync").status();
+    // Let the consumer join and get its partitions before measuring.
+    settle_disk();
     std::thread::sleep(Duration::from_secs(4));
     let n = (rate as f64 * run.as_secs_f64()) as usize;
     let mut g = spawn_generator(&format!("{prefix}.events"), n, rate);
@@ -558,9 +556,8 @@ fn host_process(topic: &str, n: usize, policy: Policy) -> HostRun {
     let mut c = sb.config();
     k::consuming(&mut c, &k::prefix());
     c.kafka.topics.events.name = topic.to_owned();
-    // A backlog is usually on the broker's disk long before a host starts:
-    // its write-back is not part of this run.
-    let _ = Command::new("sync").status();
+    // A backlog is usually on the broker's disk long before a host starts.
+    settle_disk();
     let started = Instant::now();
     let host = HostProcess::start(&sb, &c);
     let deadline = started + Duration::from_secs(900);
@@ -600,6 +597,13 @@ fn host_process(topic: &str, n: usize, policy: Policy) -> HostRun {
         peak_rss_mb,
         cpu_us_per_event: cpu.as_secs_f64() * 1e6 / seen.max(1) as f64,
     }
+}
+
+/// Writes back what earlier work left dirty (a fresh build writes
+/// gigabytes; on a fresh clone its write-back tripled the first p99), so
+/// the timed window measures only its own load.
+fn settle_disk() {
+    let _ = Command::new("sync").status();
 }
 
 /// Creates `topic` with 6 partitions and waits until the broker has it.

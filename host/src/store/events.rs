@@ -82,18 +82,25 @@ pub(crate) fn insert_event(
     insert_row(conn, ids, e, outbox.then_some("pending"), PENDING).map(|_| ())
 }
 
+/// An event's row after [`insert_if_new`]: its seq, and whether this call
+/// wrote it.
+pub(crate) struct Stored {
+    pub seq: i64,
+    pub new: bool,
+}
+
 /// Stores an event unless a row for it exists, with `kafka_state`.
-/// Returns whether it was new.
 pub(crate) fn insert_if_new(
     conn: &Connection,
     ids: &mut TxIds<'_>,
     e: &Event,
     kafka_state: Option<&str>,
-) -> Result<bool, StoreError> {
-    if ids.seq(conn, &e.id)?.is_some() {
-        return Ok(false);
+) -> Result<Stored, StoreError> {
+    if let Some(seq) = ids.seq(conn, &e.id)? {
+        return Ok(Stored { seq, new: false });
     }
-    insert_row(conn, ids, e, kafka_state, PENDING).map(|_| true)
+    let seq = insert_row(conn, ids, e, kafka_state, PENDING)?;
+    Ok(Stored { seq, new: true })
 }
 
 /// Stores an event that came from Kafka, unless a row for it exists: it is
@@ -102,7 +109,7 @@ pub(crate) fn insert_remote(
     conn: &Connection,
     ids: &mut TxIds<'_>,
     e: &Event,
-) -> Result<bool, StoreError> {
+) -> Result<Stored, StoreError> {
     insert_if_new(conn, ids, e, Some("remote"))
 }
 
@@ -118,13 +125,7 @@ pub(crate) fn upsert_final(
     now: &str,
 ) -> Result<i64, StoreError> {
     if let Some(seq) = ids.seq(conn, &e.id)? {
-        conn.prepare_cached(
-            "UPDATE persona_events SET status = ?2, error_message = ?3, processed_at = ?4, claimed_at = NULL \
-             WHERE seq = ?1",
-        )
-        .op("prepare finish remote event")?
-        .execute(params![seq, status, error, now])
-        .op("finish remote event")?;
+        finish_event(conn, seq, status, error, now)?;
         return Ok(seq);
     }
     let fin = Initial {
@@ -133,6 +134,24 @@ pub(crate) fn upsert_final(
         processed_at: Some(now),
     };
     insert_row(conn, ids, e, Some("remote"), fin)
+}
+
+/// Sets an event's final state (its row is `seq`).
+pub(crate) fn finish_event(
+    conn: &Connection,
+    seq: i64,
+    status: &str,
+    error: Option<&str>,
+    now: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE persona_events SET status = ?2, error_message = ?3, processed_at = ?4, claimed_at = NULL \
+         WHERE seq = ?1",
+    )
+    .op("prepare finish event")?
+    .execute(params![seq, status, error, now])
+    .op("finish event")?;
+    Ok(())
 }
 
 /// Inserts a row (its id checked new by the caller) and tells `ids`.

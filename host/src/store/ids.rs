@@ -234,13 +234,12 @@ impl TxIds<'_> {
     /// The seq of an event, if it has a row: added in this transaction,
     /// in the tail, or in the index.
     pub(crate) fn seq(&self, tx: &Connection, id: &str) -> Result<Option<i64>, StoreError> {
-        if let Some(seq) = self.added.get(id) {
-            return Ok(Some(*seq));
+        match self.added.get(id) {
+            Some(seq) => Ok(Some(*seq)),
+            // Caught up at `begin` under the write lock: tail and index are
+            // complete, no scan needed.
+            None => self.ids.seq_for_read(tx, id, false),
         }
-        if let Some(seq) = self.ids.tail().ids.get(id) {
-            return Ok(Some(*seq));
-        }
-        indexed(tx, id)
     }
 
     /// A row this transaction inserted.

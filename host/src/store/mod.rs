@@ -227,12 +227,18 @@ impl Store {
         let out = f(&tx, &mut ids)?;
         tx.commit().op(what)?;
         ids.committed();
-        if let Err(e) = self.ids.merge_step(&mut conn) {
+        self.merge_ids(&mut conn);
+        Ok(out)
+    }
+
+    /// After a commit on the writer (`conn`): a step of the id merge, if one
+    /// is due (see `ids`).
+    fn merge_ids(&self, conn: &mut Connection) {
+        if let Err(e) = self.ids.merge_step(conn) {
             // The tail stays in memory and the merge is tried again after
             // the next commit; nothing is lost meanwhile.
             tracing::warn!(error = %e, "merging event ids into their index failed; retrying after the next commit");
         }
-        Ok(out)
     }
 
     /// The seq of one event's row, for a reader (see `ids`).

@@ -1,7 +1,7 @@
 //! Committing what handlers did: executions, the processed ledger, effects,
 //! dead letters and the event's next state, all in one transaction.
 
-use super::events::{insert_event, insert_remote, upsert_final};
+use super::events::{finish_event, insert_event, insert_remote, upsert_final};
 use super::{Op, Store, StoreError, headers_to_json};
 use crate::event::{Event, now_rfc3339};
 use crate::outcome::{Next, Resolution, Run, StateOp, Verdict};
@@ -107,36 +107,29 @@ impl Store {
                     error.as_deref(),
                     &now,
                 )?),
-                Next::Final { status, error } => match ids.seq(&tx, &res.event.id)? {
-                    Some(seq) => {
-                        tx.prepare_cached(
-                            "UPDATE persona_events SET status = ?2, error_message = ?3, processed_at = ?4, claimed_at = NULL \
-                             WHERE seq = ?1",
-                        )
-                        .op("prepare finish event")?
-                        .execute(params![seq, status.as_str(), error, now])
-                        .op("finish event")?;
-                        Some(seq)
+                Next::Final { status, error } => {
+                    let seq = ids.seq(&tx, &res.event.id)?;
+                    if let Some(seq) = seq {
+                        finish_event(&tx, seq, status.as_str(), error.as_deref(), &now)?;
                     }
-                    None => None,
-                },
+                    seq
+                }
                 Next::Retry { at_ms, error } => {
-                    if from_kafka {
-                        insert_remote(&tx, &mut ids, &res.event)?;
+                    let seq = if from_kafka {
+                        Some(insert_remote(&tx, &mut ids, &res.event)?.seq)
+                    } else {
+                        ids.seq(&tx, &res.event.id)?
+                    };
+                    if let Some(seq) = seq {
+                        tx.prepare_cached(
+                            "UPDATE persona_events SET status = 'pending', error_message = ?2, next_attempt_at = ?3, \
+                             retry_count = retry_count + 1, claimed_at = NULL WHERE seq = ?1",
+                        )
+                        .op("prepare schedule retry")?
+                        .execute(params![seq, error, at_ms])
+                        .op("schedule retry")?;
                     }
-                    match ids.seq(&tx, &res.event.id)? {
-                        Some(seq) => {
-                            tx.prepare_cached(
-                                "UPDATE persona_events SET status = 'pending', error_message = ?2, next_attempt_at = ?3, \
-                                 retry_count = retry_count + 1, claimed_at = NULL WHERE seq = ?1",
-                            )
-                            .op("prepare schedule retry")?
-                            .execute(params![seq, error, at_ms])
-                            .op("schedule retry")?;
-                            Some(seq)
-                        }
-                        None => None,
-                    }
+                    seq
                 }
             };
         }
@@ -186,9 +179,7 @@ impl Store {
         tx.commit().op("commit outcomes")?;
         ids.committed();
         drop(handlers);
-        if let Err(e) = self.ids.merge_step(&mut conn) {
-            tracing::warn!(error = %e, "merging event ids into their index failed; retrying after the next commit");
-        }
+        self.merge_ids(&mut conn);
         Ok(done)
     }
 

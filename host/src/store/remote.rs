@@ -23,7 +23,7 @@ impl Store {
         self.write_tx("archive", |tx, ids| {
             let mut n = 0;
             for e in events {
-                n += insert_remote(tx, ids, e)? as usize;
+                n += insert_remote(tx, ids, e)?.new as usize;
             }
             Ok(n)
         })
@@ -63,7 +63,7 @@ impl Store {
         self.write_tx("insert new", |tx, ids| {
             let mut n = 0;
             for e in events {
-                n += insert_if_new(tx, ids, e, outbox)? as usize;
+                n += insert_if_new(tx, ids, e, outbox)?.new as usize;
             }
             Ok(n)
         })
