@@ -54,6 +54,10 @@ pub enum Command {
     },
     /// Reset a consumer group's offsets so its events are read again
     Replay(ReplayArgs),
+    /// Internal: compile the component on stdin into OUT (the host runs
+    /// this as a child process on a compiled-component cache miss)
+    #[command(hide = true)]
+    CompileComponent { out: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +222,10 @@ impl Cli {
 }
 
 pub fn main(cli: Cli) -> anyhow::Result<()> {
+    if let Command::CompileComponent { out } = &cli.command {
+        // Before reading the configuration: the child needs none of it.
+        return crate::runtime::compile_child_main(out);
+    }
     let mut config = Config::from_env(cli.config.as_deref()).context("invalid configuration")?;
     if let Some(dir) = cli.data_dir {
         config.data_dir = dir;
@@ -238,6 +246,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(cmd) => dlq(&config, cmd),
         Command::Status { json } => status(&config, json),
         Command::Replay(args) => replay(&config, args),
+        Command::CompileComponent { .. } => unreachable!("handled above"),
     }
 }
 

@@ -14,6 +14,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Compile cache misses in a child process of this same binary, so the
+    // compiler's memory leaves with it (runtime/cache.rs).
+    if let Ok(exe) = std::env::current_exe() {
+        persona_bus::runtime::compile_in_child(exe);
+    }
     match persona_bus::cli::main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,8 +1,9 @@
 //! The command line against a running host: another process publishes, the
 //! host picks it up, and `events show` reports the handler runs.
 
-use crate::cli;
+use crate::{cli, host_binary};
 use persona_bus_tests::{Sandbox, guests, wait_for};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[test]
@@ -124,4 +125,61 @@ fn one_host_per_data_directory() {
         &["run", "--handlers", sb.handlers_dir().to_str().unwrap()],
     );
     assert!(!ok && err.contains("already running"), "{err}");
+}
+
+/// The `persona-bus` binary compiles a component missing from its cache in
+/// a child process (runtime/cache.rs), so the compiler's memory never stays
+/// in the host. The child's artifact is what the host serves, and a
+/// component that does not compile is still refused with the compiler's
+/// reason while the others run.
+#[test]
+fn the_host_compiles_cache_misses_in_a_child_process() {
+    let sb = Sandbox::new();
+    sb.install("audit", guests::AUDIT, "[[subscriptions]]\nevent_type = \"*\"");
+    sb.install("broken", guests::NOOP, "[[subscriptions]]\nevent_type = \"*\"");
+    std::fs::write(
+        sb.handlers_dir().join("broken.wasm"),
+        b"\0asm\x01\0\0\0 torn",
+    )
+    .unwrap();
+    let log = sb.root.path().join("host.log");
+    let _host = crate::Host(
+        Command::new(host_binary())
+            .arg("--data-dir")
+            .arg(sb.data_dir())
+            .args(["run", "--no-http", "--handlers"])
+            .arg(sb.handlers_dir())
+            .env("RUST_LOG", "persona_bus=info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for(Duration::from_secs(60), "the handlers to load", || {
+        let text = read_log();
+        text.contains("compiled (in a child process) and cached")
+            && text.contains("not a valid component")
+    });
+    let cached: Vec<_> = std::fs::read_dir(sb.data_dir().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        cached.len() == 1 && cached[0].ends_with(".cwasm"),
+        "one artifact, the audit handler's: {cached:?}"
+    );
+
+    let (ok, out, err) = cli(
+        &sb,
+        &["publish", "--event-type", "task_created", "--source-type", "system"],
+    );
+    assert!(ok, "{err}");
+    let id = out.lines().last().unwrap().trim().to_owned();
+    wait_for(Duration::from_secs(20), "the audit handler to run", || {
+        let (_, out, _) = cli(&sb, &["events", "show", &id, "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .is_ok_and(|v| v["executions"][0]["outcome"] == "completed")
+    });
 }

@@ -22,7 +22,7 @@ mod cache;
 mod host_api;
 mod limits;
 
-pub use cache::digest;
+pub use cache::{compile_child_main, compile_in_child, digest};
 
 use crate::config::{HostLimits, RuntimeConfig};
 use crate::event::{Event, now_rfc3339};
@@ -125,6 +125,26 @@ pub struct Invocation {
     pub note: Option<String>,
 }
 
+/// The engine settings that shape compiled code: the host's engine and the
+/// child compiler (`persona-bus compile-component`) both start from these,
+/// so the child's artifacts load in the host.
+pub(crate) fn codegen_config() -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        // Fuel is only charged against handlers that set `limits.fuel`;
+        // the others run with an unbounded tank.
+        .consume_fuel(true)
+        // Calls are async (so a deadline can end them), but nothing uses
+        // the component model's own concurrency (`run_concurrent`,
+        // streams): without its per-call task bookkeeping a call costs
+        // less, and no internal error is formatted per call (which
+        // captured a backtrace each time under RUST_BACKTRACE=1).
+        .concurrency_support(false);
+    config
+}
+
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
@@ -166,20 +186,8 @@ impl Runtime {
                 .table_keep_resident(KEEP_RESIDENT)
                 .pagemap_scan(wasmtime::Enabled::Auto);
         }
-        let mut config = wasmtime::Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            // Fuel is only charged against handlers that set `limits.fuel`;
-            // the others run with an unbounded tank.
-            .consume_fuel(true)
-            // Calls are async (so a deadline can end them), but nothing uses
-            // the component model's own concurrency (`run_concurrent`,
-            // streams): without its per-call task bookkeeping a call costs
-            // less, and no internal error is formatted per call (which
-            // captured a backtrace each time under RUST_BACKTRACE=1).
-            .concurrency_support(false)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let mut config = codegen_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(engine_err)?;
 
         let mut linker = Linker::new(&engine);
