@@ -4,6 +4,7 @@
 #   make lint   rustfmt check + clippy -D warnings
 #   make bench  the benchmarks behind BENCHMARKS.md (bench-kafka: the Kafka ones)
 #   make kafka-up / kafka-down   a real single-node Apache Kafka on 127.0.0.1:9092
+#   make kafka-up-secure         a second one with TLS + SASL (9096) and mutual TLS (9097)
 
 CARGO       ?= cargo
 TARGET_DIR  := $(or $(CARGO_TARGET_DIR),target)
@@ -22,7 +23,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-peer bench-http soak browser-deps clean kafka-up kafka-down
+.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-peer bench-http soak browser-deps clean kafka-up kafka-up-secure kafka-down
 
 all: build
 
@@ -32,6 +33,12 @@ toolchain:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+	@# rdkafka's `ssl` feature links the system OpenSSL (Debian's security
+	@# updates then reach the host without a rebuild of ours).
+	@{ command -v pkg-config >/dev/null && pkg-config --exists openssl; } || { \
+		echo "installing OpenSSL headers and pkg-config for rdkafka's TLS (once)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends libssl-dev pkg-config; }
 
 $(COMPONENTIZE): $(JS_TOOLS)/package.json $(JS_TOOLS)/package-lock.json
 	@command -v npm >/dev/null || { echo "npm (Node.js 20) is required to build the JavaScript handlers"; exit 1; }
@@ -74,8 +81,9 @@ run: build
 
 # Release profile: one build of wasmtime serves run, test and bench, and
 # handler compilation is not slowed by a debug cranelift.
-# Kafka tests run against the real broker (`make kafka-up`, left running).
-test: toolchain js-handlers browser-deps kafka-up
+# Kafka tests run against the real brokers (`make kafka-up` and
+# `make kafka-up-secure`, left running).
+test: toolchain js-handlers browser-deps kafka-up kafka-up-secure
 	$(CARGO) test --release
 
 # The dashboard test drives Debian's headless Chromium with playwright-core
@@ -131,6 +139,12 @@ bench-kafka: toolchain kafka-up handlers
 # once into ~/.cache/persona-bus; needs Java 17 and Maven.
 kafka-up:
 	scripts/kafka.sh up
+
+# A second broker with TLS and authentication beside the first: SASL_SSL
+# (SCRAM-SHA-512) on 127.0.0.1:9096, mutual TLS on 127.0.0.1:9097. Writes
+# build/kafka-secure.env (source it for the KAFKA_* variables).
+kafka-up-secure:
+	scripts/kafka.sh up-secure
 
 kafka-down:
 	scripts/kafka.sh down

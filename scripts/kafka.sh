@@ -3,7 +3,8 @@
 # process) on 127.0.0.1:9092, for development, tests and benchmarks.
 #
 #   scripts/kafka.sh up      fetch the jars once (Maven Central), format once, start, wait until ready
-#   scripts/kafka.sh down    stop it
+#   scripts/kafka.sh up-secure   a second broker with TLS and authentication (below)
+#   scripts/kafka.sh down    stop them
 #   scripts/kafka.sh status  is it running?
 #   scripts/kafka.sh tool CLASS ARGS...   run a Kafka command-line tool
 #   scripts/kafka.sh pid     the broker's process id (the failover tests kill -9 it)
@@ -28,6 +29,15 @@ LOG="$INSTANCE/server.log"
 PIDFILE="$INSTANCE/kafka.pid"
 PORT="${KAFKA_PORT:-9092}"
 CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+# The secure broker (`up-secure`): its own instance folder and ports, so it
+# runs beside the plaintext one. SASL_SSL (SCRAM-SHA-512, also SCRAM-SHA-256
+# and PLAIN) on 9096, SSL with client certificates required on 9097.
+SECURE_DIR="$HOME_DIR/secure"
+SECURE_SASL_PORT=9096
+SECURE_MTLS_PORT=9097
+SECURE_CONTROLLER_PORT=9098
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+SECURE_ENV="${KAFKA_SECURE_ENV:-$REPO/build/kafka-secure.env}"
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 
@@ -87,6 +97,10 @@ port_open() {
 }
 
 configure() {
+    if [ "${KAFKA_SECURE:-}" = 1 ]; then
+        configure_secure
+        return
+    fi
     cat > "$CONF" <<PROPS
 # Written by scripts/kafka.sh: one node is both broker and controller.
 process.roles=broker,controller
@@ -111,6 +125,125 @@ auto.create.topics.enable=true
 PROPS
 }
 
+# Certificates and secrets of the secure broker, made once per instance
+# (its SCRAM users are written when its log dir is formatted): a CA, the
+# broker's certificate (for 127.0.0.1 only, so dialling `localhost` is a
+# hostname mismatch), a client certificate with an encrypted key for mutual
+# TLS, and an unrelated CA for tests of a CA that does not match.
+make_tls() {
+    local tls="$SECURE_DIR/tls"
+    [ -f "$tls/.complete" ] && return 0
+    command -v openssl >/dev/null || die "openssl is required for the secure broker (apt-get install openssl)"
+    command -v keytool >/dev/null || die "keytool (Java 17) is required for the secure broker"
+    # New secrets need a new log dir: its SCRAM users are formatted in.
+    rm -rf "$tls" "$SECURE_DIR/data" && mkdir -p "$tls"
+    (
+        cd "$tls"
+        umask 077
+        local store key scram
+        store=$(openssl rand -hex 16)
+        key=$(openssl rand -hex 16)
+        scram=$(openssl rand -hex 16)
+        printf 'STORE_PASSWORD=%s\nCLIENT_KEY_PASSWORD=%s\nSCRAM_PASSWORD=%s\n' "$store" "$key" "$scram" > secrets
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=persona-bus test CA" \
+            -keyout ca.key -out ca.pem 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout broker.key -out broker.csr 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1\n' > broker.ext
+        openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+            -extfile broker.ext -out broker.pem 2>/dev/null
+        openssl pkcs12 -export -in broker.pem -inkey broker.key -certfile ca.pem -name broker \
+            -out broker.p12 -passout "pass:$store"
+        keytool -importcert -noprompt -alias ca -file ca.pem -keystore truststore.p12 \
+            -storetype PKCS12 -storepass "$store" >/dev/null 2>&1
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=persona-device" -keyout client.plain.key \
+            -out client.csr 2>/dev/null
+        openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+            -out client.pem 2>/dev/null
+        openssl pkcs8 -topk8 -v2 aes-256-cbc -in client.plain.key -out client.key -passout "pass:$key"
+        rm -f client.plain.key ./*.csr
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=an unrelated CA" \
+            -keyout other-ca.key -out other-ca.pem 2>/dev/null
+        touch .complete
+    ) || die "making the secure broker's certificates failed"
+}
+
+configure_secure() {
+    local tls="$SECURE_DIR/tls"
+    # shellcheck disable=SC1091
+    . "$tls/secrets"
+    cat > "$CONF" <<PROPS
+# Written by scripts/kafka.sh up-secure: TLS and authentication.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
+listeners=SASL_SSL://127.0.0.1:$SECURE_SASL_PORT,SSL://127.0.0.1:$SECURE_MTLS_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=SASL_SSL://127.0.0.1:$SECURE_SASL_PORT,SSL://127.0.0.1:$SECURE_MTLS_PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=SASL_SSL:SASL_SSL,SSL:SSL,CONTROLLER:PLAINTEXT
+# The broker talks to itself over the mutual-TLS listener, with its own certificate.
+inter.broker.listener.name=SSL
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$tls/broker.p12
+ssl.keystore.password=$STORE_PASSWORD
+ssl.key.password=$STORE_PASSWORD
+ssl.truststore.type=PKCS12
+ssl.truststore.location=$tls/truststore.p12
+ssl.truststore.password=$STORE_PASSWORD
+listener.name.ssl.ssl.client.auth=required
+sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256,PLAIN
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_persona="$SCRAM_PASSWORD";
+log.dirs=$DATA
+num.partitions=6
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+PROPS
+}
+
+# What a client needs, as a file to source: the plan's KAFKA_* variables
+# for the SASL_SSL listener, and the mutual-TLS listener's under
+# KAFKA_MTLS_* (copy them to the KAFKA_* names to use it).
+write_secure_env() {
+    local tls="$SECURE_DIR/tls"
+    # shellcheck disable=SC1091
+    . "$tls/secrets"
+    mkdir -p "$(dirname "$SECURE_ENV")"
+    umask 077
+    cat > "$SECURE_ENV" <<ENV
+# Written by scripts/kafka.sh up-secure. Source it: . $SECURE_ENV
+export KAFKA_BROKERS=127.0.0.1:$SECURE_SASL_PORT
+export KAFKA_SSL_ENABLED=true
+export KAFKA_SSL_CA_LOCATION=$tls/ca.pem
+export KAFKA_SASL_MECHANISM=SCRAM-SHA-512
+export KAFKA_SASL_USERNAME=persona
+export KAFKA_SASL_PASSWORD=$SCRAM_PASSWORD
+# Mutual TLS (no SASL) on the other listener:
+export KAFKA_MTLS_BROKERS=127.0.0.1:$SECURE_MTLS_PORT
+export KAFKA_MTLS_SSL_CA_LOCATION=$tls/ca.pem
+export KAFKA_MTLS_SSL_CERT_LOCATION=$tls/client.pem
+export KAFKA_MTLS_SSL_KEY_LOCATION=$tls/client.key
+export KAFKA_MTLS_SSL_KEY_PASSWORD=$CLIENT_KEY_PASSWORD
+# A CA that did not sign the broker's certificate (for tests):
+export KAFKA_TEST_OTHER_CA_LOCATION=$tls/other-ca.pem
+ENV
+    echo "wrote $SECURE_ENV"
+}
+
+up_secure() {
+    java_ok
+    fetch
+    make_tls
+    KAFKA_SECURE=1 KAFKA_INSTANCE_DIR="$SECURE_DIR" KAFKA_DATA_DIR="$SECURE_DIR/data" \
+        KAFKA_PORT="$SECURE_SASL_PORT" KAFKA_CONTROLLER_PORT="$SECURE_CONTROLLER_PORT" "$0" up
+    write_secure_env
+}
+
 up() {
     java_ok
     fetch
@@ -124,7 +257,14 @@ up() {
     if [ ! -f "$DATA/meta.properties" ]; then
         local cluster
         cluster=$(java -cp "$LIBS/*" kafka.tools.StorageTool random-uuid)
-        java -cp "$LIBS/*" kafka.tools.StorageTool format -t "$cluster" -c "$CONF" >"$INSTANCE/format.log" 2>&1 \
+        local scram=()
+        if [ "${KAFKA_SECURE:-}" = 1 ]; then
+            # shellcheck disable=SC1091
+            . "$SECURE_DIR/tls/secrets"
+            scram=(--add-scram "SCRAM-SHA-512=[name=persona,password=$SCRAM_PASSWORD]"
+                   --add-scram "SCRAM-SHA-256=[name=persona,password=$SCRAM_PASSWORD]")
+        fi
+        java -cp "$LIBS/*" kafka.tools.StorageTool format -t "$cluster" -c "$CONF" "${scram[@]}" >"$INSTANCE/format.log" 2>&1 \
             || { cat "$INSTANCE/format.log" >&2; die "formatting the log dir failed"; }
     fi
     echo "starting kafka $KAFKA_VERSION on 127.0.0.1:$PORT (log: $LOG)"
@@ -173,9 +313,15 @@ tool() {
 
 case "${1:-}" in
     up) up ;;
+    up-secure) up_secure ;;
     tool) shift; tool "$@" ;;
-    down) down ;;
+    down)
+        down
+        if [ -z "${KAFKA_INSTANCE_DIR:-}" ] && [ -f "$SECURE_DIR/kafka.pid" ]; then
+            KAFKA_INSTANCE_DIR="$SECURE_DIR" "$0" down
+        fi
+        ;;
     pid) running && cat "$PIDFILE" ;;
     status) if running && port_open "$PORT"; then echo "running (pid $(cat "$PIDFILE"))"; else echo "not running"; exit 1; fi ;;
-    *) die "usage: $0 up|down|status" ;;
+    *) die "usage: $0 up|up-secure|down|status|pid|tool" ;;
 esac

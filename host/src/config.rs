@@ -3,6 +3,7 @@
 //! validated as a whole before anything starts.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Everything the host can be told. Defaults run the embedded bus: SQLite
@@ -290,8 +291,29 @@ pub struct KafkaConfig {
     /// `KAFKA_SASL_USERNAME` / `KAFKA_SASL_PASSWORD`: optional SASL auth.
     pub sasl_username: Option<String>,
     pub sasl_password: Option<String>,
-    /// `KAFKA_SSL_ENABLED`.
+    /// `KAFKA_SASL_MECHANISM`: `PLAIN` (the default, as before),
+    /// `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub sasl_mechanism: SaslMechanism,
+    /// `KAFKA_SSL_ENABLED`: TLS to the brokers (`SASL_SSL` with SASL
+    /// credentials, `SSL` without).
     pub ssl_enabled: bool,
+    /// `KAFKA_SSL_CA_LOCATION`: PEM file of the CA(s) that signed the
+    /// brokers' certificates [default: the system's trust store].
+    pub ssl_ca_location: Option<PathBuf>,
+    /// `KAFKA_SSL_CERT_LOCATION` / `KAFKA_SSL_KEY_LOCATION`: this device's
+    /// client certificate and key (PEM) for mutual TLS.
+    pub ssl_cert_location: Option<PathBuf>,
+    pub ssl_key_location: Option<PathBuf>,
+    /// `KAFKA_SSL_KEY_PASSWORD`: the client key's password, if it has one.
+    pub ssl_key_password: Option<String>,
+    /// `KAFKA_SSL_ENDPOINT_IDENTIFICATION`: `https` (check that the broker's
+    /// certificate names the host dialled; the default) or `none`.
+    pub ssl_endpoint_identification: EndpointIdentification,
+    /// librdkafka settings passed through as they are, for the long tail
+    /// (`[kafka.librdkafka]`, e.g. `"socket.keepalive.enable" = "true"`).
+    /// Applied last, to every client the host makes; a name librdkafka does
+    /// not know, or a value it refuses, fails at start naming the key.
+    pub librdkafka: BTreeMap<String, String>,
     /// The plan's five topics: names and retention. Created when missing.
     pub topics: TopicsConfig,
     /// Partitions of each topic (the plan: 6, so up to 6 consumers share).
@@ -313,6 +335,70 @@ pub struct KafkaConfig {
     pub publish_executions: bool,
     /// The circuit breaker between Kafka and the SQLite fallback.
     pub breaker: BreakerConfig,
+}
+
+/// How the host authenticates with SASL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The name librdkafka and the brokers use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+impl std::str::FromStr for SaslMechanism {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "PLAIN" => Ok(Self::Plain),
+            "SCRAM-SHA-256" => Ok(Self::ScramSha256),
+            "SCRAM-SHA-512" => Ok(Self::ScramSha512),
+            _ => Err("expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512".into()),
+        }
+    }
+}
+
+/// Whether the broker's certificate must name the host the client dialled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointIdentification {
+    Https,
+    None,
+}
+
+impl EndpointIdentification {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Https => "https",
+            Self::None => "none",
+        }
+    }
+}
+
+/// librdkafka settings whose values are secrets: never shown, logged or
+/// echoed in an error.
+pub fn is_secret_setting(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    // sasl.password, ssl.key.password, ssl.keystore.password,
+    // sasl.oauthbearer.client.secret, ssl.key.pem (a private key), and
+    // sasl.oauthbearer.config (may carry a token).
+    ["password", "secret", "token", "oauthbearer.config"]
+        .iter()
+        .any(|s| key.contains(s))
+        || key == "ssl.key.pem"
 }
 
 /// When Kafka is given up on and tried again (plan phase 2).
@@ -419,7 +505,14 @@ impl Default for KafkaConfig {
             auto_offset_reset: OffsetReset::Latest,
             sasl_username: None,
             sasl_password: None,
+            sasl_mechanism: SaslMechanism::Plain,
             ssl_enabled: false,
+            ssl_ca_location: None,
+            ssl_cert_location: None,
+            ssl_key_location: None,
+            ssl_key_password: None,
+            ssl_endpoint_identification: EndpointIdentification::Https,
+            librdkafka: BTreeMap::new(),
             topics: TopicsConfig::default(),
             partitions: 6,
             audit_group: "vibeman-audit-logger".into(),
@@ -448,7 +541,34 @@ impl std::fmt::Debug for KafkaConfig {
                 "sasl_password",
                 &self.sasl_password.as_ref().map(|_| "<redacted>"),
             )
+            .field("sasl_mechanism", &self.sasl_mechanism)
             .field("ssl_enabled", &self.ssl_enabled)
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .field("ssl_cert_location", &self.ssl_cert_location)
+            .field("ssl_key_location", &self.ssl_key_location)
+            .field(
+                "ssl_key_password",
+                &self.ssl_key_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "ssl_endpoint_identification",
+                &self.ssl_endpoint_identification,
+            )
+            .field(
+                "librdkafka",
+                &self
+                    .librdkafka
+                    .iter()
+                    .map(|(k, v)| {
+                        let shown = if is_secret_setting(k) {
+                            "<redacted>"
+                        } else {
+                            v.as_str()
+                        };
+                        (k.as_str(), shown)
+                    })
+                    .collect::<BTreeMap<_, _>>(),
+            )
             .field("topics", &self.topics)
             .field("partitions", &self.partitions)
             .field("audit_group", &self.audit_group)
@@ -498,7 +618,13 @@ pub const ENV_VARS: &[&str] = &[
     "KAFKA_AUTO_OFFSET_RESET",
     "KAFKA_SASL_USERNAME",
     "KAFKA_SASL_PASSWORD",
+    "KAFKA_SASL_MECHANISM",
     "KAFKA_SSL_ENABLED",
+    "KAFKA_SSL_CA_LOCATION",
+    "KAFKA_SSL_CERT_LOCATION",
+    "KAFKA_SSL_KEY_LOCATION",
+    "KAFKA_SSL_KEY_PASSWORD",
+    "KAFKA_SSL_ENDPOINT_IDENTIFICATION",
     "PERSONA_BUS_HTTP_ADDR",
     "PERSONA_BUS_HTTP_TOKEN",
     "PERSONA_BUS_SHUTDOWN_GRACE_MS",
@@ -573,6 +699,38 @@ impl Config {
         }
         if let Some(v) = env("KAFKA_SASL_PASSWORD") {
             k.sasl_password = Some(v);
+        }
+        if let Some(v) = env("KAFKA_SASL_MECHANISM") {
+            k.sasl_mechanism = v.parse().map_err(|reason| ConfigError::Env {
+                var: "KAFKA_SASL_MECHANISM",
+                value: v.clone(),
+                reason,
+            })?;
+        }
+        for (var, slot) in [
+            ("KAFKA_SSL_CA_LOCATION", &mut k.ssl_ca_location),
+            ("KAFKA_SSL_CERT_LOCATION", &mut k.ssl_cert_location),
+            ("KAFKA_SSL_KEY_LOCATION", &mut k.ssl_key_location),
+        ] {
+            if let Some(v) = env(var) {
+                *slot = Some(v.into());
+            }
+        }
+        if let Some(v) = env("KAFKA_SSL_KEY_PASSWORD") {
+            k.ssl_key_password = Some(v);
+        }
+        if let Some(v) = env("KAFKA_SSL_ENDPOINT_IDENTIFICATION") {
+            k.ssl_endpoint_identification = match v.trim().to_ascii_lowercase().as_str() {
+                "https" => EndpointIdentification::Https,
+                "none" => EndpointIdentification::None,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "KAFKA_SSL_ENDPOINT_IDENTIFICATION",
+                        value: v,
+                        reason: "expected `https` or `none`".into(),
+                    });
+                }
+            };
         }
         for (var, slot) in [
             ("KAFKA_ENABLED", &mut k.enabled),
@@ -688,6 +846,39 @@ impl Config {
                     "set both KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD, or neither",
                 );
             }
+            let tls_files = [
+                ("kafka.ssl_ca_location", &k.ssl_ca_location),
+                ("kafka.ssl_cert_location", &k.ssl_cert_location),
+                ("kafka.ssl_key_location", &k.ssl_key_location),
+            ];
+            if !k.ssl_enabled
+                && (tls_files.iter().any(|(_, f)| f.is_some()) || k.ssl_key_password.is_some())
+            {
+                return invalid(
+                    "kafka.ssl_enabled",
+                    "TLS files or a key password are set but TLS is off: set KAFKA_SSL_ENABLED=true",
+                );
+            }
+            if k.ssl_cert_location.is_some() != k.ssl_key_location.is_some() {
+                return invalid(
+                    "kafka.ssl_cert_location",
+                    "mutual TLS needs both KAFKA_SSL_CERT_LOCATION and KAFKA_SSL_KEY_LOCATION",
+                );
+            }
+            for (field, file) in tls_files {
+                if let Some(path) = file
+                    && !path.is_file()
+                {
+                    return Err(ConfigError::Invalid {
+                        field,
+                        reason: format!("{} is not a readable file", path.display()),
+                    });
+                }
+            }
+            crate::kafka::check_settings(k).map_err(|reason| ConfigError::Invalid {
+                field: "kafka.librdkafka",
+                reason,
+            })?;
             if k.consumer_batch == 0 || k.consumer_batch > 50_000 {
                 return invalid("kafka.consumer_batch", "must be between 1 and 50000");
             }
@@ -741,6 +932,96 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::load(None, |k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn tls_and_sasl_settings_load_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not read until a client connects").unwrap();
+        let ca = ca.to_str().unwrap();
+        let c = load(&[
+            ("KAFKA_ENABLED", "true"),
+            ("KAFKA_SSL_ENABLED", "true"),
+            ("KAFKA_SSL_CA_LOCATION", ca),
+            ("KAFKA_SASL_MECHANISM", "scram-sha-512"),
+            ("KAFKA_SASL_USERNAME", "u"),
+            ("KAFKA_SASL_PASSWORD", "hunter2"),
+            ("KAFKA_SSL_ENDPOINT_IDENTIFICATION", "none"),
+        ])
+        .unwrap();
+        assert_eq!(c.kafka.sasl_mechanism, SaslMechanism::ScramSha512);
+        assert_eq!(
+            c.kafka.ssl_endpoint_identification,
+            EndpointIdentification::None
+        );
+        let debug = format!("{:?}", c.kafka);
+        assert!(!debug.contains("hunter2"), "{debug}");
+
+        let e = load(&[
+            ("KAFKA_ENABLED", "true"),
+            ("KAFKA_SASL_MECHANISM", "GSSAPI"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("KAFKA_SASL_MECHANISM"), "{e}");
+        let e = load(&[("KAFKA_ENABLED", "true"), ("KAFKA_SSL_CA_LOCATION", ca)]).unwrap_err();
+        assert!(e.to_string().contains("KAFKA_SSL_ENABLED=true"), "{e}");
+        let e = load(&[
+            ("KAFKA_ENABLED", "true"),
+            ("KAFKA_SSL_ENABLED", "true"),
+            ("KAFKA_SSL_CA_LOCATION", "/nonexistent/ca.pem"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        let e = load(&[
+            ("KAFKA_ENABLED", "true"),
+            ("KAFKA_SSL_ENABLED", "true"),
+            ("KAFKA_SSL_CERT_LOCATION", ca),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("KAFKA_SSL_KEY_LOCATION"), "{e}");
+    }
+
+    #[test]
+    fn librdkafka_passthrough_refuses_unknown_names_and_bad_values_naming_the_key() {
+        let with = |table: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("bus.toml");
+            std::fs::write(
+                &path,
+                format!("[kafka]\nenabled = true\n[kafka.librdkafka]\n{table}"),
+            )
+            .unwrap();
+            Config::load(Some(&path), |_| None)
+        };
+        let c = with("\"socket.keepalive.enable\" = \"true\"\n").unwrap();
+        assert_eq!(c.kafka.librdkafka["socket.keepalive.enable"], "true");
+
+        let e = with("\"socket.keepalive.enabel\" = \"true\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("kafka.librdkafka") && e.contains("`socket.keepalive.enabel`"),
+            "{e}"
+        );
+        let e = with("\"socket.timeout.ms\" = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`socket.timeout.ms`") && e.contains("soon"),
+            "{e}"
+        );
+        // A secret's value is never shown.
+        let debug = format!(
+            "{:?}",
+            with("\"ssl.keystore.password\" = \"s3cret-value\"\n")
+                .unwrap()
+                .kafka
+        );
+        assert!(
+            !debug.contains("s3cret-value") && debug.contains("ssl.keystore.password"),
+            "{debug}"
+        );
     }
 
     #[test]

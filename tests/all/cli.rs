@@ -135,8 +135,16 @@ fn one_host_per_data_directory() {
 #[test]
 fn the_host_compiles_cache_misses_in_a_child_process() {
     let sb = Sandbox::new();
-    sb.install("audit", guests::AUDIT, "[[subscriptions]]\nevent_type = \"*\"");
-    sb.install("broken", guests::NOOP, "[[subscriptions]]\nevent_type = \"*\"");
+    sb.install(
+        "audit",
+        guests::AUDIT,
+        "[[subscriptions]]\nevent_type = \"*\"",
+    );
+    sb.install(
+        "broken",
+        guests::NOOP,
+        "[[subscriptions]]\nevent_type = \"*\"",
+    );
     std::fs::write(
         sb.handlers_dir().join("broken.wasm"),
         b"\0asm\x01\0\0\0 torn",
@@ -173,7 +181,13 @@ fn the_host_compiles_cache_misses_in_a_child_process() {
 
     let (ok, out, err) = cli(
         &sb,
-        &["publish", "--event-type", "task_created", "--source-type", "system"],
+        &[
+            "publish",
+            "--event-type",
+            "task_created",
+            "--source-type",
+            "system",
+        ],
     );
     assert!(ok, "{err}");
     let id = out.lines().last().unwrap().trim().to_owned();

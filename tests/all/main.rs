@@ -18,6 +18,7 @@ mod lifecycle;
 mod matching;
 mod migration;
 mod outcomes;
+mod secure;
 
 use persona_bus_tests::Sandbox;
 use std::io::Write;

@@ -119,7 +119,7 @@ pub struct PrivateBroker {
     controller: u16,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -190,5 +190,108 @@ impl PrivateBroker {
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         let _ = self.script("down");
+    }
+}
+
+/// The secure broker `make kafka-up-secure` starts, as the file it writes
+/// (`build/kafka-secure.env`) describes it.
+pub struct SecureBroker {
+    vars: std::collections::BTreeMap<String, String>,
+}
+
+/// One of the secure broker's listeners.
+#[derive(Clone, Copy, Debug)]
+pub enum Listener {
+    /// SASL_SSL with SCRAM-SHA-512 (127.0.0.1:9096).
+    SaslSsl,
+    /// TLS with a client certificate, no SASL (127.0.0.1:9097).
+    Mtls,
+}
+
+impl SecureBroker {
+    pub fn from_env_file() -> Self {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/kafka-secure.env");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: start the secure broker first (`make kafka-up-secure`)",
+                path.display()
+            )
+        });
+        let vars = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Self { vars }
+    }
+
+    pub fn var(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing from build/kafka-secure.env"))
+    }
+
+    /// The plan's `KAFKA_*` variables for a host process on `listener`.
+    pub fn env(&self, listener: Listener) -> Vec<(String, String)> {
+        let pairs: Vec<(&str, &str)> = match listener {
+            Listener::SaslSsl => [
+                "KAFKA_BROKERS",
+                "KAFKA_SSL_ENABLED",
+                "KAFKA_SSL_CA_LOCATION",
+                "KAFKA_SASL_MECHANISM",
+                "KAFKA_SASL_USERNAME",
+                "KAFKA_SASL_PASSWORD",
+            ]
+            .iter()
+            .map(|k| (*k, self.var(k)))
+            .collect(),
+            Listener::Mtls => vec![
+                ("KAFKA_BROKERS", self.var("KAFKA_MTLS_BROKERS")),
+                ("KAFKA_SSL_ENABLED", "true"),
+                (
+                    "KAFKA_SSL_CA_LOCATION",
+                    self.var("KAFKA_MTLS_SSL_CA_LOCATION"),
+                ),
+                (
+                    "KAFKA_SSL_CERT_LOCATION",
+                    self.var("KAFKA_MTLS_SSL_CERT_LOCATION"),
+                ),
+                (
+                    "KAFKA_SSL_KEY_LOCATION",
+                    self.var("KAFKA_MTLS_SSL_KEY_LOCATION"),
+                ),
+                (
+                    "KAFKA_SSL_KEY_PASSWORD",
+                    self.var("KAFKA_MTLS_SSL_KEY_PASSWORD"),
+                ),
+            ],
+        };
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// Points `c` at `listener` with its credentials (through the same
+    /// environment parsing a host process uses).
+    pub fn apply(&self, c: &mut Config, listener: Listener) {
+        let env = self.env(listener);
+        let mut loaded = Config::load(None, |k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+        .expect("the secure broker's variables load");
+        let k = &mut c.kafka;
+        let s = &mut loaded.kafka;
+        k.brokers = std::mem::take(&mut s.brokers);
+        k.ssl_enabled = s.ssl_enabled;
+        k.ssl_ca_location = s.ssl_ca_location.take();
+        k.ssl_cert_location = s.ssl_cert_location.take();
+        k.ssl_key_location = s.ssl_key_location.take();
+        k.ssl_key_password = s.ssl_key_password.take();
+        k.sasl_mechanism = s.sasl_mechanism;
+        k.sasl_username = s.sasl_username.take();
+        k.sasl_password = s.sasl_password.take();
     }
 }

@@ -23,6 +23,7 @@ pub mod wire;
 
 use crate::config::KafkaConfig;
 use rdkafka::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 
 /// Why Kafka could not be used.
@@ -34,54 +35,172 @@ pub enum KafkaError {
         waited: Duration,
         reason: String,
     },
+    #[error(
+        "Kafka brokers {brokers} refused this client's credentials (authentication failed): {reason}"
+    )]
+    Authentication { brokers: String, reason: String },
+    #[error(
+        "TLS to the Kafka brokers {brokers} failed: {reason} (check KAFKA_SSL_CA_LOCATION, and that the brokers' certificates name the hosts in KAFKA_BROKERS)"
+    )]
+    Tls { brokers: String, reason: String },
     #[error("Kafka client setup: {0}")]
     Client(String),
     #[error("creating topic {topic}: {reason}")]
     Topic { topic: String, reason: String },
 }
 
-/// Client settings shared by producers, consumers and the admin client.
-/// Secrets go into the librdkafka config and nowhere else (never a log line).
+/// Client settings shared by every client the host makes: the outbox
+/// producer, the consumer groups, the execution-record producers, and the
+/// admin client behind `status` and `replay`. Secrets go into the librdkafka
+/// config and nowhere else (never a log line).
 pub fn client_config(k: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers)
         .set("client.id", &k.client_id)
         // Small records should leave at once: batching is linger.ms's job.
         .set("socket.nagle.disable", "true");
-    match (&k.sasl_username, &k.sasl_password) {
-        (Some(user), Some(password)) => {
-            c.set(
-                "security.protocol",
-                if k.ssl_enabled {
-                    "SASL_SSL"
-                } else {
-                    "SASL_PLAINTEXT"
-                },
-            )
-            .set("sasl.mechanisms", "PLAIN")
+    let sasl = k.sasl_username.as_ref().zip(k.sasl_password.as_ref());
+    let protocol = match (sasl.is_some(), k.ssl_enabled) {
+        (true, true) => "SASL_SSL",
+        (true, false) => "SASL_PLAINTEXT",
+        (false, true) => "SSL",
+        (false, false) => "PLAINTEXT",
+    };
+    c.set("security.protocol", protocol);
+    if let Some((user, password)) = sasl {
+        c.set("sasl.mechanisms", k.sasl_mechanism.as_str())
             .set("sasl.username", user)
             .set("sasl.password", password);
+    }
+    if k.ssl_enabled {
+        c.set(
+            "ssl.endpoint.identification.algorithm",
+            k.ssl_endpoint_identification.as_str(),
+        );
+        let files = [
+            ("ssl.ca.location", &k.ssl_ca_location),
+            ("ssl.certificate.location", &k.ssl_cert_location),
+            ("ssl.key.location", &k.ssl_key_location),
+        ];
+        for (key, file) in files {
+            if let Some(path) = file {
+                c.set(key, path.to_string_lossy());
+            }
         }
-        _ if k.ssl_enabled => {
-            c.set("security.protocol", "SSL");
+        if let Some(password) = &k.ssl_key_password {
+            c.set("ssl.key.password", password);
         }
-        _ => {}
+    }
+    for (key, value) in &k.librdkafka {
+        c.set(key, value);
     }
     c
 }
 
+/// Checks every setting the host would give librdkafka, the
+/// `[kafka.librdkafka]` table's included, without connecting: a name it
+/// does not know or a value it refuses is reported with its key (a secret's
+/// value is never repeated).
+pub fn check_settings(k: &KafkaConfig) -> Result<(), String> {
+    match client_config(k).create_native_config() {
+        Ok(_) => Ok(()),
+        Err(rdkafka::error::KafkaError::ClientConfig(_, description, key, value)) => {
+            // librdkafka's text may quote the value: never a secret's.
+            let (description, shown) = if crate::config::is_secret_setting(&key) {
+                let redacted = if value.is_empty() {
+                    description
+                } else {
+                    description.replace(&value, "<redacted>")
+                };
+                (redacted, "<redacted>".to_owned())
+            } else {
+                (description, format!("{value:?}"))
+            };
+            Err(format!(
+                "librdkafka refused `{key}` = {shown}: {description}"
+            ))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The last error librdkafka reported on a client: the cause behind a
+/// request that only says it timed out.
+#[derive(Default)]
+struct LastError(std::sync::Mutex<Option<(Option<RDKafkaErrorCode>, String)>>);
+
+impl rdkafka::ClientContext for LastError {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((error.rdkafka_error_code(), reason.to_owned()));
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LastError {}
+
+/// What went wrong talking to `brokers`, from librdkafka's last reported
+/// error: bad credentials, a TLS failure (unknown CA, hostname mismatch, a
+/// broker that does not speak TLS), or no answer at all.
+fn classify(
+    brokers: &str,
+    waited: Duration,
+    request: String,
+    last: Option<(Option<RDKafkaErrorCode>, String)>,
+) -> KafkaError {
+    let brokers = brokers.to_owned();
+    match last {
+        Some((Some(RDKafkaErrorCode::Authentication), reason)) => {
+            KafkaError::Authentication { brokers, reason }
+        }
+        Some((Some(RDKafkaErrorCode::SSL), reason)) => KafkaError::Tls { brokers, reason },
+        Some((_, reason)) if reason.contains("SSL handshake") || reason.contains("certificate") => {
+            KafkaError::Tls { brokers, reason }
+        }
+        Some((_, reason)) => KafkaError::Unreachable {
+            brokers,
+            waited,
+            reason: format!("{request} ({reason})"),
+        },
+        None => KafkaError::Unreachable {
+            brokers,
+            waited,
+            reason: request,
+        },
+    }
+}
+
 /// Checks that a broker answers (a metadata request), within `timeout`.
+/// The error names the brokers and the cause: authentication, TLS, or no
+/// answer.
 pub fn probe(k: &KafkaConfig, timeout: Duration) -> Result<(), KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = client_config(k)
-        .create()
+    let consumer: BaseConsumer<LastError> = client_config(k)
+        .create_with_context(LastError::default())
         .map_err(|e| KafkaError::Client(e.to_string()))?;
-    consumer
-        .fetch_metadata(None, timeout)
-        .map(|_| ())
-        .map_err(|e| KafkaError::Unreachable {
-            brokers: k.brokers.clone(),
-            waited: timeout,
-            reason: e.to_string(),
-        })
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let error = match consumer.fetch_metadata(None, left.min(Duration::from_millis(500))) {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        // librdkafka's own errors (the cause) arrive as events on the
+        // consumer's queue: serve them into the context.
+        let _ = consumer.poll(Duration::ZERO);
+        let last = consumer
+            .context()
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let verdict = classify(&k.brokers, timeout, error.to_string(), last);
+        // Bad credentials or TLS will not fix themselves: say so at once.
+        let certain = matches!(
+            verdict,
+            KafkaError::Authentication { .. } | KafkaError::Tls { .. }
+        );
+        if certain || std::time::Instant::now() >= deadline {
+            return Err(verdict);
+        }
+    }
 }

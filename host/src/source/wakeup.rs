@@ -73,6 +73,9 @@ mod tests {
         let asked = std::time::Instant::now();
         bell.ring();
         assert!(sleeper.join().unwrap(), "woken by the ring");
-        assert!(asked.elapsed() < Duration::from_secs(5), "not by the timeout");
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "not by the timeout"
+        );
     }
 }
