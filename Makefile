@@ -5,6 +5,7 @@
 #   make bench  the benchmarks behind BENCHMARKS.md (bench-kafka: the Kafka ones)
 #   make kafka-up / kafka-down   a real single-node Apache Kafka on 127.0.0.1:9092
 #   make kafka-up-secure         a second one with TLS + SASL (9096) and mutual TLS (9097)
+#   make kafka-up-cluster        a three-broker cluster (9192-9194)
 
 CARGO       ?= cargo
 TARGET_DIR  := $(or $(CARGO_TARGET_DIR),target)
@@ -23,7 +24,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-peer bench-http soak browser-deps clean kafka-up kafka-up-secure kafka-down
+.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-peer bench-http soak browser-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down
 
 all: build
 
@@ -81,9 +82,9 @@ run: build
 
 # Release profile: one build of wasmtime serves run, test and bench, and
 # handler compilation is not slowed by a debug cranelift.
-# Kafka tests run against the real brokers (`make kafka-up` and
-# `make kafka-up-secure`, left running).
-test: toolchain js-handlers browser-deps kafka-up kafka-up-secure
+# Kafka tests run against the real brokers (`make kafka-up`,
+# `make kafka-up-secure` and `make kafka-up-cluster`, left running).
+test: toolchain js-handlers browser-deps kafka-up kafka-up-secure kafka-up-cluster
 	$(CARGO) test --release
 
 # The dashboard test drives Debian's headless Chromium with playwright-core
@@ -145,6 +146,12 @@ kafka-up:
 # build/kafka-secure.env (source it for the KAFKA_* variables).
 kafka-up-secure:
 	scripts/kafka.sh up-secure
+
+# A three-broker KRaft cluster on one machine (127.0.0.1:9192-9194), for
+# the leader-failover test; topics there get replication factor 3 and
+# min.insync.replicas=2 (`[kafka] replication_factor = 3`).
+kafka-up-cluster:
+	scripts/kafka.sh up-cluster
 
 kafka-down:
 	scripts/kafka.sh down

@@ -4,6 +4,8 @@
 #
 #   scripts/kafka.sh up      fetch the jars once (Maven Central), format once, start, wait until ready
 #   scripts/kafka.sh up-secure   a second broker with TLS and authentication (below)
+#   scripts/kafka.sh up-cluster  three more brokers forming one cluster (below)
+#   scripts/kafka.sh cluster-pid N / cluster-start N   one cluster node (tests kill -9 and restart it)
 #   scripts/kafka.sh down    stop them
 #   scripts/kafka.sh status  is it running?
 #   scripts/kafka.sh tool CLASS ARGS...   run a Kafka command-line tool
@@ -36,6 +38,10 @@ SECURE_DIR="$HOME_DIR/secure"
 SECURE_SASL_PORT=9096
 SECURE_MTLS_PORT=9097
 SECURE_CONTROLLER_PORT=9098
+# The cluster (`up-cluster`): three KRaft nodes, each broker and controller,
+# clients on 9192-9194, controllers on 9292-9294.
+CLUSTER_DIR="$HOME_DIR/cluster"
+CLUSTER_VOTERS="1@127.0.0.1:9292,2@127.0.0.1:9293,3@127.0.0.1:9294"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 SECURE_ENV="${KAFKA_SECURE_ENV:-$REPO/build/kafka-secure.env}"
 
@@ -96,21 +102,10 @@ port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-configure() {
-    if [ "${KAFKA_SECURE:-}" = 1 ]; then
-        configure_secure
-        return
-    fi
-    cat > "$CONF" <<PROPS
-# Written by scripts/kafka.sh: one node is both broker and controller.
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+# The settings of a broker that is alone on its machine (the plaintext and
+# the secure one), after its listeners.
+single_node_tail() {
+    cat <<PROPS
 log.dirs=$DATA
 num.partitions=6
 # One machine: internal topics cannot be replicated.
@@ -123,6 +118,29 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 PROPS
+}
+
+configure() {
+    if [ "${KAFKA_SECURE:-}" = 1 ]; then
+        configure_secure
+        return
+    fi
+    if [ -n "${KAFKA_CLUSTER_NODE:-}" ]; then
+        configure_cluster_node
+        return
+    fi
+    cat > "$CONF" <<PROPS
+# Written by scripts/kafka.sh: one node is both broker and controller.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+PROPS
+    single_node_tail >> "$CONF"
 }
 
 # Certificates and secrets of the secure broker, made once per instance
@@ -194,16 +212,8 @@ sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256,PLAIN
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_persona="$SCRAM_PASSWORD";
-log.dirs=$DATA
-num.partitions=6
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=true
 PROPS
+    single_node_tail >> "$CONF"
 }
 
 # What a client needs, as a file to source: the plan's KAFKA_* variables
@@ -235,6 +245,61 @@ ENV
     echo "wrote $SECURE_ENV"
 }
 
+configure_cluster_node() {
+    cat > "$CONF" <<PROPS
+# Written by scripts/kafka.sh up-cluster: node $KAFKA_CLUSTER_NODE of 3.
+process.roles=broker,controller
+node.id=$KAFKA_CLUSTER_NODE
+controller.quorum.voters=$CLUSTER_VOTERS
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$DATA
+num.partitions=6
+default.replication.factor=3
+min.insync.replicas=2
+offsets.topic.replication.factor=3
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+# A killed node's partitions get new leaders within seconds.
+broker.session.timeout.ms=6000
+broker.heartbeat.interval.ms=1000
+PROPS
+}
+
+# One cluster node: up, or its pid.
+cluster_node() {
+    local n="$1" action="$2"
+    case "$n" in 1|2|3) ;; *) die "cluster nodes are 1, 2 and 3" ;; esac
+    KAFKA_CLUSTER_NODE="$n" KAFKA_INSTANCE_DIR="$CLUSTER_DIR/node$n" \
+        KAFKA_DATA_DIR="$CLUSTER_DIR/node$n/data" KAFKA_PORT="919$((n + 1))" \
+        KAFKA_CONTROLLER_PORT="929$((n + 1))" KAFKA_HEAP="-Xms128m -Xmx512m" "$0" "$action"
+}
+
+up_cluster() {
+    java_ok
+    fetch
+    mkdir -p "$CLUSTER_DIR"
+    # One cluster id for the three log dirs, kept beside them.
+    [ -f "$CLUSTER_DIR/cluster.id" ] \
+        || java -cp "$LIBS/*" kafka.tools.StorageTool random-uuid > "$CLUSTER_DIR/cluster.id"
+    # Started in the background together: each waits for a quorum of the others.
+    local pids=()
+    for n in 1 2 3; do
+        cluster_node "$n" up & pids+=($!)
+    done
+    local failed=0
+    for p in "${pids[@]}"; do wait "$p" || failed=1; done
+    [ "$failed" = 0 ] || die "the cluster did not start"
+    echo "cluster up: 127.0.0.1:9192,127.0.0.1:9193,127.0.0.1:9194"
+}
+
 up_secure() {
     java_ok
     fetch
@@ -256,7 +321,11 @@ up() {
     configure
     if [ ! -f "$DATA/meta.properties" ]; then
         local cluster
-        cluster=$(java -cp "$LIBS/*" kafka.tools.StorageTool random-uuid)
+        if [ -n "${KAFKA_CLUSTER_NODE:-}" ]; then
+            cluster=$(cat "$CLUSTER_DIR/cluster.id")
+        else
+            cluster=$(java -cp "$LIBS/*" kafka.tools.StorageTool random-uuid)
+        fi
         local scram=()
         if [ "${KAFKA_SECURE:-}" = 1 ]; then
             # shellcheck disable=SC1091
@@ -314,14 +383,20 @@ tool() {
 case "${1:-}" in
     up) up ;;
     up-secure) up_secure ;;
+    up-cluster) up_cluster ;;
+    cluster-start) cluster_node "${2:-}" up ;;
+    cluster-pid) cluster_node "${2:-}" pid ;;
     tool) shift; tool "$@" ;;
     down)
         down
-        if [ -z "${KAFKA_INSTANCE_DIR:-}" ] && [ -f "$SECURE_DIR/kafka.pid" ]; then
-            KAFKA_INSTANCE_DIR="$SECURE_DIR" "$0" down
+        if [ -z "${KAFKA_INSTANCE_DIR:-}" ]; then
+            if [ -f "$SECURE_DIR/kafka.pid" ]; then KAFKA_INSTANCE_DIR="$SECURE_DIR" "$0" down; fi
+            for n in 1 2 3; do
+                if [ -f "$CLUSTER_DIR/node$n/kafka.pid" ]; then KAFKA_INSTANCE_DIR="$CLUSTER_DIR/node$n" "$0" down; fi
+            done
         fi
         ;;
     pid) running && cat "$PIDFILE" ;;
     status) if running && port_open "$PORT"; then echo "running (pid $(cat "$PIDFILE"))"; else echo "not running"; exit 1; fi ;;
-    *) die "usage: $0 up|up-secure|down|status|pid|tool" ;;
+    *) die "usage: $0 up|up-secure|up-cluster|down|status|pid|cluster-pid N|cluster-start N|tool" ;;
 esac

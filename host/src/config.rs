@@ -318,6 +318,10 @@ pub struct KafkaConfig {
     pub topics: TopicsConfig,
     /// Partitions of each topic (the plan: 6, so up to 6 consumers share).
     pub partitions: i32,
+    /// Replicas of each topic the host creates: 1 for a single broker (the
+    /// default), 3 on a cluster (then `min.insync.replicas` = 2, so one
+    /// broker may be lost without losing or refusing a record).
+    pub replication_factor: u16,
     /// The audit logger's group. Each device archives every event, so the
     /// group actually joined is `<audit_group>.<client_id>` (one per device).
     pub audit_group: String,
@@ -515,6 +519,7 @@ impl Default for KafkaConfig {
             librdkafka: BTreeMap::new(),
             topics: TopicsConfig::default(),
             partitions: 6,
+            replication_factor: 1,
             audit_group: "vibeman-audit-logger".into(),
             webhook_group: "vibeman-webhook-ingester".into(),
             consumer_batch: 2_000,
@@ -571,6 +576,7 @@ impl std::fmt::Debug for KafkaConfig {
             )
             .field("topics", &self.topics)
             .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
             .field("audit_group", &self.audit_group)
             .field("webhook_group", &self.webhook_group)
             .field("consumer_batch", &self.consumer_batch)
@@ -829,6 +835,9 @@ impl Config {
             }
             if k.partitions < 1 || k.partitions > 1000 {
                 return invalid("kafka.partitions", "must be between 1 and 1000");
+            }
+            if k.replication_factor < 1 || k.replication_factor > 32 {
+                return invalid("kafka.replication_factor", "must be between 1 and 32");
             }
             if k.topics
                 .all()

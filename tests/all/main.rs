@@ -4,6 +4,7 @@
 
 mod browser;
 mod cli;
+mod cluster;
 mod consume;
 mod crash;
 mod embedded;

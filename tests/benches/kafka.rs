@@ -75,6 +75,12 @@ fn main() {
         // The idle figures alone (no broker needed).
         return idle_rss();
     }
+    if args.iter().any(|a| a == "--leader-kill") {
+        // The pause when a partition leader dies in a healthy cluster
+        // (`make kafka-up-cluster`).
+        let run = persona_bus_tests::cluster::leader_kill();
+        return println!("{}", run.line());
+    }
     let probe = persona_bus::config::KafkaConfig {
         brokers: k::brokers(),
         ..Default::default()
@@ -84,6 +90,9 @@ fn main() {
         std::process::exit(1);
     }
     let n = if quick { 30_000 } else { 300_000 };
+    if args.iter().any(|a| a == "--tls") {
+        return tls_comparison(n, quick);
+    }
     if args.iter().any(|a| a == "--uncompressed") {
         // The peer's record format, for the backlog runs too.
         UNCOMPRESSED.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -179,6 +188,10 @@ fn spawn_generator(topic: &str, n: usize, rate: u32) -> Child {
     use std::io::BufRead;
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--load-generator", topic, &n.to_string(), &rate.to_string()])
+        .env(
+            "PERSONA_BUS_TEST_KAFKA_SECURE",
+            if k::secure() { "1" } else { "0" },
+        )
         .env(
             "BENCH_COMPRESSION",
             if UNCOMPRESSED.load(std::sync::atomic::Ordering::Relaxed) {
@@ -358,6 +371,41 @@ fn latency(rate: u32, run: Duration) -> Latency {
     let _ = g.wait();
     bus.shutdown();
     Latency::from_histogram(&hist)
+}
+
+/// The same latency and backlog runs over plaintext and over SASL_SSL
+/// (SCRAM-SHA-512, the secure broker `make kafka-up-secure` starts on the
+/// same machine, same jars and settings), and their ratio. The generator
+/// uses the same listener as the host.
+fn tls_comparison(n: usize, quick: bool) {
+    let run = Duration::from_secs(if quick { 5 } else { 20 });
+    let mut rows = Vec::new();
+    for secure in [false, true] {
+        k::use_secure(secure);
+        let name = if secure {
+            "SASL_SSL (SCRAM-SHA-512)"
+        } else {
+            "plaintext"
+        };
+        println!("== {name}, broker {}", k::brokers());
+        let l = latency(1_000, run);
+        println!("{}", l.line("persona-bus"));
+        let topic = backlog(n);
+        let r = host_process(&topic, n, Policy::Fresh);
+        println!("{}\n{}\n", HostRun::header(), r.line());
+        rows.push((name, l, r));
+    }
+    k::use_secure(false);
+    let (_, plain_l, plain_r) = &rows[0];
+    let (_, tls_l, tls_r) = &rows[1];
+    println!(
+        "SASL_SSL / plaintext: throughput {:.2}, p99 at 1,000/s {:.2} ({:.2} / {:.2} ms), CPU per event {:.2}",
+        tls_r.rate() / plain_r.rate(),
+        tls_l.p99 / plain_l.p99,
+        tls_l.p99,
+        plain_l.p99,
+        tls_r.cpu_us_per_event / plain_r.cpu_us_per_event,
+    );
 }
 
 /// Puts `n` events on a fresh topic (6 partitions, the broker's default)
@@ -610,10 +658,11 @@ fn settle_disk() {
 fn create_topic(topic: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", k::brokers())
-        .create()
-        .expect("admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        k::with_security(&mut rdkafka::ClientConfig::new())
+            .set("bootstrap.servers", k::brokers())
+            .create()
+            .expect("admin client");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

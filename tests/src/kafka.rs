@@ -10,9 +10,44 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use std::time::Duration;
 
-/// The broker `make kafka-up` starts (override: `PERSONA_BUS_TEST_KAFKA`).
+/// Benchmarks over TLS: set by [`use_secure`], or inherited by a child
+/// process (a load generator) as `PERSONA_BUS_TEST_KAFKA_SECURE=1`.
+static SECURE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, [`brokers`], [`consuming`] and [`producer`] talk to the
+/// secure broker's SASL_SSL listener (`make kafka-up-secure`).
+pub fn use_secure(on: bool) {
+    SECURE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether clients made here use the secure broker.
+pub fn secure() -> bool {
+    SECURE.load(std::sync::atomic::Ordering::Relaxed)
+        || std::env::var("PERSONA_BUS_TEST_KAFKA_SECURE").is_ok_and(|v| v == "1")
+}
+
+/// The broker `make kafka-up` starts (override: `PERSONA_BUS_TEST_KAFKA`),
+/// or the secure one's SASL_SSL listener after [`use_secure`].
 pub fn brokers() -> String {
+    if secure() {
+        return SecureBroker::from_env_file()
+            .var("KAFKA_BROKERS")
+            .to_owned();
+    }
     std::env::var("PERSONA_BUS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// `c` with the security settings [`brokers`] needs (none for plaintext).
+pub fn with_security(c: &mut ClientConfig) -> &mut ClientConfig {
+    if secure() {
+        let s = SecureBroker::from_env_file();
+        c.set("security.protocol", "SASL_SSL")
+            .set("sasl.mechanisms", s.var("KAFKA_SASL_MECHANISM"))
+            .set("sasl.username", s.var("KAFKA_SASL_USERNAME"))
+            .set("sasl.password", s.var("KAFKA_SASL_PASSWORD"))
+            .set("ssl.ca.location", s.var("KAFKA_SSL_CA_LOCATION"));
+    }
+    c
 }
 
 /// Turns `c` into a Kafka-consuming config (plan phases 2-3) whose topics
@@ -29,6 +64,10 @@ pub fn consuming(c: &mut Config, prefix: &str) {
     k.audit_group = format!("{prefix}.audit");
     k.webhook_group = format!("{prefix}.webhooks");
     k.auto_offset_reset = persona_bus::config::OffsetReset::Earliest;
+    if secure() {
+        SecureBroker::from_env_file().apply(c, Listener::SaslSsl);
+    }
+    let k = &mut c.kafka;
     for (topic, name) in [
         (&mut k.topics.events, "events"),
         (&mut k.topics.webhooks, "webhooks"),
@@ -55,7 +94,7 @@ pub fn producer_compressed(
     linger_ms: u32,
     compression: &str,
 ) -> ThreadedProducer<DefaultProducerContext> {
-    ClientConfig::new()
+    with_security(&mut ClientConfig::new())
         .set("bootstrap.servers", brokers())
         .set("enable.idempotence", "true")
         .set("acks", "all")

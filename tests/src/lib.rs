@@ -2,6 +2,7 @@
 //! paths, throwaway data and handler folders, a bus with test-friendly
 //! settings, and waiting with a deadline.
 
+pub mod cluster;
 pub mod kafka;
 
 use persona_bus::config::Config;

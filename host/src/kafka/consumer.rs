@@ -246,11 +246,14 @@ fn run(
         }
         match error {
             Some(e) if group::is_outage(&e) => {
-                // Right after Kafka came back, the outage's own errors are
-                // still being reported: count one only if the broker does
-                // not answer either.
-                if ctx.source.settling() && answers(&consumer, &k, check_every) {
-                    tracing::debug!(error = %e, "stale consumer error after Kafka came back (metadata answers); not counted");
+                // A broker lost is not Kafka lost: in a cluster, losing one
+                // broker (a leader killed, a rolling restart) reports
+                // transport failures while its partitions move to new
+                // leaders, and right after an outage its own errors are
+                // still being reported. Count a failure only if the cluster
+                // does not answer either.
+                if answers(&consumer, &k, check_every) {
+                    tracing::debug!(error = %e, "consumer error while the cluster answers (a broker lost, or an outage just over); not counted");
                 } else {
                     ctx.source.failure(&format!("consumer: {e}"));
                 }

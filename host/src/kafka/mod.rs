@@ -185,8 +185,14 @@ pub fn probe(k: &KafkaConfig, timeout: Duration) -> Result<(), KafkaError> {
             Err(e) => e,
         };
         // librdkafka's own errors (the cause) arrive as events on the
-        // consumer's queue: serve them into the context.
-        let _ = consumer.poll(Duration::ZERO);
+        // consumer's queue: serve them into the context. At the deadline,
+        // wait a moment for a cause still on its way (a slow handshake).
+        let last_round = std::time::Instant::now() >= deadline;
+        let _ = consumer.poll(if last_round {
+            Duration::from_millis(500)
+        } else {
+            Duration::ZERO
+        });
         let last = consumer
             .context()
             .0
@@ -199,7 +205,7 @@ pub fn probe(k: &KafkaConfig, timeout: Duration) -> Result<(), KafkaError> {
             verdict,
             KafkaError::Authentication { .. } | KafkaError::Tls { .. }
         );
-        if certain || std::time::Instant::now() >= deadline {
+        if certain || last_round {
             return Err(verdict);
         }
     }
