@@ -384,3 +384,25 @@ fn secrets_appear_in_no_log_status_metric_or_page() {
         }
     }
 }
+
+/// The other SASL mechanisms the host offers, against the same listener
+/// (its broker also enables them): `status` reaches the broker with each,
+/// and PLAIN stays the default for the plan's two variables.
+#[test]
+fn scram_sha_256_and_plain_authenticate_too() {
+    let sb = Sandbox::new();
+    for mechanism in ["SCRAM-SHA-256", "PLAIN", ""] {
+        let mut env = secure_env(Listener::SaslSsl, &k::prefix(), "device-mech");
+        env.retain(|(n, _)| n != "KAFKA_SASL_MECHANISM");
+        if !mechanism.is_empty() {
+            env.push(("KAFKA_SASL_MECHANISM".into(), mechanism.into()));
+        }
+        let (ok, out, err) = cli_with_env(&sb, &["status", "--json"], &pairs(&env));
+        assert!(ok, "{mechanism}: {err}");
+        let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            status["kafka"]["reachable"], true,
+            "{mechanism:?} (empty: the default, PLAIN): {status}"
+        );
+    }
+}
