@@ -216,6 +216,10 @@ impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
             Command::Run(_) => "info,wasmtime=warn,cranelift=warn",
+            // `status` reports why Kafka cannot be used (authentication,
+            // TLS, no answer) in its own output; librdkafka's ERROR line per
+            // reconnect attempt would only repeat it above the report.
+            Command::Status { .. } => "warn,librdkafka=off,rdkafka=off",
             _ => "warn",
         }
     }
