@@ -392,6 +392,17 @@ impl EndpointIdentification {
     }
 }
 
+impl std::str::FromStr for EndpointIdentification {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "https" => Ok(Self::Https),
+            "none" => Ok(Self::None),
+            _ => Err("expected `https` or `none`".into()),
+        }
+    }
+}
+
 /// librdkafka settings whose values are secrets: never shown, logged or
 /// echoed in an error.
 pub fn is_secret_setting(key: &str) -> bool {
@@ -726,17 +737,11 @@ impl Config {
             k.ssl_key_password = Some(v);
         }
         if let Some(v) = env("KAFKA_SSL_ENDPOINT_IDENTIFICATION") {
-            k.ssl_endpoint_identification = match v.trim().to_ascii_lowercase().as_str() {
-                "https" => EndpointIdentification::Https,
-                "none" => EndpointIdentification::None,
-                _ => {
-                    return Err(ConfigError::Env {
-                        var: "KAFKA_SSL_ENDPOINT_IDENTIFICATION",
-                        value: v,
-                        reason: "expected `https` or `none`".into(),
-                    });
-                }
-            };
+            k.ssl_endpoint_identification = v.parse().map_err(|reason| ConfigError::Env {
+                var: "KAFKA_SSL_ENDPOINT_IDENTIFICATION",
+                value: v.clone(),
+                reason,
+            })?;
         }
         for (var, slot) in [
             ("KAFKA_ENABLED", &mut k.enabled),

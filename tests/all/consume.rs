@@ -30,14 +30,6 @@ pub(crate) fn work(project: &str, seq: usize) -> Event {
     .unwrap()
 }
 
-pub(crate) fn install_slow(sb: &Sandbox, sleep_ms: u32) {
-    sb.install(
-        "slow",
-        guests::SLOW,
-        &format!("[[subscriptions]]\nevent_type = \"work\"\n[config]\nsleep_ms = {sleep_ms}"),
-    );
-}
-
 /// The environment that makes a host process consume `prefix`'s topics.
 pub(crate) fn env_for(prefix: &str, device: &str) -> Vec<(String, String)> {
     [
@@ -145,7 +137,7 @@ pub(crate) fn assert_each_once(store: &Store, handler: &str, events: &[Event]) {
 #[test]
 fn consumes_dispatches_and_keeps_order_within_a_project() {
     let sb = Sandbox::new();
-    install_slow(&sb, 0);
+    sb.install_slow(0);
     let prefix = k::prefix();
     let mut config = sb.config();
     k::consuming(&mut config, &prefix);
@@ -248,7 +240,7 @@ pub(crate) fn read_topic_on(brokers: &str, topic: &str, expect: usize) -> Vec<Ve
 #[test]
 fn undecodable_records_are_dead_lettered_and_do_not_block_the_partition() {
     let sb = Sandbox::new();
-    install_slow(&sb, 0);
+    sb.install_slow(0);
     let prefix = k::prefix();
     let mut config = sb.config();
     k::consuming(&mut config, &prefix);
@@ -295,7 +287,7 @@ fn undecodable_records_are_dead_lettered_and_do_not_block_the_partition() {
 #[test]
 fn a_killed_consumer_is_redelivered_to_but_runs_nothing_twice() {
     let sb = Sandbox::new();
-    install_slow(&sb, 2);
+    sb.install_slow(2);
     let prefix = k::prefix();
     let toml = topics_toml(&sb, &prefix, "");
     let env = env_for(&prefix, "device-a");
@@ -337,7 +329,7 @@ fn a_killed_consumer_is_redelivered_to_but_runs_nothing_twice() {
 #[test]
 fn replay_rereads_skips_what_was_handled_and_rehandle_runs_it_again() {
     let sb = Sandbox::new();
-    install_slow(&sb, 0);
+    sb.install_slow(0);
     let prefix = k::prefix();
     let mut config = sb.config();
     k::consuming(&mut config, &prefix);
@@ -456,7 +448,7 @@ fn replay_rereads_skips_what_was_handled_and_rehandle_runs_it_again() {
 fn an_event_published_on_device_a_is_handled_on_device_b() {
     // Two devices: separate data dirs, client ids and processes, one group.
     let sb = Sandbox::new();
-    install_slow(&sb, 0);
+    sb.install_slow(0);
     let prefix = k::prefix();
     let toml = topics_toml(&sb, &prefix, "");
     let dir_a = sb.root.path().join("device-a");

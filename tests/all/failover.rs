@@ -4,8 +4,7 @@
 //! kept per project, and the breaker's transitions as the plan says.
 
 use crate::consume::{
-    assert_each_once, completed, env_for, install_slow, read_topic_on, spawn_host, topics_toml,
-    wait_for_topic_on,
+    assert_each_once, completed, env_for, read_topic_on, spawn_host, topics_toml, wait_for_topic_on,
 };
 use persona_bus::store::Store;
 use persona_bus_tests::kafka::{self as k, PrivateBroker};
@@ -131,7 +130,7 @@ const BREAKER: &str = "[kafka.breaker]\nopen_secs = 6\nfailure_after_ms = 500\n"
 fn broker_killed_mid_stream_fails_over_to_sqlite_and_back_losing_nothing() {
     let broker = PrivateBroker::start();
     let sb = Sandbox::new();
-    install_slow(&sb, 0);
+    sb.install_slow(0);
     let prefix = k::prefix();
     let toml = topics_toml(&sb, &prefix, BREAKER);
     let env = with_brokers(env_for(&prefix, "device-a"), &broker.brokers(), false);
@@ -238,7 +237,7 @@ fn broker_killed_mid_stream_fails_over_to_sqlite_and_back_losing_nothing() {
 fn kafka_required_stops_handling_while_down_and_resumes_when_back() {
     let broker = PrivateBroker::start();
     let sb = Sandbox::new();
-    install_slow(&sb, 0);
+    sb.install_slow(0);
     let prefix = k::prefix();
     let toml = topics_toml(
         &sb,
@@ -292,7 +291,7 @@ fn unreachable_at_start_serves_from_sqlite_then_switches_to_kafka() {
     let broker = PrivateBroker::start();
     broker.kill9();
     let sb = Sandbox::new();
-    install_slow(&sb, 0);
+    sb.install_slow(0);
     let prefix = k::prefix();
     let toml = topics_toml(
         &sb,

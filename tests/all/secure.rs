@@ -4,7 +4,7 @@
 //! `build/kafka-secure.env`. Every test uses its own random topic names.
 
 use crate::cli_with_env;
-use crate::consume::{completed, install_slow, topics_toml};
+use crate::consume::{completed, topics_toml};
 use persona_bus::config::Config;
 use persona_bus::{Bus, BusError};
 use persona_bus_tests::kafka::{self as k, Listener, SecureBroker};
@@ -76,7 +76,7 @@ fn round_trip(listener: Listener) {
     };
 
     let a = Sandbox::new();
-    install_slow(&a, 0);
+    a.install_slow(0);
     let mut config = secure_config(&a, &prefix, "device-a", listener);
     config.kafka.dual_write = true;
     let bus = Bus::open(config).unwrap();
@@ -94,7 +94,7 @@ fn round_trip(listener: Listener) {
     bus.shutdown();
 
     let b = Sandbox::new();
-    install_slow(&b, 0);
+    b.install_slow(0);
     let config = secure_config(&b, &prefix, "device-b", listener);
     let bus = Bus::open(config.clone()).unwrap();
     bus.start().unwrap();
@@ -200,7 +200,7 @@ fn bad_credentials_or_tls_are_named_and_sqlite_takes_over() {
     ];
     for (what, breakage, cause, brokers) in cases {
         let sb = Sandbox::new();
-        install_slow(&sb, 0);
+        sb.install_slow(0);
         let prefix = k::prefix();
         let mut env = secure_env(Listener::SaslSsl, &prefix, "device-bad");
         breakage(&mut env);
@@ -293,7 +293,7 @@ fn secrets_appear_in_no_log_status_metric_or_page() {
     ];
     for (what, listener, swap) in runs {
         let sb = Sandbox::new();
-        install_slow(&sb, 0);
+        sb.install_slow(0);
         let prefix = k::prefix();
         let mut env = secure_env(listener, &prefix, "device-secret");
         if let Some((name, value)) = swap {

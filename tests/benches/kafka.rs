@@ -658,11 +658,7 @@ fn settle_disk() {
 fn create_topic(topic: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> =
-        k::with_security(&mut rdkafka::ClientConfig::new())
-            .set("bootstrap.servers", k::brokers())
-            .create()
-            .expect("admin client");
+    let admin: AdminClient<DefaultClientContext> = k::client().create().expect("admin client");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -5,12 +5,11 @@
 //! partitions is killed (-9) and restarted.
 
 use crate::kafka as k;
-use crate::{Sandbox, guests, wait_for};
+use crate::{Sandbox, wait_for};
 use persona_bus::source::SourceStatus;
 use persona_bus::{Bus, Event, NewEvent};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,8 +17,7 @@ use std::time::{Duration, Instant};
 pub const CLUSTER: &str = "127.0.0.1:9192,127.0.0.1:9193,127.0.0.1:9194";
 
 pub fn kafka_sh(args: &[&str]) -> String {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
-    let out = Command::new(script)
+    let out = Command::new(k::KAFKA_SH)
         .args(args)
         .output()
         .expect("run kafka.sh");
@@ -31,13 +29,23 @@ pub fn kafka_sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Node `n`'s client port (scripts/kafka.sh: 9192-9194).
+fn node_port(n: i32) -> u16 {
+    9191 + n as u16
+}
+
 /// Restarts a killed node when dropped, so a failing test leaves the
 /// cluster whole for the next run.
 struct Killed(u32);
 
 impl Drop for Killed {
     fn drop(&mut self) {
-        kafka_sh(&["cluster-start", &self.0.to_string()]);
+        // No assertion here: a panic while the scenario's own panic unwinds
+        // would abort the whole test binary. A node that did not come back
+        // fails the next run's `leaders` wait, naming it.
+        let _ = Command::new(k::KAFKA_SH)
+            .args(["cluster-start", &self.0.to_string()])
+            .output();
     }
 }
 
@@ -108,11 +116,7 @@ impl LeaderKill {
 /// until every event is handled.
 pub fn leader_kill() -> LeaderKill {
     let sb = Sandbox::new();
-    sb.install(
-        "slow",
-        guests::SLOW,
-        "[[subscriptions]]\nevent_type = \"work\"\n[config]\nsleep_ms = 0",
-    );
+    sb.install_slow(0);
     let prefix = k::prefix();
     let mut config = sb.config();
     k::consuming(&mut config, &prefix);
@@ -157,7 +161,7 @@ pub fn leader_kill() -> LeaderKill {
 
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(5));
-    Command::new("kill").args(["-9", &pid]).status().unwrap();
+    k::kill9(&pid, node_port(victim));
     let killed = Killed(victim as u32);
     std::thread::sleep(Duration::from_secs(7));
     drop(killed); // restarts it (a few seconds)

@@ -37,17 +37,16 @@ pub fn brokers() -> String {
     std::env::var("PERSONA_BUS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
-/// `c` with the security settings [`brokers`] needs (none for plaintext).
-pub fn with_security(c: &mut ClientConfig) -> &mut ClientConfig {
+/// A client config for [`brokers`], with the security settings the host
+/// itself would use there (the host's own `client_config`, so a load
+/// generator talks to the secure broker exactly as the host does).
+pub fn client() -> ClientConfig {
+    let mut c = Config::default();
+    c.kafka.brokers = brokers();
     if secure() {
-        let s = SecureBroker::from_env_file();
-        c.set("security.protocol", "SASL_SSL")
-            .set("sasl.mechanisms", s.var("KAFKA_SASL_MECHANISM"))
-            .set("sasl.username", s.var("KAFKA_SASL_USERNAME"))
-            .set("sasl.password", s.var("KAFKA_SASL_PASSWORD"))
-            .set("ssl.ca.location", s.var("KAFKA_SSL_CA_LOCATION"));
+        SecureBroker::from_env_file().apply(&mut c, Listener::SaslSsl);
     }
-    c
+    persona_bus::kafka::client_config(&c.kafka)
 }
 
 /// Turns `c` into a Kafka-consuming config (plan phases 2-3) whose topics
@@ -94,13 +93,11 @@ pub fn producer_compressed(
     linger_ms: u32,
     compression: &str,
 ) -> ThreadedProducer<DefaultProducerContext> {
-    with_security(&mut ClientConfig::new())
-        .set("bootstrap.servers", brokers())
+    client()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", linger_ms.to_string())
         .set("compression.type", compression)
-        .set("socket.nagle.disable", "true")
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .expect("producer")
@@ -158,6 +155,28 @@ pub struct PrivateBroker {
     controller: u16,
 }
 
+/// The project's broker script (`make kafka-up` and friends run it).
+pub const KAFKA_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
+
+/// `kill -9` of the broker with process id `pid`, listening on `port`;
+/// returns once the port no longer answers.
+pub fn kill9(pid: &str, port: u16) {
+    assert!(!pid.is_empty(), "the broker is not running");
+    let status = std::process::Command::new("kill")
+        .args(["-9", pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broker still answers after kill -9"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -182,7 +201,7 @@ impl PrivateBroker {
     }
 
     fn script(&self, verb: &str) -> std::process::Output {
-        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh"))
+        std::process::Command::new(KAFKA_SH)
             .arg(verb)
             .env("KAFKA_INSTANCE_DIR", self.dir.path())
             .env("KAFKA_PORT", self.port.to_string())
@@ -208,21 +227,7 @@ impl PrivateBroker {
     /// `kill -9` of the broker process; returns once it is gone.
     pub fn kill9(&self) {
         let out = self.script("pid");
-        let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        assert!(!pid.is_empty(), "private broker is not running");
-        let status = std::process::Command::new("kill")
-            .args(["-9", &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "broker still answers after kill -9"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        kill9(String::from_utf8_lossy(&out.stdout).trim(), self.port);
     }
 }
 

@@ -87,6 +87,16 @@ impl Sandbox {
         self
     }
 
+    /// Installs the `slow` test guest on `work` events: it sleeps
+    /// `sleep_ms`, then counts the event (`count`, and `seen:<id>` per event).
+    pub fn install_slow(&self, sleep_ms: u32) -> &Self {
+        self.install(
+            "slow",
+            guests::SLOW,
+            &format!("[[subscriptions]]\nevent_type = \"work\"\n[config]\nsleep_ms = {sleep_ms}"),
+        )
+    }
+
     /// Installs a first-party handler with the manifest it ships with.
     pub fn install_shipped(&self, name: &str, wasm: &str, manifest: &str) -> &Self {
         let dir = self.handlers_dir();
