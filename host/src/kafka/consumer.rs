@@ -249,10 +249,20 @@ fn run(
                 // A broker lost is not Kafka lost: in a cluster, losing one
                 // broker (a leader killed, a rolling restart) reports
                 // transport failures while its partitions move to new
-                // leaders, and right after an outage its own errors are
-                // still being reported. Count a failure only if the cluster
-                // does not answer either.
-                if answers(&consumer, &k, check_every) {
+                // leaders. Such an error counts only if the cluster does
+                // not answer a metadata request either. When librdkafka
+                // says no broker at all is connected it counts at once, so
+                // SQLite takes over within moments of a real outage, except
+                // right after the breaker closed, while the outage's own
+                // late errors are still arriving. A live cluster answers a
+                // metadata request in milliseconds, so the check waits a
+                // quarter of `failure_after_ms`: a dead one then opens the
+                // breaker within a second, not after three full timeouts.
+                let all_down = e.rdkafka_error_code()
+                    == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown);
+                let confirm = !all_down || ctx.source.settling();
+                let confirm_within = (check_every / 4).max(Duration::from_millis(100));
+                if confirm && answers(&consumer, &k, confirm_within) {
                     tracing::debug!(error = %e, "consumer error while the cluster answers (a broker lost, or an outage just over); not counted");
                 } else {
                     ctx.source.failure(&format!("consumer: {e}"));

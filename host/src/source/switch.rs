@@ -49,12 +49,13 @@ pub struct SourceSwitch {
     /// The outbox relay's: rung when Kafka comes back.
     relay: Arc<Wakeup>,
     status_file: Option<PathBuf>,
-    /// When the breaker last closed: a produce that failed before then
-    /// belongs to the outage just over (see [`SourceSwitch::produced`]).
-    /// (Consumer errors are confirmed by a metadata request instead: see
-    /// `kafka::consumer`.)
+    /// When the breaker last closed (see [`SourceSwitch::settling`]).
     closed_at: Mutex<Option<Instant>>,
 }
+
+/// How long after the breaker closes a consumer error must be confirmed
+/// before it counts (see [`SourceSwitch::settling`]).
+const SETTLE: Duration = Duration::from_secs(10);
 
 impl SourceSwitch {
     /// `status_dir`: where `source.json` is written (None in unit tests).
@@ -124,6 +125,16 @@ impl SourceSwitch {
         }
         let t = self.lock().failure(Instant::now(), reason);
         self.apply(t);
+    }
+
+    /// Whether the breaker closed only moments ago. librdkafka reports the
+    /// connection failures of an outage late, some only after the broker is
+    /// back (queued errors, reconnect attempts of its other connections):
+    /// counted as they come, they reopened the breaker within milliseconds of
+    /// every successful probe, for another `open_secs`. While settling, a
+    /// consumer error counts only if a metadata request fails too.
+    pub fn settling(&self) -> bool {
+        self.closed_at().is_some_and(|at| at.elapsed() < SETTLE)
     }
 
     fn closed_at(&self) -> Option<Instant> {
@@ -308,6 +319,7 @@ mod tests {
         let s = switch(1);
         let during_outage = Instant::now();
         reopen_and_close(&s);
+        assert!(s.settling());
         s.produced(false, Some((during_outage, "Message timed out")));
         assert_eq!(s.state(), State::Closed, "stale: not counted");
         s.produced(false, Some((Instant::now(), "Message timed out")));
