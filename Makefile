@@ -6,6 +6,7 @@
 #   make kafka-up / kafka-down   a real single-node Apache Kafka on 127.0.0.1:9092
 #   make kafka-up-secure         a second one with TLS + SASL (9096) and mutual TLS (9097)
 #   make kafka-up-cluster        a three-broker cluster (9192-9194)
+#   make registry-up / registry-down   a real schema registry (Apicurio) on 127.0.0.1:8081
 
 CARGO       ?= cargo
 TARGET_DIR  := $(or $(CARGO_TARGET_DIR),target)
@@ -24,7 +25,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-peer bench-http soak browser-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down
+.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-peer bench-http soak browser-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down registry-up registry-down
 
 all: build
 
@@ -84,7 +85,7 @@ run: build
 # handler compilation is not slowed by a debug cranelift.
 # Kafka tests run against the real brokers (`make kafka-up`,
 # `make kafka-up-secure` and `make kafka-up-cluster`, left running).
-test: toolchain js-handlers browser-deps kafka-up kafka-up-secure kafka-up-cluster
+test: toolchain js-handlers browser-deps kafka-up kafka-up-secure kafka-up-cluster registry-up
 	$(CARGO) test --release
 
 # The dashboard test drives Debian's headless Chromium with playwright-core
@@ -155,6 +156,14 @@ kafka-up-cluster:
 
 kafka-down:
 	scripts/kafka.sh down
+
+# A real schema registry (Apicurio Registry 3.0.9 from Maven Central, in
+# memory) on 127.0.0.1:8081, Confluent API at /apis/ccompat/v7.
+registry-up:
+	scripts/registry.sh up
+
+registry-down:
+	scripts/registry.sh down
 
 # Minutes, not in CI: kills and restarts a private broker under load and
 # prints published / handled / duplicated / lost (BENCHMARKS.md).

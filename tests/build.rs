@@ -17,6 +17,7 @@ const GUESTS: &[(&str, &str, Option<&str>)] = &[
     ("ROUTER", "router", Some("handlers/router/router.toml")),
     ("COUNTER", "counter", Some("handlers/counter/counter.toml")),
     ("NOOP", "guest-noop", None),
+    ("ECHO", "guest-echo", None),
     ("LOOP", "guest-loop", None),
     ("MEMBOMB", "guest-membomb", None),
     ("TRAP", "guest-trap", None),

@@ -116,9 +116,11 @@ impl Bus {
             config.limits.clone(),
         ));
         registry.reload()?;
+        let schemas = Arc::new(crate::schemas::Schemas::new(&config));
         let env = Arc::new(CallEnv {
             store: store.clone(),
             limits: config.limits.clone(),
+            schemas: schemas.clone(),
         });
         let dispatcher = Arc::new(Dispatcher::new(runtime, store.clone(), registry, env));
         let pipeline = Pipeline::start(
@@ -138,6 +140,7 @@ impl Bus {
             source,
             wakeup,
             outbox_wakeup,
+            schemas,
         ));
         let sqlite: Arc<dyn Sink> = Arc::new(poller::SqliteSink { ctx: ctx.clone() });
         let checkpointer = spawn_checkpointer(ctx.clone())?;
@@ -148,6 +151,7 @@ impl Bus {
                 ctx.config.kafka.clone(),
                 ctx.outbox_wakeup.clone(),
                 ctx.source.clone(),
+                ctx.schemas.clone(),
                 move || stop.stopping(),
             )?)
         } else {
@@ -210,10 +214,18 @@ impl Bus {
         Ok(())
     }
 
+    /// Checks an event from outside: its fields and limits, then its payload
+    /// against its schema (when schemas are on).
+    fn admit(&self, new: NewEvent) -> Result<Event, EventError> {
+        let event = new.validate(self.limits, 0)?;
+        self.ctx.schemas.check(&event)?;
+        Ok(event)
+    }
+
     /// Validates and durably stores an event, and wakes the poller.
     /// Concurrent callers share a transaction (group commit).
     pub fn publish(&self, new: NewEvent) -> Result<Event, BusError> {
-        let event = new.validate(self.limits, 0)?;
+        let event = self.admit(new)?;
         self.inserts.insert(&self.ctx.store, vec![event.clone()])?;
         self.ctx.metrics.published.fetch_add(1, Ordering::Relaxed);
         self.ctx.stored();
@@ -226,7 +238,7 @@ impl Bus {
     pub fn publish_batch(&self, batch: Vec<NewEvent>) -> Result<Vec<Event>, BusError> {
         let events = batch
             .into_iter()
-            .map(|n| n.validate(self.limits, 0))
+            .map(|n| self.admit(n))
             .collect::<Result<Vec<_>, _>>()?;
         self.inserts.insert(&self.ctx.store, events.clone())?;
         self.ctx
@@ -244,7 +256,7 @@ impl Bus {
     pub fn publish_each(&self, batch: Vec<NewEvent>) -> Vec<Result<Event, BusError>> {
         let mut results: Vec<Result<Event, BusError>> = batch
             .into_iter()
-            .map(|n| n.validate(self.limits, 0).map_err(BusError::from))
+            .map(|n| self.admit(n).map_err(BusError::from))
             .collect();
         let valid: Vec<Event> = results
             .iter()

@@ -54,6 +54,9 @@ pub enum Command {
     },
     /// Reset a consumer group's offsets so its events are read again
     Replay(ReplayArgs),
+    /// Payload schemas: push a version, list, check compatibility
+    #[command(subcommand)]
+    Schemas(crate::schemas::commands::SchemasCommand),
     /// Internal: compile the component on stdin into OUT (the host runs
     /// this as a child process on a compiled-component cache miss)
     #[command(hide = true)]
@@ -117,6 +120,9 @@ pub struct PublishArgs {
     /// A header, `key=value`; repeatable
     #[arg(long = "header", value_name = "KEY=VALUE")]
     pub headers: Vec<String>,
+    /// Payload schema version (selects the schema when schemas are on)
+    #[arg(long, value_name = "N")]
+    pub schema_version: Option<u32>,
     /// Read the whole event as a JSON object from FILE (`-` = stdin);
     /// unknown fields are refused
     #[arg(long, value_name = "FILE", conflicts_with_all = ["event_type", "source_type", "payload"])]
@@ -250,6 +256,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(cmd) => dlq(&config, cmd),
         Command::Status { json } => status(&config, json),
         Command::Replay(args) => replay(&config, args),
+        Command::Schemas(cmd) => crate::schemas::commands::run(&config, cmd),
         Command::CompileComponent { .. } => unreachable!("handled above"),
     }
 }
@@ -341,10 +348,11 @@ fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
                         .with_context(|| format!("header {h:?} is not key=value"))
                 })
                 .collect::<anyhow::Result<_>>()?,
-            schema_version: None,
+            schema_version: args.schema_version,
         },
     };
     let event = new.validate(config.limits.event_limits(), 0)?;
+    crate::schemas::Schemas::new(config).check(&event)?;
     let store = open_store(config)?;
     if config.kafka.enabled {
         // The running host's outbox relay produces it.

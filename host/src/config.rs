@@ -26,6 +26,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub kafka: KafkaConfig,
     pub http: HttpConfig,
+    pub schemas: SchemasConfig,
     /// On SIGINT/SIGTERM (or `Bus::shutdown`): how long handler calls in
     /// flight may take to finish. Calls still running then are abandoned:
     /// nothing of theirs is committed, their events go back to `pending`
@@ -57,6 +58,78 @@ impl Default for StoreConfig {
             readers: 4,
             id_tail: crate::store::ID_TAIL,
         }
+    }
+}
+
+/// Payload schemas (see `schemas`): off by default, a folder of schema
+/// files without a registry, a Confluent-API registry with one.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemasConfig {
+    /// Check payloads at all. Env: `PERSONA_BUS_SCHEMAS_ENABLED`. Turning it
+    /// off loses nothing: framed records are still read while a registry is
+    /// configured, and JSON records are what the host writes then.
+    pub enabled: bool,
+    /// Without a registry: `<dir>/<event_type>/<version>.json` (JSON Schema)
+    /// or `.avsc` (Avro). Env: `PERSONA_BUS_SCHEMAS_DIR`.
+    pub dir: PathBuf,
+    /// Refuse event types that have no schema (default: let them pass).
+    pub strict: bool,
+    /// Confluent Schema Registry API root, e.g.
+    /// `http://127.0.0.1:8081/apis/ccompat/v7`. Env: `KAFKA_SCHEMA_REGISTRY_URL`.
+    pub registry_url: Option<String>,
+    /// Basic auth. Env: `KAFKA_SCHEMA_REGISTRY_USERNAME` / `_PASSWORD`.
+    pub registry_username: Option<String>,
+    pub registry_password: Option<String>,
+    /// Per registry request.
+    pub registry_timeout_ms: u64,
+    /// Subject of an event type: `{topic}` and `{event_type}` are replaced.
+    pub subject: String,
+    /// Compatibility level `schemas push` sets on a subject before
+    /// registering (BACKWARD, FORWARD, FULL, NONE, or *_TRANSITIVE).
+    pub compatibility: String,
+    /// `avro`: with a registry, types whose schema is Avro go on the wire
+    /// Avro-encoded in the Confluent framing; `json`: always JSON records.
+    pub wire_format: WireFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireFormat {
+    Avro,
+    Json,
+}
+
+impl Default for SchemasConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dir: PathBuf::from("schemas"),
+            strict: false,
+            registry_url: None,
+            registry_username: None,
+            registry_password: None,
+            registry_timeout_ms: 2_000,
+            subject: "{topic}-{event_type}".into(),
+            compatibility: "BACKWARD".into(),
+            wire_format: WireFormat::Avro,
+        }
+    }
+}
+
+impl std::fmt::Debug for SchemasConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemasConfig")
+            .field("enabled", &self.enabled)
+            .field("dir", &self.dir)
+            .field("strict", &self.strict)
+            .field("registry_url", &self.registry_url)
+            .field("registry_username", &self.registry_username)
+            .field("registry_password", &self.registry_password.as_ref().map(|_| "<redacted>"))
+            .field("subject", &self.subject)
+            .field("compatibility", &self.compatibility)
+            .field("wire_format", &self.wire_format)
+            .finish()
     }
 }
 
@@ -130,6 +203,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             kafka: KafkaConfig::default(),
             http: HttpConfig::default(),
+            schemas: SchemasConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -645,6 +719,11 @@ pub const ENV_VARS: &[&str] = &[
     "PERSONA_BUS_HTTP_ADDR",
     "PERSONA_BUS_HTTP_TOKEN",
     "PERSONA_BUS_SHUTDOWN_GRACE_MS",
+    "PERSONA_BUS_SCHEMAS_ENABLED",
+    "PERSONA_BUS_SCHEMAS_DIR",
+    "KAFKA_SCHEMA_REGISTRY_URL",
+    "KAFKA_SCHEMA_REGISTRY_USERNAME",
+    "KAFKA_SCHEMA_REGISTRY_PASSWORD",
 ];
 
 impl Config {
@@ -700,6 +779,22 @@ impl Config {
                 value: v.clone(),
                 reason: "expected milliseconds (a whole number)".into(),
             })?;
+        }
+        let sc = &mut self.schemas;
+        if let Some(v) = env("PERSONA_BUS_SCHEMAS_ENABLED") {
+            sc.enabled = parse_bool("PERSONA_BUS_SCHEMAS_ENABLED", &v)?;
+        }
+        if let Some(v) = env("PERSONA_BUS_SCHEMAS_DIR") {
+            sc.dir = v.into();
+        }
+        for (var, slot) in [
+            ("KAFKA_SCHEMA_REGISTRY_URL", &mut sc.registry_url),
+            ("KAFKA_SCHEMA_REGISTRY_USERNAME", &mut sc.registry_username),
+            ("KAFKA_SCHEMA_REGISTRY_PASSWORD", &mut sc.registry_password),
+        ] {
+            if let Some(v) = env(var) {
+                *slot = Some(v);
+            }
         }
         let k = &mut self.kafka;
         if let Some(v) = env("KAFKA_BROKERS") {
@@ -904,6 +999,22 @@ impl Config {
                     "failures, open_secs and check_secs must be above 0 and failure_after_ms at least 100",
                 );
             }
+        }
+        let sc = &self.schemas;
+        if let Some(url) = &sc.registry_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return invalid("schemas.registry_url", "must start with http:// or https://");
+        }
+        if !sc.subject.contains("{event_type}") {
+            return invalid("schemas.subject", "must contain {event_type} (one subject per event type)");
+        }
+        const LEVELS: &[&str] = &["BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE", "NONE"];
+        if !LEVELS.contains(&sc.compatibility.as_str()) {
+            return invalid("schemas.compatibility", &format!("must be one of {}", LEVELS.join(", ")));
+        }
+        if sc.registry_timeout_ms == 0 {
+            return invalid("schemas.registry_timeout_ms", "must be above 0");
         }
         Ok(())
     }

@@ -43,6 +43,8 @@ pub struct HostContext {
     pub metrics: crate::metrics::Metrics,
     /// Partitions the Kafka event processor owns now (see `kafka::archive`).
     pub processor_partitions: crate::kafka::group::Owned,
+    /// Payload schemas: checks at every entry, and the wire codec.
+    pub schemas: Arc<crate::schemas::Schemas>,
     stopping: AtomicBool,
     notices: broadcast::Sender<Notice>,
 }
@@ -54,6 +56,7 @@ impl HostContext {
         source: Arc<SourceSwitch>,
         wakeup: Arc<Wakeup>,
         outbox_wakeup: Arc<Wakeup>,
+        schemas: Arc<crate::schemas::Schemas>,
     ) -> Self {
         let (notices, _) = broadcast::channel(16 * 1024);
         Self {
@@ -64,6 +67,7 @@ impl HostContext {
             source,
             metrics: Default::default(),
             processor_partitions: Default::default(),
+            schemas,
             stopping: AtomicBool::new(false),
             notices,
         }

@@ -51,6 +51,8 @@ pub enum EventError {
     PayloadTooLarge { size: usize, limit: usize },
     #[error("event is not valid JSON: {0}")]
     BadJson(String),
+    #[error(transparent)]
+    Schema(#[from] crate::schemas::SchemaError),
 }
 
 /// Publication limits, from the host configuration.

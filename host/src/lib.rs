@@ -42,6 +42,7 @@ pub mod outcome;
 pub mod pipeline;
 pub mod registry;
 pub mod runtime;
+pub mod schemas;
 pub mod source;
 pub mod store;
 

@@ -80,7 +80,7 @@ impl Server {
             .into()
     }
 
-    fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) fn get(&self, path: &str) -> (u16, String) {
         let mut r = Self::agent()
             .get(format!("{}{path}", self.base))
             .call()
@@ -88,7 +88,7 @@ impl Server {
         (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
     }
 
-    fn send(&self, method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    pub(crate) fn send(&self, method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
         let url = format!("{}{path}", self.base);
         let agent = Self::agent();
         let mut req = match method {

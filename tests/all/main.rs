@@ -19,6 +19,7 @@ mod lifecycle;
 mod matching;
 mod migration;
 mod outcomes;
+mod schemas;
 mod secure;
 
 use persona_bus_tests::Sandbox;

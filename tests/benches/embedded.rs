@@ -330,6 +330,7 @@ fn dispatch_cost(n: usize, only: &[&str]) {
     let env = Arc::new(CallEnv {
         store,
         limits: config.limits.clone(),
+        schemas: Arc::new(persona_bus::schemas::Schemas::new(&config)),
     });
     let event = bench_event(1)
         .validate(

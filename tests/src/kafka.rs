@@ -107,17 +107,29 @@ pub fn producer_compressed(
 /// the plan's headers); retries while the local queue is full.
 pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, e: &Event, device: &str) {
     let value = serde_json::to_vec(&WireEvent::from_event(e)).expect("encode");
-    let mut hs = OwnedHeaders::new();
-    for (k, v) in headers(e, device) {
-        hs = hs.insert(Header {
+    send_with(p, topic, e, &value, &headers(e, device));
+}
+
+/// Sends `e` as `value` with `hs` (for example a payload in the schema
+/// registry's framing, with `wire::framed_headers`).
+pub fn send_with(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    e: &Event,
+    value: &[u8],
+    hs: &[(&str, String)],
+) {
+    let mut owned = OwnedHeaders::new();
+    for (k, v) in hs {
+        owned = owned.insert(Header {
             key: k,
             value: Some(v.as_bytes()),
         });
     }
     let mut record = BaseRecord::to(topic)
         .key(e.project_id.as_bytes())
-        .payload(&value)
-        .headers(hs);
+        .payload(value)
+        .headers(owned);
     loop {
         match p.send(record) {
             Ok(()) => return,

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod kafka;
+pub mod registry;
 
 use persona_bus::config::Config;
 use persona_bus::event::NewEvent;

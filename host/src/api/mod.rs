@@ -123,6 +123,9 @@ impl Ingest {
             .await
             .map_err(|_| ApiError::internal("the ingest thread stopped"))?
             .map_err(|e| match e {
+                crate::BusError::Event(crate::event::EventError::Schema(e)) if e.is_transient() => {
+                    ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                }
                 crate::BusError::Event(e) => ApiError::bad_request(e.to_string()),
                 e => ApiError::internal(e),
             })

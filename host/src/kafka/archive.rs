@@ -11,7 +11,7 @@
 
 use super::KafkaError;
 use super::group::{self, GroupWork, Record};
-use super::wire::{ExecutionRecord, WireEvent};
+use super::wire::{ExecutionRecord, decode_record};
 use crate::context::HostContext;
 use crate::store::RemoteOutcome;
 use rdkafka::TopicPartitionList;
@@ -137,7 +137,10 @@ fn archive(inner: &HostContext, records: &[Record]) -> Result<(), String> {
             }
         } else if !mine.contains(&r.at.topic, r.at.partition) {
             // Undecodable events are the event processor's to dead-letter.
-            if let Ok(e) = WireEvent::decode(r.value.as_deref()) {
+            // A framed record whose schema cannot be had now is skipped
+            // here: the event processor of its partition holds it.
+            let decoded = decode_record(&inner.schemas, r.value.as_deref(), || r.headers.clone(), &r.at.to_string(), false);
+            if let Ok(e) = decoded {
                 events.push(e);
             }
         }

@@ -19,7 +19,8 @@
 //!   pauses and the SQLite poller handles events.
 
 use super::group::{self, OffsetTracker, Owned, Position};
-use super::wire::{ExecutionRecord, HANDLED_BY, HANDLED_STATUS, WireEvent};
+use super::wire::{ExecutionRecord, HANDLED_BY, HANDLED_STATUS, RecordError, WireEvent, decode_record};
+use crate::schemas::Schemas;
 use super::{KafkaError, client_config};
 use crate::context::HostContext;
 use crate::dispatch::Delivery;
@@ -57,6 +58,9 @@ enum Decoded {
     Dispatch(Delivery, Position),
     Handled(Handled, Position),
     Undecodable(Undecodable),
+    /// Its schema cannot be had now (the registry is down): the partition
+    /// waits at this record and tries it again (see [`Holds`]).
+    Hold(Position, String),
 }
 
 type CopyProducer = ThreadedProducer<DefaultProducerContext>;
@@ -217,7 +221,9 @@ fn run(
     let mut carried: Vec<Decoded> = Vec::new();
     // Size of the last batch: decides how long the next may linger.
     let mut previous = 0;
+    let mut holds = Holds::default();
     while !ctx.stopping() {
+        holds.release_due(&consumer);
         if !ctx.source.kafka_active() {
             if ctx.source.tick() {
                 carried = probe(&ctx, &consumer, check_every);
@@ -237,7 +243,7 @@ fn run(
             k.consumer_batch,
             Duration::from_millis(100),
             group::linger_after(previous),
-            decode,
+            |m| decode(&ctx.schemas, m),
         );
         previous = records.len();
         if !carried.is_empty() {
@@ -293,7 +299,16 @@ fn run(
         let mut undecodable = Vec::new();
         let mut handled = Vec::new();
         for r in records {
+            // Behind a held record, its partition waits (order per project).
+            let at = match &r {
+                Decoded::Dispatch(_, at) | Decoded::Handled(_, at) | Decoded::Hold(at, _) => at,
+                Decoded::Undecodable(u) => &u.at,
+            };
+            if holds.holds(at) {
+                continue;
+            }
             match r {
+                Decoded::Hold(at, error) => holds.hold(&consumer, at, &error),
                 Decoded::Dispatch(delivery, at) => {
                     tracker.begin(&at);
                     deliveries.push(delivery);
@@ -346,9 +361,10 @@ fn run(
     tracing::info!("kafka consumer stopped");
 }
 
-fn decode(m: &rdkafka::message::BorrowedMessage<'_>) -> Decoded {
+fn decode(schemas: &Schemas, m: &rdkafka::message::BorrowedMessage<'_>) -> Decoded {
     let at = Position::of(m);
-    match WireEvent::decode(m.payload()) {
+    let position = at.to_string();
+    match decode_record(schemas, m.payload(), || group::headers_of(m), &position, true) {
         Ok(event) => match handled_by(m) {
             Some((device, status)) => Decoded::Handled(
                 Handled {
@@ -371,8 +387,9 @@ fn decode(m: &rdkafka::message::BorrowedMessage<'_>) -> Decoded {
                 at,
             ),
         },
-        Err(e) => Decoded::Undecodable(Undecodable {
-            error: e.to_string(),
+        Err(RecordError::Unavailable(error)) => Decoded::Hold(at, error),
+        Err(RecordError::Bad(error)) => Decoded::Undecodable(Undecodable {
+            error,
             headers: group::headers_of(m),
             raw: m.payload().map(<[u8]>::to_vec),
             at,
@@ -550,7 +567,7 @@ fn probe(ctx: &HostContext, consumer: &BaseConsumer<Owned>, timeout: Duration) -
             let mut records = Vec::new();
             for _ in 0..10_000 {
                 match consumer.poll(Duration::ZERO) {
-                    Some(Ok(m)) => records.push(decode(&m)),
+                    Some(Ok(m)) => records.push(decode(&ctx.schemas, &m)),
                     Some(Err(_)) => {}
                     None => break,
                 }
@@ -564,7 +581,7 @@ fn probe(ctx: &HostContext, consumer: &BaseConsumer<Owned>, timeout: Duration) -
                     Err(format!("poll: {e}"))
                 }
                 Some(Ok(m)) => {
-                    records.push(decode(&m));
+                    records.push(decode(&ctx.schemas, &m));
                     Ok(records)
                 }
                 _ => Ok(records),
@@ -579,5 +596,86 @@ fn probe(ctx: &HostContext, consumer: &BaseConsumer<Owned>, timeout: Duration) -
             ctx.source.failure(&e);
             Vec::new()
         }
+    }
+}
+
+/// Partitions waiting at a record whose schema could not be had (the
+/// registry is down). The partition is rewound to that record and paused;
+/// after a backoff it resumes and the record is decoded again. Nothing past
+/// it is handled meanwhile (records of a project stay in order), its offset
+/// is never stored past it, and other partitions go on.
+#[derive(Default)]
+struct Holds {
+    held: Vec<Held>,
+}
+
+struct Held {
+    at: Position,
+    /// Some while paused; None once resumed (the backoff is remembered in
+    /// case the same record fails again).
+    until: Option<Instant>,
+    backoff: Duration,
+    since: Instant,
+}
+
+impl Holds {
+    /// Whether a record sits behind a held one in a paused partition (it
+    /// came in the same batch): skipped now, fetched again after the seek.
+    fn holds(&self, at: &Position) -> bool {
+        self.held.iter().any(|h| {
+            h.until.is_some()
+                && h.at.topic == at.topic
+                && h.at.partition == at.partition
+                && at.offset > h.at.offset
+        })
+    }
+
+    fn hold(&mut self, consumer: &BaseConsumer<Owned>, at: Position, error: &str) {
+        let same = |h: &Held| h.at.topic == at.topic && h.at.partition == at.partition;
+        // The backoff doubles while the same record keeps failing.
+        let backoff = self
+            .held
+            .iter()
+            .find(|h| same(h) && h.at.offset == at.offset)
+            .map(|h| (h.backoff * 2).min(Duration::from_secs(10)))
+            .unwrap_or(Duration::from_millis(500));
+        self.held.retain(|h| !same(h));
+        tracing::warn!(at = %at, error, retry_in = ?backoff, "record waits for its schema; its partition is paused");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(&at.topic, at.partition);
+        if let Err(e) = consumer.pause(&tpl) {
+            tracing::warn!(at = %at, error = %e, "cannot pause the partition");
+        }
+        if let Err(e) = consumer.seek(
+            &at.topic,
+            at.partition,
+            rdkafka::Offset::Offset(at.offset),
+            Duration::from_secs(5),
+        ) {
+            tracing::warn!(at = %at, error = %e, "cannot rewind the partition; the record comes back with the next rebalance");
+        }
+        self.held.push(Held {
+            at,
+            until: Some(Instant::now() + backoff),
+            backoff,
+            since: Instant::now(),
+        });
+    }
+
+    /// Resumes the partitions whose backoff is over; forgets old ones.
+    fn release_due(&mut self, consumer: &BaseConsumer<Owned>) {
+        let now = Instant::now();
+        for h in &mut self.held {
+            if h.until.is_some_and(|until| until <= now) {
+                let mut tpl = rdkafka::TopicPartitionList::new();
+                tpl.add_partition(&h.at.topic, h.at.partition);
+                if let Err(e) = consumer.resume(&tpl) {
+                    tracing::warn!(at = %h.at, error = %e, "cannot resume the partition");
+                }
+                h.until = None;
+            }
+        }
+        self.held
+            .retain(|h| h.until.is_some() || h.since.elapsed() < Duration::from_secs(120));
     }
 }

@@ -1,7 +1,8 @@
 //! The outbox relay: produces events queued in SQLite to Kafka and marks
 //! them sent once the broker has acknowledged them.
 
-use super::wire::{WireEvent, headers};
+use super::wire::{WireEvent, framed_headers, headers};
+use crate::schemas::Schemas;
 use super::{KafkaError, client_config};
 use crate::config::KafkaConfig;
 use crate::event::Event;
@@ -65,6 +66,7 @@ pub fn spawn(
     k: KafkaConfig,
     wakeup: Arc<Wakeup>,
     source: Arc<SourceSwitch>,
+    schemas: Arc<Schemas>,
     stop: impl Fn() -> bool + Send + 'static,
 ) -> Result<JoinHandle<()>, KafkaError> {
     let producer: ThreadedProducer<Deliveries> = client_config(&k)
@@ -80,7 +82,7 @@ pub fn spawn(
         .map_err(|e| KafkaError::Client(e.to_string()))?;
     std::thread::Builder::new()
         .name("kafka-outbox".into())
-        .spawn(move || relay(store, k, producer, wakeup, source, stop))
+        .spawn(move || relay(store, k, producer, wakeup, source, &schemas, stop))
         .map_err(|e| KafkaError::Client(format!("cannot start the outbox relay: {e}")))
 }
 
@@ -90,6 +92,7 @@ fn relay(
     producer: ThreadedProducer<Deliveries>,
     wakeup: Arc<Wakeup>,
     source: Arc<SourceSwitch>,
+    schemas: &Schemas,
     stop: impl Fn() -> bool,
 ) {
     // Produced but not yet acknowledged (or failed): never sent twice. With
@@ -141,8 +144,16 @@ fn relay(
             continue;
         }
         for e in &fresh {
-            if produce(&producer, &k, e) {
-                in_flight.insert(e.id.clone(), Instant::now());
+            match produce(&producer, &k, schemas, e) {
+                Produced::Queued => {
+                    in_flight.insert(e.id.clone(), Instant::now());
+                }
+                Produced::Refused => {}
+                Produced::WaitForSchema => {
+                    // The rest of the round waits too (order per project).
+                    backoff = Duration::from_secs(1);
+                    break;
+                }
             }
         }
         // Wait for this round's acknowledgements (batched by linger.ms).
@@ -151,16 +162,41 @@ fn relay(
     tracing::info!("kafka outbox relay stopped");
 }
 
-/// Hands one event to the producer; false if it could not be queued.
-fn produce(producer: &ThreadedProducer<Deliveries>, k: &KafkaConfig, e: &Event) -> bool {
-    let value = match serde_json::to_vec(&WireEvent::from_event(e)) {
-        Ok(v) => v,
+enum Produced {
+    Queued,
+    /// The producer refused it; it stays in the outbox.
+    Refused,
+    /// Its Avro schema id cannot be had now (the registry is down).
+    WaitForSchema,
+}
+
+/// Hands one event to the producer: the payload Avro-encoded in the
+/// registry framing when its type has an Avro schema (see `schemas`),
+/// otherwise the JSON record.
+fn produce(producer: &ThreadedProducer<Deliveries>, k: &KafkaConfig, schemas: &Schemas, e: &Event) -> Produced {
+    let (value, hs) = match schemas.wire_value(e) {
+        Ok(Some((id, framed))) => (framed, framed_headers(e, &k.client_id, id)),
+        Ok(None) => match serde_json::to_vec(&WireEvent::from_event(e)) {
+            Ok(v) => (v, headers(e, &k.client_id)),
+            Err(err) => {
+                tracing::error!(event_id = %e.id, error = %err, "cannot encode event for Kafka");
+                return Produced::Refused;
+            }
+        },
+        Err(err) if err.is_transient() => {
+            tracing::warn!(event_id = %e.id, error = %err, "event waits in the outbox for its schema id");
+            return Produced::WaitForSchema;
+        }
         Err(err) => {
-            tracing::error!(event_id = %e.id, error = %err, "cannot encode event for Kafka");
-            return false;
+            // Published before its schema existed (or with schemas off): it
+            // goes as JSON, and consumers that check it dead-letter it.
+            tracing::warn!(event_id = %e.id, error = %err, "payload does not fit its Avro schema; produced as JSON");
+            match serde_json::to_vec(&WireEvent::from_event(e)) {
+                Ok(v) => (v, headers(e, &k.client_id)),
+                Err(_) => return Produced::Refused,
+            }
         }
     };
-    let hs = headers(e, &k.client_id);
     let mut owned = OwnedHeaders::new_with_capacity(hs.len());
     for (key, val) in &hs {
         owned = owned.insert(Header {
@@ -174,14 +210,14 @@ fn produce(producer: &ThreadedProducer<Deliveries>, k: &KafkaConfig, e: &Event) 
         .headers(owned);
     loop {
         match producer.send(record) {
-            Ok(()) => return true,
+            Ok(()) => return Produced::Queued,
             Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
                 producer.poll(Duration::from_millis(50));
             }
             Err((err, _)) => {
                 tracing::warn!(event_id = %e.id, error = %err, "produce refused; the event stays in the outbox");
-                return false;
+                return Produced::Refused;
             }
         }
     }

@@ -73,6 +73,109 @@ fn base_headers(e: &Event, origin_device: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Headers of a record whose value is the payload alone, in the schema
+/// registry's framing: the envelope that the JSON record carries in its
+/// value travels here instead.
+pub fn framed_headers(e: &Event, origin_device: &str, schema_id: u32) -> Vec<(&'static str, String)> {
+    let mut hs = headers(e, origin_device);
+    for h in hs.iter_mut().filter(|h| h.0 == "content-type") {
+        h.1 = "application/avro".into();
+    }
+    hs.push(("schema-id", schema_id.to_string()));
+    hs.push(("project-id", e.project_id.clone()));
+    hs.push(("created-at", e.created_at.clone()));
+    if let Some(t) = &e.target_persona_id {
+        hs.push(("target-persona-id", t.clone()));
+    }
+    if !e.headers.is_empty() {
+        hs.push(("event-headers", serde_json::to_string(&e.headers).unwrap_or_default()));
+    }
+    hs
+}
+
+/// An event from a framed record: the payload (decoded) and the envelope
+/// from its headers. A record from a producer that is not a persona host
+/// needs only `event-type`; its id defaults to its position, so a
+/// redelivery is still recognised.
+pub fn event_from_headers(
+    payload: serde_json::Value,
+    headers: &[(String, String)],
+    position: &str,
+) -> Result<Event, DecodeError> {
+    let get = |k: &str| headers.iter().rev().find(|h| h.0 == k).map(|h| h.1.clone());
+    let num = |k: &str, default: u32, field| match get(k) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| DecodeError::Field { field }),
+    };
+    let (source_type, source_id) = match get("source") {
+        Some(s) => match s.split_once(':') {
+            Some((t, id)) => (t.to_owned(), (!id.is_empty()).then(|| id.to_owned())),
+            None => (s, None),
+        },
+        None => ("kafka".to_owned(), None),
+    };
+    let event_headers = match get("event-headers") {
+        Some(v) => serde_json::from_str(&v).map_err(|_| DecodeError::Field { field: "event-headers" })?,
+        None => Vec::new(),
+    };
+    WireEvent {
+        id: get("event-id").unwrap_or_else(|| position.to_owned()),
+        project_id: get("project-id").unwrap_or_else(|| crate::event::DEFAULT_PROJECT.to_owned()),
+        event_type: get("event-type").unwrap_or_default(),
+        source_type,
+        source_id,
+        target_persona_id: get("target-persona-id"),
+        payload,
+        headers: event_headers,
+        schema_version: num("schema-version", crate::event::DEFAULT_SCHEMA_VERSION, "schema-version")?,
+        chain_depth: num("chain-depth", 0, "chain-depth")?,
+        created_at: get("created-at").unwrap_or_else(crate::event::now_rfc3339),
+    }
+    .into_event()
+}
+
+/// Why a Kafka record did not become an event.
+#[derive(Debug)]
+pub enum RecordError {
+    /// Not an event, or its payload breaks its schema: dead-lettered.
+    Bad(String),
+    /// Its schema cannot be had now (registry down): try again later.
+    Unavailable(String),
+}
+
+/// Reads a record of the events or actions topic: today's JSON record, or
+/// a payload in the schema-registry framing with its envelope in headers.
+/// With `validate`, a JSON record's payload is checked against its schema
+/// (a framed one was written with its schema).
+pub fn decode_record(
+    schemas: &crate::schemas::Schemas,
+    value: Option<&[u8]>,
+    headers: impl FnOnce() -> Vec<(String, String)>,
+    position: &str,
+    validate: bool,
+) -> Result<Event, RecordError> {
+    let schema_error = |e: crate::schemas::SchemaError| {
+        if e.is_transient() {
+            RecordError::Unavailable(e.to_string())
+        } else {
+            RecordError::Bad(e.to_string())
+        }
+    };
+    match value {
+        Some(v) if crate::schemas::is_framed(v) => {
+            let payload = schemas.unframe(v).map_err(schema_error)?;
+            event_from_headers(payload, &headers(), position).map_err(|e| RecordError::Bad(e.to_string()))
+        }
+        _ => {
+            let event = WireEvent::decode(value).map_err(|e| RecordError::Bad(e.to_string()))?;
+            if validate {
+                schemas.check(&event).map_err(schema_error)?;
+            }
+            Ok(event)
+        }
+    }
+}
+
 /// Why a record could not be read as an event.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {

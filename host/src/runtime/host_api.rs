@@ -206,7 +206,13 @@ impl host::Host for HostState {
             headers,
             schema_version: None,
         };
-        match draft.validate(call.env.limits.event_limits(), depth) {
+        let checked = draft
+            .validate(call.env.limits.event_limits(), depth)
+            .and_then(|event| {
+                call.env.schemas.check(&event)?;
+                Ok(event)
+            });
+        match checked {
             Ok(event) => {
                 let id = event.id.clone();
                 call.effects.published.push(event);

@@ -105,6 +105,8 @@ const DEFAULT_WARM: u32 = 16;
 pub struct CallEnv {
     pub store: Arc<Store>,
     pub limits: HostLimits,
+    /// Events a handler publishes are checked like any other.
+    pub schemas: Arc<crate::schemas::Schemas>,
 }
 
 /// A handler as the runtime needs it: its compiled form and manifest.
