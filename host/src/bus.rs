@@ -325,6 +325,11 @@ impl Bus {
     }
 
     /// Counters and histograms (`GET /metrics`).
+    /// Payload schemas (checks and the wire codec).
+    pub fn schemas(&self) -> &crate::schemas::Schemas {
+        &self.ctx.schemas
+    }
+
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.ctx.metrics
     }

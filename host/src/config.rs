@@ -125,7 +125,10 @@ impl std::fmt::Debug for SchemasConfig {
             .field("strict", &self.strict)
             .field("registry_url", &self.registry_url)
             .field("registry_username", &self.registry_username)
-            .field("registry_password", &self.registry_password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "registry_password",
+                &self.registry_password.as_ref().map(|_| "<redacted>"),
+            )
             .field("subject", &self.subject)
             .field("compatibility", &self.compatibility)
             .field("wire_format", &self.wire_format)
@@ -1004,14 +1007,31 @@ impl Config {
         if let Some(url) = &sc.registry_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return invalid("schemas.registry_url", "must start with http:// or https://");
+            return invalid(
+                "schemas.registry_url",
+                "must start with http:// or https://",
+            );
         }
         if !sc.subject.contains("{event_type}") {
-            return invalid("schemas.subject", "must contain {event_type} (one subject per event type)");
+            return invalid(
+                "schemas.subject",
+                "must contain {event_type} (one subject per event type)",
+            );
         }
-        const LEVELS: &[&str] = &["BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE", "NONE"];
+        const LEVELS: &[&str] = &[
+            "BACKWARD",
+            "BACKWARD_TRANSITIVE",
+            "FORWARD",
+            "FORWARD_TRANSITIVE",
+            "FULL",
+            "FULL_TRANSITIVE",
+            "NONE",
+        ];
         if !LEVELS.contains(&sc.compatibility.as_str()) {
-            return invalid("schemas.compatibility", &format!("must be one of {}", LEVELS.join(", ")));
+            return invalid(
+                "schemas.compatibility",
+                &format!("must be one of {}", LEVELS.join(", ")),
+            );
         }
         if sc.registry_timeout_ms == 0 {
             return invalid("schemas.registry_timeout_ms", "must be above 0");

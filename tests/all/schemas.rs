@@ -39,20 +39,38 @@ fn order(event_type: &str, project: &str, n: usize) -> NewEvent {
         event_type: event_type.into(),
         source_type: "shop".into(),
         project_id: Some(project.into()),
-        payload: Some(json!({"id": format!("o-{n}"), "qty": n as i64 + 1, "tags": ["a", "ü"], "note": null})),
+        payload: Some(
+            json!({"id": format!("o-{n}"), "qty": n as i64 + 1, "tags": ["a", "ü"], "note": null}),
+        ),
         ..Default::default()
     }
 }
 
 fn stored(e: NewEvent) -> Event {
-    e.validate(EventLimits { max_payload_bytes: 1 << 20 }, 0).unwrap()
+    e.validate(
+        EventLimits {
+            max_payload_bytes: 1 << 20,
+        },
+        0,
+    )
+    .unwrap()
 }
 
 /// A device on `prefix`'s topics with a consumer group of its own, the
 /// echo handler on `event_type`, and schemas on (or off) with `registry`.
-fn device(prefix: &str, name: &str, event_type: &str, registry: Option<&str>, enabled: bool) -> (Sandbox, Config) {
+fn device(
+    prefix: &str,
+    name: &str,
+    event_type: &str,
+    registry: Option<&str>,
+    enabled: bool,
+) -> (Sandbox, Config) {
     let sb = Sandbox::new();
-    sb.install("echo", guests::ECHO, &format!("[[subscriptions]]\nevent_type = \"{event_type}\""));
+    sb.install(
+        "echo",
+        guests::ECHO,
+        &format!("[[subscriptions]]\nevent_type = \"{event_type}\""),
+    );
     let mut c = sb.config();
     k::consuming(&mut c, prefix);
     c.kafka.client_id = format!("{prefix}-{name}");
@@ -66,7 +84,9 @@ fn device(prefix: &str, name: &str, event_type: &str, registry: Option<&str>, en
 }
 
 fn register(url: &str, subject: &str, schema: &str) -> u32 {
-    reg::client(url).register(subject, schema, "AVRO").expect("register")
+    reg::client(url)
+        .register(subject, schema, "AVRO")
+        .expect("register")
 }
 
 /// The payload the echo handler saw for `id`, once it ran.
@@ -88,7 +108,11 @@ fn pushing_an_incompatible_version_is_refused_with_the_registrys_reason() {
     let url = reg::url();
     let env = [("KAFKA_SCHEMA_REGISTRY_URL", url.as_str())];
     let dir = sb.root.path();
-    for (f, text) in [("v1.avsc", ORDER_V1), ("v2.avsc", ORDER_V2), ("bad.avsc", ORDER_BAD)] {
+    for (f, text) in [
+        ("v1.avsc", ORDER_V1),
+        ("v2.avsc", ORDER_V2),
+        ("bad.avsc", ORDER_BAD),
+    ] {
         std::fs::write(dir.join(f), text).unwrap();
     }
     let file = |f: &str| dir.join(f).display().to_string();
@@ -108,12 +132,19 @@ fn pushing_an_incompatible_version_is_refused_with_the_registrys_reason() {
     assert!(out.contains("version 2"), "{out}");
     // The check refuses it without registering...
     let bad = file("bad.avsc");
-    let (ok, _, err) = cli_with_env(&sb, &["schemas", "check", &bad, "--type", &event_type], &env);
+    let (ok, _, err) = cli_with_env(
+        &sb,
+        &["schemas", "check", &bad, "--type", &event_type],
+        &env,
+    );
     assert!(!ok && err.contains("not compatible"), "{err}");
     // ...and push prints the registry's own reason (the offending field).
     let (ok, out, err) = push("bad.avsc", &[]);
     assert!(!ok, "{out}");
-    assert!(err.contains("BACKWARD") && err.contains("warehouse"), "{err}");
+    assert!(
+        err.contains("BACKWARD") && err.contains("warehouse"),
+        "{err}"
+    );
     // A version number that is not the next is refused before registering.
     let (ok, _, err) = push("v2.avsc", &["--version", "5"]);
     assert!(!ok && err.contains("the next is 3"), "{err}");
@@ -154,11 +185,14 @@ fn a_valid_event_is_stored_and_an_invalid_one_is_refused_with_its_path() {
     let (code, v) = s.send(
         "POST",
         "/api/personas/events",
-        &json!({"event_type": "other.thing", "source_type": "shop", "payload": {"x": 1}}).to_string(),
+        &json!({"event_type": "other.thing", "source_type": "shop", "payload": {"x": 1}})
+            .to_string(),
         &[],
     );
     assert!(code < 300, "{code} {v}");
-    let (_, list) = s.get(&format!("/api/personas/events?limit=10&event_type={event_type}"));
+    let (_, list) = s.get(&format!(
+        "/api/personas/events?limit=10&event_type={event_type}"
+    ));
     let list: Value = serde_json::from_str(&list).unwrap();
     let payloads: Vec<String> = list["events"]
         .as_array()
@@ -166,12 +200,22 @@ fn a_valid_event_is_stored_and_an_invalid_one_is_refused_with_its_path() {
         .iter()
         .map(|e| e["payload"].to_string())
         .collect();
-    assert_eq!(payloads.len(), 1, "only the valid event is stored: {payloads:?}");
+    assert_eq!(
+        payloads.len(),
+        1,
+        "only the valid event is stored: {payloads:?}"
+    );
     assert!(payloads[0].contains("o-1"), "{payloads:?}");
+    let (_, metrics) = s.get("/metrics");
+    assert!(
+        metrics.contains("persona_bus_schema_refusals_total 1\n"),
+        "{metrics}"
+    );
 }
 
 #[test]
-fn avro_records_of_one_device_and_json_records_of_an_old_one_are_handled_on_another_as_the_same_json() {
+fn avro_records_of_one_device_and_json_records_of_an_old_one_are_handled_on_another_as_the_same_json()
+ {
     let prefix = k::prefix();
     let event_type = "order.placed";
     let subject = format!("{prefix}.events-{event_type}");
@@ -187,7 +231,9 @@ fn avro_records_of_one_device_and_json_records_of_an_old_one_are_handled_on_anot
     b.start().unwrap();
     let mut sent: Vec<(String, Value)> = Vec::new();
     for n in 0..20 {
-        let e = a.publish(order(event_type, &format!("p{}", n % 3), n)).unwrap();
+        let e = a
+            .publish(order(event_type, &format!("p{}", n % 3), n))
+            .unwrap();
         sent.push((e.id.clone(), serde_json::from_str(&e.payload).unwrap()));
     }
     // An old device, on JSON records, on the same topic.
@@ -203,13 +249,25 @@ fn avro_records_of_one_device_and_json_records_of_an_old_one_are_handled_on_anot
     for (id, payload) in &sent {
         assert_eq!(echoed(&b, id).as_ref(), Some(payload), "event {id}");
     }
-    assert_eq!(b.store().ledger_count("echo").unwrap(), 30, "each handled once");
+    assert_eq!(
+        b.store().ledger_count("echo").unwrap(),
+        30,
+        "each handled once"
+    );
     assert!(b.store().dead_letters(10).unwrap().is_empty());
     // On the wire, A's records are the payload in the registry framing.
     let framed = raw_values(&ca.kafka.topics.events.name, 30);
     let avro = framed.iter().filter(|v| v.first() == Some(&0)).count();
-    assert_eq!(avro, 20, "A's 20 records are framed, the old device's 10 are JSON");
-    assert!(framed.iter().filter(|v| v[0] == 0).all(|v| v[1..5] == id.to_be_bytes()));
+    assert_eq!(
+        avro, 20,
+        "A's 20 records are framed, the old device's 10 are JSON"
+    );
+    assert!(
+        framed
+            .iter()
+            .filter(|v| v[0] == 0)
+            .all(|v| v[1..5] == id.to_be_bytes())
+    );
     a.shutdown();
     b.shutdown();
 }
@@ -270,15 +328,25 @@ fn with_the_registry_stopped_mid_run_nothing_is_lost_and_held_records_complete_w
     k::flush(&p);
     std::thread::sleep(Duration::from_secs(4));
     for id in &held {
-        assert!(echoed(&b, id).is_none(), "{id} handled while its schema was out of reach");
+        assert!(
+            echoed(&b, id).is_none(),
+            "{id} handled while its schema was out of reach"
+        );
     }
-    assert!(b.store().dead_letters(10).unwrap().is_empty(), "an outage is not a bad record");
+    assert!(
+        b.store().dead_letters(10).unwrap().is_empty(),
+        "an outage is not a bad record"
+    );
     r.resume();
     ids.extend(held);
     ids.extend(more);
     wait_echoed(&b, &ids, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(b.store().ledger_count("echo").unwrap(), 15, "each handled once");
+    assert_eq!(
+        b.store().ledger_count("echo").unwrap(),
+        15,
+        "each handled once"
+    );
     assert!(b.store().dead_letters(10).unwrap().is_empty());
     b.shutdown();
 }
@@ -316,14 +384,23 @@ fn without_a_registry_a_schema_folder_checks_publish_and_dead_letters_bad_record
     k::send(&p, &c.kafka.topics.events.name, &bad, "other");
     k::send(&p, &c.kafka.topics.events.name, &good, "other");
     k::flush(&p);
-    wait_echoed(&b, &[ok.id.clone(), good.id.clone()], Duration::from_secs(60));
-    wait_for(Duration::from_secs(10), "the bad record dead-lettered", || {
-        !b.store().dead_letters(10).unwrap().is_empty()
-    });
+    wait_echoed(
+        &b,
+        &[ok.id.clone(), good.id.clone()],
+        Duration::from_secs(60),
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the bad record dead-lettered",
+        || !b.store().dead_letters(10).unwrap().is_empty(),
+    );
     let letters = b.store().dead_letters(10).unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
     let e = &letters[0].last_error;
-    assert!(e.contains(event_type) && e.contains("qty") && e.contains("required"), "{e}");
+    assert!(
+        e.contains(event_type) && e.contains("qty") && e.contains("required"),
+        "{e}"
+    );
     assert!(echoed(&b, &bad.id).is_none());
     b.shutdown();
 }
@@ -345,7 +422,10 @@ fn turning_schemas_off_loses_nothing() {
     let mut sent = Vec::new();
     for n in 0..10 {
         let e = a.publish(order(event_type, "p", n)).unwrap();
-        sent.push((e.id.clone(), serde_json::from_str::<Value>(&e.payload).unwrap()));
+        sent.push((
+            e.id.clone(),
+            serde_json::from_str::<Value>(&e.payload).unwrap(),
+        ));
     }
     // With schemas off B takes any payload, and publishes JSON.
     let mut loose = order(event_type, "p", 99);

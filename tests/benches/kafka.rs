@@ -93,6 +93,9 @@ fn main() {
     if args.iter().any(|a| a == "--tls") {
         return tls_comparison(n, quick);
     }
+    if args.iter().any(|a| a == "--schemas") {
+        return schemas_comparison(n);
+    }
     if args.iter().any(|a| a == "--uncompressed") {
         // The peer's record format, for the backlog runs too.
         UNCOMPRESSED.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -185,8 +188,14 @@ fn host(handler: Handler, prefix: &str) -> (Sandbox, Bus) {
 static UNCOMPRESSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn spawn_generator(topic: &str, n: usize, rate: u32) -> Child {
+    spawn_generator_with(topic, n, rate, &[])
+}
+
+/// A generator with extra settings (`BENCH_PAYLOAD`, `BENCH_REGISTRY`).
+fn spawn_generator_with(topic: &str, n: usize, rate: u32, env: &[(&str, String)]) -> Child {
     use std::io::BufRead;
     let mut child = Command::new(std::env::current_exe().unwrap())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .args(["--load-generator", topic, &n.to_string(), &rate.to_string()])
         .env(
             "PERSONA_BUS_TEST_KAFKA_SECURE",
@@ -411,9 +420,13 @@ fn tls_comparison(n: usize, quick: bool) {
 /// Puts `n` events on a fresh topic (6 partitions, the broker's default)
 /// and returns its name.
 fn backlog(n: usize) -> String {
-    let topic = format!("{}.events", k::prefix());
+    backlog_with(&format!("{}.events", k::prefix()), n, &[])
+}
+
+fn backlog_with(topic: &str, n: usize, env: &[(&str, String)]) -> String {
+    let topic = topic.to_owned();
     let t = Instant::now();
-    let mut g = spawn_generator(&topic, n, 0);
+    let mut g = spawn_generator_with(&topic, n, 0, env);
     go(&mut g);
     assert!(g.wait().unwrap().success(), "load generator failed");
     println!(
@@ -599,11 +612,21 @@ impl HostProcess {
 
 /// The real host, consuming `topic` from the start in a group of its own.
 fn host_process(topic: &str, n: usize, policy: Policy) -> HostRun {
+    host_process_with(topic, n, policy, |_| {})
+}
+
+fn host_process_with(
+    topic: &str,
+    n: usize,
+    policy: Policy,
+    edit: impl FnOnce(&mut persona_bus::Config),
+) -> HostRun {
     let sb = Sandbox::new();
     install_bench_handlers(&sb, policy);
     let mut c = sb.config();
     k::consuming(&mut c, &k::prefix());
     c.kafka.topics.events.name = topic.to_owned();
+    edit(&mut c);
     // A backlog is usually on the broker's disk long before a host starts.
     settle_disk();
     let started = Instant::now();
@@ -847,20 +870,7 @@ impl IdShape {
     fn next(self) -> String {
         match self {
             Self::Ulid => ulid::Ulid::new().to_string(),
-            Self::Uuid => {
-                let mut b = fastrand::u128(..).to_be_bytes();
-                b[6] = (b[6] & 0x0f) | 0x40; // version 4
-                b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
-                let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-                format!(
-                    "{}-{}-{}-{}-{}",
-                    &h[..8],
-                    &h[8..12],
-                    &h[12..16],
-                    &h[16..20],
-                    &h[20..]
-                )
-            }
+            Self::Uuid => persona_bus_tests::uuid_v4(),
         }
     }
 }
@@ -888,6 +898,10 @@ fn load_generator(topic: &str, n: usize, rate: u32, ids: IdShape) {
     let _ = std::io::stdin().read_line(&mut line);
     let started = Instant::now();
     let projects: Vec<String> = (0..64).map(|p| format!("project-{p}")).collect();
+    let ten_fields = std::env::var("BENCH_PAYLOAD").is_ok_and(|v| v == "order10");
+    let framing = std::env::var("BENCH_REGISTRY")
+        .ok()
+        .map(|url| Framing::new(&url, topic));
     for i in 0..n {
         if rate > 0 {
             let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
@@ -900,19 +914,33 @@ fn load_generator(topic: &str, n: usize, rate: u32, ids: IdShape) {
         let id = ids.next();
         let project = &projects[i % 64];
         let event_type = EVENT_TYPES[i % EVENT_TYPES.len()];
-        let sent = humantime::format_rfc3339_micros(SystemTime::now());
-        let value = format!(
-            r#"{{"id":"{id}","project_id":"{project}","event_type":"{event_type}","source_type":"system","source_id":null,"target_persona_id":null,"payload":{{"n":{i}}},"headers":[],"schema_version":1,"chain_depth":0,"created_at":"{sent}"}}"#
-        );
-        let mut headers = OwnedHeaders::new_with_capacity(7);
+        let sent = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+        let payload = if ten_fields {
+            persona_bus_tests::registry::order10(i, &id, project, &sent)
+        } else {
+            format!(r#"{{"n":{i}}}"#)
+        };
+        let (value, content_type) = match &framing {
+            Some(f) => (f.encode(event_type, &payload), "application/avro"),
+            None => (
+                format!(
+                    r#"{{"id":"{id}","project_id":"{project}","event_type":"{event_type}","source_type":"system","source_id":null,"target_persona_id":null,"payload":{payload},"headers":[],"schema_version":1,"chain_depth":0,"created_at":"{sent}"}}"#
+                )
+                .into_bytes(),
+                "application/json",
+            ),
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(9);
         for (key, v) in [
             ("event-id", id.as_str()),
             ("event-type", event_type),
             ("schema-version", "1"),
-            ("content-type", "application/json"),
+            ("content-type", content_type),
             ("source", "system:"),
             ("chain-depth", "0"),
             ("origin-device", "load-generator"),
+            ("project-id", project.as_str()),
+            ("created-at", sent.as_str()),
         ] {
             headers = headers.insert(Header {
                 key,
@@ -935,4 +963,96 @@ fn load_generator(topic: &str, n: usize, rate: u32, ids: IdShape) {
     }
     k::flush(&p);
     eprintln!("load generator: {n} events in {:.2?}", started.elapsed());
+}
+
+/// The generator's Avro encoder: the schema of each event type, fetched
+/// from the registry before the clock starts.
+struct Framing {
+    by_type: std::collections::HashMap<&'static str, (u32, persona_bus::schemas::avro::AvroSchema)>,
+}
+
+impl Framing {
+    fn new(url: &str, topic: &str) -> Self {
+        let r = persona_bus_tests::registry::client(url);
+        let by_type = EVENT_TYPES
+            .iter()
+            .map(|t| {
+                let reg = r
+                    .version(&format!("{topic}-{t}"), "1")
+                    .expect("schema registered");
+                (
+                    *t,
+                    (
+                        reg.id,
+                        persona_bus::schemas::avro::AvroSchema::parse(&reg.schema).unwrap(),
+                    ),
+                )
+            })
+            .collect();
+        Self { by_type }
+    }
+
+    fn encode(&self, event_type: &str, payload: &str) -> Vec<u8> {
+        let (id, schema) = &self.by_type[event_type];
+        let mut out = vec![0];
+        out.extend_from_slice(&id.to_be_bytes());
+        schema
+            .encode(&serde_json::from_str(payload).unwrap(), &mut out)
+            .expect("payload fits");
+        out
+    }
+}
+
+/// `--schemas`: the backlog run at defaults with schemas off (JSON
+/// records) and on (Avro in the registry framing, checked on the way in),
+/// the same 10-field payloads, the same registry (`make registry-up`).
+fn schemas_comparison(n: usize) {
+    let url = persona_bus_tests::registry::url();
+    let r = persona_bus_tests::registry::client(&url);
+    let prefix = k::prefix();
+    let (json_topic, avro_topic) = (
+        format!("{prefix}.json.events"),
+        format!("{prefix}.avro.events"),
+    );
+    for topic in [&json_topic, &avro_topic] {
+        for t in EVENT_TYPES {
+            r.register(
+                &format!("{topic}-{t}"),
+                persona_bus_tests::registry::ORDER10_AVRO,
+                "AVRO",
+            )
+            .expect("register (is `make registry-up` running?)");
+        }
+    }
+    println!("schemas: a 10-field payload, Avro schema per event type in {url}\n");
+    backlog_with(&json_topic, n, &[("BENCH_PAYLOAD", "order10".into())]);
+    backlog_with(
+        &avro_topic,
+        n,
+        &[
+            ("BENCH_PAYLOAD", "order10".into()),
+            ("BENCH_REGISTRY", url.clone()),
+        ],
+    );
+    println!("{}", HostRun::header());
+    let off = host_process_with(&json_topic, n, Policy::Fresh, |_| {});
+    println!("{}   schemas off, JSON records", off.line());
+    let checked = host_process_with(&json_topic, n, Policy::Fresh, |c| {
+        c.schemas.enabled = true;
+        c.schemas.registry_url = Some(url.clone());
+        c.schemas.wire_format = persona_bus::config::WireFormat::Json;
+    });
+    println!("{}   schemas on, JSON records checked", checked.line());
+    let on = host_process_with(&avro_topic, n, Policy::Fresh, |c| {
+        c.schemas.enabled = true;
+        c.schemas.registry_url = Some(url.clone());
+    });
+    println!("{}   schemas on, Avro records", on.line());
+    println!(
+        "\nAvro + validation on / off: throughput {:.2}, CPU per event {:.2}\nJSON + validation on / off: throughput {:.2}, CPU per event {:.2}",
+        on.rate() / off.rate(),
+        on.cpu_us_per_event / off.cpu_us_per_event,
+        checked.rate() / off.rate(),
+        checked.cpu_us_per_event / off.cpu_us_per_event
+    );
 }

@@ -55,7 +55,10 @@ impl PrivateRegistry {
     }
 
     fn signal(&self, sig: &str) {
-        assert!(self.signal_quiet(sig).is_some(), "the private registry is not running");
+        assert!(
+            self.signal_quiet(sig).is_some(),
+            "the private registry is not running"
+        );
     }
 
     /// Stops the registry process (SIGSTOP): it answers nothing, as a
@@ -79,9 +82,43 @@ impl Drop for PrivateRegistry {
 
 impl PrivateRegistry {
     fn signal_quiet(&self, sig: &str) -> Option<()> {
-        let pid = String::from_utf8_lossy(&self.script("pid").stdout).trim().to_owned();
+        let pid = String::from_utf8_lossy(&self.script("pid").stdout)
+            .trim()
+            .to_owned();
         (!pid.is_empty()).then(|| {
-            let _ = std::process::Command::new("kill").args([sig, &pid]).status();
+            let _ = std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status();
         })
     }
 }
+
+/// The 10-field payload of the schema runs (`kafka --schemas` and the `schemas` bench).
+pub fn order10(i: usize, id: &str, project: &str, at: &str) -> String {
+    format!(
+        r#"{{"n":{i},"order_id":"{id}","project":"{project}","qty":{},"price":{}.5,"currency":"EUR","paid":{},"tags":["a","b"],"note":{},"at":"{at}"}}"#,
+        i % 100 + 1,
+        i % 1000,
+        i.is_multiple_of(2),
+        if i.is_multiple_of(3) {
+            "null".to_owned()
+        } else {
+            format!(r#""note {i}""#)
+        }
+    )
+}
+
+/// Avro schema of [`order10`] (registered per event type by `kafka --schemas`).
+pub const ORDER10_AVRO: &str = r#"{"type":"record","name":"Order10","namespace":"bench","fields":[
+  {"name":"n","type":"long"},{"name":"order_id","type":"string"},{"name":"project","type":"string"},
+  {"name":"qty","type":"int"},{"name":"price","type":"double"},{"name":"currency","type":"string"},
+  {"name":"paid","type":"boolean"},{"name":"tags","type":{"type":"array","items":"string"}},
+  {"name":"note","type":["null","string"]},{"name":"at","type":"string"}]}"#;
+
+/// The same as a JSON Schema (the folder default's kind).
+pub const ORDER10_JSON: &str = r#"{"type":"object","additionalProperties":false,
+  "required":["n","order_id","project","qty","price","currency","paid","tags","note","at"],
+  "properties":{"n":{"type":"integer"},"order_id":{"type":"string"},"project":{"type":"string"},
+  "qty":{"type":"integer","minimum":1},"price":{"type":"number"},"currency":{"enum":["EUR","USD"]},
+  "paid":{"type":"boolean"},"tags":{"type":"array","items":{"type":"string"}},
+  "note":{"type":["null","string"]},"at":{"type":"string"}}}"#;

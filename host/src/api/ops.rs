@@ -69,6 +69,11 @@ pub async fn metrics(State(api): State<Api>) -> Result<impl IntoResponse, ApiErr
         for (to, n) in [("closed", closed), ("open", open), ("half_open", half)] {
             let _ = writeln!(extra, "persona_bus_breaker_transitions_total{{to=\"{to}\"}} {n}");
         }
+        let _ = writeln!(
+            extra,
+            "# HELP persona_bus_schema_refusals_total Payloads refused by their schema (publish and consume).\n# TYPE persona_bus_schema_refusals_total counter\npersona_bus_schema_refusals_total {}",
+            bus.schemas().refused.load(std::sync::atomic::Ordering::Relaxed)
+        );
         let k = &bus.config().kafka;
         if k.consuming() {
             let topics = [k.topics.events.name.as_str(), k.topics.actions.name.as_str()];

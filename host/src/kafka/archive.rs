@@ -139,7 +139,13 @@ fn archive(inner: &HostContext, records: &[Record]) -> Result<(), String> {
             // Undecodable events are the event processor's to dead-letter.
             // A framed record whose schema cannot be had now is skipped
             // here: the event processor of its partition holds it.
-            let decoded = decode_record(&inner.schemas, r.value.as_deref(), || r.headers.clone(), &r.at.to_string(), false);
+            let decoded = decode_record(
+                &inner.schemas,
+                r.value.as_deref(),
+                || r.headers.clone(),
+                &r.at.to_string(),
+                false,
+            );
             if let Ok(e) = decoded {
                 events.push(e);
             }

@@ -19,8 +19,9 @@
 //!   pauses and the SQLite poller handles events.
 
 use super::group::{self, OffsetTracker, Owned, Position};
-use super::wire::{ExecutionRecord, HANDLED_BY, HANDLED_STATUS, RecordError, WireEvent, decode_record};
-use crate::schemas::Schemas;
+use super::wire::{
+    ExecutionRecord, HANDLED_BY, HANDLED_STATUS, RecordError, WireEvent, decode_record,
+};
 use super::{KafkaError, client_config};
 use crate::context::HostContext;
 use crate::dispatch::Delivery;
@@ -28,6 +29,7 @@ use crate::event::now_rfc3339;
 use crate::outcome::{Resolution, Verdict};
 use crate::pipeline::{Finished, Pipeline, Refused, Sink};
 use crate::runtime::Origin;
+use crate::schemas::Schemas;
 use crate::store::RemoteOutcome;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -364,7 +366,13 @@ fn run(
 fn decode(schemas: &Schemas, m: &rdkafka::message::BorrowedMessage<'_>) -> Decoded {
     let at = Position::of(m);
     let position = at.to_string();
-    match decode_record(schemas, m.payload(), || group::headers_of(m), &position, true) {
+    match decode_record(
+        schemas,
+        m.payload(),
+        || group::headers_of(m),
+        &position,
+        true,
+    ) {
         Ok(event) => match handled_by(m) {
             Some((device, status)) => Decoded::Handled(
                 Handled {

@@ -2,10 +2,10 @@
 //! them sent once the broker has acknowledged them.
 
 use super::wire::{WireEvent, framed_headers, headers};
-use crate::schemas::Schemas;
 use super::{KafkaError, client_config};
 use crate::config::KafkaConfig;
 use crate::event::Event;
+use crate::schemas::Schemas;
 use crate::source::{SourceSwitch, Wakeup};
 use crate::store::Store;
 use rdkafka::ClientContext;
@@ -173,7 +173,12 @@ enum Produced {
 /// Hands one event to the producer: the payload Avro-encoded in the
 /// registry framing when its type has an Avro schema (see `schemas`),
 /// otherwise the JSON record.
-fn produce(producer: &ThreadedProducer<Deliveries>, k: &KafkaConfig, schemas: &Schemas, e: &Event) -> Produced {
+fn produce(
+    producer: &ThreadedProducer<Deliveries>,
+    k: &KafkaConfig,
+    schemas: &Schemas,
+    e: &Event,
+) -> Produced {
     let (value, hs) = match schemas.wire_value(e) {
         Ok(Some((id, framed))) => (framed, framed_headers(e, &k.client_id, id)),
         Ok(None) => match serde_json::to_vec(&WireEvent::from_event(e)) {

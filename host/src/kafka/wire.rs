@@ -76,7 +76,11 @@ fn base_headers(e: &Event, origin_device: &str) -> Vec<(&'static str, String)> {
 /// Headers of a record whose value is the payload alone, in the schema
 /// registry's framing: the envelope that the JSON record carries in its
 /// value travels here instead.
-pub fn framed_headers(e: &Event, origin_device: &str, schema_id: u32) -> Vec<(&'static str, String)> {
+pub fn framed_headers(
+    e: &Event,
+    origin_device: &str,
+    schema_id: u32,
+) -> Vec<(&'static str, String)> {
     let mut hs = headers(e, origin_device);
     for h in hs.iter_mut().filter(|h| h.0 == "content-type") {
         h.1 = "application/avro".into();
@@ -88,7 +92,10 @@ pub fn framed_headers(e: &Event, origin_device: &str, schema_id: u32) -> Vec<(&'
         hs.push(("target-persona-id", t.clone()));
     }
     if !e.headers.is_empty() {
-        hs.push(("event-headers", serde_json::to_string(&e.headers).unwrap_or_default()));
+        hs.push((
+            "event-headers",
+            serde_json::to_string(&e.headers).unwrap_or_default(),
+        ));
     }
     hs
 }
@@ -115,7 +122,9 @@ pub fn event_from_headers(
         None => ("kafka".to_owned(), None),
     };
     let event_headers = match get("event-headers") {
-        Some(v) => serde_json::from_str(&v).map_err(|_| DecodeError::Field { field: "event-headers" })?,
+        Some(v) => serde_json::from_str(&v).map_err(|_| DecodeError::Field {
+            field: "event-headers",
+        })?,
         None => Vec::new(),
     };
     WireEvent {
@@ -127,7 +136,11 @@ pub fn event_from_headers(
         target_persona_id: get("target-persona-id"),
         payload,
         headers: event_headers,
-        schema_version: num("schema-version", crate::event::DEFAULT_SCHEMA_VERSION, "schema-version")?,
+        schema_version: num(
+            "schema-version",
+            crate::event::DEFAULT_SCHEMA_VERSION,
+            "schema-version",
+        )?,
         chain_depth: num("chain-depth", 0, "chain-depth")?,
         created_at: get("created-at").unwrap_or_else(crate::event::now_rfc3339),
     }
@@ -164,14 +177,21 @@ pub fn decode_record(
     match value {
         Some(v) if crate::schemas::is_framed(v) => {
             let payload = schemas.unframe(v).map_err(schema_error)?;
-            event_from_headers(payload, &headers(), position).map_err(|e| RecordError::Bad(e.to_string()))
+            event_from_headers(payload, &headers(), position)
+                .map_err(|e| RecordError::Bad(e.to_string()))
         }
         _ => {
-            let event = WireEvent::decode(value).map_err(|e| RecordError::Bad(e.to_string()))?;
-            if validate {
-                schemas.check(&event).map_err(schema_error)?;
+            let bad = |e: DecodeError| RecordError::Bad(e.to_string());
+            let wire: WireEvent =
+                serde_json::from_slice(value.ok_or(DecodeError::Empty).map_err(bad)?)
+                    .map_err(|e| bad(DecodeError::Json(e)))?;
+            // Checked as parsed, before the payload becomes text.
+            if validate && schemas.enabled() {
+                schemas
+                    .check_value(&wire.event_type, wire.schema_version, &wire.payload)
+                    .map_err(schema_error)?;
             }
-            Ok(event)
+            wire.into_event().map_err(bad)
         }
     }
 }

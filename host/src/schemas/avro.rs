@@ -73,10 +73,15 @@ impl AvroSchema {
         out: &mut Vec<u8>,
     ) -> Result<(), Misfit> {
         let misfit = |path: &str, rule: String| Misfit {
-            path: if path.is_empty() { "/".into() } else { path.to_owned() },
+            path: if path.is_empty() {
+                "/".into()
+            } else {
+                path.to_owned()
+            },
             rule,
         };
-        let want = |path: &str, what: &str| misfit(path, format!("expected {what}, found {}", kind(v)));
+        let want =
+            |path: &str, what: &str| misfit(path, format!("expected {what}, found {}", kind(v)));
         match self.resolve(schema) {
             Schema::Null => v.is_null().then_some(()).ok_or_else(|| want(path, "null")),
             Schema::Boolean => {
@@ -85,7 +90,9 @@ impl AvroSchema {
                 Ok(())
             }
             Schema::Int | Schema::Date | Schema::TimeMillis => {
-                let n = v.as_i64().ok_or_else(|| want(path, "an integer (Avro int)"))?;
+                let n = v
+                    .as_i64()
+                    .ok_or_else(|| want(path, "an integer (Avro int)"))?;
                 let n = i32::try_from(n)
                     .map_err(|_| misfit(path, format!("{n} does not fit an Avro int (32 bits)")))?;
                 put_long(n as i64, out);
@@ -99,17 +106,23 @@ impl AvroSchema {
             | Schema::LocalTimestampMillis
             | Schema::LocalTimestampMicros
             | Schema::LocalTimestampNanos => {
-                let n = v.as_i64().ok_or_else(|| want(path, "an integer (Avro long)"))?;
+                let n = v
+                    .as_i64()
+                    .ok_or_else(|| want(path, "an integer (Avro long)"))?;
                 put_long(n, out);
                 Ok(())
             }
             Schema::Float => {
-                let f = v.as_f64().ok_or_else(|| want(path, "a number (Avro float)"))?;
+                let f = v
+                    .as_f64()
+                    .ok_or_else(|| want(path, "a number (Avro float)"))?;
                 out.extend_from_slice(&(f as f32).to_le_bytes());
                 Ok(())
             }
             Schema::Double => {
-                let f = v.as_f64().ok_or_else(|| want(path, "a number (Avro double)"))?;
+                let f = v
+                    .as_f64()
+                    .ok_or_else(|| want(path, "a number (Avro double)"))?;
                 out.extend_from_slice(&f.to_le_bytes());
                 Ok(())
             }
@@ -128,7 +141,12 @@ impl AvroSchema {
                 if b.len() != f.size {
                     return Err(misfit(
                         path,
-                        format!("fixed `{}` takes {} bytes, found {}", f.name, f.size, b.len()),
+                        format!(
+                            "fixed `{}` takes {} bytes, found {}",
+                            f.name,
+                            f.size,
+                            b.len()
+                        ),
                     ));
                 }
                 out.extend_from_slice(&b);
@@ -147,7 +165,11 @@ impl AvroSchema {
                 let i = e.symbols.iter().position(|x| x == s).ok_or_else(|| {
                     misfit(
                         path,
-                        format!("{s:?} is not a symbol of enum `{}` ({})", e.name, e.symbols.join(", ")),
+                        format!(
+                            "{s:?} is not a symbol of enum `{}` ({})",
+                            e.name,
+                            e.symbols.join(", ")
+                        ),
                     )
                 })?;
                 put_long(i as i64, out);
@@ -168,7 +190,9 @@ impl AvroSchema {
                 Ok(())
             }
             Schema::Map(m) => {
-                let entries = v.as_object().ok_or_else(|| want(path, "an object (Avro map)"))?;
+                let entries = v
+                    .as_object()
+                    .ok_or_else(|| want(path, "an object (Avro map)"))?;
                 if !entries.is_empty() {
                     put_long(entries.len() as i64, out);
                     for (k, item) in entries {
@@ -205,7 +229,11 @@ impl AvroSchema {
                     path,
                     format!(
                         "fits no branch of the union ({}); first branch: {}",
-                        u.variants().iter().map(type_name).collect::<Vec<_>>().join(", "),
+                        u.variants()
+                            .iter()
+                            .map(type_name)
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         first.map(|m| m.rule).unwrap_or_default()
                     ),
                 ))
@@ -219,7 +247,10 @@ impl AvroSchema {
                         (Some(x), _) => x,
                         (None, Some(default)) => default,
                         (None, None) => {
-                            return Err(misfit(path, format!("required field `{}` is missing", field.name)));
+                            return Err(misfit(
+                                path,
+                                format!("required field `{}` is missing", field.name),
+                            ));
                         }
                     };
                     self.put(&field.schema, value, path, out)?;
@@ -273,7 +304,9 @@ impl AvroSchema {
             Schema::Bytes | Schema::BigDecimal | Schema::Decimal(_) => {
                 Value::String(get_bytes(b)?.iter().map(|&c| c as char).collect())
             }
-            Schema::Fixed(f) => Value::String(take(b, f.size)?.iter().map(|&c| c as char).collect()),
+            Schema::Fixed(f) => {
+                Value::String(take(b, f.size)?.iter().map(|&c| c as char).collect())
+            }
             Schema::Duration => Value::String(take(b, 12)?.iter().map(|&c| c as char).collect()),
             Schema::Enum(e) => {
                 let i = get_long(b)?;
@@ -453,12 +486,36 @@ mod tests {
     fn a_misfit_names_its_path_and_rule() {
         let s = AvroSchema::parse(ORDER).unwrap();
         let cases = [
-            (json!({"id":"o","qty":"3","tags":[],"kind":"A","price":1}), "/qty", "expected an integer"),
-            (json!({"id":"o","qty":3,"tags":[1],"kind":"A","price":1}), "/tags/0", "expected a string"),
-            (json!({"id":"o","qty":3,"tags":[],"kind":"C","price":1}), "/kind", "not a symbol"),
-            (json!({"qty":3,"tags":[],"kind":"A","price":1}), "/id", "required field `id`"),
-            (json!({"id":"o","qty":3,"tags":[],"kind":"A","price":1,"x":1}), "/x", "not in record"),
-            (json!({"id":"o","qty":3_000_000_000u64,"tags":[],"kind":"A","price":1}), "/qty", "32 bits"),
+            (
+                json!({"id":"o","qty":"3","tags":[],"kind":"A","price":1}),
+                "/qty",
+                "expected an integer",
+            ),
+            (
+                json!({"id":"o","qty":3,"tags":[1],"kind":"A","price":1}),
+                "/tags/0",
+                "expected a string",
+            ),
+            (
+                json!({"id":"o","qty":3,"tags":[],"kind":"C","price":1}),
+                "/kind",
+                "not a symbol",
+            ),
+            (
+                json!({"qty":3,"tags":[],"kind":"A","price":1}),
+                "/id",
+                "required field `id`",
+            ),
+            (
+                json!({"id":"o","qty":3,"tags":[],"kind":"A","price":1,"x":1}),
+                "/x",
+                "not in record",
+            ),
+            (
+                json!({"id":"o","qty":3_000_000_000u64,"tags":[],"kind":"A","price":1}),
+                "/qty",
+                "32 bits",
+            ),
         ];
         for (v, path, rule) in cases {
             let m = s.encode(&v, &mut Vec::new()).unwrap_err();
@@ -469,7 +526,13 @@ mod tests {
 
     #[test]
     fn zigzag_varints_match_the_spec() {
-        for (n, bytes) in [(0i64, vec![0u8]), (-1, vec![1]), (1, vec![2]), (-64, vec![0x7f]), (64, vec![0x80, 1])] {
+        for (n, bytes) in [
+            (0i64, vec![0u8]),
+            (-1, vec![1]),
+            (1, vec![2]),
+            (-64, vec![0x7f]),
+            (64, vec![0x80, 1]),
+        ] {
             let mut out = Vec::new();
             put_long(n, &mut out);
             assert_eq!(out, bytes);

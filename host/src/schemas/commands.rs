@@ -78,10 +78,14 @@ pub fn run(config: &Config, cmd: SchemasCommand) -> anyhow::Result<()> {
                             reasons(&c.messages)
                         );
                     }
-                    println!("compatible with the latest version of {subject} (or the subject is new)");
+                    println!(
+                        "compatible with the latest version of {subject} (or the subject is new)"
+                    );
                 }
                 None => {
-                    let next = folder_versions(&schemas, &event_type)?.last().map_or(1, |v| v + 1);
+                    let next = folder_versions(&schemas, &event_type)?
+                        .last()
+                        .map_or(1, |v| v + 1);
                     println!(
                         "valid {kind} schema; it would be version {next} of {event_type} in {} (compatibility is checked by a registry only)",
                         schemas.config().dir.display()
@@ -99,7 +103,8 @@ fn subject(schemas: &Schemas, topic: Option<&str>, event_type: &str) -> String {
 
 /// Reads and parses a schema file, so a broken one never reaches a registry.
 fn read(file: &Path) -> anyhow::Result<(String, &'static str)> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let kind = schema_type_of(file, &text);
     Schema::parse(&text, kind, None, file.display().to_string())?;
     Ok((text, kind))
@@ -139,12 +144,18 @@ fn push_registry(
     let latest = versions.iter().copied().max().unwrap_or(0);
     if let Some(n) = version {
         if n == 0 || n > latest + 1 {
-            bail!("{subject} has {latest} version(s); the next is {}, not {n}", latest + 1);
+            bail!(
+                "{subject} has {latest} version(s); the next is {}, not {n}",
+                latest + 1
+            );
         }
         if n <= latest {
             let existing = r.version(subject, &n.to_string())?;
             if same_schema(&existing.schema, text) {
-                println!("{subject} version {n} is already this schema (id {})", existing.id);
+                println!(
+                    "{subject} version {n} is already this schema (id {})",
+                    existing.id
+                );
                 return Ok(());
             }
             bail!(
@@ -160,10 +171,17 @@ fn push_registry(
     // carries the reason (some registries' check endpoint gives none).
     let id = match r.register(subject, text, kind) {
         Ok(id) => id,
-        Err(super::registry::RegistryError::Refused { status: 409, message, .. }) => {
+        Err(super::registry::RegistryError::Refused {
+            status: 409,
+            message,
+            ..
+        }) => {
             bail!("refused: not {level}-compatible with the latest version of {subject}: {message}")
         }
-        Err(e) => return Err(e).with_context(|| format!("the registry refused the schema for {subject}")),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("the registry refused the schema for {subject}"));
+        }
     };
     let registered = r.version(subject, "latest")?;
     println!(
@@ -224,7 +242,9 @@ fn push_folder(
                 return Ok(());
             }
         }
-        bail!("{event_type} version {n} exists with another schema; versions are immutable, push it as version {next}");
+        bail!(
+            "{event_type} version {n} exists with another schema; versions are immutable, push it as version {next}"
+        );
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dest = dir.join(format!("{n}.{ext}"));

@@ -48,7 +48,9 @@ pub const MAGIC: u8 = 0;
 /// Why a payload or a record was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SchemaError {
-    #[error("payload of `{event_type}` does not match schema version {version} ({origin}) at {path}: {rule}")]
+    #[error(
+        "payload of `{event_type}` does not match schema version {version} ({origin}) at {path}: {rule}"
+    )]
     Invalid {
         event_type: String,
         version: u32,
@@ -56,7 +58,9 @@ pub enum SchemaError {
         path: String,
         rule: String,
     },
-    #[error("no schema for `{event_type}` version {version} ({origin}), and [schemas] strict refuses unknown event types")]
+    #[error(
+        "no schema for `{event_type}` version {version} ({origin}), and [schemas] strict refuses unknown event types"
+    )]
     Unknown {
         event_type: String,
         version: u32,
@@ -93,7 +97,12 @@ pub enum Body {
 
 impl Schema {
     /// Parses a schema text of a registry type (`AVRO`, `JSON`).
-    pub fn parse(text: &str, schema_type: &str, id: Option<u32>, origin: String) -> Result<Self, SchemaError> {
+    pub fn parse(
+        text: &str,
+        schema_type: &str,
+        id: Option<u32>,
+        origin: String,
+    ) -> Result<Self, SchemaError> {
         let bad = |reason: String| SchemaError::BadSchema {
             origin: origin.clone(),
             reason,
@@ -101,10 +110,18 @@ impl Schema {
         let body = match schema_type.to_ascii_uppercase().as_str() {
             "AVRO" => Body::Avro(AvroSchema::parse(text).map_err(bad)?),
             "JSON" => {
-                let doc: Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
-                Body::Json(jsonschema::validator_for(&doc).map_err(|e| bad(format!("not a valid JSON Schema: {e}")))?)
+                let doc: Value =
+                    serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+                Body::Json(
+                    jsonschema::validator_for(&doc)
+                        .map_err(|e| bad(format!("not a valid JSON Schema: {e}")))?,
+                )
             }
-            other => return Err(bad(format!("{other} schemas are not supported (use AVRO or JSON)"))),
+            other => {
+                return Err(bad(format!(
+                    "{other} schemas are not supported (use AVRO or JSON)"
+                )));
+            }
         };
         Ok(Self { id, origin, body })
     }
@@ -114,7 +131,11 @@ impl Schema {
         match &self.body {
             Body::Json(v) => v.validate(payload).map_err(|e| {
                 let path = e.instance_path().to_string();
-                let path = if path.is_empty() { "/".to_owned() } else { path };
+                let path = if path.is_empty() {
+                    "/".to_owned()
+                } else {
+                    path
+                };
                 (path, format!("{e} (rule {})", e.schema_path()))
             }),
             Body::Avro(a) => {
@@ -132,8 +153,9 @@ pub fn schema_type_of(path: &std::path::Path, text: &str) -> &'static str {
         return "AVRO";
     }
     let doc: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-    let avro_named = matches!(doc["type"].as_str(), Some("record" | "enum" | "fixed")) && doc.get("name").is_some();
-    if avro_named || doc.is_array() || matches!(doc.as_str(), Some(_)) {
+    let avro_named = matches!(doc["type"].as_str(), Some("record" | "enum" | "fixed"))
+        && doc.get("name").is_some();
+    if avro_named || doc.is_array() || doc.as_str().is_some() {
         "AVRO"
     } else {
         "JSON"
@@ -203,7 +225,10 @@ impl Schemas {
 
     /// The registry subject of an event type on a topic.
     pub fn subject(&self, topic: &str, event_type: &str) -> String {
-        self.cfg.subject.replace("{topic}", topic).replace("{event_type}", event_type)
+        self.cfg
+            .subject
+            .replace("{topic}", topic)
+            .replace("{event_type}", event_type)
     }
 
     /// The topic an event of this type is produced to.
@@ -223,12 +248,18 @@ impl Schemas {
         }
         // Validated events always carry a JSON payload.
         let payload: Value = serde_json::from_str(&e.payload).unwrap_or(Value::Null);
-        self.check_value(&e.event_type, e.schema_version, &payload).map(|_| ())
+        self.check_value(&e.event_type, e.schema_version, &payload)
+            .map(|_| ())
     }
 
     /// Checks a payload against the schema of (type, version); returns that
     /// schema (None: the type has none and strict is off).
-    pub fn check_value(&self, event_type: &str, version: u32, payload: &Value) -> Result<Option<Arc<Schema>>, SchemaError> {
+    pub fn check_value(
+        &self,
+        event_type: &str,
+        version: u32,
+        payload: &Value,
+    ) -> Result<Option<Arc<Schema>>, SchemaError> {
         let Some(schema) = self.lookup(event_type, version)? else {
             if self.cfg.strict {
                 self.refused.fetch_add(1, Ordering::Relaxed);
@@ -260,19 +291,34 @@ impl Schemas {
                 self.subject(self.topic_for(event_type), event_type),
                 r.url()
             ),
-            None => self.file_of(event_type, version, "json").display().to_string(),
+            None => self
+                .file_of(event_type, version, "json")
+                .display()
+                .to_string(),
         }
     }
 
     fn file_of(&self, event_type: &str, version: u32, ext: &str) -> PathBuf {
-        self.cfg.dir.join(event_type).join(format!("{version}.{ext}"))
+        self.cfg
+            .dir
+            .join(event_type)
+            .join(format!("{version}.{ext}"))
     }
 
     /// The schema of (type, version), from the cache, the registry or the
     /// folder.
-    pub fn lookup(&self, event_type: &str, version: u32) -> Result<Option<Arc<Schema>>, SchemaError> {
+    pub fn lookup(
+        &self,
+        event_type: &str,
+        version: u32,
+    ) -> Result<Option<Arc<Schema>>, SchemaError> {
         let key = (event_type.to_owned(), version);
-        if let Some(hit) = self.by_version.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(hit) = self
+            .by_version
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             match hit {
                 Lookup::Found(s) => return Ok(Some(s.clone())),
                 Lookup::Absent(at) if at.elapsed() < ABSENT_TTL => return Ok(None),
@@ -280,18 +326,25 @@ impl Schemas {
             }
         }
         let found = match &self.registry {
-            Some(r) => self.from_registry(r, event_type, version)?,
-            None => self.from_folder(event_type, version)?,
+            Some(r) => self.in_registry(r, event_type, version)?,
+            None => self.in_folder(event_type, version)?,
         };
         let entry = match &found {
             Some(s) => Lookup::Found(s.clone()),
             None => Lookup::Absent(Instant::now()),
         };
-        self.by_version.write().unwrap_or_else(|p| p.into_inner()).insert(key, entry);
+        self.by_version
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, entry);
         Ok(found)
     }
 
-    fn from_folder(&self, event_type: &str, version: u32) -> Result<Option<Arc<Schema>>, SchemaError> {
+    fn in_folder(
+        &self,
+        event_type: &str,
+        version: u32,
+    ) -> Result<Option<Arc<Schema>>, SchemaError> {
         for (ext, kind) in [("json", "JSON"), ("avsc", "AVRO")] {
             let path = self.file_of(event_type, version, ext);
             match std::fs::read_to_string(&path) {
@@ -311,7 +364,12 @@ impl Schemas {
         Ok(None)
     }
 
-    fn from_registry(&self, r: &RegistryClient, event_type: &str, version: u32) -> Result<Option<Arc<Schema>>, SchemaError> {
+    fn in_registry(
+        &self,
+        r: &RegistryClient,
+        event_type: &str,
+        version: u32,
+    ) -> Result<Option<Arc<Schema>>, SchemaError> {
         let subject = self.subject(self.topic_for(event_type), event_type);
         let unavailable = |reason: String| SchemaError::Unavailable {
             event_type: event_type.to_owned(),
@@ -323,7 +381,10 @@ impl Schemas {
                 let origin = format!("subject {subject} version {version}, id {}", reg.id);
                 let kind = reg.schema_type.as_deref().unwrap_or("AVRO");
                 let schema = Arc::new(Schema::parse(&reg.schema, kind, Some(reg.id), origin)?);
-                self.by_id.write().unwrap_or_else(|p| p.into_inner()).insert(reg.id, schema.clone());
+                self.by_id
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(reg.id, schema.clone());
                 Ok(Some(schema))
             }
             Err(e) if e.is_not_found() => Ok(None),
@@ -333,7 +394,12 @@ impl Schemas {
 
     /// A schema by registry id (framed records).
     pub fn by_id(&self, id: u32) -> Result<Arc<Schema>, SchemaError> {
-        if let Some(s) = self.by_id.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        if let Some(s) = self
+            .by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
             return Ok(s.clone());
         }
         let Some(r) = &self.registry else {
@@ -358,21 +424,32 @@ impl Schemas {
             Err(e) => return Err(unavailable(self.registry_failed(e))),
         };
         let kind = reg.schema_type.as_deref().unwrap_or("AVRO");
-        let schema = Arc::new(Schema::parse(&reg.schema, kind, Some(id), format!("schema id {id}"))?);
-        self.by_id.write().unwrap_or_else(|p| p.into_inner()).insert(id, schema.clone());
+        let schema = Arc::new(Schema::parse(
+            &reg.schema,
+            kind,
+            Some(id),
+            format!("schema id {id}"),
+        )?);
+        self.by_id
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, schema.clone());
         Ok(schema)
     }
 
     fn registry_up(&self) -> Result<(), String> {
         match *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(until) if Instant::now() < until => Err("the schema registry was unreachable moments ago".into()),
+            Some(until) if Instant::now() < until => {
+                Err("the schema registry was unreachable moments ago".into())
+            }
             _ => Ok(()),
         }
     }
 
     fn registry_failed(&self, e: RegistryError) -> String {
         if matches!(e, RegistryError::Unreachable { .. }) {
-            *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + DOWN_FOR);
+            *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Instant::now() + DOWN_FOR);
         }
         e.to_string()
     }
@@ -381,7 +458,10 @@ impl Schemas {
     /// registry is configured, schemas are on, the wire format is Avro and
     /// the type's schema is Avro; None means today's JSON record.
     pub fn wire_value(&self, e: &Event) -> Result<Option<(u32, Vec<u8>)>, SchemaError> {
-        if !self.cfg.enabled || self.registry.is_none() || self.cfg.wire_format != crate::config::WireFormat::Avro {
+        if !self.cfg.enabled
+            || self.registry.is_none()
+            || self.cfg.wire_format != crate::config::WireFormat::Avro
+        {
             return Ok(None);
         }
         let Some(schema) = self.lookup(&e.event_type, e.schema_version)? else {
@@ -394,13 +474,14 @@ impl Schemas {
         let mut out = Vec::with_capacity(e.payload.len() + 5);
         out.push(MAGIC);
         out.extend_from_slice(&id.to_be_bytes());
-        avro.encode(&payload, &mut out).map_err(|m| SchemaError::Invalid {
-            event_type: e.event_type.clone(),
-            version: e.schema_version,
-            origin: schema.origin.clone(),
-            path: m.path,
-            rule: m.rule,
-        })?;
+        avro.encode(&payload, &mut out)
+            .map_err(|m| SchemaError::Invalid {
+                event_type: e.event_type.clone(),
+                version: e.schema_version,
+                origin: schema.origin.clone(),
+                path: m.path,
+                rule: m.rule,
+            })?;
         Ok(Some((id, out)))
     }
 
@@ -411,16 +492,22 @@ impl Schemas {
         let schema = self.by_id(id)?;
         let body = &value[5..];
         match &schema.body {
-            Body::Avro(a) => a.decode(body).map_err(|reason| SchemaError::Frame { id, reason }),
+            Body::Avro(a) => a
+                .decode(body)
+                .map_err(|reason| SchemaError::Frame { id, reason }),
             Body::Json(v) => {
-                let payload: Value = serde_json::from_slice(body).map_err(|e| SchemaError::Frame {
-                    id,
-                    reason: format!("body is not JSON: {e}"),
-                })?;
+                let payload: Value =
+                    serde_json::from_slice(body).map_err(|e| SchemaError::Frame {
+                        id,
+                        reason: format!("body is not JSON: {e}"),
+                    })?;
                 if let Err(e) = v.validate(&payload) {
                     return Err(SchemaError::Frame {
                         id,
-                        reason: format!("body does not match its schema at {}: {e}", e.instance_path()),
+                        reason: format!(
+                            "body does not match its schema at {}: {e}",
+                            e.instance_path()
+                        ),
                     });
                 }
                 Ok(payload)

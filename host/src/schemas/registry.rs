@@ -70,7 +70,12 @@ impl std::fmt::Debug for RegistryClient {
 
 impl RegistryClient {
     /// `url` is the API root, e.g. `http://127.0.0.1:8081/apis/ccompat/v7`.
-    pub fn new(url: &str, username: Option<&str>, password: Option<&str>, timeout: Duration) -> Self {
+    pub fn new(
+        url: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> Self {
         let auth = username.map(|u| {
             use std::fmt::Write;
             let raw = format!("{u}:{}", password.unwrap_or(""));
@@ -138,7 +143,8 @@ impl RegistryClient {
             .body_mut()
             .read_to_string()
             .map_err(|e| RegistryError::Protocol(e.to_string()))?;
-        let value: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        let value: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
         if (200..300).contains(&status) {
             return Ok(value);
         }
@@ -200,7 +206,12 @@ impl RegistryClient {
 
     /// Registers `schema` under `subject`; the registry checks the subject's
     /// compatibility rule. Returns the schema id.
-    pub fn register(&self, subject: &str, schema: &str, schema_type: &str) -> Result<u32, RegistryError> {
+    pub fn register(
+        &self,
+        subject: &str,
+        schema: &str,
+        schema_type: &str,
+    ) -> Result<u32, RegistryError> {
         let v = self.call(
             "POST",
             &format!("/subjects/{}/versions", enc(subject)),
@@ -214,10 +225,18 @@ impl RegistryClient {
 
     /// Whether `schema` is compatible with the subject's latest version under
     /// its rule (true when the subject is new).
-    pub fn check(&self, subject: &str, schema: &str, schema_type: &str) -> Result<Compatibility, RegistryError> {
+    pub fn check(
+        &self,
+        subject: &str,
+        schema: &str,
+        schema_type: &str,
+    ) -> Result<Compatibility, RegistryError> {
         let v = self.call(
             "POST",
-            &format!("/compatibility/subjects/{}/versions/latest?verbose=true", enc(subject)),
+            &format!(
+                "/compatibility/subjects/{}/versions/latest?verbose=true",
+                enc(subject)
+            ),
             Some(json!({"schema": schema, "schemaType": schema_type})),
         );
         let v = match v {
@@ -232,7 +251,15 @@ impl RegistryClient {
         };
         let messages = v["messages"]
             .as_array()
-            .map(|m| m.iter().map(|x| x.as_str().map(str::to_owned).unwrap_or_else(|| x.to_string())).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| x.to_string())
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Compatibility {
             compatible: v["is_compatible"].as_bool().unwrap_or(false),
@@ -268,7 +295,11 @@ fn enc(s: &str) -> String {
 fn base64(input: &[u8], out: &mut String) {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {
@@ -287,6 +318,9 @@ mod tests {
         let mut s = String::new();
         super::base64(b"user:pa55", &mut s);
         assert_eq!(s, "dXNlcjpwYTU1");
-        assert_eq!(super::enc("persona.events-order:placed"), "persona.events-order%3Aplaced");
+        assert_eq!(
+            super::enc("persona.events-order:placed"),
+            "persona.events-order%3Aplaced"
+        );
     }
 }

@@ -20,7 +20,12 @@ fn event(event_type: &str, version: Option<u32>, payload: Value) -> Event {
         schema_version: version,
         ..Default::default()
     }
-    .validate(EventLimits { max_payload_bytes: 1 << 20 }, 0)
+    .validate(
+        EventLimits {
+            max_payload_bytes: 1 << 20,
+        },
+        0,
+    )
     .unwrap()
 }
 
@@ -47,24 +52,48 @@ fn a_json_schema_file_selects_by_type_and_version_and_names_the_failing_path() {
     s.check(&event("order.placed", None, json!({"id": "a", "qty": 2})))
         .unwrap();
     let err = s
-        .check(&event("order.placed", Some(1), json!({"id": "a", "qty": 0})))
+        .check(&event(
+            "order.placed",
+            Some(1),
+            json!({"id": "a", "qty": 0}),
+        ))
         .unwrap_err();
     match &err {
-        SchemaError::Invalid { path, rule, version, event_type, .. } => {
-            assert_eq!((event_type.as_str(), *version, path.as_str()), ("order.placed", 1, "/qty"));
+        SchemaError::Invalid {
+            path,
+            rule,
+            version,
+            event_type,
+            ..
+        } => {
+            assert_eq!(
+                (event_type.as_str(), *version, path.as_str()),
+                ("order.placed", 1, "/qty")
+            );
             assert!(rule.contains("minimum"), "{rule}");
         }
         other => panic!("{other:?}"),
     }
     let text = err.to_string();
-    assert!(text.contains("order.placed") && text.contains("version 1") && text.contains("/qty"), "{text}");
+    assert!(
+        text.contains("order.placed") && text.contains("version 1") && text.contains("/qty"),
+        "{text}"
+    );
     // Version 2 wants `note`.
     let err = s
-        .check(&event("order.placed", Some(2), json!({"id": "a", "qty": 2})))
+        .check(&event(
+            "order.placed",
+            Some(2),
+            json!({"id": "a", "qty": 2}),
+        ))
         .unwrap_err();
     assert!(err.to_string().contains("/note"), "{err}");
-    s.check(&event("order.placed", Some(2), json!({"id": "a", "qty": 2, "note": "n"})))
-        .unwrap();
+    s.check(&event(
+        "order.placed",
+        Some(2),
+        json!({"id": "a", "qty": 2, "note": "n"}),
+    ))
+    .unwrap();
     assert_eq!(s.refused.load(Ordering::Relaxed), 2);
 }
 
@@ -73,9 +102,13 @@ fn unknown_types_pass_unless_strict_and_off_checks_nothing() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "order.placed/1.json", ORDER_V1);
     let lenient = Schemas::new(&config(dir.path(), false));
-    lenient.check(&event("other.type", None, json!({"x": 1}))).unwrap();
+    lenient
+        .check(&event("other.type", None, json!({"x": 1})))
+        .unwrap();
     let strict = Schemas::new(&config(dir.path(), true));
-    let err = strict.check(&event("other.type", None, json!({"x": 1}))).unwrap_err();
+    let err = strict
+        .check(&event("other.type", None, json!({"x": 1})))
+        .unwrap_err();
     assert!(matches!(err, SchemaError::Unknown { .. }), "{err}");
     assert!(err.to_string().contains("strict"), "{err}");
     let mut off = config(dir.path(), true);
@@ -100,6 +133,12 @@ fn a_broken_schema_file_is_a_clear_error_not_a_pass() {
 fn schema_types_are_told_apart() {
     use std::path::Path;
     assert_eq!(schema_type_of(Path::new("a.avsc"), "{}"), "AVRO");
-    assert_eq!(schema_type_of(Path::new("a.json"), r#"{"type":"record","name":"X","fields":[]}"#), "AVRO");
+    assert_eq!(
+        schema_type_of(
+            Path::new("a.json"),
+            r#"{"type":"record","name":"X","fields":[]}"#
+        ),
+        "AVRO"
+    );
     assert_eq!(schema_type_of(Path::new("a.json"), ORDER_V1), "JSON");
 }

@@ -9,8 +9,7 @@ struct Echo;
 
 impl Guest for Echo {
     fn handle(event: Event) -> Result<(), HandlerError> {
-        set(&event.id, event.payload.as_bytes())
-            .map_err(|e| HandlerError::Retry(format!("{e:?}")))
+        set(&event.id, event.payload.as_bytes()).map_err(|e| HandlerError::Retry(format!("{e:?}")))
     }
 }
 
