@@ -25,7 +25,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-peer bench-http soak browser-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down registry-up registry-down
+.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-schemas bench-peer bench-http soak browser-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down registry-up registry-down
 
 all: build
 
@@ -109,7 +109,14 @@ bench: toolchain kafka-up handlers
 	$(CARGO) build --release -p persona-bus-tests --bin persona-bus-host
 	$(CARGO) bench -p persona-bus-tests --bench embedded
 	$(CARGO) bench -p persona-bus-tests --bench kafka
+	$(CARGO) bench -p persona-bus-tests --bench schemas
 	$(MAKE) bench-http
+
+# Payload schemas: per-event check and codec cost, then the Kafka backlog
+# with schemas off, JSON checked and Avro (needs the registry).
+bench-schemas: toolchain kafka-up registry-up handlers
+	$(CARGO) bench -p persona-bus-tests --bench schemas
+	$(CARGO) bench -p persona-bus-tests --bench kafka -- --schemas
 
 # POST /api/personas/events from a separate load-generating process (this
 # bench's own client, and Debian's wrk, installed here when missing).

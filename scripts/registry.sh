@@ -55,8 +55,9 @@ ready() {
 up() {
     command -v java >/dev/null || die "Java 17 is required (apt-get install openjdk-17-jre-headless)"
     fetch
-    if running && ready; then
-        echo "registry already running on 127.0.0.1:$PORT (pid $(cat "$PIDFILE"))"
+    if ready; then
+        # Ours (pidfile) or one started another way: either serves.
+        echo "a registry already answers on 127.0.0.1:$PORT"
         return 0
     fi
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && die "port $PORT is taken by another process"

@@ -214,7 +214,7 @@ fn a_valid_event_is_stored_and_an_invalid_one_is_refused_with_its_path() {
 }
 
 #[test]
-fn avro_records_of_one_device_and_json_records_of_an_old_one_are_handled_on_another_as_the_same_json()
+fn avro_json_schema_framed_and_plain_json_records_on_one_topic_are_handled_on_another_device_as_the_same_json()
  {
     let prefix = k::prefix();
     let event_type = "order.placed";
@@ -226,7 +226,7 @@ fn avro_records_of_one_device_and_json_records_of_an_old_one_are_handled_on_anot
     let a = Bus::open(ca.clone()).unwrap();
     a.start().unwrap();
     // Device B handles (echo).
-    let (_sb, cb) = device(&prefix, "b", event_type, Some(&url), true);
+    let (_sb, cb) = device(&prefix, "b", "order.*", Some(&url), true);
     let b = Bus::open(cb).unwrap();
     b.start().unwrap();
     let mut sent: Vec<(String, Value)> = Vec::new();
@@ -243,31 +243,53 @@ fn avro_records_of_one_device_and_json_records_of_an_old_one_are_handled_on_anot
         k::send(&p, &ca.kafka.topics.events.name, &e, "old-device");
         sent.push((e.id.clone(), serde_json::from_str(&e.payload).unwrap()));
     }
+    // A producer using a JSON Schema serializer: the same framing, a JSON
+    // body, and only the `event-type` header (its id is its position).
+    let json_type = "order.json";
+    let json_id = reg::client(&url)
+        .register(
+            &format!("{prefix}.events-{json_type}"),
+            r#"{"type":"object","required":["sku"],"properties":{"sku":{"type":"string"}}}"#,
+            "JSON",
+        )
+        .unwrap();
+    let mut value = vec![0];
+    value.extend_from_slice(&json_id.to_be_bytes());
+    value.extend_from_slice(br#"{"sku":"s-1"}"#);
+    let e = stored(order(json_type, "p0", 0));
+    let only_type = [("event-type", json_type.to_owned())];
+    k::send_with(&p, &ca.kafka.topics.events.name, &e, &value, &only_type);
     k::flush(&p);
     let ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
     wait_echoed(&b, &ids, Duration::from_secs(60));
     for (id, payload) in &sent {
         assert_eq!(echoed(&b, id).as_ref(), Some(payload), "event {id}");
     }
+    wait_for(
+        Duration::from_secs(30),
+        "the JSON Schema-framed record",
+        || b.store().state_entries("echo").unwrap().len() == 31,
+    );
+    let entries = b.store().state_entries("echo").unwrap();
+    let (key, payload) = entries
+        .iter()
+        .find(|(key, _)| key.starts_with("kafka:"))
+        .expect("the record without an event-id, keyed by its position");
+    let payload: Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(payload, json!({"sku": "s-1"}), "{key}");
     assert_eq!(
         b.store().ledger_count("echo").unwrap(),
-        30,
+        31,
         "each handled once"
     );
     assert!(b.store().dead_letters(10).unwrap().is_empty());
     // On the wire, A's records are the payload in the registry framing.
-    let framed = raw_values(&ca.kafka.topics.events.name, 30);
-    let avro = framed.iter().filter(|v| v.first() == Some(&0)).count();
-    assert_eq!(
-        avro, 20,
-        "A's 20 records are framed, the old device's 10 are JSON"
-    );
-    assert!(
-        framed
-            .iter()
-            .filter(|v| v[0] == 0)
-            .all(|v| v[1..5] == id.to_be_bytes())
-    );
+    let framed = raw_values(&ca.kafka.topics.events.name, 31);
+    let avro = framed
+        .iter()
+        .filter(|v| v.first() == Some(&0) && v[1..5] == id.to_be_bytes())
+        .count();
+    assert_eq!(avro, 20, "A's 20 records are Avro-framed");
     a.shutdown();
     b.shutdown();
 }
@@ -440,4 +462,38 @@ fn turning_schemas_off_loses_nothing() {
     assert!(b.store().dead_letters(10).unwrap().is_empty());
     a.shutdown();
     b.shutdown();
+}
+
+#[test]
+fn an_event_a_handler_publishes_is_checked_like_any_other() {
+    let sb = Sandbox::new();
+    // The router turns a task into a `persona_action` with `"action": "handle"`.
+    sb.install_shipped("router", guests::ROUTER, guests::ROUTER_MANIFEST);
+    let dir = sb.root.path().join("schemas");
+    std::fs::create_dir_all(dir.join("persona_action")).unwrap();
+    std::fs::write(
+        dir.join("persona_action").join("1.json"),
+        r#"{"type":"object","properties":{"action":{"enum":["review"]}}}"#,
+    )
+    .unwrap();
+    let mut c = sb.config();
+    c.schemas.enabled = true;
+    c.schemas.dir = dir;
+    let bus = Bus::open(c).unwrap();
+    bus.start().unwrap();
+    let task = bus
+        .publish(persona_bus_tests::event("task_created"))
+        .unwrap();
+    let done = persona_bus_tests::wait_final(&bus, &task.id, Duration::from_secs(30));
+    assert_eq!(done.status, persona_bus::EventStatus::DeadLetter);
+    let letters = bus.store().dead_letters(10).unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let error = &letters[0].last_error;
+    assert!(
+        error.contains("persona_action") && error.contains("/action"),
+        "{error}"
+    );
+    let actions = persona_bus_tests::events_of_type(&bus, "persona_action");
+    assert_eq!(actions.total, 0, "nothing refused is stored");
+    bus.shutdown();
 }

@@ -392,10 +392,20 @@ pub fn replayed_event_ids(
         let Some(end) = left.get(&key).copied() else {
             continue;
         };
-        if m.offset() < end
-            && let Ok(e) = super::wire::WireEvent::decode(m.payload())
-        {
-            ids.push(e.id);
+        if m.offset() < end {
+            // A framed record's id is in its headers (no schema needed).
+            let id = match m.payload() {
+                Some(v) if crate::schemas::is_framed(v) => {
+                    let at = super::group::Position::of(&m).to_string();
+                    super::group::headers_of(&m)
+                        .into_iter()
+                        .rev()
+                        .find(|(k, _)| k == "event-id")
+                        .map_or(Some(at), |(_, v)| Some(v))
+                }
+                v => super::wire::WireEvent::decode(v).ok().map(|e| e.id),
+            };
+            ids.extend(id);
         }
         if m.offset() + 1 >= end {
             left.remove(&key);
