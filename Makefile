@@ -25,7 +25,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-schemas bench-peer bench-http soak browser-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down registry-up registry-down
+.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-schemas bench-peer bench-http soak browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down registry-up registry-down
 
 all: build
 
@@ -85,7 +85,7 @@ run: build
 # handler compilation is not slowed by a debug cranelift.
 # Kafka tests run against the real brokers (`make kafka-up`,
 # `make kafka-up-secure` and `make kafka-up-cluster`, left running).
-test: toolchain js-handlers browser-deps kafka-up kafka-up-secure kafka-up-cluster registry-up
+test: toolchain js-handlers browser-deps prometheus-deps kafka-up kafka-up-secure kafka-up-cluster registry-up
 	$(CARGO) test --release
 
 # The dashboard test drives Debian's headless Chromium with playwright-core
@@ -97,6 +97,13 @@ browser-deps: $(COMPONENTIZE)
 		echo "installing Debian's chromium for the dashboard test (once)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
+# The monitoring tests run Debian's Prometheus and promtool.
+prometheus-deps:
+	@{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || { \
+		echo "installing Debian's prometheus for the monitoring tests (once)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check

@@ -13,16 +13,43 @@ const BUCKETS: [f64; 12] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
+/// Upper bounds (seconds) of the publish-to-handled histogram: from a
+/// local event handled at once to a backlog drained after minutes.
+const E2E_BUCKETS: [f64; 14] = [
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0,
+];
+
+struct Histogram<const N: usize> {
+    bounds: &'static [f64; N],
+    counts: [u64; N],
     count: u64,
     sum: f64,
 }
 
-impl Histogram {
+impl Default for Histogram<12> {
+    fn default() -> Self {
+        Self::new(&BUCKETS)
+    }
+}
+
+impl Default for Histogram<14> {
+    fn default() -> Self {
+        Self::new(&E2E_BUCKETS)
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: &'static [f64; N]) -> Self {
+        Self {
+            bounds,
+            counts: [0; N],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
     fn record(&mut self, secs: f64) {
-        for (i, le) in BUCKETS.iter().enumerate() {
+        for (i, le) in self.bounds.iter().enumerate() {
             if secs <= *le {
                 self.counts[i] += 1;
             }
@@ -30,13 +57,31 @@ impl Histogram {
         self.count += 1;
         self.sum += secs;
     }
+
+    /// Appends the series of `name` with `labels` (`key="value",` or empty).
+    fn render(&self, s: &mut String, name: &str, labels: &str) {
+        for (i, le) in self.bounds.iter().enumerate() {
+            let _ = writeln!(s, "{name}_bucket{{{labels}le=\"{le}\"}} {}", self.counts[i]);
+        }
+        let _ = writeln!(s, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", self.count);
+        let plain = labels.trim_end_matches(',');
+        let braced = if plain.is_empty() {
+            String::new()
+        } else {
+            format!("{{{plain}}}")
+        };
+        let _ = writeln!(s, "{name}_sum{braced} {}", self.sum);
+        let _ = writeln!(s, "{name}_count{braced} {}", self.count);
+    }
 }
 
 #[derive(Default)]
 struct PerHandler {
     /// (handler, outcome label) -> runs.
     runs: BTreeMap<(String, String), u64>,
-    latency: BTreeMap<String, Histogram>,
+    latency: BTreeMap<String, Histogram<12>>,
+    /// Publish (the event's `created_at`) to its final outcome.
+    end_to_end: Histogram<14>,
 }
 
 #[derive(Default)]
@@ -69,6 +114,12 @@ impl Metrics {
                 },
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            if matches!(r.next, Next::Final { .. })
+                && let Ok(created) = humantime::parse_rfc3339_weak(&r.event.created_at)
+            {
+                let waited = created.elapsed().unwrap_or_default();
+                per.end_to_end.record(waited.as_secs_f64());
+            }
             for run in &r.runs {
                 *per.runs
                     .entry((run.handler.to_string(), run.outcome.label().to_owned()))
@@ -168,30 +219,18 @@ impl Metrics {
             "# HELP persona_bus_handler_duration_seconds Handler call duration.\n# TYPE persona_bus_handler_duration_seconds histogram"
         );
         for (h, hist) in &per.latency {
-            let h = escape(h);
-            for (i, le) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    s,
-                    "persona_bus_handler_duration_seconds_bucket{{handler=\"{h}\",le=\"{le}\"}} {}",
-                    hist.counts[i]
-                );
-            }
-            let _ = writeln!(
-                s,
-                "persona_bus_handler_duration_seconds_bucket{{handler=\"{h}\",le=\"+Inf\"}} {}",
-                hist.count
-            );
-            let _ = writeln!(
-                s,
-                "persona_bus_handler_duration_seconds_sum{{handler=\"{h}\"}} {}",
-                hist.sum
-            );
-            let _ = writeln!(
-                s,
-                "persona_bus_handler_duration_seconds_count{{handler=\"{h}\"}} {}",
-                hist.count
+            hist.render(
+                &mut s,
+                "persona_bus_handler_duration_seconds",
+                &format!("handler=\"{}\",", escape(h)),
             );
         }
+        let _ = writeln!(
+            s,
+            "# HELP persona_bus_event_latency_seconds Publish (created_at) to final outcome, per event.\n# TYPE persona_bus_event_latency_seconds histogram"
+        );
+        per.end_to_end
+            .render(&mut s, "persona_bus_event_latency_seconds", "");
         s.push_str(extra);
         s
     }

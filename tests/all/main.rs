@@ -18,6 +18,7 @@ mod languages;
 mod lifecycle;
 mod matching;
 mod migration;
+mod monitoring;
 mod outcomes;
 mod schemas;
 mod secure;

@@ -74,16 +74,30 @@ pub async fn metrics(State(api): State<Api>) -> Result<impl IntoResponse, ApiErr
             "# HELP persona_bus_schema_refusals_total Payloads refused by their schema (publish and consume).\n# TYPE persona_bus_schema_refusals_total counter\npersona_bus_schema_refusals_total {}",
             bus.schemas().refused.load(std::sync::atomic::Ordering::Relaxed)
         );
+        let (outbox, oldest) = bus.store().outbox_depth()?;
+        let _ = writeln!(extra, "# HELP persona_bus_outbox_events Events stored but not yet acknowledged by Kafka.\n# TYPE persona_bus_outbox_events gauge\npersona_bus_outbox_events {outbox}");
+        let _ = writeln!(extra, "# HELP persona_bus_outbox_oldest_age_seconds Age of the oldest event waiting in the outbox (0 when empty).\n# TYPE persona_bus_outbox_oldest_age_seconds gauge\npersona_bus_outbox_oldest_age_seconds {:.3}", oldest.as_secs_f64());
         let k = &bus.config().kafka;
         if k.consuming() {
-            let topics = [k.topics.events.name.as_str(), k.topics.actions.name.as_str()];
-            match crate::kafka::admin::describe(k, &k.consumer_group, &topics, std::time::Duration::from_secs(2)) {
+            // The three groups of the plan: event processor, audit logger,
+            // webhook ingester.
+            let (events, actions) = (k.topics.events.name.as_str(), k.topics.actions.name.as_str());
+            // The audit logger leaves the partitions this device's processor
+            // owns to it (paused), so its lag there counts records it never
+            // needs: alert on role!="audit" (deploy/prometheus/alerts.yml).
+            let groups = [
+                ("processor", k.consumer_group.clone(), vec![events, actions]),
+                ("audit", crate::kafka::archive::group_id(k), vec![events, actions, k.topics.executions.name.as_str()]),
+                ("webhooks", k.webhook_group.clone(), vec![k.topics.webhooks.name.as_str()]),
+            ];
+            let _ = writeln!(extra, "# HELP persona_bus_consumer_lag Records not yet consumed, per group and partition.\n# TYPE persona_bus_consumer_lag gauge");
+            for (role, group, topics) in &groups {
+            match crate::kafka::admin::describe(k, group, topics, std::time::Duration::from_secs(2)) {
                 Ok(view) => {
-                    let _ = writeln!(extra, "# HELP persona_bus_consumer_lag Records not yet consumed, per partition.\n# TYPE persona_bus_consumer_lag gauge");
                     for p in &view.partitions {
                         let _ = writeln!(
                             extra,
-                            "persona_bus_consumer_lag{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
+                            "persona_bus_consumer_lag{{role=\"{role}\",group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
                             crate::metrics::escape(&view.group),
                             crate::metrics::escape(&p.topic),
                             p.partition,
@@ -91,7 +105,8 @@ pub async fn metrics(State(api): State<Api>) -> Result<impl IntoResponse, ApiErr
                         );
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "no consumer lag for /metrics"),
+                Err(e) => tracing::debug!(group, error = %e, "no consumer lag for /metrics"),
+            }
             }
         }
         Ok(bus.metrics().render(&extra))

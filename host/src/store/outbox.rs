@@ -53,6 +53,23 @@ impl Store {
         })
     }
 
+    /// Events waiting for Kafka, and how long the oldest has waited.
+    pub fn outbox_depth(&self) -> Result<(u64, std::time::Duration), StoreError> {
+        let (n, oldest) = self.read(|conn| {
+            conn.query_row(
+                "SELECT count(*), min(created_at) FROM persona_events WHERE kafka_state = 'pending'",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?)),
+            )
+            .op("outbox depth")
+        })?;
+        let age = oldest
+            .and_then(|t| humantime::parse_rfc3339_weak(&t).ok())
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        Ok((n as u64, age))
+    }
+
     /// Marks events as acknowledged by Kafka.
     pub fn outbox_sent(&self, event_ids: &[String]) -> Result<(), StoreError> {
         self.write_tx("outbox sent", |tx, ids| {
