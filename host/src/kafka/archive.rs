@@ -143,7 +143,7 @@ fn archive(inner: &HostContext, records: &[Record]) -> Result<(), String> {
                 &inner.schemas,
                 r.value.as_deref(),
                 || r.headers.clone(),
-                &r.at.to_string(),
+                &r.at,
                 false,
             );
             if let Ok(e) = decoded {

@@ -365,14 +365,7 @@ fn run(
 
 fn decode(schemas: &Schemas, m: &rdkafka::message::BorrowedMessage<'_>) -> Decoded {
     let at = Position::of(m);
-    let position = at.to_string();
-    match decode_record(
-        schemas,
-        m.payload(),
-        || group::headers_of(m),
-        &position,
-        true,
-    ) {
+    match decode_record(schemas, m.payload(), || group::headers_of(m), &at, true) {
         Ok(event) => match handled_by(m) {
             Some((device, status)) => Decoded::Handled(
                 Handled {

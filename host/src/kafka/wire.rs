@@ -164,7 +164,8 @@ pub fn decode_record(
     schemas: &crate::schemas::Schemas,
     value: Option<&[u8]>,
     headers: impl FnOnce() -> Vec<(String, String)>,
-    position: &str,
+    // Only written out for a framed record without an `event-id`.
+    position: &dyn std::fmt::Display,
     validate: bool,
 ) -> Result<Event, RecordError> {
     let schema_error = |e: crate::schemas::SchemaError| {
@@ -177,7 +178,7 @@ pub fn decode_record(
     match value {
         Some(v) if crate::schemas::is_framed(v) => {
             let payload = schemas.unframe(v).map_err(schema_error)?;
-            event_from_headers(payload, &headers(), position)
+            event_from_headers(payload, &headers(), &position.to_string())
                 .map_err(|e| RecordError::Bad(e.to_string()))
         }
         _ => {
