@@ -9,40 +9,28 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Upper bounds (seconds) of the handler-latency histogram buckets.
-const BUCKETS: [f64; 12] = [
+const BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5,
 ];
 
 /// Upper bounds (seconds) of the publish-to-handled histogram: from a
 /// local event handled at once to a backlog drained after minutes.
-const E2E_BUCKETS: [f64; 14] = [
+const E2E_BUCKETS: &[f64] = &[
     0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0,
 ];
 
-struct Histogram<const N: usize> {
-    bounds: &'static [f64; N],
-    counts: [u64; N],
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
     count: u64,
     sum: f64,
 }
 
-impl Default for Histogram<12> {
-    fn default() -> Self {
-        Self::new(&BUCKETS)
-    }
-}
-
-impl Default for Histogram<14> {
-    fn default() -> Self {
-        Self::new(&E2E_BUCKETS)
-    }
-}
-
-impl<const N: usize> Histogram<N> {
-    fn new(bounds: &'static [f64; N]) -> Self {
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
         Self {
             bounds,
-            counts: [0; N],
+            counts: vec![0; bounds.len()],
             count: 0,
             sum: 0.0,
         }
@@ -75,13 +63,22 @@ impl<const N: usize> Histogram<N> {
     }
 }
 
-#[derive(Default)]
 struct PerHandler {
     /// (handler, outcome label) -> runs.
     runs: BTreeMap<(String, String), u64>,
-    latency: BTreeMap<String, Histogram<12>>,
+    latency: BTreeMap<String, Histogram>,
     /// Publish (the event's `created_at`) to its final outcome.
-    end_to_end: Histogram<14>,
+    end_to_end: Histogram,
+}
+
+impl Default for PerHandler {
+    fn default() -> Self {
+        Self {
+            runs: BTreeMap::new(),
+            latency: BTreeMap::new(),
+            end_to_end: Histogram::new(E2E_BUCKETS),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -126,7 +123,7 @@ impl Metrics {
                     .or_default() += 1;
                 per.latency
                     .entry(run.handler.to_string())
-                    .or_default()
+                    .or_insert_with(|| Histogram::new(BUCKETS))
                     .record(run.duration.as_secs_f64());
             }
         }

@@ -994,12 +994,8 @@ impl Framing {
 
     fn encode(&self, event_type: &str, payload: &str) -> Vec<u8> {
         let (id, schema) = &self.by_type[event_type];
-        let mut out = vec![0];
-        out.extend_from_slice(&id.to_be_bytes());
-        schema
-            .encode(&serde_json::from_str(payload).unwrap(), &mut out)
-            .expect("payload fits");
-        out
+        persona_bus::schemas::frame_avro(*id, schema, &serde_json::from_str(payload).unwrap())
+            .expect("payload fits")
     }
 }
 

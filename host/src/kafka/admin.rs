@@ -395,14 +395,10 @@ pub fn replayed_event_ids(
         if m.offset() < end {
             // A framed record's id is in its headers (no schema needed).
             let id = match m.payload() {
-                Some(v) if crate::schemas::is_framed(v) => {
-                    let at = super::group::Position::of(&m).to_string();
-                    super::group::headers_of(&m)
-                        .into_iter()
-                        .rev()
-                        .find(|(k, _)| k == "event-id")
-                        .map_or(Some(at), |(_, v)| Some(v))
-                }
+                Some(v) if crate::schemas::is_framed(v) => Some(super::wire::framed_event_id(
+                    &super::group::headers_of(&m),
+                    &super::group::Position::of(&m).to_string(),
+                )),
                 v => super::wire::WireEvent::decode(v).ok().map(|e| e.id),
             };
             ids.extend(id);

@@ -50,9 +50,10 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// The topic an event goes to: actions for `persona_action`, else events.
-pub fn topic_for<'a>(k: &'a KafkaConfig, e: &Event) -> &'a str {
-    if crate::matching::normalize_event_type(&e.event_type) == "persona.action" {
+/// The topic an event of `event_type` goes to: actions for
+/// `persona_action`, else events.
+pub fn topic_for<'a>(k: &'a KafkaConfig, event_type: &str) -> &'a str {
+    if crate::matching::normalize_event_type(event_type) == "persona.action" {
         &k.topics.actions.name
     } else {
         &k.topics.events.name
@@ -209,10 +210,11 @@ fn produce(
             value: Some(val.as_bytes()),
         });
     }
-    let mut record = BaseRecord::with_opaque_to(topic_for(k, e), Box::new(e.id.clone()))
-        .key(e.project_id.as_bytes())
-        .payload(&value)
-        .headers(owned);
+    let mut record =
+        BaseRecord::with_opaque_to(topic_for(k, &e.event_type), Box::new(e.id.clone()))
+            .key(e.project_id.as_bytes())
+            .payload(&value)
+            .headers(owned);
     loop {
         match producer.send(record) {
             Ok(()) => return Produced::Queued,

@@ -100,6 +100,16 @@ pub fn framed_headers(
     hs
 }
 
+/// The id of a framed record's event: its `event-id` header, else its
+/// position (stable across redeliveries).
+pub fn framed_event_id(headers: &[(String, String)], position: &str) -> String {
+    headers
+        .iter()
+        .rev()
+        .find(|h| h.0 == "event-id")
+        .map_or_else(|| position.to_owned(), |h| h.1.clone())
+}
+
 /// An event from a framed record: the payload (decoded) and the envelope
 /// from its headers. A record from a producer that is not a persona host
 /// needs only `event-type`; its id defaults to its position, so a
@@ -128,7 +138,7 @@ pub fn event_from_headers(
         None => Vec::new(),
     };
     WireEvent {
-        id: get("event-id").unwrap_or_else(|| position.to_owned()),
+        id: framed_event_id(headers, position),
         project_id: get("project-id").unwrap_or_else(|| crate::event::DEFAULT_PROJECT.to_owned()),
         event_type: get("event-type").unwrap_or_default(),
         source_type,

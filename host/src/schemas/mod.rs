@@ -233,11 +233,7 @@ impl Schemas {
 
     /// The topic an event of this type is produced to.
     pub fn topic_for(&self, event_type: &str) -> &str {
-        if crate::matching::normalize_event_type(event_type) == "persona.action" {
-            &self.kafka.topics.actions.name
-        } else {
-            &self.kafka.topics.events.name
-        }
+        crate::kafka::outbox::topic_for(&self.kafka, event_type)
     }
 
     /// Checks a stored-form event (its payload is JSON text). A no-op when
@@ -471,17 +467,13 @@ impl Schemas {
             return Ok(None);
         };
         let payload: Value = serde_json::from_str(&e.payload).unwrap_or(Value::Null);
-        let mut out = Vec::with_capacity(e.payload.len() + 5);
-        out.push(MAGIC);
-        out.extend_from_slice(&id.to_be_bytes());
-        avro.encode(&payload, &mut out)
-            .map_err(|m| SchemaError::Invalid {
-                event_type: e.event_type.clone(),
-                version: e.schema_version,
-                origin: schema.origin.clone(),
-                path: m.path,
-                rule: m.rule,
-            })?;
+        let out = frame_avro(id, avro, &payload).map_err(|m| SchemaError::Invalid {
+            event_type: e.event_type.clone(),
+            version: e.schema_version,
+            origin: schema.origin.clone(),
+            path: m.path,
+            rule: m.rule,
+        })?;
         Ok(Some((id, out)))
     }
 
@@ -495,25 +487,32 @@ impl Schemas {
             Body::Avro(a) => a
                 .decode(body)
                 .map_err(|reason| SchemaError::Frame { id, reason }),
-            Body::Json(v) => {
+            Body::Json(_) => {
                 let payload: Value =
                     serde_json::from_slice(body).map_err(|e| SchemaError::Frame {
                         id,
                         reason: format!("body is not JSON: {e}"),
                     })?;
-                if let Err(e) = v.validate(&payload) {
-                    return Err(SchemaError::Frame {
+                schema
+                    .check(&payload)
+                    .map_err(|(path, rule)| SchemaError::Frame {
                         id,
-                        reason: format!(
-                            "body does not match its schema at {}: {e}",
-                            e.instance_path()
-                        ),
-                    });
-                }
+                        reason: format!("body does not match its schema at {path}: {rule}"),
+                    })?;
                 Ok(payload)
             }
         }
     }
+}
+
+/// `payload` Avro-encoded in the schema-registry framing: the magic byte,
+/// the big-endian schema id, the body.
+pub fn frame_avro(id: u32, avro: &AvroSchema, payload: &Value) -> Result<Vec<u8>, avro::Misfit> {
+    let mut out = Vec::with_capacity(128);
+    out.push(MAGIC);
+    out.extend_from_slice(&id.to_be_bytes());
+    avro.encode(payload, &mut out)?;
+    Ok(out)
 }
 
 /// Whether a record value is in the schema-registry framing.

@@ -77,11 +77,9 @@ impl RegistryClient {
         timeout: Duration,
     ) -> Self {
         let auth = username.map(|u| {
-            use std::fmt::Write;
             let raw = format!("{u}:{}", password.unwrap_or(""));
             let mut s = String::from("Basic ");
             base64(raw.as_bytes(), &mut s);
-            let _ = s.write_str("");
             s
         });
         let tls = ureq::tls::TlsConfig::builder()
