@@ -7,6 +7,7 @@
 #   make kafka-up-secure         a second one with TLS + SASL (9096) and mutual TLS (9097)
 #   make kafka-up-cluster        a three-broker cluster (9192-9194)
 #   make registry-up / registry-down   a real schema registry (Apicurio) on 127.0.0.1:8081
+#   make screenshot              docs/dashboard.png, the dashboard under load in headless Chromium
 
 CARGO       ?= cargo
 TARGET_DIR  := $(or $(CARGO_TARGET_DIR),target)
@@ -25,7 +26,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-schemas bench-peer bench-http soak browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down registry-up registry-down
+.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-schemas bench-peer bench-http soak screenshot browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down registry-up registry-down
 
 all: build
 
@@ -97,6 +98,11 @@ browser-deps: $(COMPONENTIZE)
 		echo "installing Debian's chromium for the dashboard test (once)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
+# docs/dashboard.png (the README's picture): a host with the example
+# handlers under a steady load, shot in headless Chromium.
+screenshot: build browser-deps
+	BIN=$(BIN) HANDLERS_DIR=$(HANDLERS_DIR) scripts/screenshot.sh docs/dashboard.png
 
 # The monitoring tests run Debian's Prometheus and promtool.
 prometheus-deps:

@@ -58,6 +58,10 @@ pub struct Transition {
     pub from: State,
     pub to: State,
     pub reason: String,
+    /// When it happened (RFC 3339), set by whoever applies it: the breaker
+    /// itself runs on `Instant`s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
 }
 
 #[derive(Debug)]
@@ -176,7 +180,12 @@ impl Breaker {
 
     fn go(&mut self, to: State, reason: String) -> Transition {
         let from = std::mem::replace(&mut self.state, to);
-        Transition { from, to, reason }
+        Transition {
+            from,
+            to,
+            reason,
+            at: None,
+        }
     }
 }
 

@@ -53,6 +53,8 @@ pub struct Bus {
     checkpointer: Mutex<Option<JoinHandle<()>>>,
     watcher: Mutex<Option<JoinHandle<()>>>,
     relay: Mutex<Option<JoinHandle<()>>>,
+    /// The alert evaluator and webhook sender (none when alerts are off).
+    alerts: Mutex<Option<JoinHandle<()>>>,
     /// The Kafka consumer groups (event processor, audit logger, webhooks).
     consumers: Mutex<Vec<JoinHandle<()>>>,
     /// Held for the life of the bus: one host per data directory.
@@ -171,7 +173,12 @@ impl Bus {
         } else {
             None
         };
+        let alerts = crate::alerts::spawn(ctx.clone()).map_err(|source| BusError::Io {
+            what: "start the alert evaluator".into(),
+            source,
+        })?;
         Ok(Self {
+            alerts: Mutex::new(alerts),
             ctx,
             pipeline,
             sqlite,
@@ -356,7 +363,13 @@ impl Bus {
         {
             let _ = handle.join();
         }
-        for slot in [&self.poller, &self.checkpointer, &self.watcher, &self.relay] {
+        for slot in [
+            &self.poller,
+            &self.checkpointer,
+            &self.watcher,
+            &self.relay,
+            &self.alerts,
+        ] {
             if let Some(handle) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 handle.thread().unpark();
                 let _ = handle.join();

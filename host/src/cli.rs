@@ -46,6 +46,9 @@ pub enum Command {
     /// Dead letters: list, show, retry, purge
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The host's alerts and their webhook deliveries
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
     /// Event counts, handlers and transport (Kafka: brokers, topics, the
     /// group's members, assigned partitions and lag; the breaker)
     Status {
@@ -61,6 +64,17 @@ pub enum Command {
     /// this as a child process on a compiled-component cache miss)
     #[command(hide = true)]
     CompileComponent { out: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// Active alerts first, then recently resolved ones, with deliveries
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -137,6 +151,9 @@ pub enum EventsCommand {
         limit: usize,
         #[arg(long)]
         event_type: Option<String>,
+        /// Only this project's events
+        #[arg(long)]
+        project: Option<String>,
         /// pending, processing, completed, failed, skipped, dead_letter, ...
         #[arg(long)]
         status: Option<String>,
@@ -246,14 +263,16 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Events(EventsCommand::List {
             limit,
             event_type,
+            project,
             status,
             json,
-        }) => events_list(&config, limit, event_type, status, json),
+        }) => events_list(&config, limit, (event_type, project), status, json),
         Command::Events(EventsCommand::Show { id, json }) => events_show(&config, &id, json),
         Command::Handlers(HandlersCommand::List { json }) => handlers_list(&config, json),
         Command::Handlers(HandlersCommand::Validate { path }) => handlers_validate(&config, &path),
         Command::Handlers(HandlersCommand::Reload) => handlers_reload(&config),
         Command::Dlq(cmd) => dlq(&config, cmd),
+        Command::Alerts(AlertsCommand::List { limit, json }) => alerts_list(&config, limit, json),
         Command::Status { json } => status(&config, json),
         Command::Replay(args) => replay(&config, args),
         Command::Schemas(cmd) => crate::schemas::commands::run(&config, cmd),
@@ -378,7 +397,7 @@ fn read_input(path: &Path) -> anyhow::Result<String> {
 fn events_list(
     config: &Config,
     limit: usize,
-    event_type: Option<String>,
+    (event_type, project_id): (Option<String>, Option<String>),
     status: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -392,6 +411,7 @@ fn events_list(
         .transpose()?;
     let page = open_store(config)?.list_events(&EventFilter {
         event_type,
+        project_id,
         status,
         limit,
     })?;
@@ -588,6 +608,51 @@ fn dlq_filter(f: DlqFilterArgs, limit: usize) -> anyhow::Result<DeadLetterFilter
         include_retried: f.include_retried,
         limit,
     })
+}
+
+fn alerts_list(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
+    let store = open_store(config)?;
+    let listing = crate::alerts::listing(&store, limit)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&listing)?);
+        return Ok(());
+    }
+    let alerts = listing["alerts"].as_array().map_or(&[][..], Vec::as_slice);
+    for a in alerts {
+        let subject = a["subject"].as_str().unwrap_or("");
+        println!(
+            "{:<6} {:<9} {:<8} {}{}  since {}  {}",
+            a["id"],
+            a["status"].as_str().unwrap_or("?"),
+            a["severity"].as_str().unwrap_or("?"),
+            a["rule"].as_str().unwrap_or("?"),
+            if subject.is_empty() {
+                String::new()
+            } else {
+                format!(" [{subject}]")
+            },
+            a["since"].as_str().unwrap_or("?"),
+            a["summary"].as_str().unwrap_or(""),
+        );
+    }
+    let deliveries = listing["deliveries"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    let waiting = deliveries
+        .iter()
+        .filter(|d| d["state"] == "retrying")
+        .count();
+    let failed = deliveries
+        .iter()
+        .filter(|d| d["state"] == "gave_up")
+        .count();
+    println!(
+        "{} alerts ({} firing); {} deliveries ({waiting} retrying, {failed} given up)",
+        alerts.len(),
+        alerts.iter().filter(|a| a["status"] == "firing").count(),
+        deliveries.len()
+    );
+    Ok(())
 }
 
 fn dlq(config: &Config, cmd: DlqCommand) -> anyhow::Result<()> {

@@ -27,6 +27,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub http: HttpConfig,
     pub schemas: SchemasConfig,
+    /// The host's own alert rules and webhooks (see `alerts`).
+    pub alerts: crate::alerts::config::AlertsConfig,
     /// On SIGINT/SIGTERM (or `Bus::shutdown`): how long handler calls in
     /// flight may take to finish. Calls still running then are abandoned:
     /// nothing of theirs is committed, their events go back to `pending`
@@ -207,6 +209,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             http: HttpConfig::default(),
             schemas: SchemasConfig::default(),
+            alerts: Default::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -727,6 +730,8 @@ pub const ENV_VARS: &[&str] = &[
     "KAFKA_SCHEMA_REGISTRY_URL",
     "KAFKA_SCHEMA_REGISTRY_USERNAME",
     "KAFKA_SCHEMA_REGISTRY_PASSWORD",
+    "PERSONA_BUS_ALERT_WEBHOOK_URL",
+    "PERSONA_BUS_ALERT_WEBHOOK_SECRET",
 ];
 
 impl Config {
@@ -798,6 +803,14 @@ impl Config {
             if let Some(v) = env(var) {
                 *slot = Some(v);
             }
+        }
+        if let Some(url) = env("PERSONA_BUS_ALERT_WEBHOOK_URL") {
+            self.alerts
+                .webhooks
+                .push(crate::alerts::config::AlertWebhook {
+                    url,
+                    secret: env("PERSONA_BUS_ALERT_WEBHOOK_SECRET"),
+                });
         }
         let k = &mut self.kafka;
         if let Some(v) = env("KAFKA_BROKERS") {
@@ -1035,6 +1048,53 @@ impl Config {
         }
         if sc.registry_timeout_ms == 0 {
             return invalid("schemas.registry_timeout_ms", "must be above 0");
+        }
+        self.validate_alerts()
+    }
+
+    fn validate_alerts(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        let a = &self.alerts;
+        if a.interval_ms < 10 || a.timeout_ms == 0 {
+            return invalid(
+                "alerts",
+                "interval_ms must be at least 10 and timeout_ms above 0".into(),
+            );
+        }
+        if a.max_attempts == 0 || a.retry_base_ms == 0 || a.retry_max_ms < a.retry_base_ms {
+            return invalid(
+                "alerts",
+                "need max_attempts >= 1 and 0 < retry_base_ms <= retry_max_ms".into(),
+            );
+        }
+        for (i, rule) in a.rules.iter().enumerate() {
+            rule.check().map_err(|reason| ConfigError::Invalid {
+                field: "alerts.rules",
+                reason,
+            })?;
+            if a.rules[..i].iter().any(|r| r.name == rule.name) {
+                return invalid(
+                    "alerts.rules",
+                    format!("two rules are named {:?}", rule.name),
+                );
+            }
+        }
+        for w in &a.webhooks {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return invalid(
+                    "alerts.webhooks",
+                    format!("{:?} must start with http:// or https://", w.url),
+                );
+            }
+            if w.secret.as_deref() == Some("") {
+                return invalid(
+                    "alerts.webhooks",
+                    format!(
+                        "the secret of {:?} is empty (leave it out to send unsigned)",
+                        w.url
+                    ),
+                );
+            }
         }
         Ok(())
     }

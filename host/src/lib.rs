@@ -20,12 +20,14 @@
 //! | [`dispatch`] | running the matching handlers on one event |
 //! | [`outcome`] | what a run produced and what happens next (retry, dead letter) |
 //! | [`metrics`] | counters and histograms for `/metrics` |
+//! | [`alerts`] | the host's own alert rules, their state in SQLite and signed webhook deliveries |
 //! | [`bus`]    | all of the above wired together (the sources see only `context` and `pipeline`) |
 //! | [`api`]    | the HTTP API, webhooks, health, metrics and the dashboard |
 //! | [`cli`]    | the `persona-bus` command line |
 //!
 //! `main.rs` only parses arguments, sets up tracing and calls [`cli::main`].
 
+pub mod alerts;
 pub mod api;
 pub mod breaker;
 pub mod bus;
@@ -34,6 +36,7 @@ pub mod config;
 pub mod context;
 pub mod dispatch;
 pub mod event;
+pub mod http_client;
 pub mod kafka;
 pub mod manifest;
 pub mod matching;

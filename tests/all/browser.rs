@@ -6,8 +6,10 @@ use crate::http::Server;
 use persona_bus_tests::{Sandbox, guests};
 use std::process::Command;
 
+const TOKEN: &str = "dashboard-token";
+
 #[test]
-fn dashboard_shows_live_events_and_retries_a_dead_letter() {
+fn dashboard_charts_filters_detail_and_dead_letter_actions() {
     let sb = Sandbox::new();
     sb.install_shipped("audit", guests::AUDIT, guests::AUDIT_MANIFEST);
     sb.install(
@@ -15,11 +17,12 @@ fn dashboard_shows_live_events_and_retries_a_dead_letter() {
         guests::TRAP,
         "[[subscriptions]]\nevent_type = \"boom\"\n[retry]\nmax_attempts = 1",
     );
-    let s = Server::start(sb, |_| {});
+    let s = Server::start(sb, |c| c.http.token = Some(TOKEN.into()));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/dashboard.mjs");
     let out = Command::new("node")
         .arg(script)
         .arg(&s.base)
+        .arg(TOKEN)
         .output()
         .expect("node (Node.js 20) runs the browser test");
     let (stdout, stderr) = (
@@ -31,7 +34,16 @@ fn dashboard_shows_live_events_and_retries_a_dead_letter() {
         "browser test failed (needs /usr/bin/chromium and tools/js/node_modules: `make test` installs them)\n{stdout}\n{stderr}"
     );
     assert!(
-        stdout.contains("appeared and completed") && stdout.contains("retried from the page"),
+        [
+            "appeared and completed",
+            "charts drew",
+            "filters narrowed",
+            "detail view showed",
+            "retried from the page",
+            "purged from the page"
+        ]
+        .iter()
+        .all(|step| stdout.contains(step)),
         "{stdout}"
     );
 }

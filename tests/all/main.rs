@@ -2,6 +2,7 @@
 //! real bus on a real SQLite file in its own temporary folder, with real
 //! compiled handler components.
 
+mod alerts;
 mod browser;
 mod cli;
 mod cluster;

@@ -627,6 +627,7 @@ fn hostile_neighbours(n: usize, hostile_rate: u64) {
                 event_type: Some("good".into()),
                 status: Some(EventStatus::Completed),
                 limit: 1,
+                ..Default::default()
             })
             .unwrap()
             .total

@@ -1,8 +1,14 @@
 // The dashboard in a real browser: headless Chromium (Debian's) driven by
-// playwright-core. Run by tests/all/browser.rs against a live host:
-//   node tests/browser/dashboard.mjs http://127.0.0.1:PORT
-// 1. publish an event through the API; see it appear and turn completed;
-// 2. publish one a handler traps on; retry its dead letter from the page.
+// playwright-core. Run by tests/all/browser.rs against a live host whose
+// mutating routes need the bearer token TOKEN:
+//   node tests/browser/dashboard.mjs http://127.0.0.1:PORT TOKEN
+// 1. events published through the API appear live and turn completed;
+// 2. the charts draw points from /metrics (throughput, latency, errors,
+//    dead letters), and the breaker timeline and alerts panel render;
+// 3. the filters narrow the table by project, type and status;
+// 4. the detail view shows payload, headers and every handler run;
+// 5. a dead letter is retried from the page (the token is asked for once),
+//    and another is purged.
 import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -11,61 +17,141 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const require = createRequire(path.join(here, "../../tools/js/package.json"));
 const { chromium } = require("playwright-core");
 
-const base = process.argv[2];
-if (!base) throw new Error("usage: dashboard.mjs BASE_URL");
+const [base, token] = process.argv.slice(2);
+if (!base || !token) throw new Error("usage: dashboard.mjs BASE_URL TOKEN");
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+const T = { timeout: 20000 };
+const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
 
-async function publish(event_type) {
+async function publish(event_type, project_id = "ui", payload = {}) {
   const r = await fetch(`${base}/api/personas/events`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ event_type, source_type: "browser-test", project_id: "ui" }),
+    headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+    body: JSON.stringify({ event_type, source_type: "browser-test", project_id, payload }),
   });
   if (r.status !== 201) throw new Error(`publish ${event_type}: ${r.status} ${await r.text()}`);
   return (await r.json()).event_id;
 }
 
+async function letters() {
+  const r = await fetch(`${base}/api/personas/dead-letters?limit=50`);
+  return (await r.json()).dead_letters;
+}
+
+async function until(what, check, tries = 200) {
+  for (let i = 0; i < tries; i++) {
+    if (await check()) return;
+    await sleep(100);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
 const browser = await chromium.launch({ executablePath, args: ["--no-sandbox"] });
 try {
-  const page = await browser.newPage();
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  const dialogs = [];
+  page.on("dialog", async (d) => {
+    dialogs.push(d.type());
+    await (d.type() === "prompt" ? d.accept(token) : d.accept());
+  });
   await page.goto(base);
-  await page.locator("#stream", { hasText: "live" }).waitFor({ timeout: 15000 });
+  await page.locator("#stream", { hasText: "live" }).waitFor(T);
 
-  // 1. A new event appears and turns completed, live.
-  const id = await publish("task_created");
+  // 1. New events appear and turn completed, live.
+  const id = await publish("task_created", "ui", { title: "draw the charts", n: 7 });
   const row = page.locator(`tr[data-id="${id}"]`);
-  await row.waitFor({ timeout: 15000 });
-  await row.locator(".status", { hasText: "completed" }).waitFor({ timeout: 15000 });
+  await row.locator(".status", { hasText: "completed" }).waitFor(T);
+  const other = await publish("task_created", "elsewhere");
+  await page.locator(`tr[data-id="${other}"] .status`, { hasText: "completed" }).waitFor(T);
   console.log(`event ${id} appeared and completed`);
 
-  // 2. A dead letter appears; its retry button sends it back.
+  // 2. Charts: points from at least two /metrics samples, drawn pixels.
+  // A steady trickle, so every 2 s sample sees handled events.
+  let pumping = true;
+  const pump = (async () => {
+    for (let i = 0; pumping; i++) {
+      await publish("task_created", "load", { i });
+      await sleep(250);
+    }
+  })();
   const boom = await publish("boom");
-  await row.page().locator(`tr[data-id="${boom}"] .status`, { hasText: "dead_letter" }).waitFor({ timeout: 15000 });
+  for (const chart of ["c-throughput", "c-latency", "c-errors", "c-dead"]) {
+    await page.waitForFunction((c) => Number(document.getElementById(c).dataset.points || 0) >= 2, chart, T);
+  }
+  const inked = await page.evaluate(() => {
+    const c = document.getElementById("c-throughput");
+    const px = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 3; i < px.length; i += 4) if (px[i] > 0) n++;
+    return n;
+  });
+  pumping = false;
+  await pump;
+  if (inked < 500) throw new Error(`the throughput chart drew ${inked} pixels`);
+  const legend = await page.locator("#l-throughput").textContent();
+  if (!legend.includes("published") || !legend.includes("handled")) throw new Error(`legend: ${legend}`);
+  await page.locator("#timeline div").first().waitFor(T);
+  await page.locator("#alert-rows tr").first().waitFor(T);
+  console.log(`charts drew from /metrics (${inked} pixels on throughput)`);
+
+  // 3. Filters.
+  await page.fill("#f-project", "elsewhere");
+  await until("the project filter", async () =>
+    (await page.locator(`tr[data-id="${other}"]`).count()) === 1 && (await page.locator(`tr[data-id="${id}"]`).count()) === 0);
+  await page.fill("#f-project", "");
+  await page.selectOption("#f-status", "dead_letter");
+  await until("the status filter", async () =>
+    (await page.locator(`tr[data-id="${boom}"]`).count()) === 1 && (await page.locator(`tr[data-id="${id}"]`).count()) === 0);
+  await page.selectOption("#f-status", "");
+  await page.fill("#f-type", "task_created");
+  await until("the type filter", async () =>
+    (await page.locator(`tr[data-id="${id}"]`).count()) === 1 && (await page.locator(`tr[data-id="${boom}"]`).count()) === 0);
+  await page.fill("#f-type", "");
+  console.log("filters narrowed the table by project, status and type");
+
+  // 4. Detail view of the first event: payload, headers, runs.
+  await page.locator(`tr[data-id="${id}"]`).click();
+  await page.locator("#detail-runs td", { hasText: "audit" }).first().waitFor(T);
+  const payload = await page.locator("#detail-payload").textContent();
+  if (!payload.includes("draw the charts")) throw new Error(`payload: ${payload}`);
+  const runs = await page.locator("#detail-runs").textContent();
+  if (!runs.includes("completed")) throw new Error(`runs: ${runs}`);
+  await page.locator(`tr[data-id="${boom}"]`).click();
+  await page.locator("#detail-runs td", { hasText: "trap" }).first().waitFor(T);
+  const err = await page.locator("#detail-runs tr", { hasText: "trap" }).locator("td.err").first().textContent();
+  if (!err.trim()) throw new Error("the trapped run shows no error");
+  console.log(`detail view showed the payload and runs (trap: ${err.slice(0, 60)})`);
+
+  // 5. Retry the dead letter from the page (401, token prompt, retried).
+  let letter;
+  await until("the dead letter", async () => (letter = (await letters()).find((d) => d.event_id === boom)));
   // The list is redrawn as notices arrive, so a click can land on a row
   // just replaced: click, check the API, click again if need be.
-  const letters = async () => {
-    const r = await fetch(`${base}/api/personas/dead-letters?limit=50`);
-    return (await r.json()).dead_letters;
-  };
-  let letter;
-  for (let i = 0; !letter; i++) {
-    if (i > 150) throw new Error("no dead letter for the trapped event");
-    letter = (await letters()).find((d) => d.event_id === boom);
-    if (!letter) await new Promise((res) => setTimeout(res, 100));
-  }
-  // (The handler traps again after the retry: that is a new letter.)
-  const retried = async () => !(await letters()).some((d) => d.id === letter.id && d.retried_at === null);
-  for (let attempt = 0; !(await retried()); attempt++) {
+  const gone = (lid) => async () => !(await letters()).some((d) => d.id === lid && d.retried_at === null);
+  for (let attempt = 0; !(await gone(letter.id)()); attempt++) {
     if (attempt > 20) throw new Error("the retry button did not retry the dead letter");
     const button = page.locator(`#dlq-rows button[data-retry="${letter.id}"]`);
-    await button.waitFor({ timeout: 15000 });
+    await button.waitFor(T);
     await button.click();
-    for (let i = 0; i < 20 && !(await retried()); i++) {
-      await new Promise((res) => setTimeout(res, 100));
-    }
+    await until("the retry", gone(letter.id), 20).catch(() => {});
   }
-  await page.locator("#dlq-rows tr").first().waitFor({ timeout: 15000 });
+  if (!dialogs.includes("prompt")) throw new Error("the page never asked for the token");
   console.log(`dead letter of ${boom} retried from the page`);
+
+  // The handler traps again after the retry: a new letter, which is purged.
+  let again;
+  await until("the second dead letter", async () =>
+    (again = (await letters()).find((d) => d.event_id === boom && d.retried_at === null && d.id !== letter.id)));
+  const purged = async () => !(await letters()).some((d) => d.id === again.id);
+  for (let attempt = 0; !(await purged()); attempt++) {
+    if (attempt > 20) throw new Error("the purge button did not purge the dead letter");
+    const button = page.locator(`#dlq-rows button[data-purge="${again.id}"]`);
+    await button.waitFor(T);
+    await button.click();
+    await until("the purge", purged, 20).catch(() => {});
+  }
+  if (!dialogs.includes("confirm")) throw new Error("the purge was not confirmed");
+  console.log(`dead letter ${again.id} purged from the page`);
 } finally {
   await browser.close();
 }

@@ -6,7 +6,7 @@ use crate::event::{EventStatus, NewEvent};
 use crate::store::EventFilter;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use serde::Deserialize;
@@ -17,6 +17,7 @@ use tokio_stream::StreamExt;
 pub struct ListQuery {
     limit: Option<usize>,
     event_type: Option<String>,
+    project_id: Option<String>,
     status: Option<String>,
 }
 
@@ -34,6 +35,7 @@ pub async fn list(
     };
     let filter = EventFilter {
         event_type: q.event_type.filter(|t| !t.is_empty()),
+        project_id: q.project_id.filter(|p| !p.is_empty()),
         status,
         limit: q.limit.unwrap_or(50).clamp(1, 1000),
     };
@@ -42,6 +44,27 @@ pub async fn list(
     let mut value = serde_json::to_value(&page).map_err(ApiError::internal)?;
     value["kafka"] = kafka_health(&api);
     Ok(Json(value))
+}
+
+/// One event with every handler run (outcome, duration, error) and its
+/// dead letters: the dashboard's detail view.
+pub async fn show(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let bus = api.bus.clone();
+    blocking(move || {
+        let store = bus.store();
+        let event = store.event(&id)?;
+        let runs = store.executions(&id)?;
+        let dead_letters = store.dead_letters_of(&id)?;
+        Ok(Json(serde_json::json!({
+            "event": event,
+            "runs": runs,
+            "dead_letters": dead_letters,
+        })))
+    })
+    .await
 }
 
 pub fn kafka_health(api: &Api) -> serde_json::Value {

@@ -160,6 +160,7 @@ pub fn router(bus: Arc<Bus>) -> Router {
             get(events::list).post(events::publish),
         )
         .route("/api/personas/events/stream", get(events::stream))
+        .route("/api/personas/events/{id}", get(events::show))
         .route(
             "/api/personas/events/subscriptions",
             get(subscriptions::list).post(subscriptions::create),
@@ -170,6 +171,11 @@ pub fn router(bus: Arc<Bus>) -> Router {
         )
         .route("/api/personas/handlers", get(ops::handlers))
         .route("/api/personas/dead-letters", get(ops::dead_letters))
+        .route("/api/personas/alerts", get(ops::alerts))
+        .route(
+            "/api/personas/dead-letters/{id}",
+            axum::routing::delete(ops::purge_dead_letter),
+        )
         .route(
             "/api/personas/dead-letters/{id}/retry",
             post(ops::retry_dead_letter),

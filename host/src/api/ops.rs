@@ -167,6 +167,34 @@ pub async fn dead_letters(
     Ok(Json(serde_json::json!({ "dead_letters": letters })))
 }
 
+/// The host's alerts (active first, then recent resolved) and their
+/// webhook deliveries.
+pub async fn alerts(
+    State(api): State<Api>,
+    Query(q): Query<DlqQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let bus = api.bus.clone();
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let listing = blocking(move || Ok(crate::alerts::listing(bus.store(), limit)?)).await?;
+    Ok(Json(listing))
+}
+
+/// Deletes one dead letter (the event keeps its `dead_letter` status).
+pub async fn purge_dead_letter(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("dead letter id {id:?} is not a number")))?;
+    let bus = api.bus.clone();
+    if blocking(move || Ok(bus.store().purge_dead_letter(id)?)).await? {
+        Ok(Json(serde_json::json!({ "ok": true, "purged": id })))
+    } else {
+        Err(ApiError::not_found(format!("no dead letter {id}")))
+    }
+}
+
 pub async fn retry_dead_letter(
     State(api): State<Api>,
     Path(id): Path<String>,

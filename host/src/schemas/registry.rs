@@ -82,16 +82,7 @@ impl RegistryClient {
             base64(raw.as_bytes(), &mut s);
             s
         });
-        let tls = ureq::tls::TlsConfig::builder()
-            .provider(ureq::tls::TlsProvider::NativeTls)
-            .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-            .build();
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .tls_config(tls)
-            .build()
-            .into();
+        let agent = crate::http_client::agent(timeout);
         Self {
             base: url.trim_end_matches('/').to_owned(),
             auth,

@@ -236,7 +236,8 @@ impl SourceSwitch {
     }
 
     fn apply(&self, t: Option<Transition>) {
-        let Some(t) = t else { return };
+        let Some(mut t) = t else { return };
+        t.at = Some(crate::event::now_rfc3339());
         self.state.store(t.to.to_u8(), Ordering::Release);
         self.transitions.fetch_add(1, Ordering::Relaxed);
         self.to_state[t.to.to_u8() as usize].fetch_add(1, Ordering::Relaxed);

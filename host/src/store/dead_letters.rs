@@ -134,6 +134,29 @@ impl Store {
         Ok(Some(event_id))
     }
 
+    /// The dead letters of one event, newest first.
+    pub fn dead_letters_of(&self, event_id: &str) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM persona_dead_letters d LEFT JOIN persona_events e ON e.seq = d.event_seq \
+                 WHERE d.event_id = ?1 ORDER BY d.id DESC"
+            ))
+            .op("prepare dead letters of event")?
+            .query_map([event_id], from_row)
+            .op("dead letters of event")?
+            .collect::<rusqlite::Result<_>>()
+            .op("read dead letters of event")
+        })
+    }
+
+    /// Deletes one dead letter; false if there is none with that id.
+    pub fn purge_dead_letter(&self, id: i64) -> Result<bool, StoreError> {
+        self.writer()
+            .execute("DELETE FROM persona_dead_letters WHERE id = ?1", [id])
+            .op("purge dead letter")
+            .map(|n| n > 0)
+    }
+
     /// Deletes the dead letters matching `filter`; returns how many.
     pub fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<usize, StoreError> {
         self.writer()

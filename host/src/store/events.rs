@@ -244,6 +244,7 @@ impl ClaimScope {
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     pub event_type: Option<String>,
+    pub project_id: Option<String>,
     pub status: Option<EventStatus>,
     pub limit: usize,
 }
@@ -405,13 +406,14 @@ impl Store {
         self.read(|conn| {
             let ty = filter.event_type.as_deref();
             let st = filter.status.map(|s| s.as_str());
-            let cond = "(?1 IS NULL OR event_type = ?1) AND (?2 IS NULL OR status = ?2)";
+            let pr = filter.project_id.as_deref();
+            let cond = "(?1 IS NULL OR event_type = ?1) AND (?2 IS NULL OR status = ?2) AND (?4 IS NULL OR project_id = ?4)";
             let events = conn
                 .prepare_cached(&format!(
                     "SELECT {EVENT_COLUMNS} FROM persona_events WHERE {cond} ORDER BY seq DESC LIMIT ?3"
                 ))
                 .op("prepare list events")?
-                .query_map(params![ty, st, filter.limit.max(1) as i64], event_from_row)
+                .query_map(params![ty, st, filter.limit.max(1) as i64, pr], event_from_row)
                 .op("list events")?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .op("read events")?;
@@ -420,7 +422,7 @@ impl Store {
                     "SELECT count(*), count(*) FILTER (WHERE status = 'pending') FROM persona_events WHERE {cond}"
                 ))
                 .op("prepare count events")?
-                .query_row(params![ty, st], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row(params![ty, st, filter.limit.max(1) as i64, pr], |r| Ok((r.get(0)?, r.get(1)?)))
                 .op("count events")?;
             Ok(EventPage { events, pending_count: pending_count as u64, total: total as u64 })
         })

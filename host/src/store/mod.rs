@@ -4,6 +4,7 @@
 //! small pool of reader connections, which WAL mode lets run beside it. Every
 //! method is blocking; async callers run them on a blocking thread.
 
+mod alerts;
 mod dead_letters;
 mod events;
 mod group_commit;
@@ -16,6 +17,7 @@ mod schema;
 mod state;
 mod subscriptions;
 
+pub use alerts::Delivery;
 pub use dead_letters::DeadLetterFilter;
 pub use events::{ClaimScope, EventFilter, EventPage};
 pub use group_commit::GroupCommit;

@@ -262,4 +262,39 @@ pub const MIGRATIONS: &[&str] = &[
     SELECT 1, coalesce(max(seq), 0) FROM persona_events;
     DROP INDEX idx_persona_events_id;
     "#,
+    // 5: the host's own alerts (`crate::alerts`): one row per alert
+    //    (rule + subject, from pending to resolved) and the webhook
+    //    deliveries that announce them, written in the same transaction.
+    r#"
+    CREATE TABLE persona_alerts (
+        id INTEGER PRIMARY KEY,
+        rule TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        signal TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        state TEXT NOT NULL,            -- pending | firing | resolved
+        value REAL NOT NULL,
+        threshold REAL NOT NULL,
+        summary TEXT NOT NULL,
+        since_ms INTEGER NOT NULL,
+        fired_at_ms INTEGER,
+        resolved_at_ms INTEGER,
+        updated_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX idx_persona_alerts_active ON persona_alerts(state) WHERE state != 'resolved';
+    CREATE TABLE persona_alert_deliveries (
+        id INTEGER PRIMARY KEY,
+        alert_id INTEGER NOT NULL,
+        status TEXT NOT NULL,           -- what it announces: firing | resolved
+        url TEXT NOT NULL,
+        body TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_at_ms INTEGER,             -- NULL once delivered or given up
+        delivered_at_ms INTEGER,
+        last_error TEXT,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX idx_persona_alert_deliveries_due ON persona_alert_deliveries(next_at_ms)
+        WHERE next_at_ms IS NOT NULL;
+    "#,
 ];
