@@ -26,7 +26,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-schemas bench-peer bench-http soak screenshot browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down registry-up registry-down
+.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-schemas bench-peer bench-http bench-tracing soak screenshot otelcol browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down registry-up registry-down
 
 all: build
 
@@ -86,7 +86,7 @@ run: build
 # handler compilation is not slowed by a debug cranelift.
 # Kafka tests run against the real brokers (`make kafka-up`,
 # `make kafka-up-secure` and `make kafka-up-cluster`, left running).
-test: toolchain js-handlers browser-deps prometheus-deps kafka-up kafka-up-secure kafka-up-cluster registry-up
+test: toolchain js-handlers browser-deps prometheus-deps otelcol kafka-up kafka-up-secure kafka-up-cluster registry-up
 	$(CARGO) test --release
 
 # The dashboard test drives Debian's headless Chromium with playwright-core
@@ -103,6 +103,15 @@ browser-deps: $(COMPONENTIZE)
 # handlers under a steady load, shot in headless Chromium.
 screenshot: build browser-deps
 	BIN=$(BIN) HANDLERS_DIR=$(HANDLERS_DIR) scripts/screenshot.sh docs/dashboard.png
+
+# The trace tests export to a real OpenTelemetry Collector (OTLP receiver +
+# file exporter), built once from the Go module proxy into ~/.cache.
+otelcol:
+	@scripts/otelcol.sh
+
+# Tracing's cost on Kafka throughput (off, 1% and 100% sampled).
+bench-tracing: toolchain kafka-up otelcol handlers
+	env -u RUST_BACKTRACE $(CARGO) bench -p persona-bus-tests --bench kafka -- --tracing
 
 # The monitoring tests run Debian's Prometheus and promtool.
 prometheus-deps:

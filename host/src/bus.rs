@@ -119,10 +119,15 @@ impl Bus {
         ));
         registry.reload()?;
         let schemas = Arc::new(crate::schemas::Schemas::new(&config));
+        let traces = Arc::new(crate::traces::Traces::new(
+            &config.traces,
+            &config.kafka.client_id,
+        ));
         let env = Arc::new(CallEnv {
             store: store.clone(),
             limits: config.limits.clone(),
             schemas: schemas.clone(),
+            traces: traces.clone(),
         });
         let dispatcher = Arc::new(Dispatcher::new(runtime, store.clone(), registry, env));
         let pipeline = Pipeline::start(
@@ -143,6 +148,7 @@ impl Bus {
             wakeup,
             outbox_wakeup,
             schemas,
+            traces,
         ));
         let sqlite: Arc<dyn Sink> = Arc::new(poller::SqliteSink { ctx: ctx.clone() });
         let checkpointer = spawn_checkpointer(ctx.clone())?;
@@ -224,8 +230,9 @@ impl Bus {
     /// Checks an event from outside: its fields and limits, then its payload
     /// against its schema (when schemas are on).
     fn admit(&self, new: NewEvent) -> Result<Event, EventError> {
-        let event = new.validate(self.limits, 0)?;
+        let mut event = new.validate(self.limits, 0)?;
         self.ctx.schemas.check(&event)?;
+        self.ctx.traces.published(&mut event);
         Ok(event)
     }
 
@@ -375,6 +382,7 @@ impl Bus {
                 let _ = handle.join();
             }
         }
+        self.ctx.traces.shutdown();
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Config {
     pub schemas: SchemasConfig,
     /// The host's own alert rules and webhooks (see `alerts`).
     pub alerts: crate::alerts::config::AlertsConfig,
+    /// OTLP traces, off without an endpoint (see `traces`).
+    pub traces: crate::traces::TracesConfig,
     /// On SIGINT/SIGTERM (or `Bus::shutdown`): how long handler calls in
     /// flight may take to finish. Calls still running then are abandoned:
     /// nothing of theirs is committed, their events go back to `pending`
@@ -210,6 +212,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             schemas: SchemasConfig::default(),
             alerts: Default::default(),
+            traces: Default::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -732,6 +735,9 @@ pub const ENV_VARS: &[&str] = &[
     "KAFKA_SCHEMA_REGISTRY_PASSWORD",
     "PERSONA_BUS_ALERT_WEBHOOK_URL",
     "PERSONA_BUS_ALERT_WEBHOOK_SECRET",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER_ARG",
 ];
 
 impl Config {
@@ -803,6 +809,19 @@ impl Config {
             if let Some(v) = env(var) {
                 *slot = Some(v);
             }
+        }
+        if let Some(v) = env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            self.traces.endpoint = Some(v);
+        }
+        if let Some(v) = env("OTEL_SERVICE_NAME") {
+            self.traces.service_name = v;
+        }
+        if let Some(v) = env("OTEL_TRACES_SAMPLER_ARG") {
+            self.traces.sample_ratio = v.trim().parse().map_err(|_| ConfigError::Env {
+                var: "OTEL_TRACES_SAMPLER_ARG",
+                value: v.clone(),
+                reason: "expected a ratio between 0 and 1 (e.g. 0.01)".into(),
+            })?;
         }
         if let Some(url) = env("PERSONA_BUS_ALERT_WEBHOOK_URL") {
             self.alerts
@@ -1054,6 +1073,18 @@ impl Config {
 
     fn validate_alerts(&self) -> Result<(), ConfigError> {
         let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        let t = &self.traces;
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return invalid("traces.sample_ratio", "must be between 0 and 1".into());
+        }
+        if let Some(e) = &t.endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return invalid(
+                "traces.endpoint",
+                format!("{e:?} must start with http:// or https:// (OTLP over HTTP)"),
+            );
+        }
         let a = &self.alerts;
         if a.interval_ms < 10 || a.timeout_ms == 0 {
             return invalid(

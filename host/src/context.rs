@@ -45,6 +45,8 @@ pub struct HostContext {
     pub processor_partitions: crate::kafka::group::Owned,
     /// Payload schemas: checks at every entry, and the wire codec.
     pub schemas: Arc<crate::schemas::Schemas>,
+    /// Spans of publishes (a no-op when tracing is off).
+    pub traces: Arc<crate::traces::Traces>,
     stopping: AtomicBool,
     notices: broadcast::Sender<Notice>,
 }
@@ -57,6 +59,7 @@ impl HostContext {
         wakeup: Arc<Wakeup>,
         outbox_wakeup: Arc<Wakeup>,
         schemas: Arc<crate::schemas::Schemas>,
+        traces: Arc<crate::traces::Traces>,
     ) -> Self {
         let (notices, _) = broadcast::channel(16 * 1024);
         Self {
@@ -68,6 +71,7 @@ impl HostContext {
             metrics: Default::default(),
             processor_partitions: Default::default(),
             schemas,
+            traces,
             stopping: AtomicBool::new(false),
             notices,
         }

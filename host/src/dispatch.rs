@@ -10,6 +10,7 @@ use crate::outcome::{Resolution, Run, Verdict};
 use crate::registry::Registry;
 use crate::runtime::{CallEnv, Origin, Runtime};
 use crate::store::{Store, StoreError};
+use crate::traces::EventSpan;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -70,6 +71,11 @@ impl Dispatcher {
         *self.native.write().unwrap_or_else(|p| p.into_inner()) = f;
     }
 
+    /// What handlers see of the host (store, limits, schemas, traces).
+    pub fn env(&self) -> &Arc<CallEnv> {
+        &self.env
+    }
+
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }
@@ -95,7 +101,8 @@ impl Dispatcher {
         event: Event,
         done: &[(String, String)],
         origin: &Origin,
-    ) -> Resolution {
+    ) -> (Resolution, Option<EventSpan>) {
+        let mut trace = self.env.traces.dispatching(&event);
         let snapshot = self.registry.snapshot();
         let native = self
             .native
@@ -122,6 +129,7 @@ impl Dispatcher {
                 earlier.push(outcome.clone());
                 continue;
             }
+            let started = std::time::SystemTime::now();
             let inv = match &native {
                 None => {
                     self.runtime
@@ -135,7 +143,7 @@ impl Dispatcher {
             if let Some(error) = inv.outcome.error() {
                 tracing::warn!(handler = %handler.name, event_id = %event.id, attempt, verdict = ?verdict, "{error}");
             }
-            runs.push(Run {
+            let mut run = Run {
                 handler: handler.name.clone(),
                 version: handler.version.clone(),
                 attempt,
@@ -145,9 +153,19 @@ impl Dispatcher {
                 verdict,
                 effects: inv.effects,
                 note: inv.note,
-            });
+            };
+            if let Some(t) = &trace {
+                self.env.traces.handler_ran(t, &mut run, started);
+            }
+            runs.push(run);
         }
-        Resolution::summarize(event, subscribers.len(), &earlier, runs)
+        let resolution = Resolution::summarize(event, subscribers.len(), &earlier, runs);
+        if let (Some(t), crate::outcome::Next::Final { error: Some(e), .. }) =
+            (trace.as_mut(), &resolution.next)
+        {
+            t.set_error(e.clone());
+        }
+        (resolution, trace)
     }
 }
 

@@ -20,6 +20,7 @@
 //! | [`dispatch`] | running the matching handlers on one event |
 //! | [`outcome`] | what a run produced and what happens next (retry, dead letter) |
 //! | [`metrics`] | counters and histograms for `/metrics` |
+//! | [`traces`] | OTLP spans per event (publish, dispatch, handler calls, commit), W3C `traceparent` in headers |
 //! | [`alerts`] | the host's own alert rules, their state in SQLite and signed webhook deliveries |
 //! | [`bus`]    | all of the above wired together (the sources see only `context` and `pipeline`) |
 //! | [`api`]    | the HTTP API, webhooks, health, metrics and the dashboard |
@@ -48,6 +49,7 @@ pub mod runtime;
 pub mod schemas;
 pub mod source;
 pub mod store;
+pub mod traces;
 
 pub use bus::{Bus, BusError, Notice};
 pub use config::Config;

@@ -77,6 +77,8 @@ struct Job {
 struct Ready {
     ticket: u64,
     finished: Finished,
+    /// The dispatch span, ended once the outcome is committed.
+    trace: Option<crate::traces::EventSpan>,
 }
 
 /// What is in flight: submitted, not yet committed. The committer finds an
@@ -337,13 +339,14 @@ async fn lane(pipeline: Arc<Pipeline>, project: String) {
                 done,
             } = job;
             let origin = delivery.origin;
-            let resolution = pipeline
+            let (resolution, trace) = pipeline
                 .dispatcher
                 .resolve(delivery.event, &done, &origin)
                 .await;
             let ready = Ready {
                 ticket,
                 finished: Finished { resolution, origin },
+                trace,
             };
             if to_committer.send(ready).is_err() {
                 // Closed: this outcome is abandoned with the rest.
@@ -370,10 +373,20 @@ fn commit_loop(pipeline: std::sync::Weak<Pipeline>, ready: mpsc::Receiver<Ready>
         };
         let tickets: Vec<u64> = batch.iter().map(|r| r.ticket).collect();
         let sinks = pipeline.sinks_of(&tickets);
-        for (sink, items) in by_sink(sinks.into_iter().zip(batch.into_iter().map(|r| r.finished))) {
+        let started = std::time::SystemTime::now();
+        let mut traces = Vec::new();
+        let finished = batch.into_iter().map(|r| {
+            traces.extend(r.trace);
+            r.finished
+        });
+        for (sink, items) in by_sink(sinks.into_iter().zip(finished)) {
             sink.commit(items);
         }
         pipeline.retire(&tickets);
+        let tracer = &pipeline.dispatcher.env().traces;
+        for span in traces {
+            tracer.committed(span, started);
+        }
     }
 }
 

@@ -75,9 +75,10 @@ pub(crate) fn spawn_host(
                 config.to_str().unwrap(),
             ])
             .args(["run", "--handlers", sb.handlers_dir().to_str().unwrap()])
-            .envs(env.iter().map(|(a, b)| (a.as_str(), b.as_str())))
-            .env("RUST_LOG", "info")
+            // A port of its own unless `env` names one.
             .env("PERSONA_BUS_HTTP_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(a, b)| (a.as_str(), b.as_str())))
             .stdout(Stdio::null())
             // Kept beside the data dir, for when a test fails.
             .stderr(std::fs::File::create(data_dir.with_extension("log")).unwrap())

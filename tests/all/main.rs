@@ -23,6 +23,7 @@ mod monitoring;
 mod outcomes;
 mod schemas;
 mod secure;
+mod traces;
 
 use persona_bus_tests::Sandbox;
 use std::io::Write;

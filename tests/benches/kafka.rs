@@ -96,6 +96,9 @@ fn main() {
     if args.iter().any(|a| a == "--schemas") {
         return schemas_comparison(n);
     }
+    if args.iter().any(|a| a == "--tracing") {
+        return tracing_comparison(n);
+    }
     if args.iter().any(|a| a == "--uncompressed") {
         // The peer's record format, for the backlog runs too.
         UNCOMPRESSED.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1050,5 +1053,56 @@ fn schemas_comparison(n: usize) {
         on.cpu_us_per_event / off.cpu_us_per_event,
         checked.rate() / off.rate(),
         checked.cpu_us_per_event / off.cpu_us_per_event
+    );
+}
+
+/// `--tracing`: the backlog run at defaults with tracing off, then
+/// exporting over OTLP to a real OpenTelemetry Collector (`make otelcol`)
+/// with 1% and 100% of traces sampled; three rounds, interleaved so drift
+/// of the machine hits every setting alike, compared by their medians.
+/// Metrics are on in every run (they cannot be turned off, and the
+/// benchmark reads `/metrics` every 100 ms). Records carry no
+/// `traceparent`, so each dispatch starts a trace.
+fn tracing_comparison(n: usize) {
+    let topic = format!("{}.traced.events", k::prefix());
+    backlog_with(&topic, n, &[]);
+    let collector = persona_bus_tests::otel::Collector::start();
+    println!(
+        "tracing: OTLP/HTTP to a local collector at {}\n",
+        collector.endpoint()
+    );
+    println!("{}", HostRun::header());
+    let settings: [(&str, Option<f64>); 3] = [
+        ("tracing off", None),
+        ("tracing, 1% sampled", Some(0.01)),
+        ("tracing, 100% sampled", Some(1.0)),
+    ];
+    let mut runs: Vec<Vec<HostRun>> = settings.iter().map(|_| Vec::new()).collect();
+    for _round in 0..3 {
+        for ((label, ratio), done) in settings.iter().zip(runs.iter_mut()) {
+            let run = host_process_with(&topic, n, Policy::Fresh, |c| {
+                if let Some(r) = ratio {
+                    c.traces.endpoint = Some(collector.endpoint());
+                    c.traces.sample_ratio = *r;
+                }
+            });
+            println!("{}   {label}", run.line());
+            done.push(run);
+        }
+    }
+    let median = |runs: &[HostRun], f: &dyn Fn(&HostRun) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rate = |i: usize| median(&runs[i], &|r| r.rate());
+    let cpu = |i: usize| median(&runs[i], &|r| r.cpu_us_per_event);
+    println!(
+        "\nmedians, tracing on / off: 1% sampled: throughput {:.2}, CPU per event {:.2}; 100% sampled: throughput {:.2}, CPU per event {:.2}\nspans the collector wrote: {}",
+        rate(1) / rate(0),
+        cpu(1) / cpu(0),
+        rate(2) / rate(0),
+        cpu(2) / cpu(0),
+        collector.spans().len()
     );
 }

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod kafka;
+pub mod otel;
 pub mod registry;
 
 use persona_bus::config::Config;

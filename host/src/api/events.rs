@@ -79,12 +79,14 @@ pub fn kafka_health(api: &Api) -> serde_json::Value {
     })
 }
 
-/// 201 `{ok, event_id}`; 400 naming the missing or bad field.
+/// 201 `{ok, event_id}`; 400 naming the missing or bad field. A W3C
+/// `traceparent` request header makes the event part of the caller's trace.
 pub async fn publish(
     State(api): State<Api>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let new: NewEvent = serde_json::from_slice(&body).map_err(|e| {
+    let mut new: NewEvent = serde_json::from_slice(&body).map_err(|e| {
         let message = e.to_string();
         // serde says "missing field `event_type` at line 1 column 30".
         match message.split('`').nth(1) {
@@ -97,6 +99,12 @@ pub async fn publish(
             _ => ApiError::bad_request(format!("invalid event: {message}")),
         }
     })?;
+    let tp = crate::traces::TRACEPARENT;
+    if let Some(v) = headers.get(tp).and_then(|v| v.to_str().ok())
+        && !new.headers.iter().any(|(k, _)| k == tp)
+    {
+        new.headers.push((tp.into(), v.to_owned()));
+    }
     let event = api.ingest.publish(new).await?;
     Ok((
         StatusCode::CREATED,

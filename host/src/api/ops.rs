@@ -184,9 +184,7 @@ pub async fn purge_dead_letter(
     State(api): State<Api>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("dead letter id {id:?} is not a number")))?;
+    let id = letter_id(&id)?;
     let bus = api.bus.clone();
     if blocking(move || Ok(bus.store().purge_dead_letter(id)?)).await? {
         Ok(Json(serde_json::json!({ "ok": true, "purged": id })))
@@ -195,13 +193,17 @@ pub async fn purge_dead_letter(
     }
 }
 
+/// A dead letter's id from the path: a number, or 400.
+fn letter_id(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request(format!("dead letter id {id:?} is not a number")))
+}
+
 pub async fn retry_dead_letter(
     State(api): State<Api>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("dead letter id {id:?} is not a number")))?;
+    let id = letter_id(&id)?;
     let bus = api.bus.clone();
     let event = blocking(move || {
         let event = bus.store().retry_dead_letter(id)?;

@@ -59,7 +59,7 @@ pub fn headers(e: &Event, origin_device: &str) -> Vec<(&'static str, String)> {
 }
 
 fn base_headers(e: &Event, origin_device: &str) -> Vec<(&'static str, String)> {
-    vec![
+    let mut hs = vec![
         ("event-id", e.id.clone()),
         ("event-type", e.event_type.clone()),
         ("schema-version", e.schema_version.to_string()),
@@ -70,7 +70,17 @@ fn base_headers(e: &Event, origin_device: &str) -> Vec<(&'static str, String)> {
         ),
         ("chain-depth", e.chain_depth.to_string()),
         ("origin-device", origin_device.to_owned()),
-    ]
+    ];
+    // W3C trace context where Kafka instrumentation looks for it (it is in
+    // the event's own headers too).
+    if let Some((_, tp)) = e
+        .headers
+        .iter()
+        .find(|(k, _)| k == crate::traces::TRACEPARENT)
+    {
+        hs.push((crate::traces::TRACEPARENT, tp.clone()));
+    }
+    hs
 }
 
 /// Headers of a record whose value is the payload alone, in the schema

@@ -107,6 +107,8 @@ pub struct CallEnv {
     pub limits: HostLimits,
     /// Events a handler publishes are checked like any other.
     pub schemas: Arc<crate::schemas::Schemas>,
+    /// Spans of dispatches and handler calls (a no-op when tracing is off).
+    pub traces: Arc<crate::traces::Traces>,
 }
 
 /// A handler as the runtime needs it: its compiled form and manifest.
