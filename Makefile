@@ -48,15 +48,17 @@ $(COMPONENTIZE): $(JS_TOOLS)/package.json $(JS_TOOLS)/package-lock.json
 	cd $(JS_TOOLS) && npm ci --no-audit --no-fund
 	@touch $@
 
-# -d http fetch-event: the bus grants no network, and wasmtime 48 does not
-# link those features.
-$(JS_OUT)/tally-js.wasm: handlers/tally-js/tally-js.js wit/bus.wit $(COMPONENTIZE)
+# -d fetch-event: a handler exports `handle`, not wasi:http's incoming
+# handler. Its outgoing HTTP (`http`) is kept: the host links wasi:http, deny
+# by default (README "Outbound HTTP and secrets").
+JS_FLAGS := --wit wit/bus.wit --world-name handler -d fetch-event
+$(JS_OUT)/tally-js.wasm: handlers/tally-js/tally-js.js wit/bus.wit $(COMPONENTIZE) Makefile
 	@mkdir -p $(JS_OUT)
-	$(COMPONENTIZE) $< --wit wit/bus.wit --world-name handler -d http fetch-event -o $@
+	$(COMPONENTIZE) $< $(JS_FLAGS) -o $@
 
-$(JS_OUT)/handler-template-js.wasm: examples/handler-template-js/handler.js wit/bus.wit $(COMPONENTIZE)
+$(JS_OUT)/handler-template-js.wasm: examples/handler-template-js/handler.js wit/bus.wit $(COMPONENTIZE) Makefile
 	@mkdir -p $(JS_OUT)
-	$(COMPONENTIZE) $< --wit wit/bus.wit --world-name handler -d http fetch-event -o $@
+	$(COMPONENTIZE) $< $(JS_FLAGS) -o $@
 
 js-handlers: $(JS_WASM)
 

@@ -18,6 +18,7 @@ const GUESTS: &[(&str, &str, Option<&str>)] = &[
     ("COUNTER", "counter", Some("handlers/counter/counter.toml")),
     ("NOOP", "guest-noop", None),
     ("ECHO", "guest-echo", None),
+    ("FETCH", "guest-fetch", None),
     ("LOOP", "guest-loop", None),
     ("MEMBOMB", "guest-membomb", None),
     ("TRAP", "guest-trap", None),

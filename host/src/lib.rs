@@ -47,6 +47,7 @@ pub mod pipeline;
 pub mod registry;
 pub mod runtime;
 pub mod schemas;
+pub mod secrets;
 pub mod source;
 pub mod store;
 pub mod traces;

@@ -9,6 +9,7 @@ use crate::matching::SourceFilter;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A manifest as written.
@@ -34,6 +35,13 @@ struct RawManifest {
     instances: Instances,
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
+    /// Destinations outbound HTTP may reach (deny by default):
+    /// `"https://api.github.com"`, `"http://127.0.0.1:*"`, `"https://*.example.com:8443"`.
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<String>,
+    /// Values from the host's environment or files (`crate::secrets`).
+    #[serde(default)]
+    secrets: BTreeMap<String, crate::secrets::SecretSource>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +65,9 @@ struct RawLimits {
     max_log_lines: Option<u32>,
     max_event_bytes: Option<usize>,
     max_output_bytes: Option<usize>,
+    http_requests: Option<u32>,
+    http_response_bytes: Option<usize>,
+    http_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +110,11 @@ pub struct Limits {
     pub max_event_bytes: usize,
     /// Most bytes one call may publish (payloads) and write to state.
     pub max_output_bytes: usize,
+    /// Outbound HTTP per call: requests, bytes per response body, and the
+    /// time per request (never past the call's deadline).
+    pub http_requests: u32,
+    pub http_response_bytes: usize,
+    pub http_timeout: Duration,
 }
 
 /// Whether each event gets a fresh instance or reuses a warm one.
@@ -166,6 +182,90 @@ pub struct Manifest {
     pub capabilities: Capabilities,
     pub instances: Instances,
     pub config: BTreeMap<String, String>,
+    /// Where outbound HTTP may go; empty: nowhere.
+    pub allowed_outbound_hosts: Arc<[OutboundRule]>,
+    /// Read by the guest through `config(name)`; scrubbed from its output.
+    pub secrets: Arc<crate::secrets::Secrets>,
+}
+
+/// One `allowed_outbound_hosts` entry: `scheme://host[:port]`, where the
+/// scheme may be `*`, the host `*` or `*.domain`, and the port `*` (no
+/// port: the scheme's default).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundRule {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+    any_port: bool,
+}
+
+impl OutboundRule {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| format!("{text:?} needs a scheme: https://host, http://host:port"))?;
+        if !matches!(scheme, "http" | "https" | "*") {
+            return Err(format!("{text:?}: the scheme must be http, https or *"));
+        }
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') {
+            return Err(format!("{text:?}: a destination has no path"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        };
+        if host.is_empty() {
+            return Err(format!("{text:?} has no host"));
+        }
+        let (port, any_port) = match port {
+            None => (None, false),
+            Some("*") => (None, true),
+            Some(p) => (
+                Some(
+                    p.parse()
+                        .map_err(|_| format!("{text:?}: {p:?} is not a port"))?,
+                ),
+                false,
+            ),
+        };
+        Ok(Self {
+            scheme: scheme.into(),
+            host: host.to_ascii_lowercase(),
+            port,
+            any_port,
+        })
+    }
+
+    /// Whether a request to `uri` may go.
+    pub fn allows(&self, uri: &http::Uri) -> bool {
+        let scheme = uri.scheme_str().unwrap_or("https");
+        let Some(host) = uri.host() else { return false };
+        let host = host.to_ascii_lowercase();
+        let default = if scheme == "http" { 80 } else { 443 };
+        let port = uri.port_u16().unwrap_or(default);
+        let scheme_ok = self.scheme == "*" || self.scheme == scheme;
+        let host_ok = self.host == "*"
+            || self.host == host
+            || self
+                .host
+                .strip_prefix("*.")
+                .is_some_and(|d| host.ends_with(&format!(".{d}")));
+        let port_ok = self.any_port
+            || match self.port {
+                Some(p) => p == port,
+                None => {
+                    port == if self.scheme == "http" {
+                        80
+                    } else if self.scheme == "https" {
+                        443
+                    } else {
+                        default
+                    }
+                }
+            };
+        scheme_ok && host_ok && port_ok
+    }
 }
 
 /// A manifest that cannot be loaded; always names the file.
@@ -312,6 +412,9 @@ impl Manifest {
                 .unwrap_or(host.default_max_log_lines),
             max_event_bytes,
             max_output_bytes,
+            http_requests: raw.limits.http_requests.unwrap_or(10),
+            http_response_bytes: raw.limits.http_response_bytes.unwrap_or(1 << 20),
+            http_timeout: Duration::from_millis(raw.limits.http_timeout_ms.unwrap_or(timeout_ms)),
         };
 
         let retry = RetryPolicy {
@@ -353,6 +456,15 @@ impl Manifest {
         }
 
         let dir = path.parent().unwrap_or(Path::new("."));
+        let secrets =
+            crate::secrets::Secrets::resolve(&raw.secrets, dir, |v| std::env::var(v).ok())
+                .map_err(|r| invalid("secrets", r))?;
+        if let Some(name) = secrets.names().find(|n| config.contains_key(*n)) {
+            return Err(invalid(
+                "secrets",
+                format!("{name:?} is both a config key and a secret"),
+            ));
+        }
         let component = dir.join(
             raw.component
                 .unwrap_or_else(|| PathBuf::from(format!("{}.wasm", raw.name))),
@@ -369,6 +481,14 @@ impl Manifest {
             capabilities: raw.capabilities,
             instances: raw.instances,
             config,
+            allowed_outbound_hosts: raw
+                .allowed_outbound_hosts
+                .iter()
+                .map(|t| OutboundRule::parse(t))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|r| invalid("allowed_outbound_hosts", r))?
+                .into(),
+            secrets: Arc::new(secrets),
         })
     }
 }
@@ -468,6 +588,47 @@ mod tests {
                 d9 >= Duration::from_millis(150) && d9 <= Duration::from_millis(300),
                 "{d9:?}"
             );
+        }
+    }
+
+    #[test]
+    fn outbound_rules_match_scheme_host_and_port() {
+        let allows = |rule: &str, url: &str| {
+            OutboundRule::parse(rule)
+                .unwrap()
+                .allows(&url.parse::<http::Uri>().unwrap())
+        };
+        assert!(allows(
+            "https://api.github.com",
+            "https://api.github.com/repos"
+        ));
+        assert!(!allows("https://api.github.com", "http://api.github.com/"));
+        assert!(!allows(
+            "https://api.github.com",
+            "https://api.github.com:8443/"
+        ));
+        assert!(!allows(
+            "https://api.github.com",
+            "https://evil.com/?api.github.com"
+        ));
+        assert!(allows("http://127.0.0.1:*", "http://127.0.0.1:4318/v1"));
+        assert!(!allows("http://127.0.0.1:*", "http://127.0.0.2:4318/v1"));
+        assert!(allows(
+            "https://*.example.com",
+            "https://hooks.example.com/x"
+        ));
+        assert!(!allows(
+            "https://*.example.com",
+            "https://example.com.evil.net/"
+        ));
+        assert!(allows("*://*:*", "http://anything:1/"));
+        for bad in [
+            "api.github.com",
+            "ftp://x",
+            "https://x/path",
+            "https://x:port",
+        ] {
+            assert!(OutboundRule::parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -125,6 +125,8 @@ impl Pipeline {
             .worker_threads(workers.max(1))
             .thread_name("handler")
             .enable_time()
+            // Handlers' outbound HTTP (wasi:http) connects on these threads.
+            .enable_io()
             .build()?;
         let (to_committer, ready) = mpsc::channel();
         let pipeline = Arc::new(Self {

@@ -20,6 +20,7 @@ mod lifecycle;
 mod matching;
 mod migration;
 mod monitoring;
+mod outbound;
 mod outcomes;
 mod schemas;
 mod secure;

@@ -22,6 +22,7 @@ const MAX_LOG_LINE: usize = 4096;
 pub(crate) struct Call {
     pub(crate) handler: Arc<str>,
     pub(crate) config: Arc<BTreeMap<String, String>>,
+    pub(crate) secrets: Arc<crate::secrets::Secrets>,
     pub(crate) limits: Limits,
     pub(crate) event_id: String,
     pub(crate) project_id: String,
@@ -37,7 +38,10 @@ pub(crate) struct Call {
 impl Call {
     pub(crate) fn new(
         handler: &Arc<str>,
-        config: &Arc<BTreeMap<String, String>>,
+        (config, secrets): (
+            &Arc<BTreeMap<String, String>>,
+            &Arc<crate::secrets::Secrets>,
+        ),
         limits: &Limits,
         event: &Event,
         env: &Arc<CallEnv>,
@@ -45,6 +49,7 @@ impl Call {
         Self {
             handler: handler.clone(),
             config: config.clone(),
+            secrets: secrets.clone(),
             limits: limits.clone(),
             event_id: event.id.clone(),
             project_id: event.project_id.clone(),
@@ -150,6 +155,7 @@ impl host::Host for HostState {
             message.truncate(cut);
             message.push('…');
         }
+        let message = call.secrets.scrub(&message);
         let (handler, event_id) = (&*call.handler, &call.event_id);
         match level {
             types::Level::Trace => {
@@ -223,7 +229,12 @@ impl host::Host for HostState {
     }
 
     fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.call.config.get(&key).cloned())
+        Ok(self
+            .call
+            .config
+            .get(&key)
+            .cloned()
+            .or_else(|| self.call.secrets.get(&key)))
     }
 }
 

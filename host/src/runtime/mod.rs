@@ -21,6 +21,7 @@ pub mod bindings;
 mod cache;
 mod host_api;
 mod limits;
+pub mod outbound;
 
 pub use cache::{compile_child_main, compile_in_child, digest};
 
@@ -201,6 +202,9 @@ impl Runtime {
         // Async: a guest blocked in a WASI call (a sleep, a poll) is a
         // pending future the call's deadline can drop.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+        // Outbound HTTP, deny by default: only the destinations a manifest
+        // lists are reachable (`outbound`).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_err)?;
         Handler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |s| s,
@@ -301,7 +305,7 @@ impl Runtime {
         let started = Instant::now();
         let started_at = now_rfc3339();
         let deadline = started + limits.timeout;
-        let call = host_api::Call::new(h.name, h.config, limits, event, env);
+        let call = host_api::Call::new(h.name, (h.config, &h.manifest.secrets), limits, event, env);
         let input = to_wit(event, origin, attempt);
         let run = async {
             match h.manifest.instances.policy {
@@ -331,6 +335,19 @@ impl Runtime {
         } else {
             Effects::default()
         };
+        // What is recorded (execution row, dead letter, logs) never holds
+        // a secret's value, whatever the guest put in its messages.
+        let secrets = &h.manifest.secrets;
+        let outcome = match outcome {
+            RunOutcome::Retry(m) => RunOutcome::Retry(secrets.scrub(&m)),
+            RunOutcome::Rejected(m) => RunOutcome::Rejected(secrets.scrub(&m)),
+            RunOutcome::Failed { kind, message } => RunOutcome::Failed {
+                kind,
+                message: secrets.scrub(&message),
+            },
+            done => done,
+        };
+        let note = note.map(|n| secrets.scrub(&n));
         Invocation {
             outcome,
             effects,
@@ -362,8 +379,9 @@ impl Runtime {
             &h.manifest.limits,
             &stderr.contents(),
         );
-        let call = store.into_data().call;
-        (outcome, call.effects, call.note)
+        let mut data = store.into_data();
+        let note = data.take_note();
+        (outcome, data.call.effects, note)
     }
 
     /// A store for one handler, armed with its limits for one call.
@@ -380,12 +398,21 @@ impl Runtime {
         } else {
             wasi.stderr(stderr.clone());
         }
+        let outbound = outbound::Outbound::new(
+            &h.manifest.allowed_outbound_hosts,
+            &h.manifest.limits,
+            h.name,
+            &call.event_id,
+            deadline,
+        );
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limiter: Limiter::new(h.manifest.limits.memory_bytes),
             call,
             deadline,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            outbound,
         };
         let mut store = wasmtime::Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -433,6 +460,13 @@ impl Runtime {
         let mut warm = match pooled {
             Some(mut w) => {
                 let state = w.store.data_mut();
+                state.outbound = outbound::Outbound::new(
+                    &h.manifest.allowed_outbound_hosts,
+                    limits,
+                    h.name,
+                    &call.event_id,
+                    deadline,
+                );
                 state.call = call;
                 state.limiter.hit = false;
                 Self::arm(&mut w.store, limits, deadline);
@@ -475,10 +509,7 @@ impl Runtime {
         // The call's record stays in the store until the next call replaces
         // it; only what it produced is taken out.
         let state = warm.store.data_mut();
-        let (effects, note) = (
-            std::mem::take(&mut state.call.effects),
-            state.call.note.take(),
-        );
+        let (effects, note) = (std::mem::take(&mut state.call.effects), state.take_note());
         if !matches!(outcome, RunOutcome::Failed { .. }) {
             let mut pool = h.prepared.warm.lock().unwrap_or_else(|p| p.into_inner());
             if pool.len() < h.manifest.instances.concurrency.unwrap_or(DEFAULT_WARM) as usize {
@@ -614,6 +645,29 @@ pub struct HostState {
     limiter: Limiter,
     call: host_api::Call,
     deadline: Instant,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    outbound: outbound::Outbound,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+impl HostState {
+    /// The call's note: its own (a refused publish, ...) and outbound
+    /// HTTP's (a refused destination, ...).
+    fn take_note(&mut self) -> Option<String> {
+        match (self.call.note.take(), self.outbound.take_note()) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 impl WasiView for HostState {
