@@ -128,6 +128,7 @@ impl Bus {
             limits: config.limits.clone(),
             schemas: schemas.clone(),
             traces: traces.clone(),
+            transcript: None,
         });
         let dispatcher = Arc::new(Dispatcher::new(runtime, store.clone(), registry, env));
         let pipeline = Pipeline::start(

@@ -49,6 +49,15 @@ pub enum Command {
     /// The host's alerts and their webhook deliveries
     #[command(subcommand)]
     Alerts(AlertsCommand),
+    /// Create a handler folder from the templates (then `handlers build`)
+    New {
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::authoring::Lang,
+        /// Where [default: ./NAME]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Event counts, handlers and transport (Kafka: brokers, topics, the
     /// group's members, assigned partitions and lag; the breaker)
     Status {
@@ -180,6 +189,23 @@ pub enum HandlersCommand {
     Validate { path: PathBuf },
     /// Ask the running host (same --data-dir) to rescan its handlers folder
     Reload,
+    /// Build a handler folder (`persona-bus new`) into NAME.wasm beside
+    /// its manifest, and check it loads
+    Build { dir: PathBuf },
+    /// Run one handler once on one event, commit nothing, print what it
+    /// did (logs, state, events it would publish, HTTP requests, outcome);
+    /// exits non-zero unless it completes
+    Test {
+        /// A manifest (`name.toml` beside `name.wasm`), or a handler's name
+        /// in the handlers folder
+        handler: PathBuf,
+        /// The event as JSON: {"event_type": ..., "source_type": ..., "payload": {...}}
+        #[arg(long, value_name = "FILE")]
+        event: PathBuf,
+        /// The delivery attempt the handler sees
+        #[arg(long, default_value_t = 1)]
+        attempt: u32,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -271,6 +297,26 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Handlers(HandlersCommand::List { json }) => handlers_list(&config, json),
         Command::Handlers(HandlersCommand::Validate { path }) => handlers_validate(&config, &path),
         Command::Handlers(HandlersCommand::Reload) => handlers_reload(&config),
+        Command::New { name, lang, dir } => {
+            let dir = crate::authoring::new(&name, lang, dir.as_deref())?;
+            println!(
+                "created {}: build it with `persona-bus handlers build {}`",
+                dir.display(),
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Handlers(HandlersCommand::Build { dir }) => {
+            let manifest = crate::authoring::build(&dir)?;
+            handlers_validate(&config, &manifest)?;
+            println!("built {}", manifest.with_extension("wasm").display());
+            Ok(())
+        }
+        Command::Handlers(HandlersCommand::Test {
+            handler,
+            event,
+            attempt,
+        }) => crate::dry_run::run(&config, &handler, &event, attempt),
         Command::Dlq(cmd) => dlq(&config, cmd),
         Command::Alerts(AlertsCommand::List { limit, json }) => alerts_list(&config, limit, json),
         Command::Status { json } => status(&config, json),

@@ -30,12 +30,14 @@
 
 pub mod alerts;
 pub mod api;
+pub mod authoring;
 pub mod breaker;
 pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod context;
 pub mod dispatch;
+pub mod dry_run;
 pub mod event;
 pub mod http_client;
 pub mod kafka;

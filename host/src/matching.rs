@@ -175,6 +175,15 @@ pub fn normalize_event_type(event_type: &str) -> String {
         .collect()
 }
 
+/// Whether a subscription's `pattern` takes `event_type` (both normalized,
+/// `*` globs), as the matcher decides it.
+pub fn event_type_matches(pattern: &str, event_type: &str) -> bool {
+    glob(
+        normalize_event_type(pattern).as_bytes(),
+        normalize_event_type(event_type).as_bytes(),
+    )
+}
+
 /// Glob match where `*` stands for any run of characters (also none).
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
     // Iterative matcher with one backtrack point: linear for the patterns

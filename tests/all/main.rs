@@ -3,6 +3,7 @@
 //! compiled handler components.
 
 mod alerts;
+mod authoring;
 mod browser;
 mod cli;
 mod cluster;

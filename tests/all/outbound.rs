@@ -299,7 +299,10 @@ fn secrets_reach_the_guest_and_no_output() {
             .unwrap()
     };
     persona_bus_tests::wait_for(Duration::from_secs(20), "the dead letter", || {
-        get(&format!("/api/personas/events/{id}")).contains("dead_letter")
+        let v: serde_json::Value =
+            serde_json::from_str(&get(&format!("/api/personas/events/{id}"))).unwrap();
+        v["event"]["status"] == "dead_letter"
+            && v["dead_letters"].as_array().is_some_and(|d| !d.is_empty())
     });
     let detail = get(&format!("/api/personas/events/{id}"));
     assert!(
@@ -331,4 +334,78 @@ fn secrets_reach_the_guest_and_no_output() {
     for (what, text) in outputs {
         assert!(!text.contains(SECRET), "{what} shows the secret: {text}");
     }
+}
+
+/// Issue 15, part 3: `handlers test` runs a handler once with nothing
+/// committed and prints what it did, HTTP requests included; it exits
+/// non-zero when the handler does not complete.
+#[test]
+fn handlers_test_prints_a_dry_run_and_fails_when_the_handler_does() {
+    let (port, seen) = server();
+    let sb = Sandbox::new();
+    sb.install(
+        "fetch",
+        guests::FETCH,
+        &format!(
+            "allowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n[[subscriptions]]\nevent_type = \"go\"\n\
+             [config]\nurls = \"http://127.0.0.1:{port}/ok http://127.0.0.1:1/no\"\n"
+        ),
+    );
+    sb.install_shipped("router", guests::ROUTER, guests::ROUTER_MANIFEST);
+    sb.install(
+        "trap",
+        guests::TRAP,
+        "[[subscriptions]]\nevent_type = \"go\"",
+    );
+    let event = sb.root.path().join("event.json");
+    std::fs::write(
+        &event,
+        r#"{"event_type": "task_created", "source_type": "system", "payload": {"title": "t"}}"#,
+    )
+    .unwrap();
+    let dry = |handler: &str| {
+        let manifest = sb.handlers_dir().join(format!("{handler}.toml"));
+        crate::cli(
+            &sb,
+            &[
+                "handlers",
+                "test",
+                manifest.to_str().unwrap(),
+                "--event",
+                event.to_str().unwrap(),
+            ],
+        )
+    };
+    let (ok, out, err) = dry("router");
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("publish persona_action to counter"), "{out}");
+    assert!(out.contains("outcome: completed"), "{out}");
+
+    let (ok, out, err) = dry("fetch");
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "http GET http://127.0.0.1:{port}/ok (idempotency-key "
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("http refused: destination not allowed: http://127.0.0.1:1/no"),
+        "{out}"
+    );
+    assert!(
+        out.contains("state set \"result:0\" = \"status=200 bytes=5\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("no subscription of this handler matches"),
+        "{out}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    let (ok, out, _) = dry("trap");
+    assert!(!ok, "a trap fails the dry run: {out}");
+    assert!(out.contains("outcome: trap"), "{out}");
+    // Nothing was committed anywhere.
+    assert!(!sb.data_dir().join("bus.db").exists());
 }

@@ -329,6 +329,7 @@ fn dispatch_cost(n: usize, only: &[&str]) {
     .unwrap();
     let env = Arc::new(CallEnv {
         traces: Arc::new(persona_bus::traces::Traces::off()),
+        transcript: None,
         store,
         limits: config.limits.clone(),
         schemas: Arc::new(persona_bus::schemas::Schemas::new(&config)),

@@ -62,6 +62,15 @@ impl Call {
         }
     }
 
+    /// Adds a line to the dry run's transcript, if this is one.
+    pub(crate) fn record(&self, line: impl FnOnce() -> String) {
+        if let Some(t) = &self.env.transcript {
+            t.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(self.secrets.scrub(&line()));
+        }
+    }
+
     /// Counts `bytes` of output against `limits.max_output_bytes`.
     fn spend_output(&mut self, bytes: usize) -> Result<(), String> {
         let max = self.limits.max_output_bytes;
@@ -156,6 +165,10 @@ impl host::Host for HostState {
             message.push('…');
         }
         let message = call.secrets.scrub(&message);
+        call.record(|| {
+            let level = format!("{level:?}").to_lowercase();
+            format!("log {}: {message}", level.trim_start_matches("level::"))
+        });
         let (handler, event_id) = (&*call.handler, &call.event_id);
         match level {
             types::Level::Trace => {
@@ -240,7 +253,12 @@ impl host::Host for HostState {
 
 impl state::Host for HostState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        self.call.current(&key)
+        let value = self.call.current(&key)?;
+        self.call.record(|| match &value {
+            Some(v) => format!("state get {key:?} -> {:?}", String::from_utf8_lossy(v)),
+            None => format!("state get {key:?} -> none"),
+        });
+        Ok(value)
     }
 
     fn set(

@@ -110,7 +110,13 @@ pub struct CallEnv {
     pub schemas: Arc<crate::schemas::Schemas>,
     /// Spans of dispatches and handler calls (a no-op when tracing is off).
     pub traces: Arc<crate::traces::Traces>,
+    /// `handlers test`: what each call does (log lines, state reads,
+    /// outbound requests), in order. None in a running host.
+    pub transcript: Option<Transcript>,
 }
+
+/// Lines a dry run prints (see [`CallEnv::transcript`]).
+pub type Transcript = Arc<std::sync::Mutex<Vec<String>>>;
 
 /// A handler as the runtime needs it: its compiled form and manifest.
 pub struct HandlerRef<'a> {
@@ -404,7 +410,8 @@ impl Runtime {
             h.name,
             &call.event_id,
             deadline,
-        );
+        )
+        .with_transcript(call.env.transcript.clone());
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -466,7 +473,8 @@ impl Runtime {
                     h.name,
                     &call.event_id,
                     deadline,
-                );
+                )
+                .with_transcript(call.env.transcript.clone());
                 state.call = call;
                 state.limiter.hit = false;
                 Self::arm(&mut w.store, limits, deadline);

@@ -34,6 +34,8 @@ pub struct Outbound {
     sent: u32,
     /// What was refused or cut, for the execution row.
     pub notes: Vec<String>,
+    /// `handlers test`: every request and what became of it.
+    transcript: Option<super::Transcript>,
 }
 
 impl Outbound {
@@ -54,6 +56,18 @@ impl Outbound {
             deadline,
             sent: 0,
             notes: Vec::new(),
+            transcript: None,
+        }
+    }
+
+    pub fn with_transcript(mut self, t: Option<super::Transcript>) -> Self {
+        self.transcript = t;
+        self
+    }
+
+    fn record(&self, line: String) {
+        if let Some(t) = &self.transcript {
+            t.lock().unwrap_or_else(|p| p.into_inner()).push(line);
         }
     }
 
@@ -64,6 +78,7 @@ impl Outbound {
 
     fn deny(&mut self, why: String) -> Box<dyn Future<Output = Result<Sent, HttpError>> + Send> {
         tracing::warn!(handler = %self.handler, event_id = %self.event_id, "outbound HTTP refused: {why}");
+        self.record(format!("http refused: {why}"));
         self.notes.push(why);
         Box::new(async { Err(HttpError::HttpRequestDenied) })
     }
@@ -110,6 +125,10 @@ impl WasiHttpHooks for Outbound {
         }
         let key = idempotency_key(&self.event_id, &self.handler, self.sent);
         self.sent += 1;
+        self.record(format!(
+            "http {} {uri} (idempotency-key {key})",
+            request.method()
+        ));
         if let Ok(v) = http::HeaderValue::from_str(&key) {
             request.headers_mut().insert(IDEMPOTENCY_KEY, v);
         }

@@ -1,0 +1,100 @@
+//! The authoring loop (issue 15, part 3), for Rust and JavaScript:
+//! `persona-bus new`, then `handlers build`, then `handlers test` on the
+//! sample event, then the built pair dropped into a running host, which
+//! handles an event with it.
+
+use crate::cli_with_env;
+use persona_bus_tests::{Sandbox, guests, wait_final};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where builds of new handlers go (kept between runs, like the guests').
+fn target_dir() -> PathBuf {
+    Path::new(guests::COMPILE_CACHE)
+        .parent()
+        .unwrap()
+        .join("authoring-target")
+}
+
+fn author(lang: &str) {
+    let sb = Sandbox::new();
+    let name = format!("hello-{lang}");
+    let dir = sb.root.path().join(&name);
+    let componentize = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tools/js/node_modules/.bin/componentize-js"
+    );
+    let target = target_dir();
+    let env = [
+        ("CARGO_TARGET_DIR", target.to_str().unwrap()),
+        ("PERSONA_BUS_COMPONENTIZE_JS", componentize),
+    ];
+    let run = |args: &[&str]| {
+        let (ok, out, err) = cli_with_env(&sb, args, &env);
+        assert!(ok, "{args:?} failed:\n{out}\n{err}");
+        out
+    };
+    let d = dir.to_str().unwrap();
+    run(&["new", &name, "--lang", lang, "--dir", d]);
+    let out = run(&["handlers", "build", d]);
+    assert!(out.contains(&format!("built {d}/{name}.wasm")), "{out}");
+    let manifest = dir.join(format!("{name}.toml"));
+    let event = dir.join("event.json");
+    let out = run(&[
+        "handlers",
+        "test",
+        manifest.to_str().unwrap(),
+        "--event",
+        event.to_str().unwrap(),
+    ]);
+    assert!(out.contains("outcome: completed"), "{out}");
+    assert!(out.contains("state increment \"seen\" by 1"), "{out}");
+
+    // Into a running host, the documented way: copy, then rename.
+    let bus = sb.open();
+    bus.start().unwrap();
+    for file in [format!("{name}.wasm"), format!("{name}.toml")] {
+        let tmp = sb.handlers_dir().join(format!(".{file}.tmp"));
+        std::fs::copy(dir.join(&file), &tmp).unwrap();
+        std::fs::rename(&tmp, sb.handlers_dir().join(&file)).unwrap();
+    }
+    persona_bus_tests::wait_for(Duration::from_secs(60), "the new handler to load", || {
+        bus.registry()
+            .snapshot()
+            .handlers
+            .contains_key(name.as_str())
+    });
+    let e = bus.publish(persona_bus_tests::event("custom")).unwrap();
+    let done = wait_final(&bus, &e.id, Duration::from_secs(30));
+    assert_eq!(done.status.as_str(), "completed");
+    assert_eq!(bus.store().state_counter(&name, "seen").unwrap(), 1);
+}
+
+#[test]
+fn a_new_rust_handler_builds_tests_and_runs_in_a_host() {
+    author("rust");
+}
+
+#[test]
+fn a_new_javascript_handler_builds_tests_and_runs_in_a_host() {
+    author("js");
+}
+
+#[test]
+fn python_is_refused_with_a_clear_error_and_writes_nothing() {
+    let sb = Sandbox::new();
+    let dir = sb.root.path().join("py");
+    let (ok, _, err) = crate::cli(
+        &sb,
+        &[
+            "new",
+            "py",
+            "--lang",
+            "python",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && err.contains("not supported yet"), "{err}");
+    assert!(!dir.exists());
+}
