@@ -26,7 +26,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers run test lint fmt bench bench-kafka bench-schemas bench-peer bench-http bench-tracing soak screenshot otelcol browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down registry-up registry-down
+.PHONY: all toolchain build handlers js-handlers py-handlers run test lint fmt bench bench-kafka bench-schemas bench-peer bench-http bench-tracing soak screenshot otelcol browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down registry-up registry-down
 
 all: build
 
@@ -62,6 +62,26 @@ $(JS_OUT)/handler-template-js.wasm: examples/handler-template-js/handler.js wit/
 
 js-handlers: $(JS_WASM)
 
+# Python handlers: componentize-py from PyPI in a venv outside the clone.
+PY_VENV     := $(HOME)/.cache/persona-bus/py-venv-componentize-0.25.1
+COMPONENTIZE_PY := $(PY_VENV)/bin/componentize-py
+PY_OUT      := $(TARGET_DIR)/py
+
+$(COMPONENTIZE_PY):
+	@command -v python3 >/dev/null || { echo "Python 3 is required to build the Python handlers"; exit 1; }
+	python3 -m venv $(PY_VENV) || { \
+		echo "installing Debian's python3-venv (once)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends python3-venv && \
+		python3 -m venv $(PY_VENV); }
+	$(PY_VENV)/bin/pip install -q componentize-py==0.25.1
+
+$(PY_OUT)/handler-template-python.wasm: examples/handler-template-python/app.py wit/bus.wit $(COMPONENTIZE_PY)
+	@mkdir -p $(PY_OUT)
+	cd examples/handler-template-python && $(COMPONENTIZE_PY) -d ../../wit/bus.wit -w handler componentize app -o $(abspath $@)
+
+py-handlers: $(PY_OUT)/handler-template-python.wasm
+
 # Compiles the first-party handlers and leaves each ready-to-load pair
 # (name.wasm + name.toml) in build/handlers. Files are copied then renamed,
 # so a running host never sees half a component.
@@ -88,7 +108,7 @@ run: build
 # handler compilation is not slowed by a debug cranelift.
 # Kafka tests run against the real brokers (`make kafka-up`,
 # `make kafka-up-secure` and `make kafka-up-cluster`, left running).
-test: toolchain js-handlers browser-deps prometheus-deps otelcol kafka-up kafka-up-secure kafka-up-cluster registry-up
+test: toolchain js-handlers py-handlers browser-deps prometheus-deps otelcol kafka-up kafka-up-secure kafka-up-cluster registry-up
 	$(CARGO) test --release
 
 # The dashboard test drives Debian's headless Chromium with playwright-core

@@ -103,6 +103,19 @@ fn main() {
     ] {
         writeln!(out, "/// `{file}` (JavaScript), built by `make js-handlers`.\npub const {name}: &str = {:?};", js_dir.join(format!("{file}.wasm")).display().to_string()).unwrap();
     }
+    // The Python template, built by `make py-handlers`.
+    let py = target_dir
+        .parent()
+        .unwrap()
+        .join("py")
+        .join("handler-template-python.wasm");
+    writeln!(
+        out,
+        "/// The Python template, built by `make py-handlers`.\npub const TEMPLATE_PY: &str = {:?};\n/// Its manifest.\npub const TEMPLATE_PY_MANIFEST: &str = {:?};",
+        py.display().to_string(),
+        root.join("examples/handler-template-python/handler.toml").display().to_string()
+    )
+    .unwrap();
     writeln!(
         out,
         "/// Compiled-component cache shared by all tests.\npub const COMPILE_CACHE: &str = {:?};",

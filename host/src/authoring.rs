@@ -1,8 +1,8 @@
 //! `persona-bus new` and `persona-bus handlers build`: a handler folder
 //! from the templates in `examples/` (embedded in the binary, with the WIT
 //! contract), and its build into `<name>.wasm` beside its manifest, ready to
-//! drop into a host's handlers folder. Rust and JavaScript; Python is not
-//! built yet.
+//! drop into a host's handlers folder. Rust, JavaScript (componentize-js)
+//! and Python (componentize-py).
 
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
@@ -13,8 +13,12 @@ const RUST_LIB: &str = include_str!("../../examples/handler-template-rust/src/li
 const RUST_MANIFEST: &str = include_str!("../../examples/handler-template-rust/handler.toml");
 const JS_SOURCE: &str = include_str!("../../examples/handler-template-js/handler.js");
 const JS_MANIFEST: &str = include_str!("../../examples/handler-template-js/handler.toml");
+const PY_SOURCE: &str = include_str!("../../examples/handler-template-python/app.py");
+const PY_MANIFEST: &str = include_str!("../../examples/handler-template-python/handler.toml");
 /// The componentize-js the repository builds with (tools/js).
 const COMPONENTIZE_JS: &str = "0.23.0";
+/// The componentize-py it builds with (`make py-handlers`).
+const COMPONENTIZE_PY: &str = "0.25.1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lang {
@@ -31,11 +35,6 @@ pub fn new(name: &str, lang: Lang, dir: Option<&Path>) -> anyhow::Result<PathBuf
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
     {
         bail!("handler name {name:?}: use a-z, 0-9, - and _");
-    }
-    if lang == Lang::Python {
-        bail!(
-            "Python handlers (componentize-py) are not supported yet; use --lang rust or --lang js"
-        );
     }
     let dir = dir.map_or_else(|| PathBuf::from(name), Path::to_owned);
     if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
@@ -79,7 +78,14 @@ pub fn new(name: &str, lang: Lang, dir: Option<&Path>) -> anyhow::Result<PathBuf
                 ),
             )?;
         }
-        Lang::Python => unreachable!("refused above"),
+        Lang::Python => {
+            write("app.py", PY_SOURCE)?;
+            write(&format!("{name}.toml"), &retitle(PY_MANIFEST, name))?;
+            write(
+                "requirements-build.txt",
+                &format!("componentize-py=={COMPONENTIZE_PY}\n"),
+            )?;
+        }
     }
     write(
         "README.md",
@@ -158,9 +164,24 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
             .arg(dir.join("wit/bus.wit"))
             .args(["--world-name", "handler", "-d", "fetch-event", "-o"])
             .arg(&out))?;
+    } else if dir.join("app.py").is_file() {
+        let tool = componentize_py(dir)?;
+        let out = std::path::absolute(&out).context("output path")?;
+        run(Command::new(&tool)
+            .args([
+                "-d",
+                "wit/bus.wit",
+                "-w",
+                "handler",
+                "componentize",
+                "app",
+                "-o",
+            ])
+            .arg(&out)
+            .current_dir(dir))?;
     } else {
         bail!(
-            "{}: neither Cargo.toml (Rust) nor package.json (JavaScript)",
+            "{}: no Cargo.toml (Rust), package.json (JavaScript) or app.py (Python)",
             dir.display()
         );
     }
@@ -180,6 +201,35 @@ fn componentize_js(dir: &Path) -> anyhow::Result<PathBuf> {
     run(Command::new("npm")
         .args(["install", "--no-audit", "--no-fund"])
         .current_dir(dir))?;
+    Ok(local)
+}
+
+/// `componentize-py`: the folder's `.venv`, `PERSONA_BUS_COMPONENTIZE_PY`,
+/// one on the PATH, or installed into a new `.venv` with pip.
+fn componentize_py(dir: &Path) -> anyhow::Result<PathBuf> {
+    let local = dir.join(".venv/bin/componentize-py");
+    if local.is_file() {
+        return Ok(local);
+    }
+    if let Some(tool) = std::env::var_os("PERSONA_BUS_COMPONENTIZE_PY") {
+        return Ok(tool.into());
+    }
+    if Command::new("componentize-py")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return Ok("componentize-py".into());
+    }
+    run(Command::new("python3")
+        .args(["-m", "venv", ".venv"])
+        .current_dir(dir))?;
+    run(Command::new(dir.join(".venv/bin/pip")).args([
+        "install",
+        "-q",
+        &format!("componentize-py=={COMPONENTIZE_PY}"),
+    ]))?;
     Ok(local)
 }
 

@@ -140,3 +140,40 @@ fn both_templates_build_load_and_handle_events() {
         "{dead:?}"
     );
 }
+
+/// The Python template (componentize-py, `make py-handlers`) loads, handles
+/// events on fresh and reused instances, and rejects what it rejects.
+#[test]
+fn python_template_handles_events_fresh_and_reused() {
+    require(guests::TEMPLATE_PY);
+    let sb = Sandbox::new();
+    sb.install_shipped(
+        "handler-template-python",
+        guests::TEMPLATE_PY,
+        guests::TEMPLATE_PY_MANIFEST,
+    );
+    sb.install(
+        "py-fresh",
+        guests::TEMPLATE_PY,
+        "[[subscriptions]]\nevent_type = \"custom\"\n[[subscriptions]]\nevent_type = \"reject-me\"\n[limits]\nmemory_mb = 128\n[retry]\nmax_attempts = 1",
+    );
+    let bus = sb.open();
+    bus.start().unwrap();
+    for _ in 0..3 {
+        let e = bus.publish(persona_bus_tests::event("custom")).unwrap();
+        let done = persona_bus_tests::wait_final(&bus, &e.id, std::time::Duration::from_secs(60));
+        assert_eq!(done.status, persona_bus::EventStatus::Completed);
+    }
+    for h in ["handler-template-python", "py-fresh"] {
+        assert_eq!(bus.store().state_counter(h, "seen").unwrap(), 3, "{h}");
+    }
+    let e = bus.publish(persona_bus_tests::event("reject-me")).unwrap();
+    let done = persona_bus_tests::wait_final(&bus, &e.id, std::time::Duration::from_secs(60));
+    assert_eq!(done.status, persona_bus::EventStatus::DeadLetter);
+    let runs = bus.store().executions(&e.id).unwrap();
+    assert!(
+        runs.iter()
+            .any(|r| r.error.as_deref().unwrap_or("").contains("asked to reject")),
+        "{runs:?}"
+    );
+}

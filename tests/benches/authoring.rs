@@ -6,7 +6,7 @@
 //! caches (crates downloaded and compiled once, as on a developer's
 //! machine); the timed round uses a new handler name.
 //!
-//!   cargo bench -p persona-bus-tests --bench authoring
+//!   cargo bench -p persona-bus-tests --bench authoring   (after `make handlers py-handlers`)
 
 use persona_bus_tests::kafka::free_port;
 use persona_bus_tests::{guests, wait_for};
@@ -56,7 +56,12 @@ fn round(lang: &str, name: &str) -> [Duration; 3] {
         .parent()
         .unwrap()
         .join("authoring-target");
+    let home = std::env::var("HOME").unwrap();
     let env = [
+        (
+            "PERSONA_BUS_COMPONENTIZE_PY",
+            format!("{home}/.cache/persona-bus/py-venv-componentize-0.25.1/bin/componentize-py"),
+        ),
         ("CARGO_TARGET_DIR", target.display().to_string()),
         (
             "PERSONA_BUS_COMPONENTIZE_JS",
@@ -127,7 +132,7 @@ fn main() {
         "{:<12} {:>10} {:>10} {:>22} {:>10}",
         "language", "new", "build", "install to handled", "total"
     );
-    for lang in ["rust", "js"] {
+    for lang in ["rust", "js", "python"] {
         round(lang, &format!("warm-{lang}"));
         let [new, build, live] = round(lang, &format!("timed-{lang}"));
         let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());

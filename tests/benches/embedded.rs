@@ -349,6 +349,9 @@ fn dispatch_cost(n: usize, only: &[&str]) {
         ("noop-reuse", guests::NOOP, "reuse"),
         ("tally-js", guests::TALLY_JS, "fresh"),
         ("tally-js-reuse", guests::TALLY_JS, "reuse"),
+        // `make py-handlers` builds it.
+        ("python", guests::TEMPLATE_PY, "fresh"),
+        ("python-reuse", guests::TEMPLATE_PY, "reuse"),
     ];
     let handlers: Vec<_> = handlers
         .into_iter()
