@@ -24,7 +24,7 @@ DATA_DIR    ?= .data
 JS_TOOLS    := tools/js
 COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
-JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm
+JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm $(JS_OUT)/fetch-js.wasm
 
 .PHONY: all toolchain build handlers js-handlers py-handlers run test lint fmt bench bench-kafka bench-schemas bench-peer bench-http bench-tracing soak screenshot otelcol browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down registry-up registry-down
 
@@ -57,6 +57,11 @@ $(JS_OUT)/tally-js.wasm: handlers/tally-js/tally-js.js wit/bus.wit $(COMPONENTIZ
 	$(COMPONENTIZE) $< $(JS_FLAGS) -o $@
 
 $(JS_OUT)/handler-template-js.wasm: examples/handler-template-js/handler.js wit/bus.wit $(COMPONENTIZE) Makefile
+	@mkdir -p $(JS_OUT)
+	$(COMPONENTIZE) $< $(JS_FLAGS) -o $@
+
+# A test guest: fetch() through the host's wasi:http.
+$(JS_OUT)/fetch-js.wasm: tests/guests-js/fetch.js wit/bus.wit $(COMPONENTIZE) Makefile
 	@mkdir -p $(JS_OUT)
 	$(COMPONENTIZE) $< $(JS_FLAGS) -o $@
 

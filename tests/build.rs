@@ -100,6 +100,7 @@ fn main() {
     for (name, file) in [
         ("TALLY_JS", "tally-js"),
         ("TEMPLATE_JS", "handler-template-js"),
+        ("FETCH_JS", "fetch-js"),
     ] {
         writeln!(out, "/// `{file}` (JavaScript), built by `make js-handlers`.\npub const {name}: &str = {:?};", js_dir.join(format!("{file}.wasm")).display().to_string()).unwrap();
     }

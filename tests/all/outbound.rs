@@ -9,6 +9,7 @@ use persona_bus_tests::kafka::free_port;
 use persona_bus_tests::{Sandbox, event, guests, wait_final};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -408,4 +409,55 @@ fn handlers_test_prints_a_dry_run_and_fails_when_the_handler_does() {
     assert!(out.contains("outcome: trap"), "{out}");
     // Nothing was committed anywhere.
     assert!(!sb.data_dir().join("bus.db").exists());
+}
+
+/// A JavaScript handler's standard `fetch()` (componentize-js over the
+/// host's wasi:http): an allowed destination answers, a refused one makes
+/// fetch throw inside the guest, with the reason in the execution row.
+#[test]
+fn javascript_fetch_works_under_the_same_rules() {
+    assert!(
+        Path::new(guests::FETCH_JS).exists(),
+        "{} is missing: `make js-handlers` builds it",
+        guests::FETCH_JS
+    );
+    let (port, seen) = server();
+    let sb = Sandbox::new();
+    let manifest = |url: &str| {
+        format!(
+            "allowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n[[subscriptions]]\nevent_type = \"go\"\n\
+             [limits]\ntimeout_ms = 5000\n[retry]\nmax_attempts = 1\n[instances]\npolicy = \"reuse\"\n\
+             [config]\nurl = \"{url}\"\n"
+        )
+    };
+    sb.install(
+        "js-ok",
+        guests::FETCH_JS,
+        &manifest(&format!("http://127.0.0.1:{port}/ok")),
+    );
+    sb.install(
+        "js-denied",
+        guests::FETCH_JS,
+        &manifest("http://127.0.0.1:1/no"),
+    );
+    let b = sb.open();
+    b.start().unwrap();
+    let e = b.publish(event("go")).unwrap();
+    wait_final(&b, &e.id, Duration::from_secs(60));
+    let runs = b.store().executions(&e.id).unwrap();
+    let run = |h: &str| runs.iter().find(|r| r.handler == h).unwrap().clone();
+    assert_eq!(run("js-ok").outcome, "completed", "{runs:?}");
+    let denied = run("js-denied");
+    assert_eq!(denied.outcome, "rejected", "{runs:?}");
+    assert!(
+        denied
+            .error
+            .unwrap_or_default()
+            .contains("destination not allowed: http://127.0.0.1:1/no"),
+        "{runs:?}"
+    );
+    let keys: Vec<_> = seen.lock().unwrap().clone();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0].0, "/ok");
+    assert_eq!(keys[0].1.len(), 32, "fetch carries the idempotency key too");
 }

@@ -285,9 +285,13 @@ fn insert_execution(
     run: &Run,
     now: &str,
 ) -> Result<(), StoreError> {
-    // A run that completed but ran into a limit (publish refused) keeps the
-    // note in `error`, so it is visible without failing the event.
-    let error = run.outcome.error().or_else(|| run.note.clone());
+    // A run that completed but ran into a limit (publish refused, an
+    // outbound request refused) keeps the note in `error`, so it is visible
+    // without failing the event; a failed run keeps both.
+    let error = match (run.outcome.error(), &run.note) {
+        (Some(e), Some(note)) => Some(format!("{e} ({note})")),
+        (e, note) => e.or_else(|| note.clone()),
+    };
     conn.prepare_cached(
         "INSERT INTO persona_runs (event_seq, handler_no, handler_version, attempt, outcome, duration_us, error, started_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
