@@ -85,7 +85,11 @@ $(PY_OUT)/handler-template-python.wasm: examples/handler-template-python/app.py 
 	@mkdir -p $(PY_OUT)
 	cd examples/handler-template-python && $(COMPONENTIZE_PY) -d ../../wit/bus.wit -w handler componentize app -o $(abspath $@)
 
-py-handlers: $(PY_OUT)/handler-template-python.wasm
+$(PY_OUT)/tally-py.wasm: handlers/tally-py/app.py wit/bus.wit $(COMPONENTIZE_PY)
+	@mkdir -p $(PY_OUT)
+	cd handlers/tally-py && $(COMPONENTIZE_PY) -d ../../wit/bus.wit -w handler componentize app -o $(abspath $@)
+
+py-handlers: $(PY_OUT)/handler-template-python.wasm $(PY_OUT)/tally-py.wasm
 
 # Compiles the first-party handlers and leaves each ready-to-load pair
 # (name.wasm + name.toml) in build/handlers. Files are copied then renamed,

@@ -112,9 +112,11 @@ fn main() {
         .join("handler-template-python.wasm");
     writeln!(
         out,
-        "/// The Python template, built by `make py-handlers`.\npub const TEMPLATE_PY: &str = {:?};\n/// Its manifest.\npub const TEMPLATE_PY_MANIFEST: &str = {:?};",
+        "/// The Python template, built by `make py-handlers`.\npub const TEMPLATE_PY: &str = {:?};\n/// Its manifest.\npub const TEMPLATE_PY_MANIFEST: &str = {:?};\n/// `tally-py`, built by `make py-handlers`.\npub const TALLY_PY: &str = {:?};\n/// Its manifest.\npub const TALLY_PY_MANIFEST: &str = {:?};",
         py.display().to_string(),
-        root.join("examples/handler-template-python/handler.toml").display().to_string()
+        root.join("examples/handler-template-python/handler.toml").display().to_string(),
+        py.with_file_name("tally-py.wasm").display().to_string(),
+        root.join("handlers/tally-py/tally-py.toml").display().to_string()
     )
     .unwrap();
     writeln!(

@@ -22,10 +22,33 @@ fn with_payload(event_type: &str, payload: serde_json::Value) -> NewEvent {
 
 #[test]
 fn javascript_handler_completes_retries_rejects_and_publishes() {
-    require(guests::TALLY_JS);
+    tally(
+        "tally-js",
+        (guests::TALLY_JS, guests::TALLY_JS_MANIFEST),
+        "js",
+    );
+}
+
+/// The Python twin of `tally-js` (componentize-py, `make py-handlers`).
+#[test]
+fn python_handler_completes_retries_rejects_and_publishes() {
+    tally(
+        "tally-py",
+        (guests::TALLY_PY, guests::TALLY_PY_MANIFEST),
+        "python",
+    );
+}
+
+/// A first-party `tally` handler (`name`, in language `lang`): completes,
+/// retries, rejects, keeps state and publishes follow-ups.
+fn tally(name: &str, (wasm, manifest): (&str, &str), lang: &str) {
+    require(wasm);
     let sb = Sandbox::new();
-    sb.install_shipped("tally-js", guests::TALLY_JS, guests::TALLY_JS_MANIFEST)
-        .install_shipped("counter", guests::COUNTER, guests::COUNTER_MANIFEST);
+    sb.install_shipped(name, wasm, manifest).install_shipped(
+        "counter",
+        guests::COUNTER,
+        guests::COUNTER_MANIFEST,
+    );
     let bus = sb.open();
     bus.start().unwrap();
     let ok = bus
@@ -54,7 +77,7 @@ fn javascript_handler_completes_retries_rejects_and_publishes() {
             .executions(id)
             .unwrap()
             .into_iter()
-            .filter(|r| r.handler == "tally-js")
+            .filter(|r| r.handler == name)
             .map(|r| (r.attempt, r.outcome))
             .collect::<Vec<_>>()
     };
@@ -67,19 +90,21 @@ fn javascript_handler_completes_retries_rejects_and_publishes() {
     assert_eq!(dead.len(), 1);
     assert_eq!(
         (dead[0].handler.as_str(), dead[0].reason.as_str()),
-        ("tally-js", "rejected")
+        (name, "rejected")
     );
     assert!(
-        dead[0].last_error.contains("js handler rejects"),
+        dead[0]
+            .last_error
+            .contains(&format!("{lang} handler rejects")),
         "{:?}",
         dead[0]
     );
 
     // State (BigInt increments) and follow-up events (records, options, lists).
-    assert_eq!(bus.store().state_counter("tally-js", "events").unwrap(), 2);
+    assert_eq!(bus.store().state_counter(name, "events").unwrap(), 2);
     assert_eq!(
         bus.store()
-            .state_counter("tally-js", "type:task_created")
+            .state_counter(name, "type:task_created")
             .unwrap(),
         2
     );
@@ -93,8 +118,8 @@ fn javascript_handler_completes_retries_rejects_and_publishes() {
         actions
             .events
             .iter()
-            .all(|e| e.source_id.as_deref() == Some("tally-js")
-                && e.headers.contains(&("lang".into(), "js".into())))
+            .all(|e| e.source_id.as_deref() == Some(name)
+                && e.headers.contains(&("lang".into(), lang.into())))
     );
 }
 
