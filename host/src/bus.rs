@@ -103,13 +103,7 @@ impl Bus {
         let runtime = Arc::new(Runtime::new(
             &config.runtime,
             &config.limits,
-            Some(
-                config
-                    .runtime
-                    .cache_dir
-                    .clone()
-                    .unwrap_or_else(|| config.data_dir.join("cache")),
-            ),
+            Some(config.compile_cache_dir()),
         )?);
         let registry = Arc::new(Registry::new(
             config.handlers_dir.clone(),

@@ -1130,6 +1130,15 @@ impl Config {
         Ok(())
     }
 
+    /// Where compiled components are cached: `runtime.cache_dir`, else
+    /// `<data_dir>/cache`.
+    pub fn compile_cache_dir(&self) -> PathBuf {
+        self.runtime
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("cache"))
+    }
+
     /// Worker threads to run handlers on.
     pub fn workers(&self) -> usize {
         match self.runtime.workers {

@@ -35,13 +35,7 @@ pub fn run(config: &Config, target: &Path, event: &Path, attempt: u32) -> anyhow
     let runtime = Runtime::new(
         &config.runtime,
         &config.limits,
-        Some(
-            config
-                .runtime
-                .cache_dir
-                .clone()
-                .unwrap_or_else(|| config.data_dir.join("cache")),
-        ),
+        Some(config.compile_cache_dir()),
     )?;
     let h = load_handler(&runtime, &manifest, &config.limits)
         .with_context(|| format!("cannot load {}", manifest.display()))?;

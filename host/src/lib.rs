@@ -50,6 +50,7 @@ pub mod registry;
 pub mod runtime;
 pub mod schemas;
 pub mod secrets;
+pub mod signature;
 pub mod source;
 pub mod store;
 pub mod traces;

@@ -82,15 +82,16 @@ impl Secrets {
         self.0.keys().map(String::as_str)
     }
 
-    /// `text` with every secret value replaced by `[secret <name>]`.
-    pub fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_owned();
+    /// `text` with every secret value replaced by `[secret <name>]`; the
+    /// same string, not a copy, when it holds none (the common case: this
+    /// runs on every log line a handler writes).
+    pub fn scrub(&self, mut text: String) -> String {
         for (name, value) in &self.0 {
-            if out.contains(value.as_str()) {
-                out = out.replace(value.as_str(), &format!("[secret {name}]"));
+            if text.contains(value.as_str()) {
+                text = text.replace(value.as_str(), &format!("[secret {name}]"));
             }
         }
-        out
+        text
     }
 }
 
@@ -111,7 +112,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.get("key").as_deref(), Some("file-value-42"));
         assert_eq!(
-            s.scrub("got env-value-7 and file-value-42"),
+            s.scrub("got env-value-7 and file-value-42".into()),
             "got [secret token] and [secret key]"
         );
         assert_eq!(format!("{s:?}"), "{\"key\", \"token\"}");

@@ -3,7 +3,8 @@
 //! retried while the receiver is down; a host killed with SIGKILL and
 //! started again does not announce it twice; it resolves once.
 
-use crate::{Host, cli, host_binary};
+use crate::consume::spawn_host;
+use crate::{Host, cli};
 use hmac::{Hmac, Mac};
 use persona_bus_tests::kafka::free_port;
 use persona_bus_tests::{Sandbox, guests, wait_for};
@@ -11,7 +12,6 @@ use serde_json::Value;
 use sha2::Sha256;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,22 +75,9 @@ fn receive_on(port: u16) -> Arc<Mutex<Vec<Received>>> {
     got
 }
 
+/// The host process on the sandbox's folders (its log: `data.log`).
 fn start_host(sb: &Sandbox, config: &std::path::Path) -> Host {
-    let log = std::fs::File::create(sb.root.path().join("host.log")).unwrap();
-    Host(
-        Command::new(host_binary())
-            .arg("--data-dir")
-            .arg(sb.data_dir())
-            .arg("--config")
-            .arg(config)
-            .args(["run", "--handlers", sb.handlers_dir().to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .env("PERSONA_BUS_HTTP_ADDR", "127.0.0.1:0")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+    spawn_host(sb, &sb.data_dir(), config, &[])
 }
 
 fn listing(sb: &Sandbox) -> Value {
@@ -224,7 +211,7 @@ secret = "{SECRET}"
         .map(|d| d["state"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(states, ["delivered", "delivered"], "{l:#}");
-    let log = std::fs::read_to_string(sb.root.path().join("host.log")).unwrap();
+    let log = std::fs::read_to_string(sb.data_dir().with_extension("log")).unwrap();
     assert!(log.contains("alert resolved"), "{log}");
 }
 

@@ -266,20 +266,16 @@ fn secrets_reach_the_guest_and_no_output() {
          [secrets]\ntoken = { env = \"FETCH_TEST_TOKEN\" }\n[config]\nleak = \"token\"",
     );
     let port = free_port();
-    let log_path = sb.root.path().join("host.log");
-    let _host = crate::Host(
-        std::process::Command::new(crate::host_binary())
-            .arg("--data-dir")
-            .arg(sb.data_dir())
-            .args(["run", "--handlers", sb.handlers_dir().to_str().unwrap()])
-            .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .env("FETCH_TEST_TOKEN", SECRET)
-            .env("RUST_LOG", "trace")
-            .stdout(std::fs::File::create(sb.root.path().join("host.out")).unwrap())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let config = sb.root.path().join("bus.toml");
+    std::fs::write(&config, "").unwrap();
+    let env = [
+        ("FETCH_TEST_TOKEN", SECRET.to_owned()),
+        ("RUST_LOG", "trace".to_owned()),
+        ("PERSONA_BUS_HTTP_ADDR", format!("127.0.0.1:{port}")),
+    ]
+    .map(|(k, v)| (k.to_owned(), v));
+    let _host = crate::consume::spawn_host(&sb, &sb.data_dir(), &config, &env);
+    let log_path = sb.data_dir().with_extension("log");
     let base = format!("http://127.0.0.1:{port}");
     persona_bus_tests::wait_for(Duration::from_secs(30), "the host", || {
         ureq::get(format!("{base}/ready")).call().is_ok()

@@ -51,10 +51,7 @@ pub fn compile_child_main(out: &Path) -> anyhow::Result<()> {
 
 /// Hex SHA-256 of a component's bytes.
 pub fn digest(wasm: &[u8]) -> String {
-    Sha256::digest(wasm)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::signature::hex(&Sha256::digest(wasm))
 }
 
 pub(crate) fn load_or_compile(

@@ -67,7 +67,7 @@ impl Call {
         if let Some(t) = &self.env.transcript {
             t.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(self.secrets.scrub(&line()));
+                .push(self.secrets.scrub(line()));
         }
     }
 
@@ -164,10 +164,16 @@ impl host::Host for HostState {
             message.truncate(cut);
             message.push('…');
         }
-        let message = call.secrets.scrub(&message);
+        let message = call.secrets.scrub(message);
         call.record(|| {
-            let level = format!("{level:?}").to_lowercase();
-            format!("log {}: {message}", level.trim_start_matches("level::"))
+            let level = match level {
+                types::Level::Trace => "trace",
+                types::Level::Debug => "debug",
+                types::Level::Info => "info",
+                types::Level::Warn => "warn",
+                types::Level::Error => "error",
+            };
+            format!("log {level}: {message}")
         });
         let (handler, event_id) = (&*call.handler, &call.event_id);
         match level {

@@ -345,15 +345,15 @@ impl Runtime {
         // a secret's value, whatever the guest put in its messages.
         let secrets = &h.manifest.secrets;
         let outcome = match outcome {
-            RunOutcome::Retry(m) => RunOutcome::Retry(secrets.scrub(&m)),
-            RunOutcome::Rejected(m) => RunOutcome::Rejected(secrets.scrub(&m)),
+            RunOutcome::Retry(m) => RunOutcome::Retry(secrets.scrub(m)),
+            RunOutcome::Rejected(m) => RunOutcome::Rejected(secrets.scrub(m)),
             RunOutcome::Failed { kind, message } => RunOutcome::Failed {
                 kind,
-                message: secrets.scrub(&message),
+                message: secrets.scrub(message),
             },
             done => done,
         };
-        let note = note.map(|n| secrets.scrub(&n));
+        let note = note.map(|n| secrets.scrub(n));
         Invocation {
             outcome,
             effects,
@@ -404,14 +404,7 @@ impl Runtime {
         } else {
             wasi.stderr(stderr.clone());
         }
-        let outbound = outbound::Outbound::new(
-            &h.manifest.allowed_outbound_hosts,
-            &h.manifest.limits,
-            h.name,
-            &call.event_id,
-            deadline,
-        )
-        .with_transcript(call.env.transcript.clone());
+        let outbound = outbound::Outbound::for_call(h, &call, deadline);
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -467,14 +460,7 @@ impl Runtime {
         let mut warm = match pooled {
             Some(mut w) => {
                 let state = w.store.data_mut();
-                state.outbound = outbound::Outbound::new(
-                    &h.manifest.allowed_outbound_hosts,
-                    limits,
-                    h.name,
-                    &call.event_id,
-                    deadline,
-                )
-                .with_transcript(call.env.transcript.clone());
+                state.outbound = outbound::Outbound::for_call(h, &call, deadline);
                 state.call = call;
                 state.limiter.hit = false;
                 Self::arm(&mut w.store, limits, deadline);

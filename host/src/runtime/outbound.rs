@@ -12,7 +12,7 @@
 //! (a retry, a redelivery after a crash) sends the same keys in the same
 //! order, so a receiver can drop the repeat.
 
-use crate::manifest::{Limits, OutboundRule};
+use crate::manifest::OutboundRule;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -39,30 +39,26 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(
-        allowed: &Arc<[OutboundRule]>,
-        limits: &Limits,
-        handler: &Arc<str>,
-        event_id: &str,
+    /// The rules and limits of `h`'s manifest, for one call (fresh or on a
+    /// reused instance) ending at `deadline`.
+    pub(crate) fn for_call(
+        h: &super::HandlerRef<'_>,
+        call: &super::host_api::Call,
         deadline: Instant,
     ) -> Self {
+        let limits = &h.manifest.limits;
         Self {
-            allowed: allowed.clone(),
-            handler: handler.clone(),
-            event_id: event_id.to_owned(),
+            allowed: h.manifest.allowed_outbound_hosts.clone(),
+            handler: h.name.clone(),
+            event_id: call.event_id.clone(),
             max_requests: limits.http_requests,
             max_response_bytes: limits.http_response_bytes,
             timeout: limits.http_timeout,
             deadline,
             sent: 0,
             notes: Vec::new(),
-            transcript: None,
+            transcript: call.env.transcript.clone(),
         }
-    }
-
-    pub fn with_transcript(mut self, t: Option<super::Transcript>) -> Self {
-        self.transcript = t;
-        self
     }
 
     fn record(&self, line: String) {
@@ -92,10 +88,7 @@ pub fn idempotency_key(event_id: &str, handler: &str, index: u32) -> String {
     h.update(handler.as_bytes());
     h.update([0]);
     h.update(index.to_be_bytes());
-    h.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::signature::hex(&h.finalize()[..16])
 }
 
 type Sent = (
