@@ -333,14 +333,19 @@ impl Bus {
         self.ctx.stored();
     }
 
-    /// Counters and histograms (`GET /metrics`).
     /// Payload schemas (checks and the wire codec).
     pub fn schemas(&self) -> &crate::schemas::Schemas {
         &self.ctx.schemas
     }
 
+    /// Counters and histograms (`GET /metrics`).
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.ctx.metrics
+    }
+
+    /// Consumer lag, sampled at most every [`crate::kafka::lag::FRESH_FOR`].
+    pub fn lag(&self) -> &crate::kafka::lag::LagReader {
+        &self.ctx.lag
     }
 
     /// Who is handling events now, and the breaker's state.

@@ -47,6 +47,8 @@ pub struct HostContext {
     pub schemas: Arc<crate::schemas::Schemas>,
     /// Spans of publishes (a no-op when tracing is off).
     pub traces: Arc<crate::traces::Traces>,
+    /// Consumer lag, sampled (for `/metrics` and the alerts).
+    pub lag: crate::kafka::lag::LagReader,
     stopping: AtomicBool,
     notices: broadcast::Sender<Notice>,
 }
@@ -72,6 +74,7 @@ impl HostContext {
             processor_partitions: Default::default(),
             schemas,
             traces,
+            lag: Default::default(),
             stopping: AtomicBool::new(false),
             notices,
         }

@@ -150,4 +150,35 @@ fn prometheus_scrapes_the_host_and_promql_sees_the_known_load() {
     p.wait_for_value("sum(persona_bus_consumer_lag{role!=\"audit\"})", 0.0);
     p.wait_for_value("persona_bus_outbox_events", 0.0);
     p.wait_for_value("persona_bus_breaker_state", 0.0);
+
+    // Lag is sampled: a burst of scrapes (a dashboard, a benchmark) asks
+    // the broker at most once per group, and every scrape still has it.
+    let scrape = || {
+        ureq::get(format!("{}/metrics", s.base))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    };
+    let reads = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("persona_bus_consumer_lag_reads_total "))
+            .and_then(|v| v.parse().ok())
+            .expect("persona_bus_consumer_lag_reads_total in /metrics")
+    };
+    let before = reads(&scrape());
+    let mut last = String::new();
+    for _ in 0..20 {
+        last = scrape();
+        assert!(
+            last.contains("persona_bus_consumer_lag{role=\"processor\""),
+            "{last}"
+        );
+    }
+    let asked = reads(&last) - before;
+    assert!(
+        asked <= 3,
+        "20 scrapes asked the broker for lag {asked} times"
+    );
 }

@@ -1,6 +1,6 @@
 //! Reading what the rules watch, from the same sources as `/metrics`: the
 //! store (dead letters, outbox), the source switch (breaker), the Kafka
-//! admin API (lag) and the host's own run counters (error rates).
+//! admin API (lag, sampled by [`crate::kafka::lag`]) and the host's own run counters (error rates).
 
 use super::config::{AlertRule, Signal};
 use super::state::Observation;
@@ -105,14 +105,19 @@ impl Reader {
                         k.topics.events.name.as_str(),
                         k.topics.actions.name.as_str(),
                     ];
-                    crate::kafka::admin::describe(
-                        k,
-                        &k.consumer_group,
-                        &topics,
-                        Duration::from_secs(1),
-                    )
-                    .map(|v| (v.group.clone(), v.total_lag()))
-                    .map_err(|e| e.to_string())
+                    // A sample from a scrape moments ago serves; one as
+                    // old as half the evaluation interval does not.
+                    let max_age = (Duration::from_millis(ctx.config.alerts.interval_ms) / 2)
+                        .min(crate::kafka::lag::FRESH_FOR);
+                    ctx.lag
+                        .read(
+                            k,
+                            &k.consumer_group,
+                            &topics,
+                            Duration::from_secs(1),
+                            max_age,
+                        )
+                        .map(|v| (v.group.clone(), v.total_lag()))
                 });
                 let (group, lag) = lag.clone()?;
                 Ok(vec![Observation {

@@ -90,9 +90,12 @@ pub async fn metrics(State(api): State<Api>) -> Result<impl IntoResponse, ApiErr
                 ("audit", crate::kafka::archive::group_id(k), vec![events, actions, k.topics.executions.name.as_str()]),
                 ("webhooks", k.webhook_group.clone(), vec![k.topics.webhooks.name.as_str()]),
             ];
-            let _ = writeln!(extra, "# HELP persona_bus_consumer_lag Records not yet consumed, per group and partition.\n# TYPE persona_bus_consumer_lag gauge");
+            // Sampled: a scrape within FRESH_FOR of the last one is served
+            // the same figures without asking the broker.
+            let _ = writeln!(extra, "# HELP persona_bus_consumer_lag Records not yet consumed, per group and partition (read from the broker at most every {} s).\n# TYPE persona_bus_consumer_lag gauge", crate::kafka::lag::FRESH_FOR.as_secs());
             for (role, group, topics) in &groups {
-            match crate::kafka::admin::describe(k, group, topics, std::time::Duration::from_secs(2)) {
+            let lag = bus.lag().read(k, group, topics, std::time::Duration::from_secs(2), crate::kafka::lag::FRESH_FOR);
+            match lag {
                 Ok(view) => {
                     for p in &view.partitions {
                         let _ = writeln!(
@@ -109,6 +112,7 @@ pub async fn metrics(State(api): State<Api>) -> Result<impl IntoResponse, ApiErr
             }
             }
         }
+        let _ = writeln!(extra, "# HELP persona_bus_consumer_lag_reads_total Times a group's lag was read from the broker.\n# TYPE persona_bus_consumer_lag_reads_total counter\npersona_bus_consumer_lag_reads_total {}", bus.lag().reads());
         Ok(bus.metrics().render(&extra))
     })
     .await?;

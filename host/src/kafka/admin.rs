@@ -48,7 +48,7 @@ impl GroupView {
 }
 
 /// A consumer that joins nothing: it only reads group metadata and offsets.
-fn observer(k: &KafkaConfig, group: &str) -> Result<BaseConsumer, KafkaError> {
+pub(crate) fn observer(k: &KafkaConfig, group: &str) -> Result<BaseConsumer, KafkaError> {
     client_config(k)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -71,20 +71,31 @@ pub fn describe(
     topics: &[&str],
     timeout: Duration,
 ) -> Result<GroupView, KafkaError> {
-    let consumer = observer(k, group)?;
+    describe_with(&observer(k, group)?, k, group, topics, timeout)
+}
+
+/// [`describe`] through an observer the caller keeps (made by
+/// [`observer`] for the same `group`): a new client per call costs its
+/// threads, connections and a metadata round-trip.
+pub(crate) fn describe_with(
+    consumer: &BaseConsumer,
+    k: &KafkaConfig,
+    group: &str,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<GroupView, KafkaError> {
     let (state, members) =
-        members(&consumer, group, timeout).map_err(|e| unreachable(k, timeout, e))?;
+        members(consumer, group, timeout).map_err(|e| unreachable(k, timeout, e))?;
     let mut tpl = TopicPartitionList::new();
-    let metadata = consumer
-        .fetch_metadata(None, timeout)
-        .map_err(|e| unreachable(k, timeout, e))?;
-    for t in metadata
-        .topics()
-        .iter()
-        .filter(|t| topics.contains(&t.name()))
-    {
-        for p in t.partitions() {
-            tpl.add_partition(t.name(), p.id());
+    // Topic by topic: a broker's whole metadata can be thousands of topics.
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| unreachable(k, timeout, e))?;
+        for t in metadata.topics().iter().filter(|t| t.name() == *topic) {
+            for p in t.partitions() {
+                tpl.add_partition(t.name(), p.id());
+            }
         }
     }
     let committed = consumer

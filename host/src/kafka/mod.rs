@@ -16,6 +16,7 @@ pub mod admin;
 pub mod archive;
 pub mod consumer;
 pub mod group;
+pub mod lag;
 pub mod outbox;
 pub mod topics;
 pub mod webhooks;
