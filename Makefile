@@ -4,6 +4,7 @@
 #   make lint   rustfmt check + clippy -D warnings
 #   make bench  the benchmarks behind BENCHMARKS.md (bench-kafka: the Kafka ones)
 #   make kafka-up / kafka-down   a real single-node Apache Kafka on 127.0.0.1:9092
+#   make kafka-reset             the same broker again with an empty data folder (before benchmarks)
 #   make kafka-up-secure         a second one with TLS + SASL (9096) and mutual TLS (9097)
 #   make kafka-up-cluster        a three-broker cluster (9192-9194)
 #   make registry-up / registry-down   a real schema registry (Apicurio) on 127.0.0.1:8081
@@ -26,7 +27,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm $(JS_OUT)/fetch-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers py-handlers run test lint fmt bench bench-kafka bench-schemas bench-peer bench-http bench-tracing soak screenshot otelcol browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down registry-up registry-down
+.PHONY: all toolchain build handlers js-handlers py-handlers run test lint fmt bench bench-kafka bench-schemas bench-peer bench-http bench-tracing soak screenshot otelcol browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down kafka-reset registry-up registry-down
 
 all: build
 
@@ -216,6 +217,12 @@ kafka-up-cluster:
 
 kafka-down:
 	scripts/kafka.sh down
+
+# The plaintext broker again, with an empty data folder (its topics gone):
+# the benchmarks' figures are from a broker without the thousands of
+# partitions earlier runs leave behind.
+kafka-reset:
+	scripts/kafka.sh reset
 
 # A real schema registry (Apicurio Registry 3.0.9 from Maven Central, in
 # memory) on 127.0.0.1:8081, Confluent API at /apis/ccompat/v7.

@@ -396,7 +396,11 @@ case "${1:-}" in
             done
         fi
         ;;
+    # Stops this broker, deletes its data folder and starts it empty.
+    # Every test and benchmark run leaves topics behind; thousands of
+    # partitions slow the broker down (a backlog benchmark by a fifth).
+    reset) down; rm -rf "$DATA"; up ;;
     pid) running && cat "$PIDFILE" ;;
     status) if running && port_open "$PORT"; then echo "running (pid $(cat "$PIDFILE"))"; else echo "not running"; exit 1; fi ;;
-    *) die "usage: $0 up|up-secure|up-cluster|down|status|pid|cluster-pid N|cluster-start N|tool" ;;
+    *) die "usage: $0 up|up-secure|up-cluster|down|reset|status|pid|cluster-pid N|cluster-start N|tool" ;;
 esac

@@ -5,8 +5,8 @@
 use crate::outcome::{Next, Resolution};
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Upper bounds (seconds) of the handler-latency histogram buckets.
 const BUCKETS: &[f64] = &[
@@ -64,9 +64,10 @@ impl Histogram {
 }
 
 struct PerHandler {
-    /// (handler, outcome label) -> runs.
-    runs: BTreeMap<(String, String), u64>,
-    latency: BTreeMap<String, Histogram>,
+    /// (handler, outcome label) -> runs. Keys share the handler's name
+    /// (`Arc`): counting a run allocates nothing.
+    runs: BTreeMap<(Arc<str>, &'static str), u64>,
+    latency: BTreeMap<Arc<str>, Histogram>,
     /// Publish (the event's `created_at`) to its final outcome.
     end_to_end: Histogram,
 }
@@ -119,12 +120,17 @@ impl Metrics {
             }
             for run in &r.runs {
                 *per.runs
-                    .entry((run.handler.to_string(), run.outcome.label().to_owned()))
+                    .entry((run.handler.clone(), run.outcome.label()))
                     .or_default() += 1;
-                per.latency
-                    .entry(run.handler.to_string())
-                    .or_insert_with(|| Histogram::new(BUCKETS))
-                    .record(run.duration.as_secs_f64());
+                let secs = run.duration.as_secs_f64();
+                match per.latency.get_mut(&*run.handler) {
+                    Some(h) => h.record(secs),
+                    None => {
+                        let mut h = Histogram::new(BUCKETS);
+                        h.record(secs);
+                        per.latency.insert(run.handler.clone(), h);
+                    }
+                }
             }
         }
     }
@@ -148,9 +154,9 @@ impl Metrics {
         let per = self.handlers.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for ((h, outcome), n) in &per.runs {
-            let e = out.entry(h.clone()).or_default();
+            let e = out.entry(h.to_string()).or_default();
             e.0 += n;
-            if outcome != "completed" {
+            if *outcome != "completed" {
                 e.1 += n;
             }
         }

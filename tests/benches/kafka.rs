@@ -67,6 +67,12 @@ fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
+    // Topics that earlier test and benchmark runs left slow the broker down;
+    // each run below also deletes its own when done.
+    let stale = k::drop_stale_topics(Duration::from_secs(30 * 60));
+    if stale > 0 {
+        println!("deleted {stale} topics that runs over 30 minutes ago left on the broker\n");
+    }
     if args.iter().any(|a| a == "--latency") {
         let l = latency(1_000, Duration::from_secs(if quick { 5 } else { 20 }));
         return println!("{}", l.line("persona-bus"));
@@ -129,6 +135,7 @@ fn main() {
         let l = latency(1_000, Duration::from_secs(if quick { 5 } else { 20 }));
         println!("{}\n", l.line("persona-bus"));
     }
+    warm_up_broker(n / 5);
     let topic = backlog(n);
     println!("{}", HostRun::header());
     for (policy, name) in [(Policy::Fresh, "fresh"), (Policy::Reuse, "reuse")] {
@@ -138,6 +145,7 @@ fn main() {
         let run = host_process(&topic, n, policy);
         println!("{}", run.line());
     }
+    drop_topic_family(&topic);
     if only.is_none() {
         println!();
         idle_rss();
@@ -404,6 +412,7 @@ fn tls_comparison(n: usize, quick: bool) {
         println!("{}", l.line("persona-bus"));
         let topic = backlog(n);
         let r = host_process(&topic, n, Policy::Fresh);
+        drop_topic_family(&topic);
         println!("{}\n{}\n", HostRun::header(), r.line());
         rows.push((name, l, r));
     }
@@ -418,6 +427,38 @@ fn tls_comparison(n: usize, quick: bool) {
         plain_l.p99,
         tls_r.cpu_us_per_event / plain_r.cpu_us_per_event,
     );
+}
+
+/// An untimed host run over a small backlog. A broker just started (as
+/// after `make kafka-reset`) serves its first minute of fetches and
+/// produces from cold JIT-compiled code: without this, the first timed run
+/// of a round measured 24-27k events/s where the same binary made 35k a few
+/// minutes later.
+fn warm_up_broker(n: usize) {
+    let t = Instant::now();
+    let topic = backlog_quiet(n);
+    host_process(&topic, n, Policy::Reuse);
+    drop_topic_family(&topic);
+    println!(
+        "warm-up: {n} events through a host, untimed ({:.1} s)\n",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// [`backlog`] without its line of output.
+fn backlog_quiet(n: usize) -> String {
+    let topic = format!("{}.events", k::prefix());
+    let mut g = spawn_generator_with(&topic, n, 0, &[]);
+    go(&mut g);
+    assert!(g.wait().unwrap().success(), "load generator failed");
+    topic
+}
+
+/// Deletes `topic` (`<prefix>.events`) and its siblings of the same prefix.
+fn drop_topic_family(topic: &str) {
+    if let Some((prefix, _)) = topic.split_once('.') {
+        k::drop_topics(prefix);
+    }
 }
 
 /// Puts `n` events on a fresh topic (6 partitions, the broker's default)
@@ -627,7 +668,8 @@ fn host_process_with(
     let sb = Sandbox::new();
     install_bench_handlers(&sb, policy);
     let mut c = sb.config();
-    k::consuming(&mut c, &k::prefix());
+    let prefix = k::prefix();
+    k::consuming(&mut c, &prefix);
     c.kafka.topics.events.name = topic.to_owned();
     edit(&mut c);
     // A backlog is usually on the broker's disk long before a host starts.
@@ -647,6 +689,8 @@ fn host_process_with(
     let peak_rss_mb = peak_rss_mb.max(host.memory_mb("VmHWM"));
     let cpu = host.cpu_time();
     host.stop();
+    // Its executions, actions, webhooks and dlq topics (not the backlog).
+    k::drop_topics(&prefix);
     assert_eq!(
         seen as usize, n,
         "not every event was handled (log: host.log)"
@@ -767,6 +811,7 @@ fn peer_comparison(n: usize, quick: bool) {
     let topic = backlog(n);
     let host = host_process(&topic, n, Policy::Fresh);
     let plan = peer(&topic, n, || {});
+    drop_topic_family(&topic);
     assert_eq!(plan.handled as usize, n, "the peer handled every event");
     println!(
         "{:<62} {:>10} {:>11}",

@@ -133,6 +133,17 @@ impl Store {
                 }
             };
         }
+        // The two statements every run uses, prepared once per batch (the
+        // statement cache hashes the SQL text at each lookup).
+        let mut execution = tx
+            .prepare_cached(INSERT_EXECUTION)
+            .op("prepare execution")?;
+        let mut ledger = tx
+            .prepare_cached(
+                "INSERT INTO persona_ledger (event_seq, handler_no, outcome, processed_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )
+            .op("prepare ledger")?;
         for (res, seq) in resolutions.iter().zip(seqs) {
             let Some(seq) = seq else {
                 // Claimed rows are never deleted; a row gone anyway (edited
@@ -142,18 +153,13 @@ impl Store {
             };
             for run in &res.runs {
                 let handler_no = handlers[&*run.handler];
-                insert_execution(&tx, seq, handler_no, run, &now)?;
+                insert_execution(&mut execution, seq, handler_no, run, &now)?;
                 let ledger_outcome = match run.verdict {
                     Verdict::Done => "completed",
                     Verdict::DeadLetter { .. } => "dead_letter",
                     Verdict::RetryAt(_) => continue,
                 };
-                let fresh = tx
-                    .prepare_cached(
-                        "INSERT INTO persona_ledger (event_seq, handler_no, outcome, processed_at) \
-                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                    )
-                    .op("prepare ledger")?
+                let fresh = ledger
                     .execute(params![seq, handler_no, ledger_outcome, now_ms])
                     .op("insert ledger")?
                     == 1;
@@ -176,6 +182,7 @@ impl Store {
                 }
             }
         }
+        drop((execution, ledger));
         tx.commit().op("commit outcomes")?;
         ids.committed();
         drop(handlers);
@@ -278,8 +285,11 @@ impl Store {
     }
 }
 
+const INSERT_EXECUTION: &str = "INSERT INTO persona_runs (event_seq, handler_no, handler_version, attempt, outcome, duration_us, error, started_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
 fn insert_execution(
-    conn: &Connection,
+    stmt: &mut rusqlite::Statement<'_>,
     event_seq: i64,
     handler_no: i64,
     run: &Run,
@@ -292,12 +302,7 @@ fn insert_execution(
         (Some(e), Some(note)) => Some(format!("{e} ({note})")),
         (e, note) => e.or_else(|| note.clone()),
     };
-    conn.prepare_cached(
-        "INSERT INTO persona_runs (event_seq, handler_no, handler_version, attempt, outcome, duration_us, error, started_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )
-    .op("prepare execution")?
-    .execute(params![
+    stmt.execute(params![
         event_seq,
         handler_no,
         &*run.version,
@@ -305,7 +310,11 @@ fn insert_execution(
         run.outcome.label(),
         run.duration.as_micros() as i64,
         error,
-        if run.started_at.is_empty() { now } else { &run.started_at },
+        if run.started_at.is_empty() {
+            now
+        } else {
+            &run.started_at
+        },
     ])
     .op("insert execution")?;
     Ok(())
