@@ -93,7 +93,6 @@ pub struct ReloadReport {
 struct Source {
     manifest: Manifest,
     manifest_digest: String,
-    wasm: Vec<u8>,
     wasm_digest: String,
 }
 
@@ -103,20 +102,24 @@ fn read_source(manifest_path: &Path, limits: &HostLimits) -> Result<Source, Load
         source,
     })?;
     let manifest = Manifest::parse(manifest_path, &text, limits)?;
-    let wasm = std::fs::read(&manifest.component).map_err(|source| RuntimeError::Read {
-        file: manifest.component.clone(),
-        source,
-    })?;
+    // Digested in pieces; the bytes are read whole only to compile (see
+    // `cache::digest_file`).
+    let wasm_digest =
+        crate::runtime::cache::digest_file(&manifest.component).map_err(|source| {
+            RuntimeError::Read {
+                file: manifest.component.clone(),
+                source,
+            }
+        })?;
     Ok(Source {
         manifest_digest: digest(text.as_bytes()),
-        wasm_digest: digest(&wasm),
+        wasm_digest,
         manifest,
-        wasm,
     })
 }
 
 fn build(runtime: &Runtime, src: Source) -> Result<LoadedHandler, LoadError> {
-    let prepared = runtime.prepare(&src.manifest.component, &src.wasm)?;
+    let prepared = runtime.prepare_file(&src.manifest.component, &src.wasm_digest)?;
     Ok(LoadedHandler {
         name: Arc::from(src.manifest.name.as_str()),
         version: Arc::from(src.manifest.version.as_str()),

@@ -54,6 +54,44 @@ pub fn digest(wasm: &[u8]) -> String {
     crate::signature::hex(&Sha256::digest(wasm))
 }
 
+/// [`digest`] of a file, read in small pieces. Every start and every rescan
+/// of the handlers folder digests each component; reading a large one whole
+/// (the JavaScript handler: 12 MB) left glibc's dynamic mmap threshold that
+/// high, and allocations below it then stayed in the heap once freed: an
+/// idle host held 12 MB it did not use.
+pub fn digest_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(crate::signature::hex(&hasher.finalize()))
+}
+
+/// The compiled component with this digest, if the cache has a usable one.
+pub(crate) fn cached(engine: &Engine, dir: Option<&Path>, digest: &str) -> Option<Component> {
+    let path = entry(engine, dir?, digest);
+    if !path.exists() {
+        return None;
+    }
+    // SAFETY: files in the cache folder are written only by `store` below,
+    // from `Component::serialize` of this engine's build, and the file name
+    // carries the engine's compatibility hash. Wasmtime also checks the
+    // header and refuses an artifact from another version.
+    match unsafe { Component::deserialize_file(engine, &path) } {
+        Ok(component) => Some(component),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled-component cache entry");
+            None
+        }
+    }
+}
+
 pub(crate) fn load_or_compile(
     engine: &Engine,
     dir: Option<&Path>,
@@ -62,22 +100,13 @@ pub(crate) fn load_or_compile(
 ) -> wasmtime::Result<Component> {
     let Some(dir) = dir else {
         let component = Component::new(engine, wasm);
-        release_compiler_memory();
+        release_freed_memory();
         return component;
     };
-    let path = entry(engine, dir, digest);
-    if path.exists() {
-        // SAFETY: files in the cache folder are written only by `store`
-        // below, from `Component::serialize` of this engine's build, and the
-        // file name carries the engine's compatibility hash. Wasmtime also
-        // checks the header and refuses an artifact from another version.
-        match unsafe { Component::deserialize_file(engine, &path) } {
-            Ok(component) => return Ok(component),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled-component cache entry")
-            }
-        }
+    if let Some(component) = cached(engine, Some(dir), digest) {
+        return Ok(component);
     }
+    let path = entry(engine, dir, digest);
     let started = std::time::Instant::now();
     tracing::info!(
         bytes = wasm.len(),
@@ -129,16 +158,16 @@ pub(crate) fn load_or_compile(
             component
         }
     };
-    release_compiler_memory();
+    release_freed_memory();
     Ok(component)
 }
 
-/// Hands the memory the compiler freed back to the system. Compiling a
-/// large guest (a JavaScript one: seconds, hundreds of MB of compiler
-/// state) leaves glibc's heaps that much larger, and glibc keeps freed
-/// memory for reuse: measured here, a host idle at 36 MB stayed at 370-440
-/// MB after compiling the first-party JavaScript handler.
-fn release_compiler_memory() {
+/// Hands freed heap memory back to the system. Compiling a large guest (a
+/// JavaScript one: seconds, hundreds of MB of compiler state) leaves
+/// glibc's heaps that much larger, and glibc keeps freed memory for reuse:
+/// measured here, a host idle at 36 MB stayed at 370-440 MB after compiling
+/// the first-party JavaScript handler.
+fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the kernel; it
     // takes the allocator's own locks and touches no memory in use.
@@ -199,4 +228,20 @@ fn write_atomically(bytes: &[u8], path: &Path) -> anyhow::Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_digested_in_pieces_has_the_digest_of_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.wasm");
+        // Several read buffers' worth, and a part-filled last one.
+        let bytes: Vec<u8> = (0..200_003u32).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(digest_file(&path).unwrap(), digest(&bytes));
+        assert!(digest_file(&dir.path().join("missing.wasm")).is_err());
+    }
 }

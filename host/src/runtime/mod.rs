@@ -18,7 +18,7 @@
 //! The ticker holds only a weak reference, so it ends with the engine.
 
 pub mod bindings;
-mod cache;
+pub(crate) mod cache;
 mod host_api;
 mod limits;
 pub mod outbound;
@@ -244,13 +244,46 @@ impl Runtime {
     /// provides, and it exports `handle` with the right type. `wasm` was read
     /// from `file`, which names it in errors.
     pub fn prepare(&self, file: &std::path::Path, wasm: &[u8]) -> Result<Prepared, RuntimeError> {
-        let digest = cache::digest(wasm);
-        let component =
-            cache::load_or_compile(&self.engine, self.cache_dir.as_deref(), wasm, &digest)
-                .map_err(|e| RuntimeError::Compile {
+        self.prepare_with(file, &cache::digest(wasm), || Ok(wasm.to_vec()))
+    }
+
+    /// [`Runtime::prepare`] for a component whose digest is known: its
+    /// bytes are read (`read`) only when the compiled-component cache does
+    /// not have it. `Prepared::digest` is that of the bytes compiled.
+    pub fn prepare_file(
+        &self,
+        file: &std::path::Path,
+        digest: &str,
+    ) -> Result<Prepared, RuntimeError> {
+        self.prepare_with(file, digest, || std::fs::read(file))
+    }
+
+    fn prepare_with(
+        &self,
+        file: &std::path::Path,
+        digest: &str,
+        read: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) -> Result<Prepared, RuntimeError> {
+        let compile = |e: wasmtime::Error| RuntimeError::Compile {
+            file: file.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        let dir = self.cache_dir.as_deref();
+        let (component, digest) = match cache::cached(&self.engine, dir, digest) {
+            Some(component) => (component, digest.to_owned()),
+            None => {
+                let wasm = read().map_err(|source| RuntimeError::Read {
                     file: file.to_owned(),
-                    reason: format!("{e:#}"),
+                    source,
                 })?;
+                // The file may have changed since it was digested: what is
+                // compiled is what was read.
+                let digest = cache::digest(&wasm);
+                let component =
+                    cache::load_or_compile(&self.engine, dir, &wasm, &digest).map_err(compile)?;
+                (component, digest)
+            }
+        };
         let world = |e: wasmtime::Error| RuntimeError::World {
             file: file.to_owned(),
             reason: format!("{e:#}"),
