@@ -67,16 +67,6 @@ fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
-    // Topics that earlier test and benchmark runs left slow the broker down;
-    // each run below also deletes its own when done.
-    let stale = k::drop_stale_topics(Duration::from_secs(30 * 60));
-    if stale > 0 {
-        println!("deleted {stale} topics that runs over 30 minutes ago left on the broker\n");
-    }
-    if args.iter().any(|a| a == "--latency") {
-        let l = latency(1_000, Duration::from_secs(if quick { 5 } else { 20 }));
-        return println!("{}", l.line("persona-bus"));
-    }
     if args.iter().any(|a| a == "--idle") {
         // The idle figures alone (no broker needed).
         return idle_rss();
@@ -95,7 +85,19 @@ fn main() {
         eprintln!("the Kafka benchmarks need the broker: run `make kafka-up` first ({e})");
         std::process::exit(1);
     }
+    // Topics that earlier test and benchmark runs left slow the broker down;
+    // each run below also deletes its own when done.
+    let stale = k::drop_stale_topics(Duration::from_secs(30 * 60));
+    if stale > 0 {
+        println!("deleted {stale} topics that runs over 30 minutes ago left on the broker\n");
+    }
     let n = if quick { 30_000 } else { 300_000 };
+    let latency_run = Duration::from_secs(if quick { 5 } else { 20 });
+    if args.iter().any(|a| a == "--latency") {
+        warm_up_broker(n / 5);
+        let l = latency(1_000, latency_run);
+        return println!("{}", l.line("persona-bus"));
+    }
     if args.iter().any(|a| a == "--tls") {
         return tls_comparison(n, quick);
     }
@@ -122,6 +124,7 @@ fn main() {
         return in_process(n);
     }
     if args.iter().any(|a| a == "--peer") {
+        warm_up_broker(n / 5);
         return peer_comparison(n, quick);
     }
     // `--throughput fresh|reuse|both`: only the backlog runs. (The value is
@@ -130,12 +133,12 @@ fn main() {
         .iter()
         .position(|a| a == "--throughput")
         .map(|i| args.get(i + 1).map(String::as_str).unwrap_or("both"));
+    warm_up_broker(n / 5);
     if only.is_none() {
-        // Latency first, on a quiet broker.
-        let l = latency(1_000, Duration::from_secs(if quick { 5 } else { 20 }));
+        // Latency first, on a quiet (but warm) broker.
+        let l = latency(1_000, latency_run);
         println!("{}\n", l.line("persona-bus"));
     }
-    warm_up_broker(n / 5);
     let topic = backlog(n);
     println!("{}", HostRun::header());
     for (policy, name) in [(Policy::Fresh, "fresh"), (Policy::Reuse, "reuse")] {
