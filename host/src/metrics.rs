@@ -122,15 +122,10 @@ impl Metrics {
                 *per.runs
                     .entry((run.handler.clone(), run.outcome.label()))
                     .or_default() += 1;
-                let secs = run.duration.as_secs_f64();
-                match per.latency.get_mut(&*run.handler) {
-                    Some(h) => h.record(secs),
-                    None => {
-                        let mut h = Histogram::new(BUCKETS);
-                        h.record(secs);
-                        per.latency.insert(run.handler.clone(), h);
-                    }
-                }
+                per.latency
+                    .entry(run.handler.clone())
+                    .or_insert_with(|| Histogram::new(BUCKETS))
+                    .record(run.duration.as_secs_f64());
             }
         }
     }

@@ -439,22 +439,13 @@ fn tls_comparison(n: usize, quick: bool) {
 /// minutes later.
 fn warm_up_broker(n: usize) {
     let t = Instant::now();
-    let topic = backlog_quiet(n);
+    let topic = backlog(n);
     host_process(&topic, n, Policy::Reuse);
     drop_topic_family(&topic);
     println!(
         "warm-up: {n} events through a host, untimed ({:.1} s)\n",
         t.elapsed().as_secs_f64()
     );
-}
-
-/// [`backlog`] without its line of output.
-fn backlog_quiet(n: usize) -> String {
-    let topic = format!("{}.events", k::prefix());
-    let mut g = spawn_generator_with(&topic, n, 0, &[]);
-    go(&mut g);
-    assert!(g.wait().unwrap().success(), "load generator failed");
-    topic
 }
 
 /// Deletes `topic` (`<prefix>.events`) and its siblings of the same prefix.

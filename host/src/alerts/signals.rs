@@ -1,6 +1,7 @@
 //! Reading what the rules watch, from the same sources as `/metrics`: the
 //! store (dead letters, outbox), the source switch (breaker), the Kafka
-//! admin API (lag, sampled by [`crate::kafka::lag`]) and the host's own run counters (error rates).
+//! admin API (lag, sampled by [`crate::kafka::lag`]) and the host's own run
+//! counters (error rates).
 
 use super::config::{AlertRule, Signal};
 use super::state::Observation;

@@ -119,7 +119,7 @@ fn read_source(manifest_path: &Path, limits: &HostLimits) -> Result<Source, Load
 }
 
 fn build(runtime: &Runtime, src: Source) -> Result<LoadedHandler, LoadError> {
-    let prepared = runtime.prepare_file(&src.manifest.component, &src.wasm_digest)?;
+    let prepared = runtime.prepare(&src.manifest.component, &src.wasm_digest)?;
     Ok(LoadedHandler {
         name: Arc::from(src.manifest.name.as_str()),
         version: Arc::from(src.manifest.version.as_str()),

@@ -239,31 +239,14 @@ impl Runtime {
         })
     }
 
-    /// Compiles (or loads from the cache) and links a component, checking
-    /// that it is a `handler`: every import it needs is one the host
-    /// provides, and it exports `handle` with the right type. `wasm` was read
-    /// from `file`, which names it in errors.
-    pub fn prepare(&self, file: &std::path::Path, wasm: &[u8]) -> Result<Prepared, RuntimeError> {
-        self.prepare_with(file, &cache::digest(wasm), || Ok(wasm.to_vec()))
-    }
-
-    /// [`Runtime::prepare`] for a component whose digest is known: its
-    /// bytes are read (`read`) only when the compiled-component cache does
-    /// not have it. `Prepared::digest` is that of the bytes compiled.
-    pub fn prepare_file(
-        &self,
-        file: &std::path::Path,
-        digest: &str,
-    ) -> Result<Prepared, RuntimeError> {
-        self.prepare_with(file, digest, || std::fs::read(file))
-    }
-
-    fn prepare_with(
-        &self,
-        file: &std::path::Path,
-        digest: &str,
-        read: impl FnOnce() -> std::io::Result<Vec<u8>>,
-    ) -> Result<Prepared, RuntimeError> {
+    /// Loads from the compiled-component cache (or compiles) and links the
+    /// component in `file`, checking that it is a `handler`: every import it
+    /// needs is one the host provides, and it exports `handle` with the
+    /// right type. `digest` is the file's (`cache::digest_file`): on a cache
+    /// hit the file is not read again; on a miss it is read whole, and
+    /// `Prepared::digest` is that of the bytes compiled (the file may have
+    /// changed since it was digested).
+    pub fn prepare(&self, file: &std::path::Path, digest: &str) -> Result<Prepared, RuntimeError> {
         let compile = |e: wasmtime::Error| RuntimeError::Compile {
             file: file.to_owned(),
             reason: format!("{e:#}"),
@@ -272,12 +255,10 @@ impl Runtime {
         let (component, digest) = match cache::cached(&self.engine, dir, digest) {
             Some(component) => (component, digest.to_owned()),
             None => {
-                let wasm = read().map_err(|source| RuntimeError::Read {
+                let wasm = std::fs::read(file).map_err(|source| RuntimeError::Read {
                     file: file.to_owned(),
                     source,
                 })?;
-                // The file may have changed since it was digested: what is
-                // compiled is what was read.
                 let digest = cache::digest(&wasm);
                 let component =
                     cache::load_or_compile(&self.engine, dir, &wasm, &digest).map_err(compile)?;
