@@ -12,4 +12,8 @@ wasmtime::component::bindgen!({
     // at its deadline, even while the guest waits inside a WASI import
     // (a sleep, a poll, a stream read): see `runtime::invoke`.
     exports: { default: async },
+    // The event handed to `handle` borrows the host's strings: lowering
+    // copies them into the guest's memory anyway, so an owned copy made
+    // first would copy each field twice per call.
+    ownership: Borrowing { duplicate_if_necessary: true },
 });

@@ -326,11 +326,16 @@ impl Runtime {
         let started_at = now_rfc3339();
         let deadline = started + limits.timeout;
         let call = host_api::Call::new(h.name, (h.config, &h.manifest.secrets), limits, event, env);
-        let input = to_wit(event, origin, attempt);
+        let headers: Vec<(&str, &str)> = event
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let input = to_wit(event, &headers, origin, attempt);
         let run = async {
             match h.manifest.instances.policy {
-                InstancePolicy::Fresh => self.invoke_fresh(&h, call, &input, deadline).await,
-                InstancePolicy::Reuse => self.invoke_warm(&h, call, &input, deadline).await,
+                InstancePolicy::Fresh => self.invoke_fresh(&h, call, input, deadline).await,
+                InstancePolicy::Reuse => self.invoke_warm(&h, call, input, deadline).await,
             }
         };
         // Running wasm traps at the deadline by itself (the epoch callback);
@@ -382,7 +387,7 @@ impl Runtime {
         &self,
         h: &HandlerRef<'_>,
         call: host_api::Call,
-        input: &wit::Event,
+        input: wit::Event<'_>,
         deadline: Instant,
     ) -> (RunOutcome, Effects, Option<String>) {
         let (mut store, stderr) = self.new_store(h, call, deadline);
@@ -461,7 +466,7 @@ impl Runtime {
         &self,
         h: &HandlerRef<'_>,
         call: host_api::Call,
-        input: &wit::Event,
+        input: wit::Event<'_>,
         deadline: Instant,
     ) -> (RunOutcome, Effects, Option<String>) {
         let limits = &h.manifest.limits;
@@ -616,18 +621,27 @@ fn describe(
     text
 }
 
-fn to_wit(e: &Event, origin: &Origin, attempt: u32) -> wit::Event {
+/// The event as the guest receives it, borrowing every string from the
+/// host's copy (lowering copies them into guest memory once, so cloning
+/// them here first would copy each twice). `headers` is the event's
+/// headers as borrowed pairs, kept by the caller.
+fn to_wit<'a>(
+    e: &'a Event,
+    headers: &'a [(&'a str, &'a str)],
+    origin: &'a Origin,
+    attempt: u32,
+) -> wit::Event<'a> {
     wit::Event {
-        id: e.id.clone(),
-        project_id: e.project_id.clone(),
-        event_type: e.event_type.clone(),
-        source_type: e.source_type.clone(),
-        source_id: e.source_id.clone(),
-        target_persona_id: e.target_persona_id.clone(),
-        payload: e.payload.clone(),
-        headers: e.headers.clone(),
+        id: &e.id,
+        project_id: &e.project_id,
+        event_type: &e.event_type,
+        source_type: &e.source_type,
+        source_id: e.source_id.as_deref(),
+        target_persona_id: e.target_persona_id.as_deref(),
+        payload: &e.payload,
+        headers,
         schema_version: e.schema_version,
-        created_at: e.created_at.clone(),
+        created_at: &e.created_at,
         chain_depth: e.chain_depth,
         origin: match origin {
             Origin::Sqlite => wit::Origin::Sqlite,
@@ -636,7 +650,7 @@ fn to_wit(e: &Event, origin: &Origin, attempt: u32) -> wit::Event {
                 partition,
                 offset,
             } => wit::Origin::Kafka(wit::KafkaPosition {
-                topic: topic.clone(),
+                topic,
                 partition: *partition,
                 offset: *offset,
             }),
