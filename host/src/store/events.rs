@@ -266,12 +266,30 @@ impl Store {
 
     /// Stores validated events as `pending`, all in one transaction.
     pub fn insert_batch(&self, events: &[Event]) -> Result<(), StoreError> {
+        self.write_tx("insert events", |tx, ids| self.insert_all(tx, ids, events))
+    }
+
+    /// [`Store::insert_batch`] of the events `gather` returns, called once
+    /// the transaction has begun, with the writer held (group commit).
+    pub(crate) fn insert_gathered(
+        &self,
+        gather: impl FnOnce() -> Vec<Event>,
+    ) -> Result<(), StoreError> {
         self.write_tx("insert events", |tx, ids| {
-            for e in events {
-                insert_event(tx, ids, e, self.outbox_enabled())?;
-            }
-            Ok(())
+            self.insert_all(tx, ids, &gather())
         })
+    }
+
+    fn insert_all(
+        &self,
+        tx: &Connection,
+        ids: &mut TxIds<'_>,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        for e in events {
+            insert_event(tx, ids, e, self.outbox_enabled())?;
+        }
+        Ok(())
     }
 
     /// Atomically moves up to `limit` due `pending` events to `processing`

@@ -7,6 +7,11 @@
 //! commits it in one transaction, and the others wait for that commit. Every
 //! `publish` still returns only after its own event is durable; a lone
 //! publisher commits alone, with no hand-off to another thread.
+//!
+//! The leader takes the queue only once its transaction has begun: the
+//! writer is often busy (the poller's claim, the committer's outcomes), and
+//! whatever other publishers queue during that wait rides along. Taking it
+//! first left four publisher threads at 1.15 events a transaction.
 
 use super::{Store, StoreError};
 use crate::event::Event;
@@ -37,7 +42,7 @@ impl GroupCommit {
     /// Stores `events` (already validated) durably, sharing the transaction
     /// with whatever other publishers queued meanwhile.
     pub fn insert(&self, store: &Store, events: Vec<Event>) -> Result<(), StoreError> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.lock();
         st.queue.extend(events);
         let mine = st.filling;
         loop {
@@ -47,12 +52,22 @@ impl GroupCommit {
             if !st.committing {
                 // Lead: commit everything queued, ours included.
                 st.committing = true;
-                let batch = std::mem::take(&mut st.queue);
-                let generation = st.filling;
-                st.filling += 1;
                 drop(st);
-                let result = store.insert_batch(&batch);
-                st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let mut taken = None;
+                let result = store.insert_gathered(|| {
+                    let mut st = self.lock();
+                    taken = Some(st.filling);
+                    st.filling += 1;
+                    std::mem::take(&mut st.queue)
+                });
+                st = self.lock();
+                let generation = taken.unwrap_or_else(|| {
+                    // The transaction never began: what is queued (ours
+                    // among it) fails, and nothing of it was stored.
+                    st.queue.clear();
+                    st.filling += 1;
+                    st.filling - 1
+                });
                 st.committing = false;
                 st.outcomes.push_back((
                     generation,
@@ -67,5 +82,9 @@ impl GroupCommit {
             }
             st = self.committed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

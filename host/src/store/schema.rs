@@ -297,4 +297,11 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX idx_persona_alert_deliveries_due ON persona_alert_deliveries(next_at_ms)
         WHERE next_at_ms IS NOT NULL;
     "#,
+    // 6: the event-type index goes. No query uses it (listing by type reads
+    //    newest-first by seq and filters; its counts scan the table either
+    //    way, as EXPLAIN QUERY PLAN shows), yet every publish wrote one more
+    //    b-tree page to the WAL for it: a sixth of a one-event transaction.
+    r#"
+    DROP INDEX IF EXISTS idx_persona_events_type;
+    "#,
 ];
