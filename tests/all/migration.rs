@@ -127,7 +127,10 @@ fn a_version_2_file_migrates_forward_with_every_row_and_the_old_names() {
         })
         .unwrap();
     assert!(jobs.total > 0 && jobs.events.iter().all(|e| e.event_type == "job"));
-    assert_eq!(jobs.total as usize, events.iter().filter(|r| r[2] == "job").count());
+    assert_eq!(
+        jobs.total as usize,
+        events.iter().filter(|r| r[2] == "job").count()
+    );
     for row in &events {
         assert_eq!(store.event(&row[0]).unwrap().id, row[0], "found by id");
     }
