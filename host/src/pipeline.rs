@@ -376,7 +376,10 @@ async fn lane(pipeline: Arc<Pipeline>, project: String) {
 /// closes.
 fn commit_loop(pipeline: std::sync::Weak<Pipeline>, ready: mpsc::Receiver<Ready>) {
     while let Ok(first) = ready.recv() {
-        let mut batch = vec![first];
+        // Room for a lingered batch up front: an outcome is large, and
+        // growing the vector one push at a time moved them all each time.
+        let mut batch = Vec::with_capacity(LINGER_UNTIL);
+        batch.push(first);
         while batch.len() < COMMIT_BATCH {
             match ready.try_recv() {
                 Ok(r) => batch.push(r),
