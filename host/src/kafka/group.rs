@@ -230,11 +230,10 @@ impl OffsetTracker {
     /// A record was taken from the partition.
     pub fn begin(&self, at: &Position) {
         let mut topics = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if !topics.contains_key(at.topic.as_str()) {
-            topics.insert(at.topic.clone(), HashMap::new());
-        }
-        let Some(parts) = topics.get_mut(at.topic.as_str()) else {
-            return;
+        // The topic is cloned only the first time it is seen.
+        let parts = match topics.get_mut(at.topic.as_str()) {
+            Some(parts) => parts,
+            None => topics.entry(at.topic.clone()).or_default(),
         };
         let part = parts.entry(at.partition).or_default();
         part.offsets.insert(at.offset);
