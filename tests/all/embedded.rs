@@ -114,3 +114,50 @@ fn in_process_publish_does_not_wait_for_the_poll_interval() {
         started.elapsed()
     );
 }
+
+/// Under a steady load the WAL starts over once it passes a few MiB (the
+/// checkpointer holds the writer for the last bit); it used to grow for as
+/// long as the load lasted, about 60 MB a second here.
+#[test]
+fn wal_stays_bounded_under_steady_load() {
+    let sb = Sandbox::new();
+    sb.install(
+        "noop",
+        guests::NOOP,
+        "[[subscriptions]]\nevent_type = \"*\"",
+    );
+    let bus = std::sync::Arc::new(sb.open());
+    bus.start().unwrap();
+    let wal = sb.data_dir().join("bus.db-wal");
+    let until = Instant::now() + Duration::from_secs(4);
+    let publishers: Vec<_> = (0..2)
+        .map(|_| {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while Instant::now() < until {
+                    bus.publish_batch((0..50).map(|_| event("load")).collect())
+                        .unwrap();
+                    n += 50;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut largest = 0;
+    while Instant::now() < until {
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let published: u64 = publishers.into_iter().map(|p| p.join().unwrap()).sum();
+    wait_for(Duration::from_secs(60), "the load to be handled", || {
+        bus.store().unfinished().unwrap() == 0
+    });
+    assert!(published >= 20_000, "only {published} events published");
+    // 4,096 frames of 1 KiB start a restart; one round of the checkpointer
+    // (100 ms) of full load comes on top.
+    assert!(
+        largest < 48 << 20,
+        "the WAL reached {largest} bytes while {published} events were published"
+    );
+}
