@@ -53,6 +53,11 @@ pub struct StoreConfig {
     /// index in sorted runs (about 80 bytes each; see `store::ids`). More
     /// makes each merge land on fewer index pages per id.
     pub id_tail: usize,
+    /// Most memory, in KiB, of the filter that answers "no such event" for
+    /// new ids without a probe of the id index (about 1.25 bytes an event in
+    /// the store, up to twice that as it grows). Past it, the filter is
+    /// dropped and lookups probe the index, which is correct but slower.
+    pub id_filter_kb: usize,
 }
 
 impl Default for StoreConfig {
@@ -61,6 +66,7 @@ impl Default for StoreConfig {
             cache_kb: 8 * 1024,
             readers: 4,
             id_tail: crate::store::ID_TAIL,
+            id_filter_kb: 16 * 1024,
         }
     }
 }

@@ -39,6 +39,7 @@ pub mod context;
 pub mod dispatch;
 pub mod dry_run;
 pub mod event;
+pub mod fast_map;
 pub mod http_client;
 pub mod kafka;
 pub mod manifest;

@@ -29,10 +29,11 @@
 //!   stores no offset past them).
 
 use crate::dispatch::{Delivery, Dispatcher};
+use crate::fast_map::FastMap;
 use crate::outcome::Resolution;
 use crate::runtime::Origin;
 use crate::store::StoreError;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -102,8 +103,8 @@ struct Entry {
 struct State {
     /// Queued events per project; a project is here while its lane task
     /// runs (an empty queue means its last event is being handled).
-    lanes: HashMap<String, VecDeque<Job>>,
-    in_flight: HashMap<u64, Entry>,
+    lanes: FastMap<String, VecDeque<Job>>,
+    in_flight: FastMap<u64, Entry>,
     next_ticket: u64,
     closed: bool,
 }

@@ -3,6 +3,7 @@
 
 use super::{KafkaError, client_config};
 use crate::config::{KafkaConfig, OffsetReset};
+use crate::fast_map::FastMap;
 use rdkafka::Message;
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
@@ -10,7 +11,6 @@ use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, DefaultConsumerContext, Rebalance,
 };
 use rdkafka::message::{BorrowedMessage, Headers};
-use std::collections::HashMap;
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -177,7 +177,7 @@ pub fn linger_after(previous: usize) -> Duration {
 
 /// The next offset to consume per partition, for what a batch covered.
 #[derive(Debug, Default, Clone)]
-pub struct Offsets(HashMap<(String, i32), i64>);
+pub struct Offsets(FastMap<(String, i32), i64>);
 
 impl Offsets {
     pub fn add(&mut self, p: &Position) {
@@ -217,7 +217,7 @@ impl Offsets {
 /// partition up by the record's `&str` topic instead of cloning it into a
 /// key (the clone was 2% of the committer's time).
 #[derive(Default)]
-pub struct OffsetTracker(std::sync::Mutex<HashMap<String, HashMap<i32, Pending>>>);
+pub struct OffsetTracker(std::sync::Mutex<FastMap<String, FastMap<i32, Pending>>>);
 
 #[derive(Default)]
 struct Pending {

@@ -23,10 +23,14 @@
 //! lock, so their view of the ids is complete when they decide whether an
 //! id is new. Readers look up the tail, then the index; a lookup that must
 //! not miss (a user asking for one event) then scans the tail's rows.
+//!
+//! A Bloom filter over every id here ([`IdFilter`]) answers most lookups of
+//! new ids (nearly every event consumed from Kafka) without the index.
 
+use super::id_filter::IdFilter;
 use super::{Op, StoreError};
+use crate::fast_map::FastMap;
 use rusqlite::{Connection, OptionalExtension};
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 /// Tail size that starts a merge, by default (`[store] id_tail`). Memory:
@@ -44,8 +48,32 @@ struct Tail {
     merged_through: i64,
     /// Every event in `(merged_through, last_seq]` is in `ids`.
     last_seq: i64,
-    ids: HashMap<Box<str>, i64>,
+    ids: FastMap<Box<str>, i64>,
     merge: Option<Merge>,
+    /// Every id in the index and the tail, and maybe some deleted since
+    /// (built when the tail is first loaded; `None` past its memory bound).
+    filter: Option<IdFilter>,
+}
+
+impl Tail {
+    /// An id joins the tail, and so the filter.
+    fn add(&mut self, id: Box<str>, seq: i64) {
+        self.learn(&id);
+        self.ids.insert(id, seq);
+    }
+
+    /// An id the filter must know: in the tail, or merged into the index.
+    fn learn(&mut self, id: &str) {
+        if let Some(filter) = &mut self.filter
+            && !filter.insert(id)
+        {
+            tracing::info!(
+                kb = filter.bytes() / 1024,
+                "the event id filter reached store.id_filter_kb; new ids are looked up in the id index from now on"
+            );
+            self.filter = None;
+        }
+    }
 }
 
 /// A merge in progress: the tail up to `through`, sorted by id.
@@ -58,19 +86,21 @@ struct Merge {
 pub(crate) struct Ids {
     tail: Mutex<Tail>,
     merge_at: usize,
+    filter_max_bytes: usize,
 }
 
 /// Id lookups inside one write transaction, and the ids it adds.
 pub(crate) struct TxIds<'a> {
     ids: &'a Ids,
-    added: HashMap<String, i64>,
+    added: FastMap<String, i64>,
 }
 
 impl Ids {
-    pub(crate) fn new(merge_at: usize) -> Self {
+    pub(crate) fn new(merge_at: usize, filter_max_bytes: usize) -> Self {
         Self {
             tail: Mutex::default(),
             merge_at: merge_at.max(1),
+            filter_max_bytes,
         }
     }
 
@@ -84,7 +114,7 @@ impl Ids {
         self.catch_up(tx)?;
         Ok(TxIds {
             ids: self,
-            added: HashMap::new(),
+            added: FastMap::default(),
         })
     }
 
@@ -95,6 +125,10 @@ impl Ids {
     pub(crate) fn catch_up(&self, conn: &Connection) -> Result<(), StoreError> {
         let merged_through = merged_through(conn)?;
         let mut tail = self.tail();
+        // Rows after `read_from` are read below. Rows another process has
+        // merged meanwhile are in the index, so they skip the tail, but the
+        // filter must learn their ids all the same.
+        let mut read_from = tail.last_seq;
         if !tail.loaded || merged_through > tail.merged_through {
             // Another process merged (or this is the first look): what it
             // merged leaves the tail.
@@ -108,37 +142,59 @@ impl Ids {
             }
             tail.merged_through = merged_through;
             tail.last_seq = tail.last_seq.max(merged_through);
+            if !tail.loaded {
+                // Once: the ids already merged (later ones come through the
+                // rows below).
+                tail.filter = load_filter(conn, self.filter_max_bytes)?;
+                read_from = tail.last_seq;
+            }
+            if tail.filter.is_none() {
+                read_from = tail.last_seq;
+            }
             tail.loaded = true;
         }
         let mut stmt = conn
             .prepare_cached("SELECT id, seq FROM persona_events WHERE seq > ?1")
             .op("prepare id tail")?;
         let rows = stmt
-            .query_map([tail.last_seq], |r| {
+            .query_map([read_from], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
             })
             .op("id tail")?;
         for row in rows {
             let (id, seq) = row.op("read id tail")?;
+            if seq <= tail.merged_through {
+                tail.learn(&id);
+                continue;
+            }
             tail.last_seq = tail.last_seq.max(seq);
-            tail.ids.insert(id.into_boxed_str(), seq);
+            tail.add(id.into_boxed_str(), seq);
         }
         Ok(())
     }
 
-    /// An event's seq, for a reader: the tail, then the index (call
-    /// [`Ids::catch_up`] on the same connection first). With `must_find`, a
-    /// miss in both scans the rows after the last merge this reader's
-    /// snapshot has (a merge that committed after the snapshot began has
-    /// already left the tail).
+    /// An event's seq, for a reader: the tail, then the index. Without
+    /// `must_find` the caller has called [`Ids::catch_up`] in the same
+    /// snapshot (a read transaction, or under the write lock), so an id the
+    /// filter has never seen is not in the file, and the index is not
+    /// probed. With `must_find`, the filter is not asked, and a miss in both
+    /// scans the rows after the last merge this reader's snapshot has (a
+    /// merge that committed after the snapshot began has already left the
+    /// tail).
     pub(crate) fn seq_for_read(
         &self,
         conn: &Connection,
         id: &str,
         must_find: bool,
     ) -> Result<Option<i64>, StoreError> {
-        if let Some(seq) = self.tail().ids.get(id) {
-            return Ok(Some(*seq));
+        {
+            let tail = self.tail();
+            if let Some(seq) = tail.ids.get(id) {
+                return Ok(Some(*seq));
+            }
+            if !must_find && tail.filter.as_ref().is_some_and(|f| !f.may_contain(id)) {
+                return Ok(None);
+            }
         }
         if let Some(seq) = indexed(conn, id)? {
             return Ok(Some(seq));
@@ -264,7 +320,7 @@ impl TxIds<'_> {
             tail.last_seq = hi;
         }
         for (id, seq) in self.added {
-            tail.ids.insert(id.into_boxed_str(), seq);
+            tail.add(id.into_boxed_str(), seq);
         }
     }
 }
@@ -274,6 +330,37 @@ fn merged_through(conn: &Connection) -> Result<i64, StoreError> {
         .op("prepare merged through")?
         .query_row([], |r| r.get(0))
         .op("merged through")
+}
+
+/// A filter of the ids in the index, sized for them (twice, room to grow).
+fn load_filter(conn: &Connection, max_bytes: usize) -> Result<Option<IdFilter>, StoreError> {
+    let count: i64 = conn
+        .query_row("SELECT count(*) FROM persona_event_ids", [], |r| r.get(0))
+        .op("count indexed ids")?;
+    let Some(mut filter) = IdFilter::new(count.max(0) as usize * 2, max_bytes) else {
+        tracing::info!(
+            ids = count,
+            max_kb = max_bytes / 1024,
+            "the event id filter would pass store.id_filter_kb; new ids are looked up in the id index"
+        );
+        return Ok(None);
+    };
+    let mut stmt = conn
+        .prepare("SELECT id FROM persona_event_ids")
+        .op("prepare read indexed ids")?;
+    let mut rows = stmt.query([]).op("read indexed ids")?;
+    while let Some(row) = rows.next().op("read indexed id")? {
+        // An id that is not text (written by hand) could not be added, and a
+        // filter missing an id would answer wrongly: no filter then.
+        let added = match row.get_ref(0).op("read indexed id")?.as_str() {
+            Ok(id) => filter.insert(id),
+            Err(_) => false,
+        };
+        if !added {
+            return Ok(None);
+        }
+    }
+    Ok(Some(filter))
 }
 
 fn indexed(conn: &Connection, id: &str) -> Result<Option<i64>, StoreError> {

@@ -9,6 +9,7 @@ mod dead_letters;
 mod events;
 mod group_commit;
 mod handlers;
+mod id_filter;
 mod ids;
 mod outbox;
 mod outcomes;
@@ -112,7 +113,7 @@ pub struct Store {
     readers: Mutex<Vec<Connection>>,
     /// Handler name -> number in `persona_handler_names` (the ledger and
     /// executions store the number). Only committed numbers are cached.
-    handler_nos: Mutex<std::collections::HashMap<String, i64>>,
+    handler_nos: Mutex<crate::fast_map::FastMap<String, i64>>,
     /// The event id index's in-memory tail (see `ids`).
     ids: ids::Ids,
 }
@@ -142,7 +143,7 @@ impl Store {
         let path = data_dir.join(DB_FILE);
         let writer = connect(&path, sync, role, tuning.cache_kb)?;
         migrate(&writer, &path)?;
-        let id_tail = tuning.id_tail;
+        let ids = ids::Ids::new(tuning.id_tail, tuning.id_filter_kb.saturating_mul(1024));
         Ok(Self {
             path,
             role,
@@ -150,8 +151,8 @@ impl Store {
             outbox: std::sync::atomic::AtomicBool::new(false),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
-            handler_nos: Mutex::new(std::collections::HashMap::new()),
-            ids: ids::Ids::new(id_tail),
+            handler_nos: Mutex::new(crate::fast_map::FastMap::default()),
+            ids,
         })
     }
 
@@ -207,7 +208,7 @@ impl Store {
         &self,
         conn: &Connection,
         names: impl IntoIterator<Item = &'a str>,
-    ) -> Result<MutexGuard<'_, std::collections::HashMap<String, i64>>, StoreError> {
+    ) -> Result<MutexGuard<'_, crate::fast_map::FastMap<String, i64>>, StoreError> {
         let mut cache = self.handler_nos.lock().unwrap_or_else(|p| p.into_inner());
         for name in names {
             if cache.contains_key(name) {

@@ -203,11 +203,19 @@ impl Store {
         // In id order, so consecutive probes of the id index share pages.
         ids.sort_unstable();
         self.read(|conn| {
+            // One read transaction for every lookup. Without it each probe
+            // was a transaction of its own: a shared-memory lock, a look at
+            // the WAL header and, whenever the committer had written since,
+            // a page cache thrown away and read again. That was a third of
+            // the Kafka consumer thread (one probe per consumed event).
+            // Ended (rolled back: nothing was written) when the closure returns.
+            let _snapshot = conn.unchecked_transaction().op("begin ledger lookup")?;
             // An id the lookup misses (written a moment ago by another
             // process) only means its handlers are not skipped here: the
             // ledger still refuses their effects at commit.
             self.ids.catch_up(conn)?;
-            let mut by_seq: HashMap<i64, &str> = HashMap::with_capacity(ids.len());
+            let mut by_seq: crate::fast_map::FastMap<i64, &str> =
+                crate::fast_map::FastMap::with_capacity_and_hasher(ids.len(), Default::default());
             for id in &ids {
                 if let Some(seq) = self.ids.seq_for_read(conn, id, false)? {
                     by_seq.insert(seq, id);

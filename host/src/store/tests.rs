@@ -337,7 +337,40 @@ fn event_ids_merge_into_their_index_and_stay_unique_across_stores() {
         host.event(&events[3].id).unwrap().status,
         EventStatus::Completed
     );
-    drop((host, cli));
+
+    // Ids another process wrote and merged into the index since the host
+    // last looked: the host's id filter learns them from the rows, so it
+    // still finds them (a consumed copy is not stored twice, a redelivery
+    // skips its handlers).
+    let merging_cli =
+        Store::open_tuned(dir.path(), Sync::Normal, Role::Tool, tuning.clone()).unwrap();
+    let from_other: Vec<_> = (2_000..2_040).map(scattered).collect();
+    for batch in from_other.chunks(5) {
+        merging_cli.insert_batch(batch).unwrap();
+    }
+    assert!(
+        merging_cli.id_tail_len() < from_other.len(),
+        "the CLI merged"
+    );
+    merging_cli
+        .commit_consumed(&[final_resolution(&from_other[1])])
+        .unwrap();
+    let redelivered = host.processed_for([from_other[1].id.as_str()]).unwrap();
+    assert_eq!(redelivered.len(), 1, "{redelivered:?}");
+    host.commit_consumed(&[final_resolution(&from_other[0])])
+        .unwrap();
+    let rows: i64 = host
+        .read(|c| {
+            c.query_row(
+                "SELECT count(*) FROM persona_events WHERE id = ?1",
+                [&from_other[0].id],
+                |r| r.get(0),
+            )
+            .op("count")
+        })
+        .unwrap();
+    assert_eq!(rows, 1);
+    drop((host, cli, merging_cli));
 
     // A restart rebuilds the tail from the rows after the last merge.
     let host = Store::open_tuned(dir.path(), Sync::Normal, Role::Host, tuning).unwrap();
