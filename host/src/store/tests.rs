@@ -265,6 +265,20 @@ fn final_resolution(e: &crate::event::Event) -> Resolution {
     }
 }
 
+/// How many event rows have this id (one, unless stored twice).
+fn rows_with_id(store: &Store, id: &str) -> i64 {
+    store
+        .read(|c| {
+            c.query_row(
+                "SELECT count(*) FROM persona_events WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .op("count")
+        })
+        .unwrap()
+}
+
 #[test]
 fn event_ids_merge_into_their_index_and_stay_unique_across_stores() {
     let dir = tempfile::tempdir().unwrap();
@@ -322,17 +336,7 @@ fn event_ids_merge_into_their_index_and_stay_unique_across_stores() {
         .commit_consumed(&[final_resolution(&events[3])])
         .unwrap();
     assert_eq!((first.duplicates, again.duplicates), (0, 1));
-    let rows: i64 = host
-        .read(|c| {
-            c.query_row(
-                "SELECT count(*) FROM persona_events WHERE id = ?1",
-                [&events[3].id],
-                |r| r.get(0),
-            )
-            .op("count")
-        })
-        .unwrap();
-    assert_eq!(rows, 1);
+    assert_eq!(rows_with_id(&host, &events[3].id), 1);
     assert_eq!(
         host.event(&events[3].id).unwrap().status,
         EventStatus::Completed
@@ -359,17 +363,7 @@ fn event_ids_merge_into_their_index_and_stay_unique_across_stores() {
     assert_eq!(redelivered.len(), 1, "{redelivered:?}");
     host.commit_consumed(&[final_resolution(&from_other[0])])
         .unwrap();
-    let rows: i64 = host
-        .read(|c| {
-            c.query_row(
-                "SELECT count(*) FROM persona_events WHERE id = ?1",
-                [&from_other[0].id],
-                |r| r.get(0),
-            )
-            .op("count")
-        })
-        .unwrap();
-    assert_eq!(rows, 1);
+    assert_eq!(rows_with_id(&host, &from_other[0].id), 1);
     drop((host, cli, merging_cli));
 
     // A restart rebuilds the tail from the rows after the last merge.
