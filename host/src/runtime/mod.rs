@@ -342,9 +342,9 @@ impl Runtime {
         // this ends a call that waits inside an import. Dropping the future
         // drops its store: the instance and the buffered effects go with it.
         // Boxed: the call's future is ~4 KiB (wasmtime's instantiate and
-        // call futures), and unboxed it made every future around it that
-        // big, each moved whole as it was created: a quarter of the handler
-        // threads' time went to memmove, for every event.
+        // call futures), and unboxed it made every future around it that big
+        // (`Dispatcher::resolve`'s was 5,216 bytes, now 1,472), each moved
+        // whole as it is created, for every event.
         let run = Box::pin(run);
         let (outcome, effects, note) = match tokio::time::timeout_at(deadline.into(), run).await {
             Ok(done) => done,
