@@ -57,6 +57,8 @@ pub struct StoreConfig {
     /// new ids without a probe of the id index (about 1.25 bytes an event in
     /// the store, up to twice that as it grows). Past it, the filter is
     /// dropped and lookups probe the index, which is correct but slower.
+    /// 0 turns it off. Only the host keeps one: it is read from the whole
+    /// index at start, which a one-shot CLI command would not earn back.
     pub id_filter_kb: usize,
 }
 

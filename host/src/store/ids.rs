@@ -334,6 +334,9 @@ fn merged_through(conn: &Connection) -> Result<i64, StoreError> {
 
 /// A filter of the ids in the index, sized for them (twice, room to grow).
 fn load_filter(conn: &Connection, max_bytes: usize) -> Result<Option<IdFilter>, StoreError> {
+    if max_bytes == 0 {
+        return Ok(None);
+    }
     let count: i64 = conn
         .query_row("SELECT count(*) FROM persona_event_ids", [], |r| r.get(0))
         .op("count indexed ids")?;

@@ -143,7 +143,14 @@ impl Store {
         let path = data_dir.join(DB_FILE);
         let writer = connect(&path, sync, role, tuning.cache_kb)?;
         migrate(&writer, &path)?;
-        let ids = ids::Ids::new(tuning.id_tail, tuning.id_filter_kb.saturating_mul(1024));
+        // The id filter is read from the whole index when the store is first
+        // written or looked up by id: worth it in a host, which then runs for
+        // days, not in a CLI command that publishes one event.
+        let filter_bytes = match role {
+            Role::Host => tuning.id_filter_kb.saturating_mul(1024),
+            Role::Tool => 0,
+        };
+        let ids = ids::Ids::new(tuning.id_tail, filter_bytes);
         Ok(Self {
             path,
             role,
