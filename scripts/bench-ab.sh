@@ -63,8 +63,12 @@ for r in $(seq 1 "$rounds"); do
       done
     ) &
     watcher=$!
-    env -u RUST_BACKTRACE "$bench" --bench --throughput both 2>&1 |
-      grep -E '^2 handlers' | sed "s|^|$(basename "$host") round $r: |"
+    out=$(env -u RUST_BACKTRACE "$bench" --bench --throughput both 2>&1) || {
+      echo "$out" | tail -5 >&2
+      kill "$watcher" 2>/dev/null || true
+      exit 1
+    }
+    echo "$out" | grep -E '^2 handlers' | sed "s|^|$(basename "$host") round $r: |"
     sleep 1
     kill "$watcher" 2>/dev/null || true
     wait "$watcher" 2>/dev/null || true

@@ -176,13 +176,25 @@ pub fn linger_after(previous: usize) -> Duration {
 }
 
 /// The next offset to consume per partition, for what a batch covered.
+/// Keyed by topic, then partition, so that adding a record looks its topic
+/// up by `&str` (a batch has a few partitions and up to thousands of
+/// records; cloning each record's topic into a key was most of `add`).
 #[derive(Debug, Default, Clone)]
-pub struct Offsets(FastMap<(String, i32), i64>);
+pub struct Offsets(FastMap<String, FastMap<i32, i64>>);
 
 impl Offsets {
     pub fn add(&mut self, p: &Position) {
-        let next = self.0.entry((p.topic.clone(), p.partition)).or_insert(0);
-        *next = (*next).max(p.offset + 1);
+        self.raise(&p.topic, p.partition, p.offset + 1);
+    }
+
+    /// Notes `next` for the partition, unless it already has a later one.
+    fn raise(&mut self, topic: &str, partition: i32, next: i64) {
+        let parts = match self.0.get_mut(topic) {
+            Some(parts) => parts,
+            None => self.0.entry(topic.to_owned()).or_default(),
+        };
+        let at = parts.entry(partition).or_insert(next);
+        *at = (*at).max(next);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -196,10 +208,12 @@ impl Offsets {
         if self.0.is_empty() {
             return;
         }
-        let mut tpl = TopicPartitionList::with_capacity(self.0.len());
-        for ((topic, partition), next) in &self.0 {
-            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
-                tracing::warn!(topic, partition, error = %e, "cannot note an offset");
+        let mut tpl = TopicPartitionList::with_capacity(self.0.values().map(|p| p.len()).sum());
+        for (topic, parts) in &self.0 {
+            for (partition, next) in parts {
+                if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+                    tracing::warn!(topic, partition, error = %e, "cannot note an offset");
+                }
             }
         }
         if let Err(e) = consumer.store_offsets(&tpl) {
@@ -245,21 +259,21 @@ impl OffsetTracker {
     /// one past the highest begun when none is.
     pub fn finish<'a>(&self, done: impl IntoIterator<Item = &'a Position>) -> Offsets {
         let mut topics = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let mut touched: HashSet<(&str, i32)> = HashSet::new();
+        let mut touched: FastMap<(&str, i32), ()> = FastMap::default();
         for at in done {
             if let Some(part) = topics
                 .get_mut(at.topic.as_str())
                 .and_then(|parts| parts.get_mut(&at.partition))
             {
                 part.offsets.remove(&at.offset);
-                touched.insert((&at.topic, at.partition));
+                touched.insert((&at.topic, at.partition), ());
             }
         }
         let mut out = Offsets::default();
-        for (topic, partition) in touched {
+        for (topic, partition) in touched.into_keys() {
             let part = &topics[topic][&partition];
             let safe = part.offsets.first().copied().unwrap_or(part.next);
-            out.0.insert((topic.to_owned(), partition), safe);
+            out.raise(topic, partition, safe);
         }
         out
     }
@@ -444,16 +458,22 @@ mod tests {
         tracker.begin(&at(1, 3));
         // 12 and 13 (other projects' lanes) finish before 10 and 11.
         let safe = tracker.finish([&at(0, 12), &at(0, 13)]);
-        assert_eq!(safe.0[&("t".to_owned(), 0)], 10);
-        assert!(!safe.0.contains_key(&("t".to_owned(), 1)), "untouched");
+        assert_eq!(safe.0["t"][&0], 10);
+        assert!(!safe.0["t"].contains_key(&1), "untouched");
         let safe = tracker.finish([&at(0, 10)]);
-        assert_eq!(safe.0[&("t".to_owned(), 0)], 11);
+        assert_eq!(safe.0["t"][&0], 11);
         let safe = tracker.finish([&at(0, 11), &at(0, 14)]);
-        assert_eq!(
-            safe.0[&("t".to_owned(), 0)],
-            15,
-            "all durable: past the last"
-        );
-        assert_eq!(tracker.finish([&at(1, 3)]).0[&("t".to_owned(), 1)], 4);
+        assert_eq!(safe.0["t"][&0], 15, "all durable: past the last");
+        assert_eq!(tracker.finish([&at(1, 3)]).0["t"][&1], 4);
+    }
+
+    #[test]
+    fn a_batch_stores_one_past_the_highest_offset_of_each_partition() {
+        let mut offsets = Offsets::default();
+        for p in [at(0, 7), at(0, 5), at(1, 2)] {
+            offsets.add(&p);
+        }
+        assert_eq!(offsets.0["t"][&0], 8);
+        assert_eq!(offsets.0["t"][&1], 3);
     }
 }
