@@ -54,10 +54,9 @@ pub struct StoreConfig {
     /// makes each merge land on fewer index pages per id.
     pub id_tail: usize,
     /// Most memory, in KiB, of the filter that answers "no such event" for
-    /// new ids without a probe of the id index (about 1.25 bytes an event in
-    /// the store, up to twice that as it grows). Past it, the filter is
-    /// dropped and lookups probe the index, which is correct but slower.
-    /// 0 turns it off. Only the host keeps one: it is read from the whole
+    /// new ids without a probe of the id index (1.25-2.5 bytes an event in
+    /// the store). Past it, the filter is dropped and lookups probe the
+    /// index, which is correct but slower. 0 turns it off. Only the host keeps one: it is read from the whole
     /// index at start, which a one-shot CLI command would not earn back.
     pub id_filter_kb: usize,
 }

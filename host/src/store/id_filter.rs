@@ -23,6 +23,8 @@ const BITS_PER_ID: usize = 10;
 const HASHES: u64 = 7;
 /// The first part: 64 Ki bits (8 KiB), room for about 6,500 ids.
 const FIRST_BITS: usize = 1 << 16;
+/// Parts index their bits with 32-bit hashes.
+const MAX_PART_BITS: usize = 1 << 32;
 
 pub(crate) struct IdFilter {
     parts: Vec<Part>,
@@ -32,33 +34,32 @@ pub(crate) struct IdFilter {
 
 struct Part {
     bits: Vec<u64>,
-    /// Bit count minus one (a power of two).
-    mask: u64,
+    /// How many bits (a multiple of 64).
+    len: u64,
     ids: usize,
     capacity: usize,
 }
 
 impl Part {
     fn new(bits: usize) -> Self {
-        let bits = bits.next_power_of_two().max(64);
+        let bits = bits.clamp(64, MAX_PART_BITS).div_ceil(64) * 64;
         Self {
             bits: vec![0; bits / 64],
-            mask: bits as u64 - 1,
+            len: bits as u64,
             ids: 0,
             capacity: bits / BITS_PER_ID,
         }
     }
 
     fn insert(&mut self, hash: u64) {
-        for bit in positions(self.mask, hash) {
+        for bit in positions(self.len, hash) {
             self.bits[(bit / 64) as usize] |= 1 << (bit % 64);
         }
         self.ids += 1;
     }
 
     fn contains(&self, hash: u64) -> bool {
-        positions(self.mask, hash)
-            .all(|bit| self.bits[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+        positions(self.len, hash).all(|bit| self.bits[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
     }
 
     fn bytes(&self) -> usize {
@@ -67,10 +68,14 @@ impl Part {
 }
 
 /// Double hashing: bit i is `h1 + i * h2`, from the two halves of one hash.
-fn positions(mask: u64, hash: u64) -> impl Iterator<Item = u64> {
-    let h1 = hash & 0xffff_ffff;
-    let h2 = (hash >> 32) | 1;
-    (0..HASHES).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) & mask)
+///
+/// The 32-bit positions are scaled onto `len` bits by a multiply and shift,
+/// so that a part can have any size, not only a power of two (rounding up to
+/// one would have cost up to twice the memory).
+fn positions(len: u64, hash: u64) -> impl Iterator<Item = u64> {
+    let h1 = hash as u32;
+    let h2 = (hash >> 32) as u32 | 1;
+    (0..HASHES as u32).map(move |i| (u64::from(h1.wrapping_add(i.wrapping_mul(h2))) * len) >> 32)
 }
 
 impl IdFilter {
@@ -93,6 +98,10 @@ impl IdFilter {
         let last = self.parts.last().expect("a filter has a part");
         if last.ids >= last.capacity {
             let next = Part::new(last.bits.len() * 64 * 2);
+            if next.len <= last.len {
+                // At the largest part there is.
+                return false;
+            }
             if self.bytes() + next.bytes() > self.max_bytes {
                 return false;
             }

@@ -284,6 +284,12 @@ impl Ids {
     pub(crate) fn tail_len(&self) -> usize {
         self.tail().ids.len()
     }
+
+    /// Memory of the id filter, in bytes (0 without one).
+    #[cfg(test)]
+    pub(crate) fn filter_bytes(&self) -> usize {
+        self.tail().filter.as_ref().map_or(0, IdFilter::bytes)
+    }
 }
 
 impl TxIds<'_> {
@@ -332,7 +338,7 @@ fn merged_through(conn: &Connection) -> Result<i64, StoreError> {
         .op("merged through")
 }
 
-/// A filter of the ids in the index, sized for them (twice, room to grow).
+/// A filter of the ids in the index, sized for them and a quarter more.
 fn load_filter(conn: &Connection, max_bytes: usize) -> Result<Option<IdFilter>, StoreError> {
     if max_bytes == 0 {
         return Ok(None);
@@ -340,7 +346,7 @@ fn load_filter(conn: &Connection, max_bytes: usize) -> Result<Option<IdFilter>, 
     let count: i64 = conn
         .query_row("SELECT count(*) FROM persona_event_ids", [], |r| r.get(0))
         .op("count indexed ids")?;
-    let Some(mut filter) = IdFilter::new(count.max(0) as usize * 2, max_bytes) else {
+    let Some(mut filter) = IdFilter::new(count.max(0) as usize / 4 * 5, max_bytes) else {
         tracing::info!(
             ids = count,
             max_kb = max_bytes / 1024,

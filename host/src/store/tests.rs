@@ -425,3 +425,73 @@ fn the_claim_is_not_recompiled_when_its_limit_changes() {
     assert_eq!(claimed, 15, "each claim took its limit");
     assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
 }
+
+/// The id filter is read from the index at a host's first lookup, sized
+/// for it, and left out when it would pass `store.id_filter_kb`. With
+/// `PERSONA_BUS_FILTER_IDS=2000000` this prints the load time that README
+/// quotes (`cargo test -p persona-bus --release --lib id_filter_is_loaded
+/// -- --nocapture`).
+#[test]
+fn the_id_filter_is_loaded_from_the_index_within_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let n: usize = std::env::var("PERSONA_BUS_FILTER_IDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let ids: Vec<String> = (0..n as u64).map(|i| scattered(i).id).collect();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.write_tx("fill the index", |tx, _| {
+            let mut st = tx
+                .prepare("INSERT INTO persona_event_ids (id, seq) VALUES (?1, ?2)")
+                .op("prepare")?;
+            for (seq, id) in ids.iter().enumerate() {
+                st.execute(rusqlite::params![id, seq as i64 + 1])
+                    .op("insert")?;
+            }
+            tx.execute(
+                "UPDATE persona_id_merge SET merged_through = ?1",
+                [n as i64],
+            )
+            .op("merged through")?;
+            Ok(())
+        })
+        .unwrap();
+    }
+    let host =
+        Store::open_tuned(dir.path(), Sync::Normal, Role::Host, StoreConfig::default()).unwrap();
+    assert_eq!(
+        host.ids.filter_bytes(),
+        0,
+        "not loaded before the first lookup"
+    );
+    let t = std::time::Instant::now();
+    assert!(
+        host.processed_for([ids[n / 2].as_str()])
+            .unwrap()
+            .is_empty()
+    );
+    let bytes = host.ids.filter_bytes();
+    eprintln!(
+        "{n} ids: first lookup {:?}, filter {} KiB",
+        t.elapsed(),
+        bytes / 1024
+    );
+    // 10 bits an id and a quarter more, rounded to whole words.
+    assert!(
+        bytes >= n * 10 / 8 && bytes <= n * 2 + 8192,
+        "{bytes} bytes for {n} ids"
+    );
+    drop(host);
+
+    let tight = StoreConfig {
+        id_filter_kb: 16,
+        ..Default::default()
+    };
+    let host = Store::open_tuned(dir.path(), Sync::Normal, Role::Host, tight).unwrap();
+    host.processed_for(["not-there"]).unwrap();
+    assert_eq!(host.ids.filter_bytes(), 0, "past its bound: no filter");
+    let tool = Store::open(dir.path()).unwrap();
+    tool.processed_for(["not-there"]).unwrap();
+    assert_eq!(tool.ids.filter_bytes(), 0, "command-line tools keep none");
+}
