@@ -56,8 +56,9 @@ pub struct StoreConfig {
     /// Most memory, in KiB, of the filter that answers "no such event" for
     /// new ids without a probe of the id index (1.25-2.5 bytes an event in
     /// the store). Past it, the filter is dropped and lookups probe the
-    /// index, which is correct but slower. 0 turns it off. Only the host keeps one: it is read from the whole
-    /// index at start, which a one-shot CLI command would not earn back.
+    /// index, which is correct but slower. 0 turns it off. Only the host
+    /// keeps one: it is read from the whole index at start, which a one-shot
+    /// CLI command would not earn back.
     pub id_filter_kb: usize,
 }
 

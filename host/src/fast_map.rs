@@ -10,3 +10,6 @@
 
 /// A `HashMap` with foldhash's per-map random seed.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A `HashSet` with foldhash's per-set random seed.
+pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;

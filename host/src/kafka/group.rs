@@ -3,7 +3,7 @@
 
 use super::{KafkaError, client_config};
 use crate::config::{KafkaConfig, OffsetReset};
-use crate::fast_map::FastMap;
+use crate::fast_map::{FastMap, FastSet};
 use rdkafka::Message;
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
@@ -259,18 +259,18 @@ impl OffsetTracker {
     /// one past the highest begun when none is.
     pub fn finish<'a>(&self, done: impl IntoIterator<Item = &'a Position>) -> Offsets {
         let mut topics = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let mut touched: FastMap<(&str, i32), ()> = FastMap::default();
+        let mut touched: FastSet<(&str, i32)> = FastSet::default();
         for at in done {
             if let Some(part) = topics
                 .get_mut(at.topic.as_str())
                 .and_then(|parts| parts.get_mut(&at.partition))
             {
                 part.offsets.remove(&at.offset);
-                touched.insert((&at.topic, at.partition), ());
+                touched.insert((&at.topic, at.partition));
             }
         }
         let mut out = Offsets::default();
-        for (topic, partition) in touched.into_keys() {
+        for (topic, partition) in touched {
             let part = &topics[topic][&partition];
             let safe = part.offsets.first().copied().unwrap_or(part.next);
             out.raise(topic, partition, safe);

@@ -146,9 +146,10 @@ impl Ids {
                 // Once: the ids already merged (later ones come through the
                 // rows below).
                 tail.filter = load_filter(conn, self.filter_max_bytes)?;
-                read_from = tail.last_seq;
             }
-            if tail.filter.is_none() {
+            // Just loaded from the index, or no filter to teach: the merged
+            // rows need not be read.
+            if !tail.loaded || tail.filter.is_none() {
                 read_from = tail.last_seq;
             }
             tail.loaded = true;
