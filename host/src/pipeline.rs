@@ -338,18 +338,22 @@ async fn lane(pipeline: Arc<Pipeline>, project: String) {
     let Some(to_committer) = lock(&pipeline.to_committer).clone() else {
         return;
     };
+    // The lane's queue and this buffer trade places at each turn, so
+    // neither is grown again from nothing: jobs are large, and a queue
+    // taken empty regrew push by push, moving them all at each growth.
+    let mut jobs = VecDeque::new();
     loop {
-        let jobs = {
+        {
             let mut state = lock(&pipeline.state);
             match state.lanes.get_mut(&project) {
-                Some(queue) if !queue.is_empty() => std::mem::take(queue),
+                Some(queue) if !queue.is_empty() => std::mem::swap(queue, &mut jobs),
                 _ => {
                     state.lanes.remove(&project);
                     return;
                 }
             }
-        };
-        for job in jobs {
+        }
+        while let Some(job) = jobs.pop_front() {
             let Job {
                 ticket,
                 delivery,

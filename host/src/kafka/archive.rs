@@ -17,6 +17,7 @@ use crate::store::RemoteOutcome;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -125,10 +126,10 @@ fn archive(inner: &HostContext, records: &[Record]) -> Result<(), String> {
                 // This device's own records (when headers were stripped).
                 Some(Ok(x)) if x.device == k.client_id => {}
                 Some(Ok(x)) => outcomes.push(RemoteOutcome {
-                    event_id: x.event_id,
-                    status: x.status,
-                    error: x.error,
-                    processed_at: Some(x.processed_at),
+                    event_id: x.event_id.into_owned(),
+                    status: x.status.into_owned(),
+                    error: x.error.map(Cow::into_owned),
+                    processed_at: Some(x.processed_at.into_owned()),
                 }),
                 Some(Err(e)) => {
                     tracing::debug!(at = %r.at, error = %e, "not an execution record; skipped")

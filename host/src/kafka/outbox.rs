@@ -182,7 +182,7 @@ fn produce(
 ) -> Produced {
     let (value, hs) = match schemas.wire_value(e) {
         Ok(Some((id, framed))) => (framed, framed_headers(e, &k.client_id, id)),
-        Ok(None) => match serde_json::to_vec(&WireEvent::from_event(e)) {
+        Ok(None) => match serde_json::to_vec(&WireEvent::raw_from_event(e)) {
             Ok(v) => (v, headers(e, &k.client_id)),
             Err(err) => {
                 tracing::error!(event_id = %e.id, error = %err, "cannot encode event for Kafka");
@@ -197,7 +197,7 @@ fn produce(
             // Published before its schema existed (or with schemas off): it
             // goes as JSON, and consumers that check it dead-letter it.
             tracing::warn!(event_id = %e.id, error = %err, "payload does not fit its Avro schema; produced as JSON");
-            match serde_json::to_vec(&WireEvent::from_event(e)) {
+            match serde_json::to_vec(&WireEvent::raw_from_event(e)) {
                 Ok(v) => (v, headers(e, &k.client_id)),
                 Err(_) => return Produced::Refused,
             }

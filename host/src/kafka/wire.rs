@@ -4,25 +4,70 @@
 
 use crate::event::Event;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
-/// The record value.
+/// The record value. The payload is parsed JSON (`serde_json::Value`) for
+/// code that looks into it, or its text as written ([`RawPayload`]) on the
+/// paths that only carry it: the consumer and the outbox, where building
+/// a tree of the payload and printing it again cost more than the rest of
+/// the record, and grows with the payload.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct WireEvent {
+pub struct WireEvent<P = serde_json::Value> {
     pub id: String,
     pub project_id: String,
     pub event_type: String,
     pub source_type: String,
     pub source_id: Option<String>,
     pub target_persona_id: Option<String>,
-    pub payload: serde_json::Value,
+    pub payload: P,
     pub headers: Vec<(String, String)>,
     pub schema_version: u32,
     pub chain_depth: u32,
     pub created_at: String,
 }
 
+/// A payload's JSON text, checked to be JSON but not parsed into a tree.
+pub type RawPayload = Box<serde_json::value::RawValue>;
+
+/// What a payload becomes in a stored event: its JSON text.
+pub trait PayloadText {
+    fn into_text(self) -> String;
+}
+
+impl PayloadText for serde_json::Value {
+    fn into_text(self) -> String {
+        self.to_string()
+    }
+}
+
+impl PayloadText for RawPayload {
+    /// The text as the producer wrote it (no copy): numbers keep every
+    /// digit, where a parsed tree rounds integers past 64 bits.
+    fn into_text(self) -> String {
+        String::from(Box::<str>::from(self))
+    }
+}
+
 impl WireEvent {
     pub fn from_event(e: &Event) -> Self {
+        let payload = e.payload.clone();
+        // Stored payloads always parse (validated at publish).
+        WireEvent::with_payload(e, serde_json::from_str(&payload).unwrap_or_default())
+    }
+}
+
+impl WireEvent<RawPayload> {
+    /// The record of a stored event, its payload carried as stored text.
+    pub fn raw_from_event(e: &Event) -> Self {
+        // Stored payloads always parse (validated at publish).
+        let payload = serde_json::value::RawValue::from_string(e.payload.clone())
+            .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned());
+        WireEvent::with_payload(e, payload)
+    }
+}
+
+impl<P> WireEvent<P> {
+    fn with_payload(e: &Event, payload: P) -> Self {
         Self {
             id: e.id.clone(),
             project_id: e.project_id.clone(),
@@ -30,8 +75,7 @@ impl WireEvent {
             source_type: e.source_type.clone(),
             source_id: e.source_id.clone(),
             target_persona_id: e.target_persona_id.clone(),
-            // Stored payloads always parse (validated at publish).
-            payload: serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::Null),
+            payload,
             headers: e.headers.clone(),
             schema_version: e.schema_version,
             chain_depth: e.chain_depth,
@@ -203,13 +247,15 @@ pub fn decode_record(
         }
         _ => {
             let bad = |e: DecodeError| RecordError::Bad(e.to_string());
-            let wire: WireEvent =
+            let wire: WireEvent<RawPayload> =
                 serde_json::from_slice(value.ok_or(DecodeError::Empty).map_err(bad)?)
                     .map_err(|e| bad(DecodeError::Json(e)))?;
-            // Checked as parsed, before the payload becomes text.
+            // Only checking against a schema needs the payload parsed.
             if validate && schemas.enabled() {
+                let payload: serde_json::Value = serde_json::from_str(wire.payload.get())
+                    .map_err(|e| bad(DecodeError::Json(e)))?;
                 schemas
-                    .check_value(&wire.event_type, wire.schema_version, &wire.payload)
+                    .check_value(&wire.event_type, wire.schema_version, &payload)
                     .map_err(schema_error)?;
             }
             wire.into_event().map_err(bad)
@@ -228,7 +274,7 @@ pub enum DecodeError {
     Field { field: &'static str },
 }
 
-impl WireEvent {
+impl<P: PayloadText> WireEvent<P> {
     /// The event as this device stores and dispatches it. Checks what the
     /// matcher and the store rely on; a record that fails is dead-lettered.
     pub fn into_event(self) -> Result<Event, DecodeError> {
@@ -252,7 +298,7 @@ impl WireEvent {
             source_type: self.source_type,
             source_id: self.source_id,
             target_persona_id: self.target_persona_id,
-            payload: self.payload.to_string(),
+            payload: self.payload.into_text(),
             status: crate::event::EventStatus::Pending,
             error_message: None,
             processed_at: None,
@@ -263,66 +309,74 @@ impl WireEvent {
             retry_count: 0,
         })
     }
+}
 
+impl WireEvent<RawPayload> {
     /// Decodes a record value.
     pub fn decode(value: Option<&[u8]>) -> Result<Event, DecodeError> {
         let value = value.ok_or(DecodeError::Empty)?;
-        serde_json::from_slice::<WireEvent>(value)?.into_event()
+        serde_json::from_slice::<Self>(value)?.into_event()
     }
 }
 
 /// One handled event, as sent to the executions topic: which device ran
 /// which handlers and how it ended. Other devices' audit loggers apply the
-/// final status to their archived copy.
+/// final status to their archived copy. Its text borrows from the outcome
+/// it is written from (one record per event, off the committer): read
+/// back, it owns its text.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExecutionRecord {
-    pub event_id: String,
-    pub event_type: String,
-    pub project_id: String,
-    pub device: String,
+pub struct ExecutionRecord<'a> {
+    pub event_id: Cow<'a, str>,
+    pub event_type: Cow<'a, str>,
+    pub project_id: Cow<'a, str>,
+    pub device: Cow<'a, str>,
     /// The event's status after this delivery (`pending` = retry scheduled).
-    pub status: String,
-    pub error: Option<String>,
-    pub runs: Vec<RunRecord>,
-    pub processed_at: String,
+    pub status: Cow<'a, str>,
+    pub error: Option<Cow<'a, str>>,
+    pub runs: Vec<RunRecord<'a>>,
+    pub processed_at: Cow<'a, str>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub handler: String,
-    pub version: String,
+pub struct RunRecord<'a> {
+    pub handler: Cow<'a, str>,
+    pub version: Cow<'a, str>,
     pub attempt: u32,
-    pub outcome: String,
+    pub outcome: Cow<'a, str>,
     pub duration_us: u64,
     pub error: Option<String>,
 }
 
-impl ExecutionRecord {
-    pub fn from_resolution(r: &crate::outcome::Resolution, device: &str, now: &str) -> Self {
+impl<'a> ExecutionRecord<'a> {
+    pub fn from_resolution(
+        r: &'a crate::outcome::Resolution,
+        device: &'a str,
+        now: &'a str,
+    ) -> Self {
         let (status, error) = match &r.next {
-            crate::outcome::Next::Final { status, error } => (status.as_str(), error.clone()),
-            crate::outcome::Next::Retry { error, .. } => ("pending", Some(error.clone())),
+            crate::outcome::Next::Final { status, error } => (status.as_str(), error.as_deref()),
+            crate::outcome::Next::Retry { error, .. } => ("pending", Some(error.as_str())),
         };
         Self {
-            event_id: r.event.id.clone(),
-            event_type: r.event.event_type.clone(),
-            project_id: r.event.project_id.clone(),
-            device: device.to_owned(),
-            status: status.to_owned(),
-            error,
+            event_id: r.event.id.as_str().into(),
+            event_type: r.event.event_type.as_str().into(),
+            project_id: r.event.project_id.as_str().into(),
+            device: device.into(),
+            status: status.into(),
+            error: error.map(Cow::Borrowed),
             runs: r
                 .runs
                 .iter()
                 .map(|run| RunRecord {
-                    handler: run.handler.to_string(),
-                    version: run.version.to_string(),
+                    handler: (*run.handler).into(),
+                    version: (*run.version).into(),
                     attempt: run.attempt,
-                    outcome: run.outcome.label().to_owned(),
+                    outcome: run.outcome.label().into(),
                     duration_us: run.duration.as_micros() as u64,
                     error: run.outcome.error(),
                 })
                 .collect(),
-            processed_at: now.to_owned(),
+            processed_at: now.into(),
         }
     }
 }
@@ -340,4 +394,110 @@ pub struct WebhookRecord {
     /// The request body, as JSON.
     pub body: serde_json::Value,
     pub received_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::{Effects, Next, Resolution, Run, RunOutcome, Verdict};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn record(payload: &str) -> Vec<u8> {
+        format!(
+            r#"{{"id":"e-1","project_id":"p","event_type":"order_placed","source_type":"system","source_id":null,"target_persona_id":null,"payload":{payload},"headers":[["k","v"]],"schema_version":1,"chain_depth":0,"created_at":"2026-11-29T00:00:00Z"}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_consumed_payload_is_stored_as_the_producer_wrote_it() {
+        // Past 64 bits: a parsed tree would have rounded it to a float.
+        let big = r#"{"amount":123456789012345678901234567890,"note":"caf\u00e9"}"#;
+        let e = WireEvent::decode(Some(&record(big))).expect("decodes");
+        assert_eq!(e.payload, big);
+        assert_eq!(e.headers, vec![("k".to_owned(), "v".to_owned())]);
+        // The stored text is what a handler and the outbox see again.
+        let again = serde_json::to_vec(&WireEvent::raw_from_event(&e)).unwrap();
+        assert_eq!(WireEvent::decode(Some(&again)).unwrap(), e);
+    }
+
+    #[test]
+    fn a_record_whose_payload_is_not_json_is_refused() {
+        for bad in [
+            &b"{\"id\":\"e-1\"}"[..],
+            &record("{\"n\":")[..],
+            &record("nope")[..],
+        ] {
+            assert!(
+                WireEvent::decode(Some(bad)).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(WireEvent::decode(None), Err(DecodeError::Empty)));
+    }
+
+    #[test]
+    fn an_execution_record_written_from_an_outcome_reads_back_the_same() {
+        let event = WireEvent::decode(Some(&record(r#"{"n":1}"#))).unwrap();
+        let run = |handler: &str, outcome| Run {
+            handler: Arc::from(handler),
+            version: Arc::from("1.0.0"),
+            attempt: 2,
+            started_at: "2026-11-29T00:00:00Z".into(),
+            duration: Duration::from_micros(42),
+            outcome,
+            verdict: Verdict::Done,
+            effects: Effects::default(),
+            note: None,
+        };
+        let resolution = Resolution {
+            event,
+            runs: vec![
+                run("audit", RunOutcome::Completed),
+                run("mailer", RunOutcome::Retry("smtp down".into())),
+            ],
+            next: Next::Retry {
+                at_ms: 1,
+                error: "mailer: smtp down".into(),
+            },
+        };
+        let bytes = serde_json::to_vec(&ExecutionRecord::from_resolution(
+            &resolution,
+            "device-a",
+            "2026-11-29T00:00:01Z",
+        ))
+        .unwrap();
+        let back: ExecutionRecord<'static> = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (
+                &*back.event_id,
+                &*back.device,
+                &*back.status,
+                back.error.as_deref()
+            ),
+            ("e-1", "device-a", "pending", Some("mailer: smtp down"))
+        );
+        let runs: Vec<_> = back
+            .runs
+            .iter()
+            .map(|r| {
+                (
+                    &*r.handler,
+                    &*r.outcome,
+                    r.attempt,
+                    r.duration_us,
+                    r.error.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                ("audit", "completed", 2, 42, None),
+                ("mailer", "retry", 2, 42, Some("retry: smtp down")),
+            ]
+        );
+    }
 }
