@@ -57,7 +57,7 @@ fn main() {
         cores(),
         if quick { " [quick]" } else { "" }
     );
-    println!();
+    println!("{}\n", persona_bus_tests::speed_line());
     throughput(200_000 / scale, 8, 4, 1, true);
     throughput(200_000 / scale, 8, 1, 1, false);
     throughput(200_000 / scale, 8, 2, 50, false);

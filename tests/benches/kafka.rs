@@ -140,6 +140,7 @@ fn main() {
         println!("{}\n", l.line("persona-bus"));
     }
     let topic = backlog(n);
+    println!("{}", persona_bus_tests::speed_line());
     println!("{}", HostRun::header());
     for (policy, name) in [(Policy::Fresh, "fresh"), (Policy::Reuse, "reuse")] {
         if only.is_some_and(|o| o != name && o != "both") {

@@ -201,3 +201,38 @@ pub fn uuid_v4() -> String {
         &h[20..]
     )
 }
+
+/// How fast this machine runs just now: the time one core takes for a
+/// fixed piece of work (random reads and writes over 16 MiB, the kind of
+/// work the host does: hashing, pointer chasing, cache misses). Benchmarks
+/// print it beside their figures because a shared VM runs in stretches of
+/// minutes whose speeds differ by 20-25%: a figure read with its probe
+/// says which stretch it came from. Lower is faster.
+pub fn speed_probe() -> Duration {
+    const WORDS: usize = 2 << 20;
+    let mut table = vec![0u64; WORDS];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    // Untimed: the table's pages are faulted in first.
+    for (i, w) in table.iter_mut().enumerate() {
+        *w = i as u64;
+    }
+    let started = Instant::now();
+    for _ in 0..8_000_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let i = (x as usize) & (WORDS - 1);
+        table[i] = table[i].wrapping_mul(31).wrapping_add(x);
+    }
+    std::hint::black_box(&table);
+    started.elapsed()
+}
+
+/// [`speed_probe`] as benchmarks print it: the best of three, in ms.
+pub fn speed_line() -> String {
+    let best = (0..3).map(|_| speed_probe()).min().unwrap_or_default();
+    format!(
+        "machine speed probe: {:.0} ms (fixed work on one core; lower is faster; compare figures taken at similar probes)",
+        best.as_secs_f64() * 1e3
+    )
+}
