@@ -50,9 +50,8 @@ impl PayloadText for RawPayload {
 
 impl WireEvent {
     pub fn from_event(e: &Event) -> Self {
-        let payload = e.payload.clone();
         // Stored payloads always parse (validated at publish).
-        WireEvent::with_payload(e, serde_json::from_str(&payload).unwrap_or_default())
+        WireEvent::with_payload(e, serde_json::from_str(&e.payload).unwrap_or_default())
     }
 }
 
