@@ -18,8 +18,13 @@ set -euo pipefail
 rounds="${1:?usage: scripts/bench-ab.sh ROUNDS HOST_BINARY...}"
 shift
 [ $# -ge 1 ] || { echo "usage: scripts/bench-ab.sh ROUNDS HOST_BINARY..." >&2; exit 2; }
-target="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/persona-bus/target}"
-cargo bench -p persona-bus-tests --bench kafka --no-run >/dev/null 2>&1
+# Where Cargo builds: the Makefile's default (the clone's own `target/`)
+# unless CARGO_TARGET_DIR says otherwise. The benchmark is looked for, and
+# its host replaced, in the same folder the build below writes to.
+root=$(cd "$(dirname "$0")/.." && pwd)
+target="${CARGO_TARGET_DIR:-$root/target}"
+CARGO_TARGET_DIR="$target" cargo bench --manifest-path "$root/Cargo.toml" \
+  -p persona-bus-tests --bench kafka --no-run >/dev/null 2>&1
 bench=$(ls -t "$target"/release/deps/kafka-* | grep -v '\.d$' | head -1)
 
 # Samples each host process's threads every 100 ms until it exits, then
