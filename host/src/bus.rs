@@ -12,11 +12,11 @@ use crate::event::{Event, EventError, EventLimits, NewEvent};
 use crate::pipeline::{Pipeline, Sink};
 use crate::registry::Registry;
 use crate::runtime::{CallEnv, Runtime, RuntimeError};
-use crate::source::{SourceSwitch, Wakeup, poller};
+use crate::source::{SourceSwitch, Wakeup, commit_published, poller};
 use crate::store::{GroupCommit, Role, Store, StoreError, Sync};
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -49,6 +49,9 @@ pub struct Bus {
     sqlite: Arc<dyn Sink>,
     limits: EventLimits,
     inserts: GroupCommit,
+    /// Publishes are handed straight to the pipeline (set once the poller
+    /// runs).
+    handing_over: AtomicBool,
     poller: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
     watcher: Mutex<Option<JoinHandle<()>>>,
@@ -185,6 +188,7 @@ impl Bus {
             sqlite,
             limits,
             inserts: GroupCommit::default(),
+            handing_over: AtomicBool::new(false),
             poller: Mutex::new(None),
             checkpointer: Mutex::new(Some(checkpointer)),
             watcher: Mutex::new(watcher),
@@ -218,6 +222,7 @@ impl Bus {
                     source,
                 })?;
             *slot = Some(handle);
+            self.handing_over.store(true, Ordering::Release);
         }
         Ok(())
     }
@@ -235,9 +240,8 @@ impl Bus {
     /// Concurrent callers share a transaction (group commit).
     pub fn publish(&self, new: NewEvent) -> Result<Event, BusError> {
         let event = self.admit(new)?;
-        self.inserts.insert(&self.ctx.store, vec![event.clone()])?;
+        self.store_published(vec![event.clone()])?;
         self.ctx.metrics.published.fetch_add(1, Ordering::Relaxed);
-        self.ctx.stored();
         self.ctx.notify_published([&event]);
         Ok(event)
     }
@@ -249,12 +253,11 @@ impl Bus {
             .into_iter()
             .map(|n| self.admit(n))
             .collect::<Result<Vec<_>, _>>()?;
-        self.inserts.insert(&self.ctx.store, events.clone())?;
+        self.store_published(events.clone())?;
         self.ctx
             .metrics
             .published
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        self.ctx.stored();
         Ok(events)
     }
 
@@ -274,7 +277,7 @@ impl Bus {
         if valid.is_empty() {
             return results;
         }
-        if let Err(e) = self.inserts.insert(&self.ctx.store, valid.clone()) {
+        if let Err(e) = self.store_published(valid.clone()) {
             let message = e.to_string();
             for r in results.iter_mut().filter(|r| r.is_ok()) {
                 *r = Err(BusError::Store(StoreError::GroupCommit(message.clone())));
@@ -285,9 +288,19 @@ impl Bus {
             .metrics
             .published
             .fetch_add(valid.len() as u64, Ordering::Relaxed);
-        self.ctx.stored();
         self.ctx.notify_published(&valid);
         results
+    }
+
+    /// Stores validated events durably, sharing a transaction with
+    /// concurrent publishers (group commit), and wakes whoever takes them
+    /// from here; once the poller runs, the events are handed straight to
+    /// the pipeline when that keeps order (see `source::handoff`).
+    fn store_published(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        let hand_over = self.handing_over.load(Ordering::Acquire);
+        self.inserts.insert(events, |take| {
+            commit_published(&self.ctx, &self.pipeline, hand_over, take)
+        })
     }
 
     /// Processes what is pending now on the calling thread, without the
@@ -382,6 +395,9 @@ impl Bus {
                 let _ = handle.join();
             }
         }
+        // A publish that raced the poller's stop may have handed events
+        // over after its last look.
+        poller::release_handed(&self.ctx);
         self.ctx.traces.shutdown();
     }
 }

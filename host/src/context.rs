@@ -49,6 +49,11 @@ pub struct HostContext {
     pub traces: Arc<crate::traces::Traces>,
     /// Consumer lag, sampled (for `/metrics` and the alerts).
     pub lag: crate::kafka::lag::LagReader,
+    /// Events published here and stored already claimed, in publish order,
+    /// for the poller to submit (see `source::handoff`). Its lock is held
+    /// by a publish transaction that may add to it, and by the poller while
+    /// it takes them and claims rows.
+    pub(crate) handoff: std::sync::Mutex<Vec<Event>>,
     stopping: AtomicBool,
     notices: broadcast::Sender<Notice>,
 }
@@ -75,6 +80,7 @@ impl HostContext {
             schemas,
             traces,
             lag: Default::default(),
+            handoff: Default::default(),
             stopping: AtomicBool::new(false),
             notices,
         }

@@ -85,6 +85,9 @@ impl Default for PerHandler {
 #[derive(Default)]
 pub struct Metrics {
     pub published: AtomicU64,
+    /// Published events handed to the poller already claimed (see
+    /// `source::handoff`); the rest waited `pending` for a claim.
+    pub handed_over: AtomicU64,
     /// Kafka records the event processor consumed.
     pub consumed: AtomicU64,
     /// Events that reached a final status, and retries scheduled.
@@ -170,6 +173,12 @@ impl Metrics {
             "persona_bus_events_published_total",
             "Events published on this host.",
             self.published.load(Ordering::Relaxed),
+        );
+        c(
+            &mut s,
+            "persona_bus_events_handed_over_total",
+            "Published events handed to the handlers already claimed, without waiting pending for the poller.",
+            self.handed_over.load(Ordering::Relaxed),
         );
         c(
             &mut s,

@@ -229,6 +229,40 @@ impl Pipeline {
             .collect()
     }
 
+    /// Waits until the pipeline has room, and returns how many events it
+    /// can take now without waiting (any number when nothing is in
+    /// flight; 0 once it is closed).
+    pub fn wait_for_room(&self) -> usize {
+        let mut state = lock(&self.state);
+        while !state.closed && state.in_flight.len() >= self.max_in_flight {
+            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if state.closed {
+            0
+        } else if state.in_flight.is_empty() {
+            usize::MAX
+        } else {
+            self.max_in_flight - state.in_flight.len()
+        }
+    }
+
+    /// Whether `events` would be taken now without waiting, after `queued`
+    /// others: the pipeline is open and has room for them all, and none of
+    /// their projects' lanes is full. (A publish hands its events over only
+    /// then, and otherwise leaves them `pending` for the poller.)
+    pub fn would_take(&self, events: &[crate::event::Event], queued: usize) -> bool {
+        let state = lock(&self.state);
+        let after = state.in_flight.len() + queued;
+        !state.closed
+            && (after == 0 || after + events.len() <= self.max_in_flight)
+            && events.iter().all(|e| {
+                state
+                    .lanes
+                    .get(&e.project_id)
+                    .is_none_or(|q| q.len() < self.lane_depth)
+            })
+    }
+
     /// Ids of the events in flight (the reaper leaves them alone).
     pub fn in_flight_ids(&self) -> Vec<String> {
         lock(&self.state)

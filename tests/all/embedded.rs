@@ -2,6 +2,7 @@
 
 use persona_bus::EventStatus;
 use persona_bus_tests::{Sandbox, event, events_of_type, guests, wait_final, wait_for};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -89,8 +90,9 @@ fn event_nobody_wants_is_skipped() {
     assert!(bus.store().executions(&e.id).unwrap().is_empty());
 }
 
-#[test]
-fn in_process_publish_does_not_wait_for_the_poll_interval() {
+/// A started host with `noop` on every event, whose poller looks for rows
+/// other processes wrote only every `interval_ms`.
+fn started_noop_polling_every(interval_ms: u64) -> (Sandbox, persona_bus::Bus) {
     let sb = Sandbox::new();
     sb.install(
         "noop",
@@ -98,10 +100,16 @@ fn in_process_publish_does_not_wait_for_the_poll_interval() {
         "[[subscriptions]]\nevent_type = \"*\"",
     );
     let mut config = sb.config();
-    config.poll.active_interval_ms = 5_000;
-    config.poll.idle_interval_ms = 5_000;
+    config.poll.active_interval_ms = interval_ms;
+    config.poll.idle_interval_ms = interval_ms;
     let bus = persona_bus::Bus::open(config).unwrap();
     bus.start().unwrap();
+    (sb, bus)
+}
+
+#[test]
+fn in_process_publish_does_not_wait_for_the_poll_interval() {
+    let (_sb, bus) = started_noop_polling_every(5_000);
     std::thread::sleep(Duration::from_millis(100)); // let the poller go to sleep
     let started = Instant::now();
     let e = bus.publish(event("custom")).unwrap();
@@ -159,5 +167,60 @@ fn wal_stays_bounded_under_steady_load() {
     assert!(
         largest < 48 << 20,
         "the WAL reached {largest} bytes while {published} events were published"
+    );
+}
+
+/// An event published in the host's process is stored already claimed and
+/// handed to the handlers in memory (no second write of its row), but never
+/// ahead of an earlier event of its project that another process (the CLI)
+/// left `pending`, which the sleeping poller would only find at its next
+/// interval: that publish waits `pending` behind it.
+#[test]
+fn a_handed_over_publish_never_overtakes_an_event_another_process_left_pending() {
+    let (sb, bus) = started_noop_polling_every(300);
+    let limits = bus.config().limits.event_limits();
+    let cli = persona_bus::store::Store::open(&sb.data_dir()).unwrap();
+    let step = || persona_bus::event::NewEvent {
+        project_id: Some("p".into()),
+        ..event("step")
+    };
+    // Every fourth event from the CLI, the rest published in the host.
+    let mut order = Vec::new();
+    for i in 0..120 {
+        let id = if i % 4 == 0 {
+            let e = step().validate(limits, 0).unwrap();
+            cli.insert(&e).unwrap();
+            e.id
+        } else {
+            bus.publish(step()).unwrap().id
+        };
+        order.push(id);
+    }
+    let runs = |ids: &[String]| -> Vec<i64> {
+        ids.iter()
+            .map(|id| {
+                let done = wait_final(&bus, id, Duration::from_secs(20));
+                assert_eq!(done.status, EventStatus::Completed);
+                bus.store().executions(id).unwrap()[0].id
+            })
+            .collect()
+    };
+    // Execution rows are numbered in commit order, and a project's
+    // outcomes commit in the order its events ran.
+    let ran = runs(&order);
+    assert!(
+        ran.windows(2).all(|w| w[0] < w[1]),
+        "the project's events ran out of publish order: {ran:?}"
+    );
+
+    // With nothing waiting, every publish is handed over.
+    let before = bus.metrics().handed_over.load(Ordering::Relaxed);
+    let quiet: Vec<String> = (0..30).map(|_| bus.publish(step()).unwrap().id).collect();
+    let ran = runs(&quiet);
+    assert!(ran.windows(2).all(|w| w[0] < w[1]), "{ran:?}");
+    assert_eq!(
+        bus.metrics().handed_over.load(Ordering::Relaxed) - before,
+        30,
+        "publishes with nothing pending skip the poller's claim"
     );
 }

@@ -14,10 +14,11 @@
 
 use crate::context::HostContext;
 use crate::dispatch::Delivery;
-use crate::event::now_millis;
+use crate::event::{Event, now_millis};
 use crate::outcome::Resolution;
 use crate::pipeline::{Finished, Pipeline, Refused, Sink};
 use crate::runtime::Origin;
+use crate::source::Woke;
 use crate::store::{ClaimScope, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +57,13 @@ pub(crate) fn run(ctx: Arc<HostContext>, pipeline: Arc<Pipeline>, sink: Arc<dyn 
     let linger = Duration::from_micros(poll.linger_us);
     let mut empty_polls: u32 = 0;
     let mut last_reap = Instant::now();
+    // Whether to ask SQLite for rows at the next poll: after a ring (rows
+    // were stored), a timeout, a full claim (more may wait), and at least
+    // every active interval. A nudge alone brings only handed-over events
+    // (see `handoff`), and asking then would be an empty claim per wake.
+    let mut look = true;
+    let mut last_look = Instant::now();
+    let mut retry_at: Option<i64> = None;
     tracing::info!(
         active_ms = poll.active_interval_ms,
         idle_ms = poll.idle_interval_ms,
@@ -77,16 +85,28 @@ pub(crate) fn run(ctx: Arc<HostContext>, pipeline: Arc<Pipeline>, sink: Arc<dyn 
                 Err(e) => tracing::error!(error = %e, "reaper failed"),
             }
         }
-        match claim_and_submit(&ctx, &pipeline, &sink, poll.batch_size) {
-            Ok(n) if n > 0 => {
+        look |= ctx.wakeup.take_ring() || last_look.elapsed() >= active;
+        match claim_and_submit(&ctx, &pipeline, &sink, poll.batch_size, look) {
+            Ok(polled) if polled.submitted > 0 => {
+                if polled.looked {
+                    last_look = Instant::now();
+                    look = polled.full;
+                }
                 empty_polls = 0;
                 // A short batch while busy: let the next one fill up a little
                 // so it shares a commit (see `PollConfig::linger_us`).
-                if n < poll.batch_size && !linger.is_zero() {
+                if polled.submitted < poll.batch_size && !linger.is_zero() {
                     std::thread::sleep(linger);
                 }
             }
-            Ok(_) => {
+            Ok(polled) => {
+                if polled.looked {
+                    last_look = Instant::now();
+                    look = false;
+                    // Wake for a retry that falls due before the interval
+                    // ends (asked only along with SQLite's rows).
+                    retry_at = ctx.store.next_retry_at(now_millis()).unwrap_or(None);
+                }
                 empty_polls = empty_polls.saturating_add(1);
                 let mut wait = if ctx.source.claim_scope() == ClaimScope::Leftovers {
                     // Kafka is in charge: look for events left behind only
@@ -98,13 +118,17 @@ pub(crate) fn run(ctx: Arc<HostContext>, pipeline: Arc<Pipeline>, sink: Arc<dyn 
                 } else {
                     active
                 };
-                // Wake for a retry that falls due before the interval ends.
-                let now = now_millis();
-                if let Ok(Some(due)) = ctx.store.next_retry_at(now) {
-                    wait = wait.min(Duration::from_millis((due - now).max(1) as u64));
+                if let Some(due) = retry_at {
+                    let ms = (due - now_millis()).max(1) as u64;
+                    wait = wait.min(Duration::from_millis(ms));
                 }
-                if ctx.wakeup.wait(wait) {
-                    empty_polls = 0;
+                match ctx.wakeup.wait_for(wait) {
+                    Woke::Rung => {
+                        empty_polls = 0;
+                        look = true;
+                    }
+                    Woke::Nudged => empty_polls = 0,
+                    Woke::TimedOut => look = true,
                 }
             }
             Err(e) => {
@@ -112,25 +136,97 @@ pub(crate) fn run(ctx: Arc<HostContext>, pipeline: Arc<Pipeline>, sink: Arc<dyn 
                 // writer). Back off and try again; nothing was claimed.
                 tracing::error!(error = %e, "poll failed; retrying in 1 s");
                 ctx.wakeup.wait(Duration::from_secs(1));
+                look = true;
             }
         }
     }
+    release_handed(&ctx);
     tracing::info!("sqlite poller stopped");
 }
 
-/// Claims up to `limit` events (none of a project whose lane is full) and
-/// submits them. Returns how many it claimed. Events the pipeline refuses
-/// go back to pending.
+/// What one poll did.
+#[derive(Default)]
+struct Polled {
+    /// Events submitted to the pipeline (handed over and claimed).
+    submitted: usize,
+    /// Whether SQLite was asked for rows.
+    looked: bool,
+    /// Whether it gave as many as asked for (more may be waiting).
+    full: bool,
+}
+
+/// Submits the events handed over by publishes (see `handoff`) and, with
+/// `look`, claims up to `limit` events from SQLite (none of a project
+/// whose lane is full) and submits them after those. Events the pipeline
+/// refuses go back to pending.
 fn claim_and_submit(
     ctx: &HostContext,
     pipeline: &Arc<Pipeline>,
     sink: &Arc<dyn Sink>,
     limit: usize,
+    look: bool,
+) -> Result<Polled, StoreError> {
+    // Wait for room first, and claim no more than there is, so the submit
+    // rarely waits for handlers.
+    let room = pipeline.wait_for_room();
+    if room == 0 {
+        return Ok(Polled::default());
+    }
+    let mut queue = ctx.handoff.lock().unwrap_or_else(|p| p.into_inner());
+    let handed = std::mem::take(&mut *queue);
+    let want = limit.min(room.saturating_sub(handed.len()));
+    let looked = look && want > 0;
+    let claimed = if looked {
+        let full = pipeline.full_lanes();
+        ctx.store
+            .claim(want, now_millis(), ctx.source.claim_scope(), &full)
+    } else {
+        Ok(Vec::new())
+    };
+    let (claimed, failed) = match claimed {
+        Ok(c) => (c, None),
+        // The handed-over events are submitted all the same.
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let full = looked && claimed.len() >= want;
+    let events: Vec<(Event, u32)> = handed.into_iter().map(|e| (e, 1)).chain(claimed).collect();
+    // Submitted outside the lock: only this thread submits SQLite's events,
+    // so they reach the pipeline in the order they were taken here; the
+    // lock only keeps a publish from coming between the take and the
+    // claim. Publishers then wait for neither the submit nor its wakes.
+    drop(queue);
+    let submitted = submit_claimed(ctx, pipeline, sink, events)?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(Polled {
+            submitted,
+            looked,
+            full,
+        }),
+    }
+}
+
+/// Returns events handed over and not submitted to `pending` (the poller
+/// is stopping).
+pub(crate) fn release_handed(ctx: &HostContext) {
+    let handed = std::mem::take(&mut *ctx.handoff.lock().unwrap_or_else(|p| p.into_inner()));
+    if handed.is_empty() {
+        return;
+    }
+    let ids: Vec<&str> = handed.iter().map(|e| e.id.as_str()).collect();
+    if let Err(e) = ctx.store.release(&ids) {
+        tracing::warn!(error = %e, "cannot return handed-over events to pending; the next start does");
+    }
+}
+
+/// Submits events claimed from SQLite (each with its claim count); returns
+/// how many. Events the pipeline refuses go back to pending.
+pub(crate) fn submit_claimed(
+    ctx: &HostContext,
+    pipeline: &Arc<Pipeline>,
+    sink: &Arc<dyn Sink>,
+    claimed: Vec<(Event, u32)>,
 ) -> Result<usize, StoreError> {
-    let full = pipeline.full_lanes();
-    let claimed = ctx
-        .store
-        .claim(limit, now_millis(), ctx.source.claim_scope(), &full)?;
     if claimed.is_empty() {
         return Ok(0);
     }
@@ -210,7 +306,7 @@ pub(crate) fn drain(
 ) -> Result<usize, StoreError> {
     let mut total = 0;
     loop {
-        let n = claim_and_submit(ctx, pipeline, sink, limit)?;
+        let n = claim_and_submit(ctx, pipeline, sink, limit, true)?.submitted;
         pipeline.wait_idle(Duration::MAX);
         if n == 0 {
             return Ok(total);

@@ -42,22 +42,63 @@ pub(super) fn claim_sql(scope: ClaimScope, skipping: bool) -> String {
 /// the rowid (`INTEGER PRIMARY KEY`).
 const INSERT_EVENT: &str = "INSERT INTO persona_events (id, project_id, event_type, source_type, source_id, \
      target_persona_id, payload, created_at, headers, schema_version, chain_depth, kafka_state, \
-     status, error_message, processed_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+     status, error_message, processed_at, claimed_at, claims) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 
-/// The state a new row starts in: `pending`, or (an event consumed from
-/// Kafka and handled in the same commit) final.
+/// The state a new row starts in: `pending`; `processing`, claimed as it
+/// is written (an in-process publish handed straight to the pipeline); or
+/// (an event consumed from Kafka and handled in the same commit) final.
 struct Initial<'a> {
     status: &'a str,
     error: Option<&'a str>,
     processed_at: Option<&'a str>,
+    claimed_at: Option<i64>,
+    claims: i64,
 }
 
 const PENDING: Initial<'static> = Initial {
     status: "pending",
     error: None,
     processed_at: None,
+    claimed_at: None,
+    claims: 0,
 };
+
+/// A row claimed as it is written, at `now_ms`: what the poller's claim
+/// would have made of it.
+fn claimed_at(now_ms: i64) -> Initial<'static> {
+    Initial {
+        status: "processing",
+        error: None,
+        processed_at: None,
+        claimed_at: Some(now_ms),
+        claims: 1,
+    }
+}
+
+/// A batch gathered for [`Store::insert_gathered`], and whether to claim
+/// it as it is written (at this time, for this scope).
+pub(crate) struct Gathered {
+    pub events: Vec<Event>,
+    pub claim: Option<(i64, ClaimScope)>,
+}
+
+/// Whether a row the poller would claim now (in `scope`) is waiting. A new
+/// event may skip the poller only when none is: it could overtake an
+/// earlier event of its project (one written by the CLI, left behind a full
+/// lane, or a retry now due). One probe of the status index, which holds
+/// only live rows.
+fn due_pending(conn: &Connection, now_ms: i64, scope: ClaimScope) -> Result<bool, StoreError> {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM persona_events \
+         WHERE {LIVE} AND status = 'pending' AND next_attempt_at <= ?1 AND {})",
+        scope.condition()
+    );
+    conn.prepare_cached(&sql)
+        .op("prepare due pending")?
+        .query_row([now_ms], |r| r.get(0))
+        .op("due pending")
+}
 
 pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
     event_at(row, 0)
@@ -100,10 +141,21 @@ pub(crate) fn insert_event(
     e: &Event,
     outbox: bool,
 ) -> Result<(), StoreError> {
+    insert_event_as(conn, ids, e, outbox, &PENDING)
+}
+
+/// [`insert_event`] in the state `initial`.
+fn insert_event_as(
+    conn: &Connection,
+    ids: &mut TxIds<'_>,
+    e: &Event,
+    outbox: bool,
+    initial: &Initial<'_>,
+) -> Result<(), StoreError> {
     if ids.seq(conn, &e.id)?.is_some() {
         return Err(StoreError::DuplicateEvent(e.id.clone()));
     }
-    insert_row(conn, ids, e, outbox.then_some("pending"), PENDING).map(|_| ())
+    insert_row(conn, ids, e, outbox.then_some("pending"), initial).map(|_| ())
 }
 
 /// An event's row after [`insert_if_new`]: its seq, and whether this call
@@ -123,7 +175,7 @@ pub(crate) fn insert_if_new(
     if let Some(seq) = ids.seq(conn, &e.id)? {
         return Ok(Stored { seq, new: false });
     }
-    let seq = insert_row(conn, ids, e, kafka_state, PENDING)?;
+    let seq = insert_row(conn, ids, e, kafka_state, &PENDING)?;
     Ok(Stored { seq, new: true })
 }
 
@@ -156,8 +208,10 @@ pub(crate) fn upsert_final(
         status,
         error,
         processed_at: Some(now),
+        claimed_at: None,
+        claims: 0,
     };
-    insert_row(conn, ids, e, Some("remote"), fin)
+    insert_row(conn, ids, e, Some("remote"), &fin)
 }
 
 /// Sets an event's final state (its row is `seq`).
@@ -184,7 +238,7 @@ fn insert_row(
     ids: &mut TxIds<'_>,
     e: &Event,
     kafka_state: Option<&str>,
-    initial: Initial<'_>,
+    initial: &Initial<'_>,
 ) -> Result<i64, StoreError> {
     let seq = conn
         .prepare_cached(INSERT_EVENT)
@@ -205,6 +259,8 @@ fn insert_row(
             initial.status,
             initial.error,
             initial.processed_at,
+            initial.claimed_at,
+            initial.claims,
         ])
         .op("insert event")
         // Cheaper than RETURNING, which buffers its rows in a temporary
@@ -269,14 +325,31 @@ impl Store {
         self.write_tx("insert events", |tx, ids| self.insert_all(tx, ids, events))
     }
 
-    /// [`Store::insert_batch`] of the events `gather` returns, called once
-    /// the transaction has begun, with the writer held (group commit).
+    /// Stores the events `gather` returns, called once the transaction has
+    /// begun, with the writer held (group commit). When `gather` asks for
+    /// it and no row the poller would claim is waiting, they are stored
+    /// already claimed (`processing`): the caller hands them straight to
+    /// the pipeline, and the poller's claim (a write of each row and its
+    /// status index entry, often a transaction of its own) is saved.
+    /// Returns the events and whether they were claimed.
     pub(crate) fn insert_gathered(
         &self,
-        gather: impl FnOnce() -> Vec<Event>,
-    ) -> Result<(), StoreError> {
+        gather: impl FnOnce() -> Gathered,
+    ) -> Result<(Vec<Event>, bool), StoreError> {
         self.write_tx("insert events", |tx, ids| {
-            self.insert_all(tx, ids, &gather())
+            let Gathered { events, claim } = gather();
+            let claimed = match claim {
+                Some((now_ms, scope)) => !due_pending(tx, now_ms, scope)?,
+                None => false,
+            };
+            let initial = match claim {
+                Some((now_ms, _)) if claimed => claimed_at(now_ms),
+                _ => PENDING,
+            };
+            for e in &events {
+                insert_event_as(tx, ids, e, self.outbox_enabled(), &initial)?;
+            }
+            Ok((events, claimed))
         })
     }
 

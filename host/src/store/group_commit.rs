@@ -8,12 +8,16 @@
 //! `publish` still returns only after its own event is durable; a lone
 //! publisher commits alone, with no hand-off to another thread.
 //!
+//! The leader commits through the function its caller passes, which calls
+//! `take` for the queue (the bus stores a batch `pending`, or already
+//! claimed and handed to the pipeline: see `source::handoff`).
+//!
 //! The leader takes the queue only once its transaction has begun: the
 //! writer is often busy (the poller's claim, the committer's outcomes), and
 //! whatever other publishers queue during that wait rides along. Taking it
 //! first left four publisher threads at 1.15 events a transaction.
 
-use super::{Store, StoreError};
+use super::StoreError;
 use crate::event::Event;
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
@@ -40,8 +44,14 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     /// Stores `events` (already validated) durably, sharing the transaction
-    /// with whatever other publishers queued meanwhile.
-    pub fn insert(&self, store: &Store, events: Vec<Event>) -> Result<(), StoreError> {
+    /// with whatever other publishers queued meanwhile. A leader calls
+    /// `commit`, which must call `take` (once its transaction has begun)
+    /// for everything queued and store it all or nothing.
+    pub fn insert(
+        &self,
+        events: Vec<Event>,
+        commit: impl FnOnce(&mut dyn FnMut() -> Vec<Event>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let mut st = self.lock();
         st.queue.extend(events);
         let mine = st.filling;
@@ -54,7 +64,7 @@ impl GroupCommit {
                 st.committing = true;
                 drop(st);
                 let mut taken = None;
-                let result = store.insert_gathered(|| {
+                let result = commit(&mut || {
                     let mut st = self.lock();
                     taken = Some(st.filling);
                     st.filling += 1;

@@ -20,6 +20,7 @@ mod subscriptions;
 
 pub use alerts::Delivery;
 pub use dead_letters::DeadLetterFilter;
+pub(crate) use events::Gathered;
 pub use events::{ClaimScope, EventFilter, EventPage};
 pub use group_commit::GroupCommit;
 pub use handlers::HandlerRecord;
