@@ -379,6 +379,10 @@ fn latency(rate: u32, run: Duration) -> Latency {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     let deadline = Instant::now() + run + Duration::from_secs(30);
     let mut seen = 0;
+    // With BENCH_DETAIL: per second of the window, how many events took
+    // over 10 ms and the slowest, to tell a transient from a steady cost.
+    let detail = std::env::var_os("BENCH_DETAIL").is_some();
+    let mut per_second: Vec<(u32, Duration)> = Vec::new();
     while seen < n && Instant::now() < deadline {
         if let Ok(Notice::Resolved { created_at, .. }) = notices.blocking_recv() {
             seen += 1;
@@ -386,11 +390,20 @@ fn latency(rate: u32, run: Duration) -> Latency {
                 && let Ok(d) = SystemTime::now().duration_since(sent)
             {
                 hist.record(d.as_micros().max(1) as u64).unwrap();
-                if d > Duration::from_millis(50) && std::env::var_os("BENCH_DETAIL").is_some() {
-                    eprintln!("  slow: #{seen} at {:?}: {:?}", t0.elapsed(), d);
+                if detail {
+                    let second = t0.elapsed().as_secs() as usize;
+                    if per_second.len() <= second {
+                        per_second.resize(second + 1, (0, Duration::ZERO));
+                    }
+                    let s = &mut per_second[second];
+                    s.0 += u32::from(d > Duration::from_millis(10));
+                    s.1 = s.1.max(d);
                 }
             }
         }
+    }
+    for (second, (over, max)) in per_second.iter().enumerate() {
+        eprintln!("  second {second}: {over} events over 10 ms, slowest {max:.2?}");
     }
     let _ = g.wait();
     bus.shutdown();
