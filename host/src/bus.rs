@@ -49,8 +49,8 @@ pub struct Bus {
     sqlite: Arc<dyn Sink>,
     limits: EventLimits,
     inserts: GroupCommit,
-    /// Publishes are handed straight to the pipeline (set once the poller
-    /// runs).
+    /// Publishes may be handed to the poller already claimed (set once the
+    /// poller runs).
     handing_over: AtomicBool,
     poller: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
@@ -294,8 +294,8 @@ impl Bus {
 
     /// Stores validated events durably, sharing a transaction with
     /// concurrent publishers (group commit), and wakes whoever takes them
-    /// from here; once the poller runs, the events are handed straight to
-    /// the pipeline when that keeps order (see `source::handoff`).
+    /// from here; once the poller runs, the events are stored claimed and
+    /// handed to it in memory when that keeps order (see `source::handoff`).
     fn store_published(&self, events: Vec<Event>) -> Result<(), StoreError> {
         let hand_over = self.handing_over.load(Ordering::Acquire);
         self.inserts.insert(events, |take| {

@@ -221,7 +221,7 @@ pub(crate) fn release_handed(ctx: &HostContext) {
 
 /// Submits events claimed from SQLite (each with its claim count); returns
 /// how many. Events the pipeline refuses go back to pending.
-pub(crate) fn submit_claimed(
+fn submit_claimed(
     ctx: &HostContext,
     pipeline: &Arc<Pipeline>,
     sink: &Arc<dyn Sink>,

@@ -46,7 +46,7 @@ const INSERT_EVENT: &str = "INSERT INTO persona_events (id, project_id, event_ty
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 
 /// The state a new row starts in: `pending`; `processing`, claimed as it
-/// is written (an in-process publish handed straight to the pipeline); or
+/// is written (an in-process publish handed to the poller in memory); or
 /// (an event consumed from Kafka and handled in the same commit) final.
 struct Initial<'a> {
     status: &'a str,
@@ -328,8 +328,8 @@ impl Store {
     /// Stores the events `gather` returns, called once the transaction has
     /// begun, with the writer held (group commit). When `gather` asks for
     /// it and no row the poller would claim is waiting, they are stored
-    /// already claimed (`processing`): the caller hands them straight to
-    /// the pipeline, and the poller's claim (a write of each row and its
+    /// already claimed (`processing`): the caller hands them to the poller
+    /// in memory, and the poller's claim (a write of each row and its
     /// status index entry, often a transaction of its own) is saved.
     /// Returns the events and whether they were claimed.
     pub(crate) fn insert_gathered(

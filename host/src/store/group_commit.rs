@@ -10,7 +10,7 @@
 //!
 //! The leader commits through the function its caller passes, which calls
 //! `take` for the queue (the bus stores a batch `pending`, or already
-//! claimed and handed to the pipeline: see `source::handoff`).
+//! claimed and handed to the poller: see `source::handoff`).
 //!
 //! The leader takes the queue only once its transaction has begun: the
 //! writer is often busy (the poller's claim, the committer's outcomes), and
