@@ -186,6 +186,26 @@ pub fn proc_status_kib(process: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// User + system CPU time of process `pid` so far (`/proc/PID/stat`, in
+/// clock ticks of 1/100 s, Linux's USER_HZ). Zero when it cannot be read.
+pub fn proc_cpu_time(pid: &str) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime: fields 14 and 15 of the line, 11 and 12 here.
+    std::time::Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
 /// A random UUIDv4 string: the event id most producers send.
 pub fn uuid_v4() -> String {
     let mut b = fastrand::u128(..).to_be_bytes();

@@ -15,7 +15,8 @@
 // - commit the batch's offsets once that transaction is durable.
 //
 // Output: `joined` when the group has assigned partitions, then one JSON
-// line on stdout when `--n` events are handled:
+// line on stdout when `--n` events are handled (latency of all but the
+// first `--skip`):
 //   {"handled", "first_ms", "last_ms", "latency_us": {p50, p90, p99, max}}
 // (first_ms: the first batch's start; last_ms: the last batch's commit)
 // (latency: from the event's created_at, the generator's send time in
@@ -39,6 +40,9 @@ const brokers = arg('brokers').split(',');
 const topic = arg('topic');
 const group = arg('group');
 const want = Number(arg('n'));
+// The first `--skip` events are handled but their latency is not counted
+// (the benchmark's warm-up, the same for persona-bus).
+const skip = Number(arg('skip', '0'));
 const dbPath = arg('db');
 
 // The schema of the bus the plan migrates (persona_events) and the plan's
@@ -139,6 +143,7 @@ function createdUs(text) {
 }
 
 const latencies = [];
+let timed = 0;
 let handled = 0;
 let firstMs = null;
 let lastMs = null;
@@ -195,7 +200,7 @@ async function main() {
       const doneUs = Date.now() * 1000;
       for (const e of events) {
         const sent = createdUs(e.created_at);
-        if (sent !== null) latencies.push(doneUs - sent);
+        if (timed++ >= skip && sent !== null) latencies.push(doneUs - sent);
       }
       const last = batch.messages[batch.messages.length - 1].offset;
       resolveOffset(last);
