@@ -322,6 +322,12 @@ impl Bus {
         self.pipeline.dispatcher().registry()
     }
 
+    /// Handler calls running now. An event's status says less: it is
+    /// `processing` from its claim on, while it may still wait in its lane.
+    pub fn handler_calls_running(&self) -> usize {
+        self.pipeline.dispatcher().runtime().calls_running()
+    }
+
     pub fn config(&self) -> &Config {
         &self.ctx.config
     }

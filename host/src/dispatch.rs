@@ -76,6 +76,10 @@ impl Dispatcher {
         &self.env
     }
 
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }

@@ -33,7 +33,9 @@ fn stuck_beside_good(mode: &str, sleep_ms: u64) -> (Sandbox, Bus) {
     (sb, bus)
 }
 
-/// Publishes a `stuck` event in `project` and waits until its call runs.
+/// Publishes a `stuck` event in `project` and waits until its call runs
+/// (`processing` alone is not enough: a publish is stored already claimed
+/// and may still wait in its lane, with its handler's version not chosen).
 fn publish_stuck(bus: &Bus, project: &str) -> persona_bus::Event {
     let stuck = bus
         .publish(NewEvent {
@@ -43,6 +45,7 @@ fn publish_stuck(bus: &Bus, project: &str) -> persona_bus::Event {
         .unwrap();
     wait_for(Duration::from_secs(10), "the stuck call to start", || {
         bus.store().event(&stuck.id).unwrap().status == EventStatus::Processing
+            && bus.handler_calls_running() >= 1
     });
     stuck
 }

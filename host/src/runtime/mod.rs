@@ -164,6 +164,8 @@ pub struct Runtime {
     /// an instance slot of the pooling allocator, so this stays below
     /// `pool_slots` (warm instances of the `reuse` policy take the rest).
     calls: Semaphore,
+    /// The size of `calls`.
+    max_calls: usize,
     /// Most calls of one handler at once when its manifest sets no
     /// `concurrency`: half of `calls`, so one slow handler never takes every
     /// call slot from the others.
@@ -171,6 +173,12 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Handler calls running now (each holds a call slot; its handler
+    /// version was chosen before it took one).
+    pub fn calls_running(&self) -> usize {
+        self.max_calls - self.calls.available_permits()
+    }
+
     /// Builds the engine and linker. `cache_dir` holds compiled components
     /// (`None`: compile every time).
     pub fn new(
@@ -235,6 +243,7 @@ impl Runtime {
             linker,
             cache_dir,
             calls: Semaphore::new(calls),
+            max_calls: calls,
             default_concurrency: (calls / 2).max(1),
         })
     }
