@@ -109,6 +109,19 @@ impl HostContext {
         }
     }
 
+    /// `n` new events were stored claimed and handed to the poller in
+    /// memory (`source::handoff`): count them, wake the relay, and nudge
+    /// the poller (a ring would make it ask SQLite for rows in vain).
+    pub(crate) fn handed_over(&self, n: usize) {
+        self.metrics
+            .handed_over
+            .fetch_add(n as u64, Ordering::Relaxed);
+        if self.store.outbox_enabled() {
+            self.outbox_wakeup.ring();
+        }
+        self.wakeup.nudge();
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.notices.subscribe()
     }

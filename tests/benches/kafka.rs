@@ -769,8 +769,7 @@ fn settle_broker() {
     if k::secure() {
         return;
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
-    let Ok(out) = Command::new("bash").arg(&script).arg("pid").output() else {
+    let Ok(out) = Command::new(k::KAFKA_SH).arg("pid").output() else {
         return;
     };
     let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();

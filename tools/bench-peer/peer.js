@@ -143,7 +143,6 @@ function createdUs(text) {
 }
 
 const latencies = [];
-let timed = 0;
 let handled = 0;
 let firstMs = null;
 let lastMs = null;
@@ -198,9 +197,10 @@ async function main() {
       if (firstMs === null) firstMs = Date.now();
       commitBatch(events);
       const doneUs = Date.now() * 1000;
-      for (const e of events) {
+      for (const [i, e] of events.entries()) {
         const sent = createdUs(e.created_at);
-        if (timed++ >= skip && sent !== null) latencies.push(doneUs - sent);
+        // `handled` counts the batches before this one.
+        if (handled + i >= skip && sent !== null) latencies.push(doneUs - sent);
       }
       const last = batch.messages[batch.messages.length - 1].offset;
       resolveOffset(last);

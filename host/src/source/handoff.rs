@@ -55,26 +55,21 @@ pub(crate) fn commit_published(
     let queue = eligible.then(|| ctx.handoff.lock().unwrap_or_else(|p| p.into_inner()));
     let (events, claimed) = ctx.store.insert_gathered(|| {
         let events = take();
-        let claim = queue
+        let claim_at = queue
             .as_ref()
             .is_some_and(|q| pipeline.would_take(&events, q.len()))
-            .then(|| (now_millis(), ClaimScope::Local));
-        Gathered { events, claim }
+            .then(now_millis);
+        Gathered { events, claim_at }
     })?;
     match queue {
         Some(mut queue) if claimed => {
-            ctx.metrics
-                .handed_over
-                .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let n = events.len();
             queue.extend(events.into_iter().map(|mut e| {
                 e.status = EventStatus::Processing;
                 e
             }));
             drop(queue);
-            if ctx.store.outbox_enabled() {
-                ctx.outbox_wakeup.ring();
-            }
-            ctx.wakeup.nudge();
+            ctx.handed_over(n);
         }
         queue => {
             drop(queue);

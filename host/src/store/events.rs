@@ -77,24 +77,28 @@ fn claimed_at(now_ms: i64) -> Initial<'static> {
 }
 
 /// A batch gathered for [`Store::insert_gathered`], and whether to claim
-/// it as it is written (at this time, for this scope).
+/// it as it is written, at this time. (Only while SQLite is the source:
+/// the poller's claim scope is then [`ClaimScope::Local`].)
 pub(crate) struct Gathered {
     pub events: Vec<Event>,
-    pub claim: Option<(i64, ClaimScope)>,
+    pub claim_at: Option<i64>,
 }
 
-/// Whether a row the poller would claim now (in `scope`) is waiting. A new
-/// event may skip the poller only when none is: it could overtake an
-/// earlier event of its project (one written by the CLI, left behind a full
-/// lane, or a retry now due). One probe of the status index, which holds
-/// only live rows.
-fn due_pending(conn: &Connection, now_ms: i64, scope: ClaimScope) -> Result<bool, StoreError> {
-    let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM persona_events \
-         WHERE {LIVE} AND status = 'pending' AND next_attempt_at <= ?1 AND {})",
-        scope.condition()
-    );
-    conn.prepare_cached(&sql)
+/// Whether a row the poller would claim now (SQLite the source) is
+/// waiting. A new event may skip the poller only when none is: it could
+/// overtake an earlier event of its project (one written by the CLI, left
+/// behind a full lane, or a retry now due). One probe of the status index,
+/// which holds only live rows. Asked once per publish transaction, so its
+/// text is built once.
+fn due_pending(conn: &Connection, now_ms: i64) -> Result<bool, StoreError> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT EXISTS (SELECT 1 FROM persona_events \
+             WHERE {LIVE} AND status = 'pending' AND next_attempt_at <= ?1 AND {})",
+            ClaimScope::Local.condition()
+        )
+    });
+    conn.prepare_cached(&SQL)
         .op("prepare due pending")?
         .query_row([now_ms], |r| r.get(0))
         .op("due pending")
@@ -322,7 +326,9 @@ impl Store {
 
     /// Stores validated events as `pending`, all in one transaction.
     pub fn insert_batch(&self, events: &[Event]) -> Result<(), StoreError> {
-        self.write_tx("insert events", |tx, ids| self.insert_all(tx, ids, events))
+        self.write_tx("insert events", |tx, ids| {
+            self.insert_all(tx, ids, events, &PENDING)
+        })
     }
 
     /// Stores the events `gather` returns, called once the transaction has
@@ -337,30 +343,27 @@ impl Store {
         gather: impl FnOnce() -> Gathered,
     ) -> Result<(Vec<Event>, bool), StoreError> {
         self.write_tx("insert events", |tx, ids| {
-            let Gathered { events, claim } = gather();
-            let claimed = match claim {
-                Some((now_ms, scope)) => !due_pending(tx, now_ms, scope)?,
-                None => false,
+            let Gathered { events, claim_at } = gather();
+            let claim_at = match claim_at {
+                Some(now_ms) if !due_pending(tx, now_ms)? => Some(now_ms),
+                _ => None,
             };
-            let initial = match claim {
-                Some((now_ms, _)) if claimed => claimed_at(now_ms),
-                _ => PENDING,
-            };
-            for e in &events {
-                insert_event_as(tx, ids, e, self.outbox_enabled(), &initial)?;
-            }
-            Ok((events, claimed))
+            let initial = claim_at.map_or(PENDING, claimed_at);
+            self.insert_all(tx, ids, &events, &initial)?;
+            Ok((events, claim_at.is_some()))
         })
     }
 
+    /// Inserts `events` in the state `initial` (each id must be new).
     fn insert_all(
         &self,
         tx: &Connection,
         ids: &mut TxIds<'_>,
         events: &[Event],
+        initial: &Initial<'_>,
     ) -> Result<(), StoreError> {
         for e in events {
-            insert_event(tx, ids, e, self.outbox_enabled())?;
+            insert_event_as(tx, ids, e, self.outbox_enabled(), initial)?;
         }
         Ok(())
     }
