@@ -127,7 +127,12 @@ pub fn is_valid_event_type(event_type: &str) -> bool {
 }
 
 fn required(field: &'static str, value: String) -> Result<String, EventError> {
-    let value = value.trim().to_owned();
+    // Usually nothing to trim: keep the caller's string (no new allocation
+    // on every publish).
+    let value = match value.trim() {
+        t if t.len() == value.len() => value,
+        t => t.to_owned(),
+    };
     if value.is_empty() {
         return Err(EventError::Missing { field });
     }
@@ -141,9 +146,9 @@ fn required(field: &'static str, value: String) -> Result<String, EventError> {
 }
 
 fn optional(field: &'static str, value: Option<String>) -> Result<Option<String>, EventError> {
-    match value.map(|v| v.trim().to_owned()) {
+    match value {
         None => Ok(None),
-        Some(v) if v.is_empty() => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(None),
         Some(v) => required(field, v).map(Some),
     }
 }
@@ -272,6 +277,24 @@ mod tests {
         assert_eq!(ev.schema_version, DEFAULT_SCHEMA_VERSION);
         assert_eq!(ev.status, EventStatus::Pending);
         assert_eq!(ev.id.len(), 26);
+    }
+
+    #[test]
+    fn names_are_trimmed_and_blank_optional_ones_are_absent() {
+        let ev = NewEvent {
+            event_type: " task_created\t".into(),
+            source_type: "system".into(),
+            project_id: Some("  alpha ".into()),
+            source_id: Some("   ".into()),
+            target_persona_id: Some("persona-1".into()),
+            ..Default::default()
+        }
+        .validate(LIMITS, 0)
+        .unwrap();
+        assert_eq!(ev.event_type, "task_created");
+        assert_eq!(ev.project_id, "alpha");
+        assert_eq!(ev.source_id, None);
+        assert_eq!(ev.target_persona_id.as_deref(), Some("persona-1"));
     }
 
     #[test]

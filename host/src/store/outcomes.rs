@@ -80,9 +80,7 @@ impl Store {
                 .iter()
                 .flat_map(|r| r.runs.iter().map(|run| &*run.handler)),
         )?;
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .op("begin commit")?;
+        let tx = super::WriteTx::begin(&conn).op("begin commit")?;
         let mut ids = self.ids.begin(&tx)?;
         // Two passes. First each event's next state, visiting events in id
         // order: a miss in the id tail probes the id index, and walking it

@@ -495,3 +495,49 @@ fn the_id_filter_is_loaded_from_the_index_within_its_bound() {
     tool.processed_for(["not-there"]).unwrap();
     assert_eq!(tool.ids.filter_bytes(), 0, "command-line tools keep none");
 }
+
+/// The writer's transactions begin and commit through cached statements
+/// (`WriteTx`): one that fails part-way, or is dropped uncommitted, must
+/// leave nothing behind, and the connection must be usable afterwards.
+#[test]
+fn a_write_transaction_that_fails_or_is_dropped_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let first = event("p");
+    // The same id twice in one transaction: the second row is refused.
+    let failed = store.insert_gathered(|| Gathered {
+        events: vec![event("p"), first.clone(), first.clone()],
+        claim_at: None,
+    });
+    assert!(failed.is_err(), "a duplicate id fails the transaction");
+    assert!(store.writer().is_autocommit(), "rolled back, not left open");
+    assert_eq!(
+        store.status_counts().unwrap(),
+        vec![],
+        "nothing of it stayed"
+    );
+
+    {
+        let conn = store.writer();
+        let tx = WriteTx::begin(&conn).unwrap();
+        tx.execute(
+            "INSERT INTO persona_handler_names (name) VALUES ('dropped')",
+            [],
+        )
+        .unwrap();
+    }
+    let names: i64 = store
+        .writer()
+        .query_row("SELECT count(*) FROM persona_handler_names", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(names, 0, "a transaction dropped uncommitted is rolled back");
+
+    store.insert(&first).unwrap();
+    assert_eq!(
+        store.status_counts().unwrap(),
+        vec![(EventStatus::Pending, 1)],
+        "the writer commits again afterwards"
+    );
+}
