@@ -90,10 +90,8 @@ impl Store {
     /// retried.
     pub fn retry_dead_letter(&self, id: i64) -> Result<Option<String>, StoreError> {
         let now = now_rfc3339();
-        let mut conn = self.writer();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .op("begin dlq retry")?;
+        let conn = self.writer();
+        let tx = super::WriteTx::begin(&conn).op("begin dlq retry")?;
         let found: Option<(String, String, Option<i64>)> = tx
             .query_row(
                 "SELECT event_id, handler, event_seq FROM persona_dead_letters WHERE id = ?1 AND retried_at IS NULL",

@@ -215,7 +215,7 @@ impl Ids {
 
     /// After a commit: one step of the merge, in a transaction of its own
     /// (`conn` is the writer, outside any transaction).
-    pub(crate) fn merge_step(&self, conn: &mut Connection) -> Result<(), StoreError> {
+    pub(crate) fn merge_step(&self, conn: &Connection) -> Result<(), StoreError> {
         // Only the writer merges (its connection is `conn`), so the merge
         // can leave the lock while it writes: readers keep looking up.
         let mut merge = {
@@ -238,9 +238,7 @@ impl Ids {
                 }
             }
         };
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .op("begin id merge")?;
+        let tx = super::WriteTx::begin(conn).op("begin id merge")?;
         // Another process may have merged these meanwhile.
         let merged = merged_through(&tx)?;
         if merge.through > merged {

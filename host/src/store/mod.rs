@@ -243,19 +243,19 @@ impl Store {
         what: &'static str,
         f: impl FnOnce(&Connection, &mut ids::TxIds<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.writer();
+        let conn = self.writer();
         let tx = WriteTx::begin(&conn).op(what)?;
         let mut ids = self.ids.begin(&tx)?;
         let out = f(&tx, &mut ids)?;
         tx.commit().op(what)?;
         ids.committed();
-        self.merge_ids(&mut conn);
+        self.merge_ids(&conn);
         Ok(out)
     }
 
     /// After a commit on the writer (`conn`): a step of the id merge, if one
     /// is due (see `ids`).
-    fn merge_ids(&self, conn: &mut Connection) {
+    fn merge_ids(&self, conn: &Connection) {
         if let Err(e) = self.ids.merge_step(conn) {
             // The tail stays in memory and the merge is tried again after
             // the next commit; nothing is lost meanwhile.
@@ -299,6 +299,7 @@ impl Store {
 }
 
 /// An IMMEDIATE transaction on the writer, rolled back unless committed.
+/// Every write transaction of the store begins here.
 ///
 /// rusqlite's `Transaction` parses `BEGIN IMMEDIATE` and `COMMIT` anew each
 /// time (`execute_batch`); a lone publisher commits once per event, and

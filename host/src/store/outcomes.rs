@@ -73,7 +73,7 @@ impl Store {
         let now = now_rfc3339();
         let now_ms = crate::event::now_millis();
         let mut done = Committed::default();
-        let mut conn = self.writer();
+        let conn = self.writer();
         let handlers = self.handler_numbers(
             &conn,
             resolutions
@@ -184,7 +184,7 @@ impl Store {
         tx.commit().op("commit outcomes")?;
         ids.committed();
         drop(handlers);
-        self.merge_ids(&mut conn);
+        self.merge_ids(&conn);
         Ok(done)
     }
 

@@ -55,10 +55,8 @@ impl Store {
         subs: &[ManifestSubscription],
     ) -> Result<(), StoreError> {
         let now = now_rfc3339();
-        let mut conn = self.writer();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .op("begin sync subs")?;
+        let conn = self.writer();
+        let tx = super::WriteTx::begin(&conn).op("begin sync subs")?;
         tx.execute(
             "DELETE FROM persona_event_subscriptions WHERE persona_id = ?1 AND managed_by = 'manifest'",
             [handler],
