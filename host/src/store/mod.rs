@@ -17,6 +17,7 @@ mod remote;
 mod schema;
 mod state;
 mod subscriptions;
+mod wal_writes;
 
 pub use alerts::Delivery;
 pub use dead_letters::DeadLetterFilter;
@@ -67,6 +68,8 @@ pub enum StoreError {
     DuplicateEvent(String),
     #[error("storing the event failed: {0}")]
     GroupCommit(String),
+    #[error("cannot set up SQLite: {0}")]
+    Vfs(String),
     #[error("invalid subscription: {0}")]
     InvalidSubscription(String),
     #[error("subscription {0} not found")]
@@ -363,7 +366,10 @@ fn connect(path: &Path, sync: Sync, role: Role, cache_kb: u32) -> Result<Connect
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).op("open")?;
+    // Each transaction's WAL frames reach the file in one write (see
+    // `wal_writes`).
+    wal_writes::register().map_err(StoreError::Vfs)?;
+    let conn = Connection::open_with_flags_and_vfs(path, flags, wal_writes::NAME).op("open")?;
     // Another process (a CLI publisher) may hold the write lock for a moment.
     conn.busy_timeout(Duration::from_secs(10))
         .op("busy_timeout")?;
