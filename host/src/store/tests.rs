@@ -541,3 +541,29 @@ fn a_write_transaction_that_fails_or_is_dropped_leaves_nothing() {
         "the writer commits again afterwards"
     );
 }
+
+/// The writer skips catching up with the file while no other connection
+/// has committed (`PRAGMA data_version`): a row another process commits
+/// between two of the host's writes must still be seen by the next one.
+#[test]
+fn the_writer_sees_ids_another_process_committed_between_its_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let host =
+        Store::open_tuned(dir.path(), Sync::Normal, Role::Host, StoreConfig::default()).unwrap();
+    for _ in 0..3 {
+        host.insert(&event("p")).unwrap();
+    }
+    let cli = Store::open(dir.path()).unwrap();
+    let from_cli = event("p");
+    cli.insert(&from_cli).unwrap();
+    // No read in between: the writer's own transaction must catch up.
+    assert!(matches!(
+        host.insert(&from_cli),
+        Err(StoreError::DuplicateEvent(id)) if id == from_cli.id
+    ));
+    host.insert(&event("p")).unwrap();
+    assert_eq!(
+        host.status_counts().unwrap(),
+        vec![(EventStatus::Pending, 5)]
+    );
+}
