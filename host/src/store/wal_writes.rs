@@ -2,8 +2,8 @@
 //! kernel in one write.
 //!
 //! SQLite writes each WAL frame as two `pwrite`s, its 24-byte header and
-//! then the page. A one-event publish appends two or three frames, so five
-//! or six writes, and each one takes the file system's whole per-call path
+//! then the page. A one-event publish appends two to four frames, so four
+//! to eight writes, and each one takes the file system's whole per-call path
 //! (on ext4, `write_begin`/`write_end` of the same page-cache page every
 //! time): a quarter of a lone publisher's time. Here a transaction's frames
 //! gather in memory and reach the WAL file in one write, made inside the
@@ -15,8 +15,9 @@
 //!   other connections and processes: it writes the wal-index header only
 //!   after the last frame's write has returned.
 //!
-//! Only the WAL file is wrapped; the database, its shared memory and
-//! journals are the default VFS's own objects, untouched. Files written
+//! The WAL file is wrapped, and the database file only for its wal-index
+//! locks (below); journals and temporary files are the default VFS's own
+//! objects, untouched. Files written
 //! through this VFS are ordinary SQLite files: a process that opens them
 //! with the default VFS (the `sqlite3` shell) reads and writes them as
 //! usual, with the usual locks.
@@ -37,6 +38,15 @@
 //!   That is how SQLite rewrites checksums after a transaction overwrote
 //!   its own frames (`walRewriteChecksums`: read a frame, write its
 //!   header), and no page follows such a header to carry it out.
+//! - Every lock SQLite takes or releases on the wal-index (`xShmLock` on
+//!   the database file, wrapped for that alone) first writes what is
+//!   gathered. A transaction that spilled frames and then rolled back ends
+//!   by releasing the write lock: its frames reach the file then, still
+//!   under the lock, as SQLite would have written them. Without this they
+//!   could wait in memory until this connection's next use of the WAL,
+//!   after another process had written its own frames at those offsets.
+//!
+//! A WAL whose database file is not this VFS's own is not gathered at all.
 
 use rusqlite::ffi;
 use std::ffi::{CStr, c_int, c_void};
@@ -111,10 +121,25 @@ struct Gathered {
 struct WalFile {
     base: ffi::sqlite3_file,
     gathered: *mut Gathered,
+    /// Its database file (a [`DbFile`]), which points back here.
+    db: *mut ffi::sqlite3_file,
+}
+
+/// A main database file: the default VFS's, with its wal-index locks
+/// writing out what its WAL gathered first.
+#[repr(C)]
+struct DbFile {
+    base: ffi::sqlite3_file,
+    /// Its open WAL file (a [`WalFile`]), or null.
+    wal: *mut ffi::sqlite3_file,
 }
 
 /// Where the default VFS's file object starts inside ours.
-const REAL_AT: usize = (size_of::<WalFile>() + 15) & !15;
+const REAL_AT: usize = (max(size_of::<WalFile>(), size_of::<DbFile>()) + 15) & !15;
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
 
 static WAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     // Version 1: a WAL file is never memory-mapped and has no shared
@@ -154,8 +179,17 @@ unsafe extern "C" fn open(
         let Some(real_open) = (*real_vfs).xOpen else {
             return ffi::SQLITE_CANTOPEN;
         };
-        if flags & ffi::SQLITE_OPEN_WAL == 0 {
-            // Everything but the WAL is the default VFS's file, as is.
+        let main_db = flags & ffi::SQLITE_OPEN_MAIN_DB != 0;
+        // A WAL is gathered only when its database file is ours, whose
+        // locks write out what is gathered (see the module doc).
+        let db = if flags & ffi::SQLITE_OPEN_WAL != 0 {
+            ffi::sqlite3_database_file_object(name)
+        } else {
+            ptr::null_mut()
+        };
+        let wal = !db.is_null() && ptr::eq((*db).pMethods, &DB_METHODS);
+        if !main_db && !wal {
+            // Journals, temporary files: the default VFS's file, as is.
             return real_open(real_vfs, name, file, flags, out_flags);
         }
         let inner = real_file(file);
@@ -167,6 +201,26 @@ unsafe extern "C" fn open(
             }
             (*file).pMethods = ptr::null();
             return rc;
+        }
+        if main_db {
+            if (*(*inner).pMethods).iVersion < 3 {
+                // No shared memory, so no WAL to gather for: opened again
+                // as the default VFS's own file.
+                if let Some(close) = (*(*inner).pMethods).xClose {
+                    close(inner);
+                }
+                return real_open(real_vfs, name, file, flags, out_flags);
+            }
+            ptr::write(
+                file.cast::<DbFile>(),
+                DbFile {
+                    base: ffi::sqlite3_file {
+                        pMethods: &DB_METHODS,
+                    },
+                    wal: ptr::null_mut(),
+                },
+            );
+            return ffi::SQLITE_OK;
         }
         let gathered = Box::new(Gathered {
             bytes: Vec::new(),
@@ -181,8 +235,10 @@ unsafe extern "C" fn open(
                     pMethods: &WAL_METHODS,
                 },
                 gathered: Box::into_raw(gathered),
+                db,
             },
         );
+        (*db.cast::<DbFile>()).wal = file;
         ffi::SQLITE_OK
     }
 }
@@ -249,11 +305,31 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
         // the transaction back and never reads those frames.
         g.bytes.clear();
         g.commit = false;
+        #[cfg(test)]
+        tests::GATHERED.with(|g| g.set(0));
         rc
     }
 }
 
 unsafe extern "C" fn write(
+    file: *mut ffi::sqlite3_file,
+    data: *const c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    // SAFETY: as `gather`'s.
+    let rc = unsafe { gather(file, data, amount, offset) };
+    #[cfg(test)]
+    // SAFETY: `file` is still open.
+    tests::GATHERED.with(|g| g.set(unsafe { gathered(file) }.bytes.len()));
+    rc
+}
+
+/// `xWrite`: gathers the write or writes it (see the module doc).
+///
+/// # Safety
+/// `file` is a WAL file of ours, `data` holds `amount` bytes.
+unsafe fn gather(
     file: *mut ffi::sqlite3_file,
     data: *const c_void,
     amount: c_int,
@@ -313,7 +389,11 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
             Some(close) => close(real_file(file)),
             None => ffi::SQLITE_OK,
         };
-        drop(Box::from_raw((*file.cast::<WalFile>()).gathered));
+        let wal = file.cast::<WalFile>();
+        drop(Box::from_raw((*wal).gathered));
+        if !(*wal).db.is_null() {
+            (*(*wal).db.cast::<DbFile>()).wal = ptr::null_mut();
+        }
         (*file).pMethods = ptr::null();
         if flushed != ffi::SQLITE_OK {
             flushed
@@ -389,6 +469,114 @@ unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_i
     }
 }
 
+static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 3,
+    xClose: Some(db_close),
+    xRead: Some(db_read),
+    xWrite: Some(db_write),
+    xTruncate: Some(db_truncate),
+    xSync: Some(db_sync),
+    xFileSize: Some(db_file_size),
+    xLock: Some(db_lock),
+    xUnlock: Some(db_unlock),
+    xCheckReservedLock: Some(db_check_reserved_lock),
+    xFileControl: Some(db_file_control),
+    xSectorSize: Some(db_sector_size),
+    xDeviceCharacteristics: Some(db_device_characteristics),
+    xShmMap: Some(db_shm_map),
+    xShmLock: Some(db_shm_lock),
+    xShmBarrier: Some(db_shm_barrier),
+    xShmUnmap: Some(db_shm_unmap),
+    xFetch: Some(db_fetch),
+    xUnfetch: Some(db_unfetch),
+};
+
+/// Defines a database-file method that only calls the default VFS's own.
+macro_rules! forwarding {
+    ($name:ident, $field:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty, $missing:expr) => {
+        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> $ret {
+            // SAFETY: SQLite passes a database file of ours, opened by `open`.
+            unsafe {
+                match real_methods(file).$field {
+                    Some(f) => f(real_file(file), $($arg),*),
+                    None => $missing,
+                }
+            }
+        }
+    };
+}
+
+forwarding!(db_read, xRead, (data: *mut c_void, amount: c_int, offset: ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_READ);
+forwarding!(db_write, xWrite, (data: *const c_void, amount: c_int, offset: ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_WRITE);
+forwarding!(db_truncate, xTruncate, (size: ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_TRUNCATE);
+forwarding!(db_sync, xSync, (flags: c_int) -> c_int, ffi::SQLITE_IOERR_FSYNC);
+forwarding!(db_file_size, xFileSize, (size: *mut ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_FSTAT);
+forwarding!(db_lock, xLock, (level: c_int) -> c_int, ffi::SQLITE_IOERR_LOCK);
+forwarding!(db_unlock, xUnlock, (level: c_int) -> c_int, ffi::SQLITE_IOERR_UNLOCK);
+forwarding!(db_check_reserved_lock, xCheckReservedLock, (out: *mut c_int) -> c_int, ffi::SQLITE_IOERR_CHECKRESERVEDLOCK);
+forwarding!(db_file_control, xFileControl, (op: c_int, arg: *mut c_void) -> c_int, ffi::SQLITE_NOTFOUND);
+forwarding!(db_sector_size, xSectorSize, () -> c_int, 4096);
+forwarding!(db_device_characteristics, xDeviceCharacteristics, () -> c_int, 0);
+forwarding!(db_shm_map, xShmMap, (page: c_int, size: c_int, extend: c_int, out: *mut *mut c_void) -> c_int, ffi::SQLITE_IOERR_SHMMAP);
+forwarding!(db_shm_unmap, xShmUnmap, (delete: c_int) -> c_int, ffi::SQLITE_OK);
+forwarding!(db_fetch, xFetch, (offset: ffi::sqlite3_int64, amount: c_int, out: *mut *mut c_void) -> c_int, {
+    *out = ptr::null_mut();
+    ffi::SQLITE_OK
+});
+forwarding!(db_unfetch, xUnfetch, (offset: ffi::sqlite3_int64, page: *mut c_void) -> c_int, ffi::SQLITE_OK);
+
+unsafe extern "C" fn db_shm_barrier(file: *mut ffi::sqlite3_file) {
+    // SAFETY: SQLite passes a database file of ours.
+    unsafe {
+        if let Some(f) = real_methods(file).xShmBarrier {
+            f(real_file(file));
+        }
+    }
+}
+
+/// Takes or releases a wal-index lock, after writing out what the WAL
+/// gathered (see the module doc: a rolled-back transaction's frames).
+unsafe extern "C" fn db_shm_lock(
+    file: *mut ffi::sqlite3_file,
+    offset: c_int,
+    n: c_int,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: SQLite passes a database file of ours; its `wal` is an open
+    // WAL file of ours or null (cleared when the WAL closes).
+    unsafe {
+        let wal = (*file.cast::<DbFile>()).wal;
+        if !wal.is_null() {
+            let rc = flush(wal);
+            // A release goes ahead regardless: what failed to be written
+            // was never committed, and SQLite never reads it.
+            if rc != ffi::SQLITE_OK && flags & ffi::SQLITE_SHM_UNLOCK == 0 {
+                return rc;
+            }
+        }
+        match real_methods(file).xShmLock {
+            Some(f) => f(real_file(file), offset, n, flags),
+            None => ffi::SQLITE_IOERR_SHMLOCK,
+        }
+    }
+}
+
+unsafe extern "C" fn db_close(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: SQLite closes a database file of ours once (its WAL first).
+    unsafe {
+        let wal = (*file.cast::<DbFile>()).wal;
+        if !wal.is_null() {
+            (*wal.cast::<WalFile>()).db = ptr::null_mut();
+        }
+        let rc = match real_methods(file).xClose {
+            Some(close) => close(real_file(file)),
+            None => ffi::SQLITE_OK,
+        };
+        (*file).pMethods = ptr::null();
+        rc
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rusqlite::{Connection, OpenFlags};
@@ -398,6 +586,8 @@ mod tests {
     thread_local! {
         /// Writes to WAL files made on this thread.
         pub(super) static WRITES: Cell<u64> = const { Cell::new(0) };
+        /// Bytes gathered on this thread and not yet written.
+        pub(super) static GATHERED: Cell<usize> = const { Cell::new(0) };
         /// Frame headers written straight to the file (checksum rewrites).
         pub(super) static REWRITTEN_HEADERS: Cell<u64> = const { Cell::new(0) };
     }
@@ -423,9 +613,7 @@ mod tests {
     /// One transaction of far more pages than one write may carry.
     #[test]
     fn a_large_transaction_is_written_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bus.db");
-        let conn = open(&path);
+        let (dir, path, conn) = fresh();
         let pad = "y".repeat(500);
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         for i in 0..3_000 {
@@ -435,6 +623,14 @@ mod tests {
         conn.execute_batch("COMMIT").unwrap();
         assert_eq!(count(&Connection::open(&path).unwrap()), 3_000);
         assert_eq!(count(&as_after_a_crash(&path, dir.path())), 3_000);
+    }
+
+    /// A new database file of this VFS in a folder of its own.
+    fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bus.db");
+        let conn = open(&path);
+        (dir, path, conn)
     }
 
     /// The database and its WAL as a crash would leave them (no wal-index:
@@ -458,9 +654,7 @@ mod tests {
 
     #[test]
     fn a_small_transaction_reaches_the_wal_in_one_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bus.db");
-        let conn = open(&path);
+        let (dir, path, conn) = fresh();
         conn.execute("INSERT INTO t (v) VALUES ('warm')", [])
             .unwrap();
         let before = WRITES.with(Cell::get);
@@ -483,9 +677,7 @@ mod tests {
     /// of the files, as a crash would leave them, still holds every commit.
     #[test]
     fn spilled_and_rewritten_frames_survive_a_crash() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bus.db");
-        let conn = open(&path);
+        let (dir, path, conn) = fresh();
         conn.execute_batch("PRAGMA cache_size = 16").unwrap();
         let pad = "x".repeat(300);
         for round in 0..3 {
@@ -523,14 +715,56 @@ mod tests {
         assert_eq!(count(&conn), 6_001);
     }
 
+    /// A transaction that spilled frames and rolled back leaves nothing in
+    /// memory: another process then writes its own frames at the same
+    /// offsets, and this connection's next use of the WAL must not write
+    /// the old ones over them.
+    #[test]
+    fn a_rolled_back_spill_never_lands_on_another_writers_frames() {
+        let (dir, path, conn) = fresh();
+        conn.execute_batch("PRAGMA cache_size = 16").unwrap();
+        conn.execute("INSERT INTO t (v) VALUES ('first')", [])
+            .unwrap();
+        let pad = "z".repeat(300);
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        // Until a statement ends with spilled frames gathered (a later read
+        // of the WAL would write them out).
+        let mut i = 0;
+        while GATHERED.with(Cell::get) == 0 {
+            assert!(
+                i < 5_000,
+                "the transaction never ended a statement with frames gathered"
+            );
+            conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("gone-{i}-{pad}")])
+                .unwrap();
+            i += 1;
+        }
+        conn.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(GATHERED.with(Cell::get), 0, "the rollback wrote them out");
+        // Another process (the default VFS) writes where the spill was.
+        let other = Connection::open(&path).unwrap();
+        for i in 0..50 {
+            other
+                .execute(
+                    "INSERT INTO t (v) VALUES (?1)",
+                    [format!("other-{i}-{pad}")],
+                )
+                .unwrap();
+        }
+        // This connection reads (the WAL's new frames) and writes again.
+        assert_eq!(count(&conn), 51);
+        conn.execute("INSERT INTO t (v) VALUES ('last')", [])
+            .unwrap();
+        assert_eq!(count(&Connection::open(&path).unwrap()), 52);
+        assert_eq!(count(&as_after_a_crash(&path, dir.path())), 52);
+    }
+
     /// After a checkpoint the WAL restarts from its beginning, overwriting
     /// old frames in place; a reader of another connection reads only
     /// committed frames throughout.
     #[test]
     fn a_restarted_wal_and_concurrent_readers_see_every_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bus.db");
-        let conn = open(&path);
+        let (dir, path, conn) = fresh();
         let reader = Connection::open(&path).unwrap();
         for round in 0..5_i64 {
             for i in 0..200 {
