@@ -146,15 +146,15 @@ static WAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     // memory of its own (the wal-index belongs to the database file).
     iVersion: 1,
     xClose: Some(close),
-    xRead: Some(read),
+    xRead: Some(wal_read),
     xWrite: Some(write),
-    xTruncate: Some(truncate),
-    xSync: Some(sync),
-    xFileSize: Some(file_size),
-    xLock: Some(lock),
-    xUnlock: Some(unlock),
-    xCheckReservedLock: Some(check_reserved_lock),
-    xFileControl: Some(file_control),
+    xTruncate: Some(wal_truncate),
+    xSync: Some(wal_sync),
+    xFileSize: Some(wal_file_size),
+    xLock: Some(wal_lock),
+    xUnlock: Some(wal_unlock),
+    xCheckReservedLock: Some(wal_check_reserved_lock),
+    xFileControl: Some(wal_file_control),
     xSectorSize: Some(sector_size),
     xDeviceCharacteristics: Some(device_characteristics),
     xShmMap: None,
@@ -252,7 +252,7 @@ unsafe fn real_file(file: *mut ffi::sqlite3_file) -> *mut ffi::sqlite3_file {
     unsafe { file.cast::<u8>().add(REAL_AT).cast() }
 }
 
-/// The default VFS's methods for the WAL file inside ours.
+/// The default VFS's methods for its file object inside ours.
 ///
 /// # Safety
 /// `file` is a WAL file opened by [`open`].
@@ -403,71 +403,56 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     }
 }
 
-unsafe extern "C" fn read(
-    file: *mut ffi::sqlite3_file,
-    data: *mut c_void,
-    amount: c_int,
-    offset: ffi::sqlite3_int64,
-) -> c_int {
-    // SAFETY: SQLite passes a WAL file of ours and a buffer of `amount`.
+/// Before a read of the WAL: writes out what is gathered, and notes the
+/// read (a frame header written next is a checksum rewrite).
+///
+/// # Safety
+/// `file` is a WAL file opened by [`open`] and not yet closed.
+unsafe fn flush_for_read(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: per this function's contract.
     unsafe {
         let rc = flush(file);
-        if rc != ffi::SQLITE_OK {
-            return rc;
+        if rc == ffi::SQLITE_OK {
+            gathered(file).after_read = true;
         }
-        gathered(file).after_read = true;
-        match real_methods(file).xRead {
-            Some(read) => read(real_file(file), data, amount, offset),
-            None => ffi::SQLITE_IOERR_READ,
-        }
+        rc
     }
 }
 
-/// Defines a method that writes what is gathered, then calls the default
-/// VFS's own.
-macro_rules! flushing {
-    ($name:ident, $field:ident, ($($arg:ident: $ty:ty),*)) => {
-        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> c_int {
-            // SAFETY: SQLite passes a WAL file of ours.
+/// Defines a method that calls the default VFS's own (`$missing` when it
+/// has none). With `before flush`, a WAL's method first writes out what is
+/// gathered (see the module doc).
+macro_rules! forwarding {
+    ($name:ident, $field:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty, $missing:expr $(, before $before:ident)?) => {
+        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> $ret {
+            // SAFETY: SQLite passes a file of ours, opened by `open`.
             unsafe {
-                let rc = flush(file);
-                if rc != ffi::SQLITE_OK {
-                    return rc;
-                }
+                $(
+                    let rc = $before(file);
+                    if rc != ffi::SQLITE_OK {
+                        return rc;
+                    }
+                )?
                 match real_methods(file).$field {
                     Some(f) => f(real_file(file), $($arg),*),
-                    None => ffi::SQLITE_NOTFOUND,
+                    None => $missing,
                 }
             }
         }
     };
 }
 
-flushing!(truncate, xTruncate, (size: ffi::sqlite3_int64));
-flushing!(sync, xSync, (flags: c_int));
-flushing!(file_size, xFileSize, (size: *mut ffi::sqlite3_int64));
-flushing!(lock, xLock, (level: c_int));
-flushing!(unlock, xUnlock, (level: c_int));
-flushing!(check_reserved_lock, xCheckReservedLock, (out: *mut c_int));
-flushing!(file_control, xFileControl, (op: c_int, arg: *mut c_void));
-
-unsafe extern "C" fn sector_size(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: SQLite passes a WAL file of ours.
-    unsafe {
-        real_methods(file)
-            .xSectorSize
-            .map_or(4096, |f| f(real_file(file)))
-    }
-}
-
-unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: SQLite passes a WAL file of ours.
-    unsafe {
-        real_methods(file)
-            .xDeviceCharacteristics
-            .map_or(0, |f| f(real_file(file)))
-    }
-}
+forwarding!(wal_read, xRead, (data: *mut c_void, amount: c_int, offset: ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_READ, before flush_for_read);
+forwarding!(wal_truncate, xTruncate, (size: ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_TRUNCATE, before flush);
+forwarding!(wal_sync, xSync, (flags: c_int) -> c_int, ffi::SQLITE_IOERR_FSYNC, before flush);
+forwarding!(wal_file_size, xFileSize, (size: *mut ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_FSTAT, before flush);
+forwarding!(wal_lock, xLock, (level: c_int) -> c_int, ffi::SQLITE_IOERR_LOCK, before flush);
+forwarding!(wal_unlock, xUnlock, (level: c_int) -> c_int, ffi::SQLITE_IOERR_UNLOCK, before flush);
+forwarding!(wal_check_reserved_lock, xCheckReservedLock, (out: *mut c_int) -> c_int, ffi::SQLITE_IOERR_CHECKRESERVEDLOCK, before flush);
+forwarding!(wal_file_control, xFileControl, (op: c_int, arg: *mut c_void) -> c_int, ffi::SQLITE_NOTFOUND, before flush);
+// Both kinds of file: pure questions, nothing to write out first.
+forwarding!(sector_size, xSectorSize, () -> c_int, 4096);
+forwarding!(device_characteristics, xDeviceCharacteristics, () -> c_int, 0);
 
 static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     iVersion: 3,
@@ -481,8 +466,8 @@ static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     xUnlock: Some(db_unlock),
     xCheckReservedLock: Some(db_check_reserved_lock),
     xFileControl: Some(db_file_control),
-    xSectorSize: Some(db_sector_size),
-    xDeviceCharacteristics: Some(db_device_characteristics),
+    xSectorSize: Some(sector_size),
+    xDeviceCharacteristics: Some(device_characteristics),
     xShmMap: Some(db_shm_map),
     xShmLock: Some(db_shm_lock),
     xShmBarrier: Some(db_shm_barrier),
@@ -490,21 +475,6 @@ static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     xFetch: Some(db_fetch),
     xUnfetch: Some(db_unfetch),
 };
-
-/// Defines a database-file method that only calls the default VFS's own.
-macro_rules! forwarding {
-    ($name:ident, $field:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty, $missing:expr) => {
-        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> $ret {
-            // SAFETY: SQLite passes a database file of ours, opened by `open`.
-            unsafe {
-                match real_methods(file).$field {
-                    Some(f) => f(real_file(file), $($arg),*),
-                    None => $missing,
-                }
-            }
-        }
-    };
-}
 
 forwarding!(db_read, xRead, (data: *mut c_void, amount: c_int, offset: ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_READ);
 forwarding!(db_write, xWrite, (data: *const c_void, amount: c_int, offset: ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_WRITE);
@@ -515,8 +485,6 @@ forwarding!(db_lock, xLock, (level: c_int) -> c_int, ffi::SQLITE_IOERR_LOCK);
 forwarding!(db_unlock, xUnlock, (level: c_int) -> c_int, ffi::SQLITE_IOERR_UNLOCK);
 forwarding!(db_check_reserved_lock, xCheckReservedLock, (out: *mut c_int) -> c_int, ffi::SQLITE_IOERR_CHECKRESERVEDLOCK);
 forwarding!(db_file_control, xFileControl, (op: c_int, arg: *mut c_void) -> c_int, ffi::SQLITE_NOTFOUND);
-forwarding!(db_sector_size, xSectorSize, () -> c_int, 4096);
-forwarding!(db_device_characteristics, xDeviceCharacteristics, () -> c_int, 0);
 forwarding!(db_shm_map, xShmMap, (page: c_int, size: c_int, extend: c_int, out: *mut *mut c_void) -> c_int, ffi::SQLITE_IOERR_SHMMAP);
 forwarding!(db_shm_unmap, xShmUnmap, (delete: c_int) -> c_int, ffi::SQLITE_OK);
 forwarding!(db_fetch, xFetch, (offset: ffi::sqlite3_int64, amount: c_int, out: *mut *mut c_void) -> c_int, {
