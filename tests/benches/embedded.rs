@@ -57,11 +57,10 @@ fn main() {
         cores(),
         if quick { " [quick]" } else { "" }
     );
-    println!("{}\n", persona_bus_tests::speed_line());
-    throughput(200_000 / scale, 8, 4, 1, true);
-    throughput(200_000 / scale, 8, 1, 1, false);
-    throughput(200_000 / scale, 8, 2, 50, false);
-    throughput(200_000 / scale, 1, 2, 50, false);
+    throughput_rounds(
+        200_000 / scale,
+        persona_bus_tests::rounds(&args, if quick { 1 } else { 3 }),
+    );
     if args.iter().any(|a| a == "--throughput") {
         // The publish figures alone.
         return;
@@ -108,10 +107,61 @@ fn bench_event(project: usize) -> NewEvent {
     }
 }
 
-/// Publishes `n` events, one `publish` call each, from `publishers` threads
-/// while the poller handles them; measures until the last is durably
-/// completed.
-fn throughput(n: usize, projects: usize, publishers: usize, batch: usize, report_memory: bool) {
+/// The four publish figures, `rounds` times over (interleaved, so a slow
+/// stretch of the machine falls on all of them), then each one's median and
+/// range.
+fn throughput_rounds(n: usize, rounds: usize) {
+    // (projects, publisher threads, events per call)
+    const CASES: [(usize, usize, usize); 4] = [(8, 4, 1), (8, 1, 1), (8, 2, 50), (1, 2, 50)];
+    let mut rates = vec![Vec::new(); CASES.len()];
+    for round in 0..rounds {
+        println!(
+            "round {} of {rounds}; {}",
+            round + 1,
+            persona_bus_tests::speed_line()
+        );
+        for (case, &(projects, publishers, batch)) in CASES.iter().enumerate() {
+            let rate = throughput(n, projects, publishers, batch, round == 0 && case == 0);
+            rates[case].push(rate);
+        }
+        println!();
+    }
+    if rounds > 1 {
+        for (&(projects, publishers, batch), rates) in CASES.iter().zip(&rates) {
+            println!(
+                "{}: {}",
+                throughput_case(projects, publishers, batch),
+                persona_bus_tests::rate_summary(rates)
+            );
+        }
+        println!();
+    }
+}
+
+/// "4 publisher threads, one event per publish, 8 projects".
+fn throughput_case(projects: usize, publishers: usize, batch: usize) -> String {
+    format!(
+        "{publishers} publisher thread{}, {}, {projects} project{}",
+        if publishers == 1 { "" } else { "s" },
+        if batch == 1 {
+            "one event per publish".to_owned()
+        } else {
+            format!("publish_batch of {batch}")
+        },
+        if projects == 1 { "" } else { "s" },
+    )
+}
+
+/// Publishes `n` events, `batch` per call, from `publishers` threads while
+/// the poller handles them; measures until the last is durably completed,
+/// and returns the rate.
+fn throughput(
+    n: usize,
+    projects: usize,
+    publishers: usize,
+    batch: usize,
+    report_memory: bool,
+) -> f64 {
     let sb = noop_sandbox();
     let bus = Arc::new(open_default(&sb));
     bus.start().unwrap();
@@ -157,17 +207,11 @@ fn throughput(n: usize, projects: usize, publishers: usize, batch: usize, report
         vec![(EventStatus::Completed, n as u64)],
         "every event completed"
     );
+    let rate = n as f64 / elapsed.as_secs_f64();
     println!(
-        "throughput ({publishers} publisher thread{}, {}, {projects} project{}): {n} events published and completed in {:.2} s = {:.0} events/s (publishing took {:.2} s)",
-        if publishers == 1 { "" } else { "s" },
-        if batch == 1 {
-            "one event per publish".to_owned()
-        } else {
-            format!("publish_batch of {batch}")
-        },
-        if projects == 1 { "" } else { "s" },
+        "throughput ({}): {n} events published and completed in {:.2} s = {rate:.0} events/s (publishing took {:.2} s)",
+        throughput_case(projects, publishers, batch),
         elapsed.as_secs_f64(),
-        n as f64 / elapsed.as_secs_f64(),
         publish_time.as_secs_f64(),
     );
     if report_memory {
@@ -177,6 +221,7 @@ fn throughput(n: usize, projects: usize, publishers: usize, batch: usize, report
             peak_rss as f64 / 1024.0
         );
     }
+    rate
 }
 
 /// Publishes at `rate` events/s for `span` and measures publish -> completed

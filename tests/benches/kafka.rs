@@ -140,19 +140,49 @@ fn main() {
         println!("{}\n", l.line("persona-bus"));
     }
     let topic = backlog(n);
-    println!("{}", persona_bus_tests::speed_line());
-    println!("{}", HostRun::header());
-    for (policy, name) in [(Policy::Fresh, "fresh"), (Policy::Reuse, "reuse")] {
-        if only.is_some_and(|o| o != name && o != "both") {
-            continue;
-        }
-        let run = host_process(&topic, n, policy);
-        println!("{}", run.line());
-    }
+    let policies: Vec<Policy> = [(Policy::Fresh, "fresh"), (Policy::Reuse, "reuse")]
+        .into_iter()
+        .filter(|(_, name)| only.is_none_or(|o| o == *name || o == "both"))
+        .map(|(policy, _)| policy)
+        .collect();
+    backlog_rounds(&topic, n, &policies, persona_bus_tests::rounds(&args, 3));
     drop_topic_family(&topic);
     if only.is_none() {
         println!();
         idle_rss();
+    }
+}
+
+/// Each policy's backlog run, `rounds` times over the same backlog (each
+/// host a new consumer group), the policies alternating so a slow stretch
+/// of the machine falls on both; then each one's median and range.
+fn backlog_rounds(topic: &str, n: usize, policies: &[Policy], rounds: usize) {
+    let mut runs: Vec<Vec<HostRun>> = policies.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        println!(
+            "round {} of {rounds}; {}",
+            round + 1,
+            persona_bus_tests::speed_line()
+        );
+        println!("{}", HostRun::header());
+        for (i, &policy) in policies.iter().enumerate() {
+            let run = host_process(topic, n, policy);
+            println!("{}", run.line());
+            runs[i].push(run);
+        }
+        println!();
+    }
+    if rounds > 1 {
+        for (policy, runs) in policies.iter().zip(&runs) {
+            let rates: Vec<f64> = runs.iter().map(HostRun::rate).collect();
+            let peak = runs.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max);
+            println!(
+                "{}: {}, peak RSS {peak:.0} MB at most",
+                policy.label(),
+                persona_bus_tests::rate_summary(&rates)
+            );
+        }
+        println!();
     }
 }
 
@@ -537,6 +567,15 @@ enum Policy {
     Reuse,
 }
 
+impl Policy {
+    fn label(self) -> &'static str {
+        match self {
+            Policy::Fresh => "2 handlers, default settings (fresh instance per event)",
+            Policy::Reuse => "2 handlers, [instances] policy = \"reuse\"",
+        }
+    }
+}
+
 /// One run of the real host process over a backlog.
 struct HostRun {
     policy: Policy,
@@ -567,10 +606,7 @@ impl HostRun {
     fn line(&self) -> String {
         format!(
             "{:<58} {:>10.0} {:>8.0} MB {:>11.1} s {:>10.1} us",
-            match self.policy {
-                Policy::Fresh => "2 handlers, default settings (fresh instance per event)",
-                Policy::Reuse => "2 handlers, [instances] policy = \"reuse\"",
-            },
+            self.policy.label(),
             self.rate(),
             self.peak_rss_mb,
             self.to_first.as_secs_f64(),

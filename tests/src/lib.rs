@@ -248,6 +248,65 @@ pub fn speed_probe() -> Duration {
     started.elapsed()
 }
 
+/// How many times a benchmark repeats its throughput runs: `--rounds N`
+/// among the arguments, else `default`.
+///
+/// One run on this kind of machine (a shared VM) can land in a slow stretch
+/// and read a third low; the median of a few, printed with their range,
+/// is what a reader can expect to reproduce.
+pub fn rounds(args: &[String], default: usize) -> usize {
+    args.iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| {
+            n.parse()
+                .ok()
+                .filter(|&n: &usize| n > 0)
+                .unwrap_or_else(|| panic!("--rounds takes a positive count, not {n:?}"))
+        })
+        .unwrap_or(default)
+}
+
+/// "median 41,230 events/s (3 rounds: 38,120-44,870, spread 18%)": the
+/// median of `rates`, their range, and how far apart the ends are.
+pub fn rate_summary(rates: &[f64]) -> String {
+    let mut sorted = rates.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let Some((&low, &high)) = sorted.first().zip(sorted.last()) else {
+        return "no runs".to_owned();
+    };
+    let mid = sorted.len() / 2;
+    let median = if sorted.len().is_multiple_of(2) {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    };
+    if sorted.len() == 1 {
+        return format!("{} events/s (1 round)", thousands(median));
+    }
+    format!(
+        "median {} events/s ({} rounds: {}-{}, spread {:.0}%)",
+        thousands(median),
+        sorted.len(),
+        thousands(low),
+        thousands(high),
+        (high - low) / low * 100.0
+    )
+}
+
+/// 41230.4 -> "41,230".
+fn thousands(x: f64) -> String {
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// [`speed_probe`] as benchmarks print it: the best of three, in ms.
 pub fn speed_line() -> String {
     let best = (0..3).map(|_| speed_probe()).min().unwrap_or_default();
@@ -255,4 +314,30 @@ pub fn speed_line() -> String {
         "machine speed probe: {:.0} ms (fixed work on one core; lower is faster; compare figures taken at similar probes)",
         best.as_secs_f64() * 1e3
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_gives_the_median_and_the_range() {
+        assert_eq!(
+            rate_summary(&[44_870.2, 38_120.0, 41_230.4]),
+            "median 41,230 events/s (3 rounds: 38,120-44,870, spread 18%)"
+        );
+        assert_eq!(
+            rate_summary(&[1_000.0, 3_000.0]),
+            "median 2,000 events/s (2 rounds: 1,000-3,000, spread 200%)"
+        );
+        assert_eq!(rate_summary(&[999.6]), "1,000 events/s (1 round)");
+    }
+
+    #[test]
+    fn rounds_come_from_the_arguments() {
+        let args = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(rounds(&args("bench --throughput"), 3), 3);
+        assert_eq!(rounds(&args("bench --rounds 5 --bench"), 3), 5);
+        assert!(std::panic::catch_unwind(|| rounds(&args("bench --rounds 0"), 3)).is_err());
+    }
 }
