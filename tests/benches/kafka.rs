@@ -93,10 +93,10 @@ fn main() {
     }
     let n = if quick { 30_000 } else { 300_000 };
     let latency_run = Duration::from_secs(if quick { 5 } else { 20 });
+    let rounds = persona_bus_tests::rounds(&args, if quick { 1 } else { 3 });
     if args.iter().any(|a| a == "--latency") {
         warm_up_broker(n / 5);
-        let l = latency(1_000, latency_run);
-        return println!("{}", l.line("persona-bus"));
+        return latency_rounds(latency_run, rounds);
     }
     if args.iter().any(|a| a == "--tls") {
         return tls_comparison(n, quick);
@@ -136,8 +136,7 @@ fn main() {
     warm_up_broker(n / 5);
     if only.is_none() {
         // Latency first, on a quiet (but warm) broker.
-        let l = latency(1_000, latency_run);
-        println!("{}\n", l.line("persona-bus"));
+        latency_rounds(latency_run, rounds);
     }
     let topic = backlog(n);
     let policies: Vec<Policy> = [(Policy::Fresh, "fresh"), (Policy::Reuse, "reuse")]
@@ -145,7 +144,7 @@ fn main() {
         .filter(|(_, name)| only.is_none_or(|o| o == *name || o == "both"))
         .map(|(policy, _)| policy)
         .collect();
-    backlog_rounds(&topic, n, &policies, persona_bus_tests::rounds(&args, 3));
+    backlog_rounds(&topic, n, &policies, rounds);
     drop_topic_family(&topic);
     if only.is_none() {
         println!();
@@ -356,6 +355,35 @@ fn throughput(n: usize, handler: Handler, load: Load) -> f64 {
         n as f64 / window.as_secs_f64()
     );
     rate
+}
+
+/// The host's latency at 1,000 events/s, `rounds` times, then the median
+/// p99 and the range of the p99s.
+fn latency_rounds(run: Duration, rounds: usize) {
+    let mut p99s = Vec::new();
+    for round in 0..rounds {
+        println!(
+            "round {} of {rounds}; {}",
+            round + 1,
+            persona_bus_tests::speed_line()
+        );
+        let l = latency(1_000, run);
+        println!("{}\n", l.line("persona-bus"));
+        p99s.push(l.p99);
+    }
+    if rounds > 1 {
+        p99s.sort_by(f64::total_cmp);
+        println!(
+            "latency at 1,000 events/s, persona-bus: p99 median {:.2} ms ({rounds} rounds: {:.2}-{:.2} ms)\n",
+            if rounds % 2 == 1 {
+                p99s[rounds / 2]
+            } else {
+                (p99s[rounds / 2 - 1] + p99s[rounds / 2]) / 2.0
+            },
+            p99s[0],
+            p99s[rounds - 1]
+        );
+    }
 }
 
 /// Publish-to-durable latency of one pipeline.
