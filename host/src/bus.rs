@@ -242,7 +242,6 @@ impl Bus {
         let event = self.admit(new)?;
         self.store_published(vec![event.clone()])?;
         self.ctx.metrics.published.fetch_add(1, Ordering::Relaxed);
-        self.ctx.notify_published([&event]);
         Ok(event)
     }
 
@@ -288,14 +287,15 @@ impl Bus {
             .metrics
             .published
             .fetch_add(valid.len() as u64, Ordering::Relaxed);
-        self.ctx.notify_published(&valid);
         results
     }
 
     /// Stores validated events durably, sharing a transaction with
-    /// concurrent publishers (group commit), and wakes whoever takes them
-    /// from here; once the poller runs, the events are stored claimed and
-    /// handed to it in memory when that keeps order (see `source::handoff`).
+    /// concurrent publishers (group commit), announces them to subscribers
+    /// (`Notice::Published`, before they can be handled), and wakes whoever
+    /// takes them from here; once the poller runs, the events are stored
+    /// claimed and handed to it in memory when that keeps order (see
+    /// `source::handoff`).
     fn store_published(&self, events: Vec<Event>) -> Result<(), StoreError> {
         let hand_over = self.handing_over.load(Ordering::Acquire);
         self.inserts.insert(events, |take| {

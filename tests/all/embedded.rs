@@ -224,3 +224,61 @@ fn a_handed_over_publish_never_overtakes_an_event_another_process_left_pending()
         "publishes with nothing pending skip the poller's claim"
     );
 }
+
+/// Subscribers (the dashboard's live table, SSE clients) hear of an event's
+/// publish before its outcome, and of every publish, batches included. The
+/// group commit hands events to the handlers from inside its transaction, so
+/// a publisher that announced its event only once the commit returned could
+/// be overtaken by the event's own outcome; and `publish_batch` announced
+/// nothing (that half fails without the fix; the race itself is rare).
+#[test]
+fn every_publish_is_announced_before_its_outcome() {
+    use persona_bus::Notice;
+    let (_sb, bus) = started_noop_polling_every(5_000);
+    let bus = std::sync::Arc::new(bus);
+    let mut notices = bus.subscribe();
+    const THREADS: usize = 4;
+    const EACH: usize = 150;
+    let publishers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    if t == 0 && i % 10 == 0 {
+                        bus.publish_batch((0..10).map(|_| event("batch")).collect())
+                            .unwrap();
+                    } else {
+                        bus.publish(event("single")).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let expected = THREADS * EACH + (EACH / 10) * 9;
+    let mut announced = std::collections::HashSet::new();
+    let mut resolved = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while resolved < expected {
+        assert!(
+            Instant::now() < deadline,
+            "{resolved} of {expected} resolved"
+        );
+        match notices.blocking_recv() {
+            Ok(Notice::Published { event }) => {
+                assert!(announced.insert(event.id.clone()), "announced twice");
+            }
+            Ok(Notice::Resolved { event_id, .. }) => {
+                assert!(
+                    announced.contains(&event_id),
+                    "the outcome of {event_id} came before its publish"
+                );
+                resolved += 1;
+            }
+            Err(e) => panic!("notices lost ({e}): the test cannot tell the order"),
+        }
+    }
+    for p in publishers {
+        p.join().unwrap();
+    }
+    assert_eq!(announced.len(), expected, "every publish announced once");
+}

@@ -61,6 +61,11 @@ pub(crate) fn commit_published(
             .then(now_millis);
         Gathered { events, claim_at }
     })?;
+    // Announced before anyone can take them: once handed over (or the
+    // poller rung) a handler may finish an event at once, and the notice of
+    // its outcome must not reach a listener (the dashboard's live table)
+    // before the notice of its publish.
+    ctx.notify_published(&events);
     match queue {
         Some(mut queue) if claimed => {
             let n = events.len();
