@@ -375,11 +375,7 @@ fn latency_rounds(run: Duration, rounds: usize) {
         p99s.sort_by(f64::total_cmp);
         println!(
             "latency at 1,000 events/s, persona-bus: p99 median {:.2} ms ({rounds} rounds: {:.2}-{:.2} ms)\n",
-            if rounds % 2 == 1 {
-                p99s[rounds / 2]
-            } else {
-                (p99s[rounds / 2 - 1] + p99s[rounds / 2]) / 2.0
-            },
+            persona_bus_tests::median(&p99s),
             p99s[0],
             p99s[rounds - 1]
         );

@@ -275,12 +275,7 @@ pub fn rate_summary(rates: &[f64]) -> String {
     let Some((&low, &high)) = sorted.first().zip(sorted.last()) else {
         return "no runs".to_owned();
     };
-    let mid = sorted.len() / 2;
-    let median = if sorted.len().is_multiple_of(2) {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    } else {
-        sorted[mid]
-    };
+    let median = median(&sorted);
     if sorted.len() == 1 {
         return format!("{} events/s (1 round)", thousands(median));
     }
@@ -292,6 +287,17 @@ pub fn rate_summary(rates: &[f64]) -> String {
         thousands(high),
         (high - low) / low * 100.0
     )
+}
+
+/// The middle of `sorted` (ascending), or the mean of the two middle
+/// values; 0 for none.
+pub fn median(sorted: &[f64]) -> f64 {
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => 0.0,
+        n if n.is_multiple_of(2) => (sorted[mid - 1] + sorted[mid]) / 2.0,
+        _ => sorted[mid],
+    }
 }
 
 /// 41230.4 -> "41,230".
@@ -331,6 +337,9 @@ mod tests {
             "median 2,000 events/s (2 rounds: 1,000-3,000, spread 200%)"
         );
         assert_eq!(rate_summary(&[999.6]), "1,000 events/s (1 round)");
+        assert_eq!(median(&[1.0, 2.0, 4.0, 8.0]), 3.0);
+        assert_eq!(median(&[4.44, 4.83, 13.22]), 4.83);
+        assert_eq!(median(&[]), 0.0);
     }
 
     #[test]
