@@ -115,11 +115,7 @@ fn throughput_rounds(n: usize, rounds: usize) {
     const CASES: [(usize, usize, usize); 4] = [(8, 4, 1), (8, 1, 1), (8, 2, 50), (1, 2, 50)];
     let mut rates = vec![Vec::new(); CASES.len()];
     for round in 0..rounds {
-        println!(
-            "round {} of {rounds}; {}",
-            round + 1,
-            persona_bus_tests::speed_line()
-        );
+        println!("{}", persona_bus_tests::round_line(round, rounds));
         for (case, &(projects, publishers, batch)) in CASES.iter().enumerate() {
             let rate = throughput(n, projects, publishers, batch, round == 0 && case == 0);
             rates[case].push(rate);

@@ -158,11 +158,7 @@ fn main() {
 fn backlog_rounds(topic: &str, n: usize, policies: &[Policy], rounds: usize) {
     let mut runs: Vec<Vec<HostRun>> = policies.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
-        println!(
-            "round {} of {rounds}; {}",
-            round + 1,
-            persona_bus_tests::speed_line()
-        );
+        println!("{}", persona_bus_tests::round_line(round, rounds));
         println!("{}", HostRun::header());
         for (i, &policy) in policies.iter().enumerate() {
             let run = host_process(topic, n, policy);
@@ -362,11 +358,7 @@ fn throughput(n: usize, handler: Handler, load: Load) -> f64 {
 fn latency_rounds(run: Duration, rounds: usize) {
     let mut p99s = Vec::new();
     for round in 0..rounds {
-        println!(
-            "round {} of {rounds}; {}",
-            round + 1,
-            persona_bus_tests::speed_line()
-        );
+        println!("{}", persona_bus_tests::round_line(round, rounds));
         let l = latency(1_000, run);
         println!("{}\n", l.line("persona-bus"));
         p99s.push(l.p99);

@@ -313,6 +313,13 @@ fn thousands(x: f64) -> String {
     out
 }
 
+/// The line that opens round `round` (from 0) of `rounds`, with the speed
+/// probe it starts at: each round's figures compare with others taken at a
+/// similar probe.
+pub fn round_line(round: usize, rounds: usize) -> String {
+    format!("round {} of {rounds}; {}", round + 1, speed_line())
+}
+
 /// [`speed_probe`] as benchmarks print it: the best of three, in ms.
 pub fn speed_line() -> String {
     let best = (0..3).map(|_| speed_probe()).min().unwrap_or_default();
