@@ -24,6 +24,7 @@ const GUESTS: &[(&str, &str, Option<&str>)] = &[
     ("TRAP", "guest-trap", None),
     ("PUBLISH_LOOP", "guest-publish-loop", None),
     ("FLAKY", "guest-flaky", None),
+    ("RMW", "guest-rmw", None),
     ("SLOW", "guest-slow", None),
     ("WRONG_WORLD", "guest-wrong-world", None),
     ("HOSTILE", "guest-hostile", None),

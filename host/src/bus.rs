@@ -42,6 +42,9 @@ pub enum BusError {
     Kafka(#[from] crate::kafka::KafkaError),
 }
 
+/// The kind of write publishes make, in `HostContext::store_health`.
+const PUBLISH: &str = "publish";
+
 pub struct Bus {
     ctx: Arc<HostContext>,
     pipeline: Arc<Pipeline>,
@@ -125,6 +128,7 @@ impl Bus {
             limits: config.limits.clone(),
             schemas: schemas.clone(),
             traces: traces.clone(),
+            overlay: Default::default(),
             transcript: None,
         });
         let dispatcher = Arc::new(Dispatcher::new(runtime, store.clone(), registry, env));
@@ -297,10 +301,24 @@ impl Bus {
     /// claimed and handed to it in memory when that keeps order (see
     /// `source::handoff`).
     fn store_published(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        // Below the free-space floor nothing new is taken, so what was
+        // accepted can still be handled and committed.
+        self.ctx.store.check_room()?;
         let hand_over = self.handing_over.load(Ordering::Acquire);
-        self.inserts.insert(events, |take| {
+        let stored = self.inserts.insert(events, |take| {
             commit_published(&self.ctx, &self.pipeline, hand_over, take)
-        })
+        });
+        let health = &self.ctx.store_health;
+        match &stored {
+            Ok(()) => health.recovered(PUBLISH),
+            Err(e) if e.is_out_of_space() => {
+                if health.refused(PUBLISH, e) {
+                    tracing::error!(error = %e, "the store refuses new events (disk full); publishers are told to retry");
+                }
+            }
+            Err(_) => {}
+        }
+        stored
     }
 
     /// Processes what is pending now on the calling thread, without the
@@ -316,6 +334,13 @@ impl Bus {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.ctx.store
+    }
+
+    /// Why the store refuses writes now, oldest first: commits or
+    /// publishes SQLite failed (a full disk), or less free space than
+    /// `store.min_free_mb`.
+    pub fn store_refusals(&self) -> Vec<crate::context::Refusal> {
+        store_refusals(&self.ctx)
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -497,4 +522,17 @@ fn take_lock(config: &Config) -> Result<File, BusError> {
             source,
         }),
     }
+}
+
+/// See [`Bus::store_refusals`]; also read by the alerts.
+pub(crate) fn store_refusals(ctx: &HostContext) -> Vec<crate::context::Refusal> {
+    let mut refusals = ctx.store_health.refusals();
+    if let Err(e) = ctx.store.check_room() {
+        refusals.push(crate::context::Refusal {
+            what: "new events (free-space floor)",
+            reason: e.to_string(),
+            since: crate::event::now_rfc3339(),
+        });
+    }
+    refusals
 }

@@ -418,11 +418,19 @@ fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
     };
     let event = new.validate(config.limits.event_limits(), 0)?;
     crate::schemas::Schemas::new(config).check(&event)?;
-    let store = open_store(config)?;
+    let store = Store::open_tuned(
+        &config.data_dir,
+        crate::store::Sync::Normal,
+        crate::store::Role::Tool,
+        config.store.clone(),
+    )
+    .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     if config.kafka.enabled {
         // The running host's outbox relay produces it.
         store.enable_outbox();
     }
+    // The same free-space floor as the host's publishes.
+    store.check_room().context("cannot store the event")?;
     store.insert(&event).context("cannot store the event")?;
     println!("{}", event.id);
     Ok(())

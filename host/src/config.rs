@@ -60,6 +60,11 @@ pub struct StoreConfig {
     /// keeps one: it is read from the whole index at start, which a one-shot
     /// CLI command would not earn back.
     pub id_filter_kb: usize,
+    /// Free space, in MiB, that new publishes leave on the data folder's
+    /// file system: below it they are refused (HTTP 507), so the outcomes
+    /// of events already accepted and the WAL checkpoint still have room.
+    /// 0 turns the floor off.
+    pub min_free_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -69,6 +74,7 @@ impl Default for StoreConfig {
             readers: 4,
             id_tail: crate::store::ID_TAIL,
             id_filter_kb: 16 * 1024,
+            min_free_mb: 64,
         }
     }
 }

@@ -15,6 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::broadcast;
 
+/// The kind of write the committer makes, in [`StoreHealth`].
+const COMMIT: &str = "commit outcomes";
+
 /// What happened on the bus, for live views (SSE, dashboard) and benchmarks.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -54,6 +57,8 @@ pub struct HostContext {
     /// by a publish transaction that may add to it, and by the poller while
     /// it takes them and claims rows.
     pub(crate) handoff: std::sync::Mutex<Vec<Event>>,
+    /// Whether the store takes writes now (`/ready`, alerts, the API).
+    pub store_health: StoreHealth,
     stopping: AtomicBool,
     notices: broadcast::Sender<Notice>,
 }
@@ -81,6 +86,7 @@ impl HostContext {
             traces,
             lag: Default::default(),
             handoff: Default::default(),
+            store_health: Default::default(),
             stopping: AtomicBool::new(false),
             notices,
         }
@@ -122,6 +128,38 @@ impl HostContext {
         self.wakeup.nudge();
     }
 
+    /// Runs `commit` until the store takes it: outcomes are kept in memory
+    /// meanwhile (the pipeline waits, and sources with it), with a backoff
+    /// of 50 ms doubling to 1 s so that once space returns the backlog
+    /// moves within a second. Gives up only when the host is stopping
+    /// (None: nothing was committed).
+    pub(crate) fn commit_until_taken<T>(
+        &self,
+        events: usize,
+        mut commit: impl FnMut() -> Result<T, crate::store::StoreError>,
+    ) -> Option<T> {
+        let mut backoff = std::time::Duration::from_millis(50);
+        loop {
+            match commit() {
+                Ok(done) => {
+                    self.store_health.recovered(COMMIT);
+                    return Some(done);
+                }
+                Err(e) if self.stopping() => {
+                    tracing::error!(error = %e, events, "stopping with outcomes the store refused; their events are handled again after a restart");
+                    return None;
+                }
+                Err(e) => {
+                    if self.store_health.refused(COMMIT, &e) {
+                        tracing::error!(error = %e, events, "the store refuses to commit outcomes; keeping them and retrying until it takes them");
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.notices.subscribe()
     }
@@ -154,5 +192,73 @@ impl HostContext {
                 created_at: r.event.created_at.clone(),
             });
         }
+    }
+}
+
+/// Whether the store refuses writes, and since when. Set by the committer
+/// and by publishes when SQLite fails them, cleared by the next success of
+/// the same kind (a small publish may fit where a commit does not).
+#[derive(Default)]
+pub struct StoreHealth {
+    /// Fast path: a successful write only reads this.
+    refusing: AtomicBool,
+    refusals: std::sync::Mutex<Vec<Refusal>>,
+}
+
+/// Why the store refuses writes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    /// What was refused: `commit outcomes`, `publish`.
+    pub what: &'static str,
+    pub reason: String,
+    /// When the refusals began (RFC 3339).
+    pub since: String,
+}
+
+impl StoreHealth {
+    /// Records a refused write; true if writes of this kind went through
+    /// until now (log it then, not at every retry).
+    pub fn refused(&self, what: &'static str, error: &dyn std::fmt::Display) -> bool {
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let reason = error.to_string();
+        self.refusing.store(true, Ordering::Release);
+        match refusals.iter_mut().find(|r| r.what == what) {
+            Some(r) => {
+                r.reason = reason;
+                false
+            }
+            None => {
+                refusals.push(Refusal {
+                    what,
+                    reason,
+                    since: crate::event::now_rfc3339(),
+                });
+                true
+            }
+        }
+    }
+
+    /// A write of this kind went through.
+    pub fn recovered(&self, what: &'static str) {
+        if !self.refusing.load(Ordering::Acquire) {
+            return;
+        }
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = refusals.iter().position(|r| r.what == what) {
+            let r = refusals.remove(i);
+            tracing::info!(what, refused_since = %r.since, "the store takes writes again");
+        }
+        self.refusing.store(!refusals.is_empty(), Ordering::Release);
+    }
+
+    /// The kinds of write refused now, oldest first.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        if !self.refusing.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        self.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }

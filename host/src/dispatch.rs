@@ -134,14 +134,27 @@ impl Dispatcher {
                 continue;
             }
             let started = std::time::SystemTime::now();
+            let clock = std::time::Instant::now();
+            // A panic in host code during the call (a host import, the
+            // runtime) fails this run like a trap, instead of killing the
+            // lane and leaving the event in flight.
             let inv = match &native {
                 None => {
-                    self.runtime
-                        .invoke(handler.handle_ref(), &event, origin, attempt, &self.env)
-                        .await
+                    CatchPanic(Box::pin(self.runtime.invoke(
+                        handler.handle_ref(),
+                        &event,
+                        origin,
+                        attempt,
+                        &self.env,
+                    )))
+                    .await
                 }
-                Some(f) => call_native(f, &handler.name, &event),
-            };
+                Some(f) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    call_native(f, &handler.name, &event)
+                }))
+                .map_err(panic_message),
+            }
+            .unwrap_or_else(|message| panicked(message, started, clock));
             let verdict =
                 Verdict::decide(&inv.outcome, attempt, &handler.manifest.retry, now_millis());
             if let Some(error) = inv.outcome.error() {
@@ -185,5 +198,53 @@ fn call_native(f: &NativeHandler, handler: &str, event: &Event) -> crate::runtim
         started_at: crate::event::now_rfc3339(),
         duration: started.elapsed(),
         note: None,
+    }
+}
+
+/// A run whose call panicked in host code.
+fn panicked(
+    message: String,
+    started: std::time::SystemTime,
+    clock: std::time::Instant,
+) -> crate::runtime::Invocation {
+    crate::runtime::Invocation {
+        outcome: crate::outcome::RunOutcome::Failed {
+            kind: crate::outcome::FailureKind::Trap,
+            message: format!("the host panicked during the call: {message}"),
+        },
+        effects: Default::default(),
+        started_at: humantime::format_rfc3339_micros(started).to_string(),
+        duration: clock.elapsed(),
+        note: None,
+    }
+}
+
+/// Polls a future, and answers `Err(message)` if it panics (it is not
+/// polled again; dropping it drops the call's store and slots).
+struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.get_mut().0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic_message(panic))),
+        }
+    }
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    match panic.downcast::<String>() {
+        Ok(s) => *s,
+        Err(panic) => match panic.downcast::<&'static str>() {
+            Ok(s) => (*s).to_owned(),
+            Err(_) => "a panic without a message".to_owned(),
+        },
     }
 }

@@ -46,6 +46,7 @@ pub fn run(config: &Config, target: &Path, event: &Path, attempt: u32) -> anyhow
         limits: config.limits.clone(),
         schemas: Arc::new(crate::schemas::Schemas::new(config)),
         traces: Arc::new(crate::traces::Traces::off()),
+        overlay: Default::default(),
         transcript: Some(transcript.clone()),
     });
     println!(

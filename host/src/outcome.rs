@@ -26,6 +26,10 @@ pub struct Effects {
     pub state: Vec<StateOp>,
     /// Follow-up events, already validated, with ids and chain depth.
     pub published: Vec<Event>,
+    /// The call's last value of each key it wrote (`None`: deleted), for
+    /// the state overlay (`runtime::StateOverlay`); taken by the lane
+    /// before the outcome is committed, so never stored.
+    pub view: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// Why an attempt failed without the handler saying so.

@@ -22,6 +22,13 @@
 //!   `runtime.lane_depth` events is reported by [`Pipeline::full_lanes`], so
 //!   the poller claims other projects' events instead of filling the pipeline
 //!   with one stuck project.
+//! - **State reads are serial per project.** Before a lane sends a
+//!   completed outcome on, it puts the call's state writes in the overlay
+//!   (`runtime::StateOverlay`), so the project's next event reads them
+//!   although they are not committed yet; the committer drops them once
+//!   committed. Outcomes are committed in the order they were sent, and a
+//!   commit is retried until it lands (the sinks do that), so no outcome is
+//!   ever committed before one whose writes it may have read.
 //! - **A shutdown that ends.** [`Pipeline::close`] refuses new work at once,
 //!   lets calls in flight finish for the grace period, then abandons the
 //!   rest: nothing of theirs is committed, and each sink hears which events
@@ -31,7 +38,7 @@
 use crate::dispatch::{Delivery, Dispatcher};
 use crate::fast_map::FastMap;
 use crate::outcome::Resolution;
-use crate::runtime::Origin;
+use crate::runtime::{Origin, Written};
 use crate::store::StoreError;
 use std::collections::VecDeque;
 use std::sync::mpsc;
@@ -61,8 +68,11 @@ pub struct Finished {
 pub trait Sink: Send + Sync {
     /// Makes a batch of outcomes durable and does what follows (Kafka
     /// offsets, notices). The batch holds outcomes in the order they were
-    /// ready: per project, that is submit order.
-    fn commit(&self, batch: Vec<Finished>);
+    /// ready: per project, that is submit order. Keeps trying while the
+    /// store refuses the commit; returns false only if the host is
+    /// stopping and the batch is still not committed (the committer then
+    /// commits nothing after it: later outcomes may have read its writes).
+    fn commit(&self, batch: Vec<Finished>) -> bool;
     /// Events whose calls were abandoned at shutdown: nothing of theirs was
     /// committed.
     fn abandoned(&self, events: Vec<(String, Origin)>);
@@ -89,6 +99,8 @@ struct Ready {
     finished: Finished,
     /// The dispatch span, ended once the outcome is committed.
     trace: Option<crate::traces::EventSpan>,
+    /// State its calls left in the overlay, released once committed.
+    written: Vec<Written>,
 }
 
 /// What is in flight: submitted, not yet committed. The committer finds an
@@ -394,14 +406,25 @@ async fn lane(pipeline: Arc<Pipeline>, project: String) {
                 done,
             } = job;
             let origin = delivery.origin;
-            let (resolution, trace) = pipeline
+            let (mut resolution, trace) = pipeline
                 .dispatcher
                 .resolve(delivery.event, &done, &origin)
                 .await;
+            // Before the outcome goes on: the project's next event reads
+            // these writes (only completed calls have any).
+            let overlay = &pipeline.dispatcher.env().overlay;
+            let mut written = Vec::new();
+            for run in &mut resolution.runs {
+                let view = std::mem::take(&mut run.effects.view);
+                if !view.is_empty() {
+                    written.push(overlay.apply(&run.handler, &resolution.event.project_id, view));
+                }
+            }
             let ready = Ready {
                 ticket,
                 finished: Finished { resolution, origin },
                 trace,
+                written,
             };
             if to_committer.send(ready).is_err() {
                 // Closed: this outcome is abandoned with the rest.
@@ -439,20 +462,52 @@ fn commit_loop(pipeline: std::sync::Weak<Pipeline>, ready: mpsc::Receiver<Ready>
         let tickets: Vec<u64> = batch.iter().map(|r| r.ticket).collect();
         let sinks = pipeline.sinks_of(&tickets);
         let started = std::time::SystemTime::now();
-        let mut traces = Vec::new();
-        let finished = batch.into_iter().map(|r| {
-            traces.extend(r.trace);
-            r.finished
-        });
-        for (sink, items) in by_sink(sinks.into_iter().zip(finished)) {
-            sink.commit(items);
-        }
-        pipeline.retire(&tickets);
+        let overlay = &pipeline.dispatcher.env().overlay;
         let tracer = &pipeline.dispatcher.env().traces;
-        for span in traces {
-            tracer.committed(span, started);
+        // In order: a later outcome may have read an earlier one's writes.
+        for (sink, run) in in_order(sinks.into_iter().zip(batch)) {
+            let tickets: Vec<u64> = run.iter().map(|r| r.ticket).collect();
+            let mut traces = Vec::new();
+            let mut written = Vec::new();
+            let finished = run
+                .into_iter()
+                .map(|r| {
+                    traces.extend(r.trace);
+                    written.extend(r.written);
+                    r.finished
+                })
+                .collect();
+            if !sink.commit(finished) {
+                // Stopping, and the store still refuses: these and every
+                // later outcome stay uncommitted, and `close` abandons them.
+                tracing::warn!(
+                    outcomes = tickets.len(),
+                    "stopping with outcomes the store did not take; the committer commits nothing after them"
+                );
+                return;
+            }
+            overlay.release(written);
+            pipeline.retire(&tickets);
+            for span in traces {
+                tracer.committed(span, started);
+            }
         }
     }
+}
+
+/// Items split where their sink changes, keeping their order. Usually one
+/// sink; two or three while the source switches.
+fn in_order<T>(
+    items: impl IntoIterator<Item = (Arc<dyn Sink>, T)>,
+) -> Vec<(Arc<dyn Sink>, Vec<T>)> {
+    let mut runs: Vec<(Arc<dyn Sink>, Vec<T>)> = Vec::new();
+    for (sink, item) in items {
+        match runs.last_mut() {
+            Some((s, run)) if Arc::ptr_eq(s, &sink) => run.push(item),
+            _ => runs.push((sink, vec![item])),
+        }
+    }
+    runs
 }
 
 /// Items grouped by sink, in order within each. Usually one sink; two or

@@ -7,6 +7,7 @@ mod authoring;
 mod browser;
 mod cli;
 mod cluster;
+mod consistency;
 mod consume;
 mod crash;
 mod embedded;

@@ -370,6 +370,7 @@ fn dispatch_cost(n: usize, only: &[&str]) {
     .unwrap();
     let env = Arc::new(CallEnv {
         traces: Arc::new(persona_bus::traces::Traces::off()),
+        overlay: Default::default(),
         transcript: None,
         store,
         limits: config.limits.clone(),

@@ -80,6 +80,9 @@ pub enum Signal {
     ErrorRate,
     /// Seconds the oldest event has waited in the Kafka outbox.
     OutboxAge,
+    /// 1 while the store refuses writes (a full disk, or less free space
+    /// than `store.min_free_mb`), else 0.
+    StoreRefusing,
 }
 
 impl Signal {
@@ -90,6 +93,7 @@ impl Signal {
             Signal::BreakerOpen => "breaker_open",
             Signal::ErrorRate => "error_rate",
             Signal::OutboxAge => "outbox_age",
+            Signal::StoreRefusing => "store_refusing",
         }
     }
 }
@@ -205,5 +209,6 @@ pub fn default_rules() -> Vec<AlertRule> {
         rule("breaker-open", Signal::BreakerOpen, 0.0, None, "2m"),
         rule("handler-errors", Signal::ErrorRate, 5.0, Some("10m"), "10m"),
         rule("outbox-stale", Signal::OutboxAge, 600.0, None, "5m"),
+        rule("store-refusing", Signal::StoreRefusing, 0.0, None, "0s"),
     ]
 }

@@ -166,6 +166,20 @@ impl Reader {
                 }])
             }
             Signal::ErrorRate => Ok(self.error_rates(rule, now)),
+            Signal::StoreRefusing => {
+                let refusals = crate::bus::store_refusals(ctx);
+                Ok(vec![Observation {
+                    subject: String::new(),
+                    value: Some(if refusals.is_empty() { 0.0 } else { 1.0 }),
+                    summary: match refusals.first() {
+                        Some(r) => format!(
+                            "the store refuses writes ({} since {}): {}",
+                            r.what, r.since, r.reason
+                        ),
+                        None => "the store takes writes".into(),
+                    },
+                }])
+            }
         }
     }
 

@@ -50,7 +50,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let body = axum::Json(serde_json::json!({ "error": self.1 }));
+        if self.0 == StatusCode::INSUFFICIENT_STORAGE {
+            // Nothing was stored: the client should send it again later.
+            return (self.0, [(header::RETRY_AFTER, "5")], body).into_response();
+        }
+        (self.0, body).into_response()
     }
 }
 
@@ -61,6 +66,7 @@ impl From<crate::store::StoreError> for ApiError {
             E::EventNotFound(_) | E::SubscriptionNotFound(_) => Self::not_found(e.to_string()),
             E::InvalidSubscription(_) => Self::bad_request(e.to_string()),
             E::DuplicateEvent(_) => Self(StatusCode::CONFLICT, e.to_string()),
+            e if e.is_out_of_space() => Self(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
             e => Self::internal(e),
         }
     }
@@ -127,6 +133,7 @@ impl Ingest {
                     ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
                 }
                 crate::BusError::Event(e) => ApiError::bad_request(e.to_string()),
+                crate::BusError::Store(e) => ApiError::from(e),
                 e => ApiError::internal(e),
             })
     }

@@ -28,11 +28,17 @@ pub async fn ready(State(api): State<Api>) -> impl IntoResponse {
     let writable = blocking(move || Ok(bus.store().check_writable()?)).await;
     let snapshot = api.bus.registry().snapshot();
     let source = api.bus.source().status();
-    let ready = writable.is_ok() && source.healthy;
+    // Commits or publishes SQLite refused (a full disk), or too little
+    // room left for new events: say which, with SQLite's own words.
+    let refusals = api.bus.store_refusals();
+    let ready = writable.is_ok() && source.healthy && refusals.is_empty();
     let body = serde_json::json!({
         "ready": ready,
-        "sqlite_writable": writable.is_ok(),
-        "sqlite_error": writable.err().map(|e| e.1),
+        "sqlite_writable": writable.is_ok() && refusals.is_empty(),
+        "sqlite_error": writable.err().map(|e| e.1).or_else(|| {
+            refusals.first().map(|r| format!("{} refused since {}: {}", r.what, r.since, r.reason))
+        }),
+        "store_refusals": refusals,
         "handlers_loaded": snapshot.handlers.len(),
         "handlers_refused": snapshot.failures.len(),
         "kafka": kafka_health(&api),

@@ -13,7 +13,8 @@
 //!   between redelivers, and the processed ledger (consulted for every Kafka
 //!   record) skips handlers that already finished.
 //! - A commit that fails is retried until it succeeds or the host stops
-//!   (then nothing is stored and Kafka redelivers).
+//!   (then nothing is stored and Kafka redelivers); see
+//!   [`HostContext::commit_until_taken`].
 //! - The circuit breaker ([`crate::source::SourceSwitch`]) hears about every
 //!   consumer error and idle health check; while it is open this consumer
 //!   pauses and the SQLite poller handles events.
@@ -112,7 +113,7 @@ struct KafkaSink {
 }
 
 impl Sink for KafkaSink {
-    fn commit(&self, batch: Vec<Finished>) {
+    fn commit(&self, batch: Vec<Finished>) -> bool {
         let mut resolutions = Vec::with_capacity(batch.len());
         let mut positions = Vec::with_capacity(batch.len());
         for f in batch {
@@ -131,20 +132,12 @@ impl Sink for KafkaSink {
             resolutions.push(f.resolution);
         }
         let started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        let committed = loop {
-            match self.ctx.store.commit_consumed(&resolutions) {
-                Ok(c) => break c,
-                Err(e) if self.ctx.stopping() => {
-                    tracing::error!(error = %e, events = resolutions.len(), "cannot commit consumed events while stopping; Kafka will redeliver them");
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, retry_in = ?backoff, "cannot commit consumed events; retrying (offsets are not stored until it succeeds)");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
+        // Offsets are not stored until the commit lands; stopping before
+        // that, Kafka redelivers.
+        let Some(committed) = self.ctx.commit_until_taken(resolutions.len(), || {
+            self.ctx.store.commit_consumed(&resolutions)
+        }) else {
+            return false;
         };
         tracing::debug!(events = resolutions.len(), commit = ?started.elapsed(), "batch committed");
         self.tracker.finish(&positions).store(&self.consumer);
@@ -165,6 +158,7 @@ impl Sink for KafkaSink {
         {
             tracing::warn!("the execution-record thread is gone; records not sent");
         }
+        true
     }
 
     fn abandoned(&self, events: Vec<(String, Origin)>) {

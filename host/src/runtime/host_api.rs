@@ -29,6 +29,9 @@ pub(crate) struct Call {
     pub(crate) chain_depth: u32,
     pub(crate) env: Arc<CallEnv>,
     pub(crate) effects: Effects,
+    /// This call's view of each key it wrote (`None`: deleted): what its
+    /// own reads return, and what the overlay gets if it completes.
+    written: crate::fast_map::FastMap<String, Option<Vec<u8>>>,
     pub(crate) log_lines: u32,
     /// Bytes published and written to state in this call so far.
     pub(crate) output_bytes: usize,
@@ -56,6 +59,7 @@ impl Call {
             chain_depth: event.chain_depth,
             env: env.clone(),
             effects: Effects::default(),
+            written: Default::default(),
             log_lines: 0,
             output_bytes: 0,
             note: None,
@@ -85,50 +89,41 @@ impl Call {
         self.output_bytes += bytes;
         Ok(())
     }
-    /// The value of `key` as this call sees it: the committed value with this
-    /// call's own buffered writes on top.
+    /// The value of `key` as this call sees it: its own writes, else what
+    /// earlier completed calls of its unit wrote and is not committed yet
+    /// (the overlay), else the committed value.
     fn current(&self, key: &str) -> wasmtime::Result<Option<Vec<u8>>> {
-        let mut added: i64 = 0;
-        let mut base: Option<Option<Vec<u8>>> = None;
-        for op in self.effects.state.iter().rev() {
-            match op {
-                StateOp::Set(k, v) if k == key => {
-                    base = Some(Some(v.clone()));
-                    break;
-                }
-                StateOp::Delete(k) if k == key => {
-                    base = Some(None);
-                    break;
-                }
-                StateOp::Add(k, d) if k == key => added = added.saturating_add(*d),
-                _ => {}
-            }
+        if let Some(v) = self.written.get(key) {
+            return Ok(v.clone());
         }
-        let base = match base {
-            Some(b) => b,
-            None => self
-                .env
-                .store
-                .state_get(&self.handler, key)
-                .map_err(|e| wasmtime::Error::msg(format!("state read failed: {e}")))?,
-        };
-        if added == 0 {
-            return Ok(base);
+        if let Some(v) = self.env.overlay.get(&self.handler, &self.project_id, key) {
+            return Ok(v);
         }
-        let n = base
-            .as_deref()
-            .and_then(crate::store::parse_counter)
-            .unwrap_or(0);
-        Ok(Some(n.saturating_add(added).to_string().into_bytes()))
+        self.env
+            .store
+            .state_get(&self.handler, key)
+            .map_err(|e| wasmtime::Error::msg(format!("state read failed: {e}")))
     }
 
-    fn push_state(&mut self, op: StateOp) -> wasmtime::Result<()> {
+    /// What the call did, with its view of the keys it wrote.
+    pub(crate) fn take_effects(&mut self) -> Effects {
+        let mut effects = std::mem::take(&mut self.effects);
+        effects.view = self.written.drain().collect();
+        effects
+    }
+
+    /// Buffers a write, and what the key holds after it (`after`).
+    fn push_state(&mut self, op: StateOp, after: Option<Vec<u8>>) -> wasmtime::Result<()> {
         if self.effects.state.len() >= MAX_STATE_OPS {
             return Err(wasmtime::Error::new(LimitHit(format!(
                 "more than {MAX_STATE_OPS} state writes in one call"
             ))));
         }
+        let key = match &op {
+            StateOp::Set(k, _) | StateOp::Delete(k) | StateOp::Add(k, _) => k.clone(),
+        };
         self.effects.state.push(op);
+        self.written.insert(key, after);
         Ok(())
     }
 
@@ -285,12 +280,13 @@ impl state::Host for HostState {
         if let Err(why) = self.call.spend_output(key.len() + value.len()) {
             return Ok(Err(types::StateError::TooLarge(why)));
         }
-        self.call.push_state(StateOp::Set(key, value))?;
+        let after = Some(value.clone());
+        self.call.push_state(StateOp::Set(key, value), after)?;
         Ok(Ok(()))
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
-        self.call.push_state(StateOp::Delete(key))
+        self.call.push_state(StateOp::Delete(key), None)
     }
 
     fn increment(
@@ -312,7 +308,9 @@ impl state::Host for HostState {
                 }
             },
         };
-        self.call.push_state(StateOp::Add(key, delta))?;
-        Ok(Ok(current.saturating_add(delta)))
+        let new = current.saturating_add(delta);
+        self.call
+            .push_state(StateOp::Add(key, delta), Some(new.to_string().into_bytes()))?;
+        Ok(Ok(new))
     }
 }

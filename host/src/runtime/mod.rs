@@ -22,8 +22,10 @@ pub(crate) mod cache;
 mod host_api;
 mod limits;
 pub mod outbound;
+mod overlay;
 
 pub use cache::{compile_child_main, compile_in_child, digest};
+pub use overlay::{StateOverlay, Written};
 
 use crate::config::{HostLimits, RuntimeConfig};
 use crate::event::{Event, now_rfc3339};
@@ -110,6 +112,9 @@ pub struct CallEnv {
     pub schemas: Arc<crate::schemas::Schemas>,
     /// Spans of dispatches and handler calls (a no-op when tracing is off).
     pub traces: Arc<crate::traces::Traces>,
+    /// Uncommitted state writes of completed calls, read by later calls of
+    /// the same unit (see `overlay`).
+    pub overlay: Arc<StateOverlay>,
     /// `handlers test`: what each call does (log lines, state reads,
     /// outbound requests), in order. None in a running host.
     pub transcript: Option<Transcript>,
@@ -420,7 +425,7 @@ impl Runtime {
         );
         let mut data = store.into_data();
         let note = data.take_note();
-        (outcome, data.call.effects, note)
+        (outcome, data.call.take_effects(), note)
     }
 
     /// A store for one handler, armed with its limits for one call.
@@ -536,7 +541,7 @@ impl Runtime {
         // The call's record stays in the store until the next call replaces
         // it; only what it produced is taken out.
         let state = warm.store.data_mut();
-        let (effects, note) = (std::mem::take(&mut state.call.effects), state.take_note());
+        let (effects, note) = (state.call.take_effects(), state.take_note());
         if !matches!(outcome, RunOutcome::Failed { .. }) {
             let mut pool = h.prepared.warm.lock().unwrap_or_else(|p| p.into_inner());
             if pool.len() < h.manifest.instances.concurrency.unwrap_or(DEFAULT_WARM) as usize {

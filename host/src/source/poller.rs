@@ -9,8 +9,8 @@
 //! The poller claims ahead while earlier events are still being handled (up
 //! to `runtime.max_in_flight`), so handlers and SQLite work at the same time
 //! and a slow handler holds up only its own project. A commit that fails
-//! returns its events to `pending`: nothing is lost, and the processed
-//! ledger keeps handlers whose runs did commit from running again.
+//! (a full disk) is retried until the store takes it, with its outcomes
+//! kept in memory: nothing is lost, and no handler runs twice for it.
 
 use crate::context::HostContext;
 use crate::dispatch::Delivery;
@@ -32,10 +32,9 @@ pub(crate) struct SqliteSink {
 }
 
 impl Sink for SqliteSink {
-    fn commit(&self, batch: Vec<Finished>) {
+    fn commit(&self, batch: Vec<Finished>) -> bool {
         let resolutions: Vec<Resolution> = batch.into_iter().map(|f| f.resolution).collect();
-        // A failure is logged and its events released inside.
-        let _ = commit(&self.ctx, &resolutions);
+        commit(&self.ctx, &resolutions)
     }
 
     fn abandoned(&self, events: Vec<(String, Origin)>) {
@@ -257,40 +256,39 @@ fn submit_claimed(
     }
 }
 
-/// Commits a batch of outcomes; on failure returns its events to pending
-/// and reports the error.
-fn commit(ctx: &HostContext, resolutions: &[Resolution]) -> Result<(), StoreError> {
-    match ctx.store.commit(resolutions) {
-        Ok(committed) => {
-            if committed.duplicates > 0 {
-                tracing::info!(
-                    runs = committed.duplicates,
-                    "skipped effects of runs already in the ledger"
-                );
-            }
-            if committed.published > 0 {
-                // Follow-up events are stored: pick them up at once.
-                ctx.stored();
-            }
-            ctx.notify_resolved(resolutions);
-            Ok(())
-        }
-        Err(e) => {
-            let ids: Vec<String> = resolutions.iter().map(|r| r.event.id.clone()).collect();
-            release(ctx, &ids, &e);
-            Err(e)
-        }
+/// Commits a batch of outcomes, retrying while the store refuses (a full
+/// disk): they stay in memory, their events stay `processing` (the reaper
+/// leaves events in flight alone), and later outcomes wait behind them.
+/// False only when stopping with the batch not committed; the pipeline
+/// then returns its events to pending (`abandoned`).
+fn commit(ctx: &HostContext, resolutions: &[Resolution]) -> bool {
+    let Some(committed) =
+        ctx.commit_until_taken(resolutions.len(), || ctx.store.commit(resolutions))
+    else {
+        return false;
+    };
+    if committed.duplicates > 0 {
+        tracing::info!(
+            runs = committed.duplicates,
+            "skipped effects of runs already in the ledger"
+        );
     }
+    if committed.published > 0 {
+        // Follow-up events are stored: pick them up at once.
+        ctx.stored();
+    }
+    ctx.notify_resolved(resolutions);
+    true
 }
 
 fn release(ctx: &HostContext, ids: &[String], cause: &StoreError) {
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     match ctx.store.release(&ids) {
         Ok(n) => {
-            tracing::error!(error = %cause, events = n, "could not commit outcomes; events returned to pending")
+            tracing::error!(error = %cause, events = n, "could not submit claimed events; returned to pending")
         }
         Err(e) => {
-            tracing::error!(error = %cause, release_error = %e, "could not commit outcomes; the reaper will return the events")
+            tracing::error!(error = %cause, release_error = %e, "could not submit claimed events; the reaper will return them")
         }
     }
 }

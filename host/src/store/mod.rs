@@ -14,6 +14,7 @@ mod ids;
 mod outbox;
 mod outcomes;
 mod remote;
+mod room;
 mod schema;
 mod state;
 mod subscriptions;
@@ -74,6 +75,29 @@ pub enum StoreError {
     InvalidSubscription(String),
     #[error("subscription {0} not found")]
     SubscriptionNotFound(String),
+    #[error(
+        "only {free_mb} MiB free for the data folder, below store.min_free_mb = {floor_mb}: new events are refused until space is freed"
+    )]
+    NoRoom { free_mb: u64, floor_mb: u64 },
+}
+
+impl StoreError {
+    /// Whether the disk (or the floor kept free on it) refused the write:
+    /// a client should retry later, and nothing it sent was stored.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            Self::NoRoom { .. } => true,
+            Self::Sqlite { source, .. } => {
+                source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            }
+            // A group commit hands its callers the leader's error as text;
+            // SQLite's words for SQLITE_FULL have not changed in decades.
+            Self::GroupCommit(m) => {
+                m.contains("database or disk is full") || m.contains("store.min_free_mb")
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Attaches the operation name to a rusqlite error.
@@ -120,6 +144,8 @@ pub struct Store {
     handler_nos: Mutex<crate::fast_map::FastMap<String, i64>>,
     /// The event id index's in-memory tail (see `ids`).
     ids: ids::Ids,
+    /// The free-space floor for publishes (`check_room`).
+    room: room::Room,
 }
 
 impl Store {
@@ -164,6 +190,7 @@ impl Store {
             readers: Mutex::new(Vec::new()),
             handler_nos: Mutex::new(crate::fast_map::FastMap::default()),
             ids,
+            room: room::Room::default(),
         })
     }
 

@@ -95,6 +95,7 @@ fn effects_apply_once_per_event_and_handler() {
             StateOp::Set("k".into(), b"v".to_vec()),
         ],
         published: vec![follow],
+        ..Default::default()
     };
     let res = Resolution {
         event: ev.clone(),
