@@ -2,6 +2,7 @@
 #   make run    build everything and start the host on the embedded SQLite bus
 #   make test   all tests (unit + integration, real SQLite and real handlers)
 #   make lint   rustfmt check + clippy -D warnings
+#   make fuzz   every parser of outside input fuzzed for FUZZ_SECS (600) each
 #   make bench  the benchmarks behind BENCHMARKS.md (bench-kafka: the Kafka ones)
 #   make kafka-up / kafka-down   a real single-node Apache Kafka on 127.0.0.1:9092
 #   make kafka-reset             the same broker again with an empty data folder (before benchmarks)
@@ -27,7 +28,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm $(JS_OUT)/fetch-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers py-handlers run test lint fmt bench bench-kafka bench-schemas bench-peer bench-http bench-tracing soak screenshot otelcol browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down kafka-reset registry-up registry-down
+.PHONY: all toolchain build handlers js-handlers py-handlers run test lint fmt fuzz bench bench-state bench-kafka bench-schemas bench-peer bench-http bench-tracing soak screenshot otelcol browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down kafka-reset registry-up registry-down
 
 all: build
 
@@ -163,8 +164,23 @@ bench: toolchain kafka-up handlers
 	$(CARGO) build --release -p persona-bus-tests --bin persona-bus-host
 	$(CARGO) bench -p persona-bus-tests --bench embedded
 	$(CARGO) bench -p persona-bus-tests --bench kafka
+	$(CARGO) bench -p persona-bus-tests --bench state
 	$(CARGO) bench -p persona-bus-tests --bench schemas
 	$(MAKE) bench-http
+
+# Serial state per project: one project's 100,000-event backlog through a
+# read-modify-write handler, from SQLite and Kafka (HOSTS="a b" compares
+# host binaries, alternating).
+bench-state: toolchain kafka-up
+	$(CARGO) build --release -p persona-bus-tests --bin persona-bus-host
+	$(CARGO) bench -p persona-bus-tests --bench state -- $(foreach h,$(HOSTS),--host $(h))
+
+# The parsers of outside input (manifest, config and environment, event
+# JSON, Kafka records, Avro, webhooks, signatures), each for FUZZ_SECS;
+# `make test` runs each for 2 s. Exits 1 with the inputs if one crashes.
+FUZZ_SECS ?= 600
+fuzz: toolchain
+	$(CARGO) run --release -p persona-bus-tests --bin persona-bus-fuzz -- --secs $(FUZZ_SECS)
 
 # Payload schemas: per-event check and codec cost, then the Kafka backlog
 # with schemas off, JSON checked and Avro (needs the registry).

@@ -124,11 +124,7 @@ fn retitle(manifest: &str, name: &str) -> String {
 /// Builds the handler in `dir` into `<name>.wasm` there; returns its
 /// manifest's path.
 pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
-    let manifest = crate::registry::manifests_in(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
-        .into_iter()
-        .find(|p| p.file_name().is_some_and(|n| n != "Cargo.toml"))
-        .with_context(|| format!("no handler manifest (name.toml) in {}", dir.display()))?;
+    let manifest = manifest_in(dir)?;
     let name = manifest
         .file_stem()
         .and_then(|s| s.to_str())
@@ -188,6 +184,15 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(manifest)
 }
 
+/// The handler manifest (`name.toml`) in a handler's folder.
+pub fn manifest_in(dir: &Path) -> anyhow::Result<PathBuf> {
+    crate::registry::manifests_in(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n != "Cargo.toml"))
+        .with_context(|| format!("no handler manifest (name.toml) in {}", dir.display()))
+}
+
 /// `componentize-js`: the folder's own, `PERSONA_BUS_COMPONENTIZE_JS`, or
 /// installed into the folder with npm.
 fn componentize_js(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -207,7 +212,10 @@ fn componentize_js(dir: &Path) -> anyhow::Result<PathBuf> {
 /// `componentize-py`: the folder's `.venv`, `PERSONA_BUS_COMPONENTIZE_PY`,
 /// one on the PATH, or installed into a new `.venv` with pip.
 fn componentize_py(dir: &Path) -> anyhow::Result<PathBuf> {
-    let local = dir.join(".venv/bin/componentize-py");
+    // Absolute: the build runs it from inside `dir`, where a path relative
+    // to the caller's directory names nothing.
+    let local = std::path::absolute(dir.join(".venv/bin/componentize-py"))
+        .context("the virtual environment's path")?;
     if local.is_file() {
         return Ok(local);
     }

@@ -196,8 +196,8 @@ pub enum HandlersCommand {
     /// did (logs, state, events it would publish, HTTP requests, outcome);
     /// exits non-zero unless it completes
     Test {
-        /// A manifest (`name.toml` beside `name.wasm`), or a handler's name
-        /// in the handlers folder
+        /// A handler's folder (as `new` made it), a manifest (`name.toml`
+        /// beside `name.wasm`), or a handler's name in the handlers folder
         handler: PathBuf,
         /// The event as JSON: {"event_type": ..., "source_type": ..., "payload": {...}}
         #[arg(long, value_name = "FILE")]

@@ -432,7 +432,8 @@ pub struct KafkaConfig {
     /// under a backlog; with the short fetch backoff (`kafka::group`) 2 MiB
     /// keeps the pipeline fed, and more only holds decompressed batches.
     pub prefetch_kb: u32,
-    /// Send one execution record per handled event to the executions topic.
+    /// Send execution records to the executions topic: one per handler run,
+    /// or one per event that ran no handler (see `kafka::wire::ExecutionRecord`).
     pub publish_executions: bool,
     /// The circuit breaker between Kafka and the SQLite fallback.
     pub breaker: BreakerConfig,
@@ -780,9 +781,15 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(path, &text)
+    }
+
+    /// Parses a config file's text, unvalidated (`path` names it in
+    /// errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            line: line_of(&text, e.span()),
+            line: line_of(text, e.span()),
             message: e.message().to_owned(),
         })
     }

@@ -17,9 +17,13 @@ use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// `target`: a manifest file, or a handler's name in the handlers folder.
+/// `target`: a manifest file, a handler's folder (what `persona-bus new`
+/// made and `handlers build` built), or a handler's name in the handlers
+/// folder.
 pub fn run(config: &Config, target: &Path, event: &Path, attempt: u32) -> anyhow::Result<()> {
-    let manifest = if target.extension().is_some_and(|x| x == "toml") || target.is_file() {
+    let manifest = if target.is_dir() {
+        crate::authoring::manifest_in(target)?
+    } else if target.extension().is_some_and(|x| x == "toml") || target.is_file() {
         target.to_owned()
     } else {
         config

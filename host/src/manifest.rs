@@ -143,6 +143,10 @@ pub struct Instances {
     pub concurrency: Option<u32>,
 }
 
+/// Deliveries when a manifest sets none: the first and 3 retries, then a
+/// dead letter, as the bus this one replaces did.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
+
 /// When and how often a failed delivery is tried again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
@@ -418,7 +422,8 @@ impl Manifest {
         };
 
         let retry = RetryPolicy {
-            max_attempts: raw.retry.max_attempts.unwrap_or(3),
+            // The original bus dead-lettered after 3 retries: 4 deliveries.
+            max_attempts: raw.retry.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
             backoff: Duration::from_millis(raw.retry.backoff_ms.unwrap_or(500)),
             backoff_max: Duration::from_millis(raw.retry.backoff_max_ms.unwrap_or(60_000)),
         };
@@ -518,7 +523,7 @@ mod tests {
         let m = parse(MIN).unwrap();
         assert_eq!(m.component, Path::new("/h/x.wasm"));
         assert_eq!(m.limits.timeout, Duration::from_millis(5_000));
-        assert_eq!(m.retry.max_attempts, 3);
+        assert_eq!(m.retry.max_attempts, 4, "3 retries, as the original bus");
         assert_eq!(m.capabilities, Capabilities::default());
     }
 

@@ -95,3 +95,40 @@ fn a_new_javascript_handler_builds_tests_and_runs_in_a_host() {
 fn a_new_python_handler_builds_tests_and_runs_in_a_host() {
     author("python");
 }
+
+/// As a new user types it, from the folder `new` was run in, with relative
+/// names: `new my-py --lang python`, `handlers build my-py` (with the
+/// folder's own `.venv`, which `build` runs from inside the folder), then
+/// `handlers test my-py` (the folder, not a name in the handlers folder).
+#[test]
+fn relative_folders_work_for_build_and_test() {
+    let sb = Sandbox::new();
+    let cwd = sb.root.path();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(crate::host_binary())
+            .current_dir(cwd)
+            .env("PERSONA_BUS_HTTP_ADDR", "127.0.0.1:0")
+            .env_remove("PERSONA_BUS_COMPONENTIZE_PY")
+            .arg("--data-dir")
+            .arg(sb.data_dir())
+            .args(args)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "{args:?} failed:\n{stdout}\n{stderr}");
+        stdout
+    };
+    run(&["new", "my-py", "--lang", "python"]);
+    // The folder's own virtual environment, as a first build leaves it
+    // (here: the one `make py-handlers` installed, not a new download).
+    let venv = cwd.join("my-py/.venv/bin");
+    std::fs::create_dir_all(&venv).unwrap();
+    std::os::unix::fs::symlink(componentize_py(), venv.join("componentize-py")).unwrap();
+    let out = run(&["handlers", "build", "my-py"]);
+    assert!(out.contains("my-py.wasm"), "{out}");
+    let out = run(&["handlers", "test", "my-py", "--event", "my-py/event.json"]);
+    assert!(out.contains("outcome: completed"), "{out}");
+}

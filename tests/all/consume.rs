@@ -208,7 +208,10 @@ fn consumes_dispatches_and_keeps_order_within_a_project() {
     let rec: serde_json::Value = serde_json::from_slice(&execs[0]).unwrap();
     assert_eq!(rec["status"], "completed", "{rec}");
     assert_eq!(rec["device"], config.kafka.client_id.as_str());
-    assert_eq!(rec["runs"][0]["handler"], "slow");
+    assert_eq!(rec["kind"], "run", "{rec}");
+    assert_eq!(rec["handler"], "slow", "{rec}");
+    assert_eq!(rec["verdict"], "done", "{rec}");
+    assert!(rec["duration_us"].is_u64() && rec["attempt"] == 1, "{rec}");
 }
 
 /// Reads up to `expect` record values of `topic` from the beginning.

@@ -42,7 +42,7 @@ pub async fn list(
     let bus = api.bus.clone();
     let page = blocking(move || Ok(bus.store().list_events(&filter)?)).await?;
     let mut value = serde_json::to_value(&page).map_err(ApiError::internal)?;
-    value["kafka"] = kafka_health(&api);
+    value["kafka"] = kafka_health(&api).await;
     Ok(Json(value))
 }
 
@@ -67,16 +67,48 @@ pub async fn show(
     .await
 }
 
-pub fn kafka_health(api: &Api) -> serde_json::Value {
+/// Kafka's health: with Kafka as the source, the breaker's view; in dual
+/// write (plan phase 1), where nothing consumes, a connectivity check and
+/// the outbox: unhealthy while no broker answers or events wait for it.
+pub async fn kafka_health(api: &Api) -> serde_json::Value {
     let k = &api.bus.config().kafka;
     let s = api.bus.source().status();
-    serde_json::json!({
+    let mut health = serde_json::json!({
         "enabled": k.enabled,
         "dual_write": k.dual_write,
         "source": s.active,
         "breaker": s.breaker,
         "healthy": s.healthy,
-    })
+    });
+    if k.enabled && !k.consuming() {
+        let bus = api.bus.clone();
+        let checked = blocking(move || {
+            let reach = bus.source().reachable(&bus.config().kafka);
+            let outbox = bus.store().outbox_depth().map_err(ApiError::from)?;
+            Ok((reach, outbox))
+        })
+        .await;
+        let (healthy, reachable, error, pending, oldest) = match checked {
+            Ok((reach, (pending, oldest))) => {
+                // A backlog that the relay cannot move is unhealthy too.
+                let stuck = oldest > std::time::Duration::from_secs(60);
+                (
+                    reach.is_ok() && !stuck,
+                    reach.is_ok(),
+                    reach.err(),
+                    pending,
+                    oldest,
+                )
+            }
+            Err(e) => (false, false, Some(e.1), 0, std::time::Duration::ZERO),
+        };
+        health["healthy"] = healthy.into();
+        health["reachable"] = reachable.into();
+        health["error"] = error.into();
+        health["outbox_pending"] = pending.into();
+        health["outbox_oldest_s"] = oldest.as_secs().into();
+    }
+    health
 }
 
 /// 201 `{ok, event_id}`; 400 naming the missing or bad field. A W3C

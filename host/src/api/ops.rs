@@ -21,8 +21,9 @@ pub async fn health() -> Json<serde_json::Value> {
 }
 
 /// Readiness: SQLite takes writes, handlers are loaded, and events are
-/// being handled from the configured source (with `KAFKA_REQUIRED`, an
-/// open breaker is not ready). 200 when ready, else 503.
+/// being handled from the configured source. With `KAFKA_REQUIRED`, an
+/// open breaker, or in dual write a broker that does not answer, is not
+/// ready; without it the latter is `degraded`. 200 when ready, else 503.
 pub async fn ready(State(api): State<Api>) -> impl IntoResponse {
     let bus = api.bus.clone();
     let writable = blocking(move || Ok(bus.store().check_writable()?)).await;
@@ -31,9 +32,17 @@ pub async fn ready(State(api): State<Api>) -> impl IntoResponse {
     // Commits or publishes SQLite refused (a full disk), or too little
     // room left for new events: say which, with SQLite's own words.
     let refusals = api.bus.store_refusals();
-    let ready = writable.is_ok() && source.healthy && refusals.is_empty();
+    // Kafka down in dual write (phase 1) degrades the host (events wait in
+    // the outbox); with KAFKA_REQUIRED it is not ready.
+    let kafka = kafka_health(&api).await;
+    let kafka_ok = kafka["healthy"].as_bool().unwrap_or(true);
+    let ready = writable.is_ok()
+        && source.healthy
+        && refusals.is_empty()
+        && (kafka_ok || !api.bus.config().kafka.required);
     let body = serde_json::json!({
         "ready": ready,
+        "degraded": !kafka_ok,
         "sqlite_writable": writable.is_ok() && refusals.is_empty(),
         "sqlite_error": writable.err().map(|e| e.1).or_else(|| {
             refusals.first().map(|r| format!("{} refused since {}: {}", r.what, r.since, r.reason))
@@ -41,7 +50,7 @@ pub async fn ready(State(api): State<Api>) -> impl IntoResponse {
         "store_refusals": refusals,
         "handlers_loaded": snapshot.handlers.len(),
         "handlers_refused": snapshot.failures.len(),
-        "kafka": kafka_health(&api),
+        "kafka": kafka,
         "breaker": source,
     });
     let code = if ready {

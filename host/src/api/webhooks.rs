@@ -3,8 +3,9 @@
 //! constant time against the trigger's secret. Unknown trigger 404,
 //! disabled 403, missing or wrong signature 401: nothing is published.
 //!
-//! A good webhook becomes a `webhook_received` event with payload
-//! `{trigger_id, webhook_id, received_at, headers, body}`. With Kafka as the
+//! A good webhook becomes a `webhook_received` event with the original
+//! bus's payload `{trigger_id, headers, body}`, and beside those
+//! `webhook_id` (the event id) and `received_at`. With Kafka as the
 //! source it goes to the webhooks topic (the webhook ingester routes it);
 //! otherwise, or if Kafka does not take it, it is stored here directly
 //! under the same id, so it is never routed twice.
@@ -72,7 +73,8 @@ pub async fn receive(
         id: format!("wh_{}", ulid::Ulid::new()),
         trigger_id: trigger_id.clone(),
         project_id: trigger.project_id.clone(),
-        body: serde_json::json!({ "headers": kept, "body": body_value }),
+        headers: kept,
+        body: body_value,
         received_at: crate::event::now_rfc3339(),
     };
     let id = record.id.clone();

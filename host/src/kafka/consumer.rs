@@ -468,14 +468,16 @@ fn send_copies(ctx: &HostContext, producer: &CopyProducer, resolutions: &[Resolu
     let mut buf = Vec::with_capacity(1024);
     for r in resolutions {
         if k.publish_executions {
-            send_json(
-                &mut buf,
-                producer,
-                &k.topics.executions.name,
-                &r.event.project_id,
-                &k.client_id,
-                &ExecutionRecord::from_resolution(r, &k.client_id, &now),
-            );
+            for record in ExecutionRecord::of_resolution(r, &k.client_id, &now) {
+                send_json(
+                    &mut buf,
+                    producer,
+                    &k.topics.executions.name,
+                    &r.event.project_id,
+                    &k.client_id,
+                    &record,
+                );
+            }
         }
         for run in &r.runs {
             if let Verdict::DeadLetter { reason } = &run.verdict {

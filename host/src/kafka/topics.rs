@@ -1,15 +1,20 @@
-//! Creates the plan's topics when they are missing.
+//! Creates the plan's topics when they are missing, and gives existing ones
+//! the configured retention (plan phase 4: retention per topic).
 
 use super::{KafkaError, client_config};
 use crate::config::KafkaConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewTopic, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 
 /// Creates every configured topic that does not exist yet, with the
-/// configured partitions, replication and retention. Existing topics are
-/// left alone.
+/// configured partitions, replication and retention. An existing topic
+/// whose `retention.ms` differs is altered to the configured one, keeping
+/// its other settings; its partitions are left alone.
 ///
 /// With replication (`kafka.replication_factor` above 1) a record is
 /// acknowledged (the outbox producer asks `acks=all`) once it is on all
@@ -61,10 +66,11 @@ pub fn ensure(k: &KafkaConfig, timeout: Duration) -> Result<(), KafkaError> {
             waited: timeout,
             reason: e.to_string(),
         })?;
+    let mut existing = Vec::new();
     for result in results {
         match result {
             Ok(topic) => tracing::info!(topic, partitions = k.partitions, "created Kafka topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(topic),
             Err((topic, code)) => {
                 return Err(KafkaError::Topic {
                     topic,
@@ -73,5 +79,66 @@ pub fn ensure(k: &KafkaConfig, timeout: Duration) -> Result<(), KafkaError> {
             }
         }
     }
+    for t in k.topics.all() {
+        if existing.contains(&t.name) {
+            let want = (t.retention_hours * 3_600_000).to_string();
+            runtime.block_on(set_retention(&admin, &options, &t.name, &want))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets `retention.ms` of an existing topic to `want` if it differs.
+/// AlterConfigs replaces a topic's whole set of dynamic settings, so the
+/// ones it has (an operator's `cleanup.policy`, our `min.insync.replicas`)
+/// are sent again beside it.
+async fn set_retention(
+    admin: &AdminClient<DefaultClientContext>,
+    options: &AdminOptions,
+    topic: &str,
+    want: &str,
+) -> Result<(), KafkaError> {
+    let fail = |reason: String| KafkaError::Topic {
+        topic: topic.to_owned(),
+        reason,
+    };
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], options)
+        .await
+        .map_err(|e| fail(format!("cannot read its settings: {e}")))?;
+    let Some(Ok(config)) = described.into_iter().next() else {
+        return Err(fail("cannot read its settings".into()));
+    };
+    let dynamic: Vec<(String, String)> = config
+        .entries
+        .iter()
+        .filter(|e| e.source == ConfigSource::DynamicTopic && !e.is_sensitive)
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect();
+    let now = dynamic
+        .iter()
+        .find(|(name, _)| name == "retention.ms")
+        .map(|(_, v)| v.as_str());
+    if now == Some(want) {
+        return Ok(());
+    }
+    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    for (name, value) in &dynamic {
+        alter = alter.set(name, value);
+    }
+    alter = alter.set("retention.ms", want);
+    let altered = admin
+        .alter_configs([&alter], options)
+        .await
+        .map_err(|e| fail(format!("cannot set retention.ms: {e}")))?;
+    if let Some(Err((_, code))) = altered.into_iter().next() {
+        return Err(fail(format!("cannot set retention.ms: {code}")));
+    }
+    tracing::info!(
+        topic,
+        from_ms = now.unwrap_or("the broker's default"),
+        to_ms = want,
+        "set the topic's retention"
+    );
     Ok(())
 }

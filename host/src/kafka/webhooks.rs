@@ -67,11 +67,13 @@ pub fn to_event(
         source_type: "webhook".into(),
         source_id: Some(w.trigger_id.clone()),
         project_id: w.project_id,
+        // The original bus's fields, then ours beside them.
         payload: Some(serde_json::json!({
             "trigger_id": w.trigger_id,
+            "headers": w.headers,
+            "body": w.body,
             "webhook_id": w.id,
             "received_at": w.received_at,
-            "body": w.body,
         })),
         ..Default::default()
     }

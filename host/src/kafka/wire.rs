@@ -318,65 +318,111 @@ impl WireEvent<RawPayload> {
     }
 }
 
-/// One handled event, as sent to the executions topic: which device ran
-/// which handlers and how it ended. Other devices' audit loggers apply the
-/// final status to their archived copy. Its text borrows from the outcome
-/// it is written from (one record per event, off the committer): read
-/// back, it owns its text.
+/// A record of the executions topic (the plan's "execution lifecycle
+/// events"): one per handler run (`kind = "run"`, with the run's handler,
+/// version, attempt, outcome, duration and error), or one `kind = "event"`
+/// for a delivery that ran no handler (skipped, or every subscriber had
+/// finished it before). Each carries the event's status after this
+/// delivery (`status`, `error`: `pending` means a retry is scheduled),
+/// which other devices' audit loggers apply to their archived copy. Its
+/// text borrows from the outcome it is written from (off the committer):
+/// read back, it owns its text.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExecutionRecord<'a> {
+    /// `run` or `event` (records from hosts before runs had their own
+    /// records read as `event`).
+    #[serde(default = "event_kind")]
+    pub kind: Cow<'a, str>,
     pub event_id: Cow<'a, str>,
     pub event_type: Cow<'a, str>,
     pub project_id: Cow<'a, str>,
     pub device: Cow<'a, str>,
     /// The event's status after this delivery (`pending` = retry scheduled).
     pub status: Cow<'a, str>,
+    /// The event's error after this delivery, if any.
     pub error: Option<Cow<'a, str>>,
-    pub runs: Vec<RunRecord<'a>>,
+    /// The run, for `kind = "run"` (plain fields, not a flattened struct:
+    /// serde's flatten goes through a map, at a cost per record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// `completed`, `retry`, `rejected`, or how the runtime stopped it
+    /// (`trap`, `timeout`, `out_of_memory`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Cow<'a, str>>,
+    /// What follows for this handler: `done`, `retry` or `dead_letter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_error: Option<String>,
     pub processed_at: Cow<'a, str>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunRecord<'a> {
-    pub handler: Cow<'a, str>,
-    pub version: Cow<'a, str>,
-    pub attempt: u32,
-    pub outcome: Cow<'a, str>,
-    pub duration_us: u64,
-    pub error: Option<String>,
+fn event_kind() -> Cow<'static, str> {
+    Cow::Borrowed("event")
 }
 
 impl<'a> ExecutionRecord<'a> {
-    pub fn from_resolution(
+    /// The records of one delivery: one per run, or one for the event.
+    pub fn of_resolution(
         r: &'a crate::outcome::Resolution,
         device: &'a str,
         now: &'a str,
-    ) -> Self {
+    ) -> Vec<Self> {
         let (status, error) = match &r.next {
             crate::outcome::Next::Final { status, error } => (status.as_str(), error.as_deref()),
             crate::outcome::Next::Retry { error, .. } => ("pending", Some(error.as_str())),
         };
-        Self {
+        let event = Self {
+            kind: Cow::Borrowed("event"),
             event_id: r.event.id.as_str().into(),
             event_type: r.event.event_type.as_str().into(),
             project_id: r.event.project_id.as_str().into(),
             device: device.into(),
             status: status.into(),
             error: error.map(Cow::Borrowed),
-            runs: r
-                .runs
-                .iter()
-                .map(|run| RunRecord {
-                    handler: (*run.handler).into(),
-                    version: (*run.version).into(),
-                    attempt: run.attempt,
-                    outcome: run.outcome.label().into(),
-                    duration_us: run.duration.as_micros() as u64,
-                    error: run.outcome.error(),
-                })
-                .collect(),
+            handler: None,
+            version: None,
+            attempt: None,
+            outcome: None,
+            verdict: None,
+            started_at: None,
+            duration_us: None,
+            run_error: None,
             processed_at: now.into(),
+        };
+        if r.runs.is_empty() {
+            return vec![event];
         }
+        r.runs
+            .iter()
+            .map(|run| Self {
+                kind: Cow::Borrowed("run"),
+                handler: Some((*run.handler).into()),
+                version: Some((*run.version).into()),
+                attempt: Some(run.attempt),
+                outcome: Some(run.outcome.label().into()),
+                verdict: Some(
+                    match run.verdict {
+                        crate::outcome::Verdict::Done => "done",
+                        crate::outcome::Verdict::RetryAt(_) => "retry",
+                        crate::outcome::Verdict::DeadLetter { .. } => "dead_letter",
+                    }
+                    .into(),
+                ),
+                started_at: Some(run.started_at.as_str().into()),
+                duration_us: Some(run.duration.as_micros() as u64),
+                run_error: run.outcome.error(),
+                ..event.clone()
+            })
+            .collect()
     }
 }
 
@@ -390,7 +436,10 @@ pub struct WebhookRecord {
     pub trigger_id: String,
     #[serde(default)]
     pub project_id: Option<String>,
-    /// The request body, as JSON.
+    /// The request headers worth keeping (never credentials), by name.
+    #[serde(default)]
+    pub headers: serde_json::Map<String, serde_json::Value>,
+    /// The request body, as JSON (a body that is not JSON: its text).
     pub body: serde_json::Value,
     pub received_at: String,
 }
@@ -462,32 +511,39 @@ mod tests {
                 error: "mailer: smtp down".into(),
             },
         };
-        let bytes = serde_json::to_vec(&ExecutionRecord::from_resolution(
-            &resolution,
-            "device-a",
-            "2026-11-29T00:00:01Z",
-        ))
-        .unwrap();
-        let back: ExecutionRecord<'static> = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(
-            (
-                &*back.event_id,
-                &*back.device,
-                &*back.status,
-                back.error.as_deref()
-            ),
-            ("e-1", "device-a", "pending", Some("mailer: smtp down"))
-        );
-        let runs: Vec<_> = back
-            .runs
+        let records =
+            ExecutionRecord::of_resolution(&resolution, "device-a", "2026-11-29T00:00:01Z");
+        let back: Vec<ExecutionRecord<'static>> = records
             .iter()
-            .map(|r| {
+            .map(|r| serde_json::from_slice(&serde_json::to_vec(r).unwrap()).unwrap())
+            .collect();
+        for b in &back {
+            assert_eq!(
                 (
-                    &*r.handler,
-                    &*r.outcome,
-                    r.attempt,
-                    r.duration_us,
-                    r.error.as_deref(),
+                    &*b.kind,
+                    &*b.event_id,
+                    &*b.device,
+                    &*b.status,
+                    b.error.as_deref()
+                ),
+                (
+                    "run",
+                    "e-1",
+                    "device-a",
+                    "pending",
+                    Some("mailer: smtp down")
+                )
+            );
+        }
+        let runs: Vec<_> = back
+            .iter()
+            .map(|b| {
+                (
+                    b.handler.as_deref().unwrap(),
+                    b.outcome.as_deref().unwrap(),
+                    b.attempt.unwrap(),
+                    b.duration_us.unwrap(),
+                    b.run_error.as_deref(),
                 )
             })
             .collect();
@@ -498,5 +554,26 @@ mod tests {
                 ("mailer", "retry", 2, 42, Some("retry: smtp down")),
             ]
         );
+        // A delivery that ran nothing is one record for the event, and a
+        // record from before runs had records reads as one.
+        let skipped = Resolution {
+            runs: Vec::new(),
+            next: Next::Final {
+                status: crate::event::EventStatus::Skipped,
+                error: None,
+            },
+            ..resolution.clone()
+        };
+        let records = ExecutionRecord::of_resolution(&skipped, "device-a", "now");
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            (&*records[0].kind, records[0].handler.is_none()),
+            ("event", true)
+        );
+        let old: ExecutionRecord<'static> = serde_json::from_str(
+            r#"{"event_id":"e","event_type":"t","project_id":"p","device":"d","status":"completed","error":null,"runs":[],"processed_at":"now"}"#,
+        )
+        .unwrap();
+        assert_eq!((&*old.kind, &*old.status), ("event", "completed"));
     }
 }

@@ -29,7 +29,22 @@ pub struct Misfit {
 }
 
 impl AvroSchema {
+    /// Parses a schema's JSON text (from a registry or a schemas folder:
+    /// outside input). apache-avro 0.21 panics on some invalid names (an
+    /// `unwrap` in `Name::parse`, found by `make fuzz`): that is a refusal
+    /// here like any other.
     pub fn parse(text: &str) -> Result<Self, String> {
+        std::panic::catch_unwind(|| Self::parse_unguarded(text)).unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("the parser failed");
+            Err(format!("not a valid Avro schema: {why}"))
+        })
+    }
+
+    fn parse_unguarded(text: &str) -> Result<Self, String> {
         let root = Schema::parse_str(text).map_err(|e| format!("not a valid Avro schema: {e}"))?;
         let names = apache_avro::schema::ResolvedSchema::try_from(&root)
             .map_err(|e| format!("Avro schema has unresolved names: {e}"))?

@@ -142,3 +142,15 @@ fn schema_types_are_told_apart() {
     );
     assert_eq!(schema_type_of(Path::new("a.json"), ORDER_V1), "JSON");
 }
+
+/// Found by `make fuzz`: apache-avro 0.21 panicked on a record name that
+/// fails its own check; a schema from a registry is outside input.
+#[test]
+fn a_schema_with_an_invalid_record_name_is_refused_not_a_panic() {
+    let e = super::avro::AvroSchema::parse(
+        r#"{"type":"record","name":"o}rder","fields":[{"name":"id","type":"string"}]}"#,
+    )
+    .err()
+    .expect("refused");
+    assert!(e.contains("not a valid Avro schema"), "{e}");
+}

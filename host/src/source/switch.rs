@@ -51,7 +51,12 @@ pub struct SourceSwitch {
     status_file: Option<PathBuf>,
     /// When the breaker last closed (see [`SourceSwitch::settling`]).
     closed_at: Mutex<Option<Instant>>,
+    /// The last connectivity check of [`SourceSwitch::reachable`].
+    reach: Mutex<Option<(Instant, Result<(), String>)>>,
 }
+
+/// How long a connectivity check of [`SourceSwitch::reachable`] serves.
+const REACH_FRESH: Duration = Duration::from_secs(5);
 
 /// How long after the breaker closes a consumer error must be confirmed
 /// before it counts (see [`SourceSwitch::settling`]).
@@ -78,6 +83,7 @@ impl SourceSwitch {
             relay,
             status_file: status_dir.map(|d| d.join("source.json")),
             closed_at: Mutex::new(None),
+            reach: Mutex::new(None),
         };
         s.write_status();
         s
@@ -117,6 +123,22 @@ impl SourceSwitch {
     /// Healthy means events are being handled from the configured source.
     pub fn healthy(&self) -> bool {
         !self.consuming || !self.required || self.state() == State::Closed
+    }
+
+    /// Whether a broker answers a metadata request now: the plan's phase-1
+    /// health check. While Kafka is not the source (dual write only) the
+    /// breaker does not watch it, so this is what reports a broker that is
+    /// down. Asks at most every 5 s (blocking up to 2 s when it does).
+    pub fn reachable(&self, k: &crate::config::KafkaConfig) -> Result<(), String> {
+        let mut reach = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, result)) = reach.as_ref()
+            && at.elapsed() < REACH_FRESH
+        {
+            return result.clone();
+        }
+        let result = crate::kafka::probe(k, Duration::from_secs(2)).map_err(|e| e.to_string());
+        *reach = Some((Instant::now(), result.clone()));
+        result
     }
 
     pub fn failure(&self, reason: &str) {
