@@ -781,15 +781,8 @@ fn host_process_with(
         "not every event was handled (log: host.log)"
     );
     // The window is the host's own record: from the first handler run's
-    // start to the last event's outcome, as written in its data file
-    // (polling /metrics could only place them to within a poll).
-    let db = rusqlite::Connection::open(sb.data_dir().join("bus.db")).unwrap();
-    let time = |sql: &str| -> SystemTime {
-        let text: String = db.query_row(sql, [], |r| r.get(0)).unwrap();
-        humantime::parse_rfc3339(&text).unwrap()
-    };
-    let first = time("SELECT min(started_at) FROM persona_runs");
-    let last = time("SELECT max(processed_at) FROM persona_events");
+    // start to the last event's outcome.
+    let (first, last) = persona_bus_tests::handled_window(&sb.data_dir());
     let window = last.duration_since(first).unwrap();
     let process_start = SystemTime::now() - started.elapsed();
     HostRun {

@@ -20,7 +20,7 @@ use persona_bus_tests::kafka as k;
 use persona_bus_tests::{Sandbox, guests};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -247,13 +247,7 @@ fn run(host: &PathBuf, source: Source, events: &[persona_bus::Event], topic: Opt
     }
     let _ = Command::new("kill").arg(child.0.id().to_string()).status();
     let _ = child.0.wait();
-    let db = rusqlite::Connection::open(sb.data_dir().join("bus.db")).unwrap();
-    let time = |sql: &str| -> SystemTime {
-        let text: String = db.query_row(sql, [], |r| r.get(0)).unwrap();
-        humantime::parse_rfc3339(&text).unwrap()
-    };
-    let first = time("SELECT min(started_at) FROM persona_runs");
-    let last = time("SELECT max(processed_at) FROM persona_events");
+    let (first, last) = persona_bus_tests::handled_window(&sb.data_dir());
     let window = last.duration_since(first).unwrap();
     let stale = store
         .state_get("rmw", "stale")
