@@ -330,6 +330,23 @@ pub fn speed_line() -> String {
     )
 }
 
+/// When a host whose data folder is `data_dir` started its first handler
+/// run and wrote its last outcome, from its own record (polling it from
+/// outside could only place them to within a poll).
+pub fn handled_window(
+    data_dir: &std::path::Path,
+) -> (std::time::SystemTime, std::time::SystemTime) {
+    let db = rusqlite::Connection::open(data_dir.join("bus.db")).expect("open the host's store");
+    let time = |sql: &str| -> std::time::SystemTime {
+        let text: String = db.query_row(sql, [], |r| r.get(0)).expect(sql);
+        humantime::parse_rfc3339(&text).expect("an RFC 3339 time")
+    };
+    (
+        time("SELECT min(started_at) FROM persona_runs"),
+        time("SELECT max(processed_at) FROM persona_events"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,21 +374,4 @@ mod tests {
         assert_eq!(rounds(&args("bench --rounds 5 --bench"), 3), 5);
         assert!(std::panic::catch_unwind(|| rounds(&args("bench --rounds 0"), 3)).is_err());
     }
-}
-
-/// When a host whose data folder is `data_dir` started its first handler
-/// run and wrote its last outcome, from its own record (polling it from
-/// outside could only place them to within a poll).
-pub fn handled_window(
-    data_dir: &std::path::Path,
-) -> (std::time::SystemTime, std::time::SystemTime) {
-    let db = rusqlite::Connection::open(data_dir.join("bus.db")).expect("open the host's store");
-    let time = |sql: &str| -> std::time::SystemTime {
-        let text: String = db.query_row(sql, [], |r| r.get(0)).expect(sql);
-        humantime::parse_rfc3339(&text).expect("an RFC 3339 time")
-    };
-    (
-        time("SELECT min(started_at) FROM persona_runs"),
-        time("SELECT max(processed_at) FROM persona_events"),
-    )
 }
