@@ -140,14 +140,14 @@ impl Dispatcher {
             // lane and leaving the event in flight.
             let inv = match &native {
                 None => {
-                    CatchPanic(Box::pin(self.runtime.invoke(
+                    let call = std::pin::pin!(self.runtime.invoke(
                         handler.handle_ref(),
                         &event,
                         origin,
                         attempt,
                         &self.env,
-                    )))
-                    .await
+                    ));
+                    CatchPanic(call).await
                 }
                 Some(f) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     call_native(f, &handler.name, &event)
@@ -221,9 +221,9 @@ fn panicked(
 
 /// Polls a future, and answers `Err(message)` if it panics (it is not
 /// polled again; dropping it drops the call's store and slots).
-struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+struct CatchPanic<'a, F>(std::pin::Pin<&'a mut F>);
 
-impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+impl<F: std::future::Future> std::future::Future for CatchPanic<'_, F> {
     type Output = Result<F::Output, String>;
 
     fn poll(

@@ -464,14 +464,23 @@ fn commit_loop(pipeline: std::sync::Weak<Pipeline>, ready: mpsc::Receiver<Ready>
         let started = std::time::SystemTime::now();
         let overlay = &pipeline.dispatcher.env().overlay;
         let tracer = &pipeline.dispatcher.env().traces;
-        // In order: a later outcome may have read an earlier one's writes.
-        for (sink, run) in in_order(sinks.into_iter().zip(batch)) {
-            let tickets: Vec<u64> = run.iter().map(|r| r.ticket).collect();
+        // In order, a run of outcomes of one sink at a time: a later
+        // outcome may have read an earlier one's writes.
+        let mut batch = batch.into_iter();
+        let mut sinks = sinks.into_iter().peekable();
+        while let Some(sink) = sinks.next() {
+            let mut n = 1;
+            while sinks.next_if(|s| Arc::ptr_eq(s, &sink)).is_some() {
+                n += 1;
+            }
+            let mut tickets = Vec::with_capacity(n);
             let mut traces = Vec::new();
             let mut written = Vec::new();
-            let finished = run
-                .into_iter()
+            let finished = batch
+                .by_ref()
+                .take(n)
                 .map(|r| {
+                    tickets.push(r.ticket);
                     traces.extend(r.trace);
                     written.extend(r.written);
                     r.finished
@@ -493,21 +502,6 @@ fn commit_loop(pipeline: std::sync::Weak<Pipeline>, ready: mpsc::Receiver<Ready>
             }
         }
     }
-}
-
-/// Items split where their sink changes, keeping their order. Usually one
-/// sink; two or three while the source switches.
-fn in_order<T>(
-    items: impl IntoIterator<Item = (Arc<dyn Sink>, T)>,
-) -> Vec<(Arc<dyn Sink>, Vec<T>)> {
-    let mut runs: Vec<(Arc<dyn Sink>, Vec<T>)> = Vec::new();
-    for (sink, item) in items {
-        match runs.last_mut() {
-            Some((s, run)) if Arc::ptr_eq(s, &sink) => run.push(item),
-            _ => runs.push((sink, vec![item])),
-        }
-    }
-    runs
 }
 
 /// Items grouped by sink, in order within each. Usually one sink; two or
