@@ -468,19 +468,20 @@ fn commit_loop(pipeline: std::sync::Weak<Pipeline>, ready: mpsc::Receiver<Ready>
         // outcome may have read an earlier one's writes.
         let mut batch = batch.into_iter();
         let mut sinks = sinks.into_iter().peekable();
+        let mut at = 0;
         while let Some(sink) = sinks.next() {
             let mut n = 1;
             while sinks.next_if(|s| Arc::ptr_eq(s, &sink)).is_some() {
                 n += 1;
             }
-            let mut tickets = Vec::with_capacity(n);
+            let tickets = &tickets[at..at + n];
+            at += n;
             let mut traces = Vec::new();
             let mut written = Vec::new();
             let finished = batch
                 .by_ref()
                 .take(n)
                 .map(|r| {
-                    tickets.push(r.ticket);
                     traces.extend(r.trace);
                     written.extend(r.written);
                     r.finished
@@ -496,7 +497,7 @@ fn commit_loop(pipeline: std::sync::Weak<Pipeline>, ready: mpsc::Receiver<Ready>
                 return;
             }
             overlay.release(written);
-            pipeline.retire(&tickets);
+            pipeline.retire(tickets);
             for span in traces {
                 tracer.committed(span, started);
             }
