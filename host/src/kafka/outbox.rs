@@ -99,20 +99,20 @@ fn relay(
     // Produced but not yet acknowledged (or failed): never sent twice. With
     // when each was produced, to tell a stale failure from a fresh one.
     let mut in_flight: HashMap<String, Instant> = HashMap::new();
-    let mut backoff = Duration::ZERO;
+    let mut retry = Retry::default();
     tracing::info!(brokers = %k.brokers, "kafka outbox relay started (dual write)");
     loop {
         let stopping = stop();
-        settle(&store, &producer, &source, &mut in_flight, &mut backoff);
+        settle(&store, &producer, &source, &mut in_flight, &mut retry);
         if stopping {
             let _ = producer.flush(Duration::from_secs(2));
-            settle(&store, &producer, &source, &mut in_flight, &mut backoff);
+            settle(&store, &producer, &source, &mut in_flight, &mut retry);
             break;
         }
-        if !backoff.is_zero() {
-            // A ring (the breaker closed: Kafka is back) ends the backoff.
-            if wakeup.wait(backoff) {
-                backoff = Duration::ZERO;
+        if let Some(left) = retry.wait_left(Instant::now()) {
+            // A ring (the breaker closed: Kafka is back) ends the wait.
+            if wakeup.wait(left) {
+                retry.rung();
             }
             continue;
         }
@@ -151,8 +151,9 @@ fn relay(
                 }
                 Produced::Refused => {}
                 Produced::WaitForSchema => {
-                    // The rest of the round waits too (order per project).
-                    backoff = Duration::from_secs(1);
+                    // The rest of the round waits too (order per project);
+                    // the registry is asked again each second.
+                    retry.hold(Instant::now(), Duration::from_secs(1));
                     break;
                 }
             }
@@ -230,13 +231,65 @@ fn produce(
     }
 }
 
+/// When the relay may try again after Kafka did not take events: 500 ms
+/// after the first failure, doubling to 30 s, back to none on the first
+/// acknowledgement.
+///
+/// Invariant: a wait always ends, by its deadline or by a ring. The relay
+/// once kept waiting after the deadline until something rang, so events
+/// whose delivery failed after the breaker's ring stayed in the outbox.
+#[derive(Debug, Default)]
+struct Retry {
+    /// The last wait's length (zero: no failure since the last ack).
+    backoff: Duration,
+    /// No round before this.
+    until: Option<Instant>,
+}
+
+impl Retry {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MOST: Duration = Duration::from_secs(30);
+
+    fn failed(&mut self, now: Instant) {
+        self.backoff = (self.backoff * 2).clamp(Self::FIRST, Self::MOST);
+        self.until = Some(now + self.backoff);
+    }
+
+    /// Waits `wait` without raising the level (Kafka is not at fault).
+    fn hold(&mut self, now: Instant, wait: Duration) {
+        self.until = Some(now + wait);
+    }
+
+    /// Kafka took events: the next failure starts from the first wait.
+    fn succeeded(&mut self) {
+        self.backoff = Duration::ZERO;
+        self.until = None;
+    }
+
+    /// Something says Kafka is back: try now, but keep the backoff level
+    /// in case it is not.
+    fn rung(&mut self) {
+        self.until = None;
+    }
+
+    /// How long the relay still waits before its next round, if at all.
+    fn wait_left(&mut self, now: Instant) -> Option<Duration> {
+        let until = self.until?;
+        if until > now {
+            return Some(until - now);
+        }
+        self.until = None;
+        None
+    }
+}
+
 /// Records acknowledgements as sent; failures stay queued, with backoff.
 fn settle(
     store: &Store,
     producer: &ThreadedProducer<Deliveries>,
     source: &SourceSwitch,
     in_flight: &mut HashMap<String, Instant>,
-    backoff: &mut Duration,
+    retry: &mut Retry,
 ) {
     let ctx = producer.context();
     let acked = std::mem::take(&mut *ctx.acked.lock().unwrap_or_else(|p| p.into_inner()));
@@ -255,12 +308,62 @@ fn settle(
             // next round sends them again and consumers dedupe by event id.
             tracing::error!(error = %e, events = acked.len(), "cannot mark outbox events sent");
         }
-        *backoff = Duration::ZERO;
+        retry.succeeded();
     }
     let first_error = failed.first().map(|(_, e)| e.as_str());
     source.produced(!acked.is_empty(), newest_failure.zip(first_error));
     if let Some((_, first)) = failed.first() {
-        *backoff = (*backoff * 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
-        tracing::warn!(events = failed.len(), error = %first, retry_in = ?*backoff, "Kafka did not take events; they stay in the outbox");
+        retry.failed(Instant::now());
+        tracing::warn!(events = failed.len(), error = %first, retry_in = ?retry.backoff, "Kafka did not take events; they stay in the outbox");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_round_is_tried_again_once_its_wait_is_over_without_a_ring() {
+        let t0 = Instant::now();
+        let mut r = Retry::default();
+        assert_eq!(r.wait_left(t0), None);
+        r.failed(t0);
+        assert_eq!(r.wait_left(t0), Some(Retry::FIRST));
+        let later = t0 + Retry::FIRST;
+        assert_eq!(r.wait_left(later), None, "the wait ends by itself");
+        assert_eq!(r.wait_left(later), None);
+    }
+
+    #[test]
+    fn waits_double_up_to_the_most_and_an_ack_starts_them_over() {
+        let t0 = Instant::now();
+        let mut r = Retry::default();
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            r.failed(t0);
+            waits.push(r.wait_left(t0).unwrap().as_millis());
+        }
+        assert_eq!(
+            waits,
+            [
+                500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000
+            ]
+        );
+        r.succeeded();
+        assert_eq!(r.wait_left(t0), None);
+        r.failed(t0);
+        assert_eq!(r.wait_left(t0), Some(Retry::FIRST));
+    }
+
+    #[test]
+    fn a_ring_ends_the_wait_but_keeps_the_level() {
+        let t0 = Instant::now();
+        let mut r = Retry::default();
+        r.failed(t0);
+        r.failed(t0);
+        r.rung();
+        assert_eq!(r.wait_left(t0), None);
+        r.failed(t0);
+        assert_eq!(r.wait_left(t0), Some(Duration::from_secs(2)));
     }
 }
