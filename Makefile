@@ -1,6 +1,7 @@
 # persona-bus: every step a newcomer needs, from a fresh machine.
 #   make run    build everything and start the host on the embedded SQLite bus
 #   make test   all tests (unit + integration, real SQLite and real handlers)
+#   make test-fast  the tests that need only Rust, SQLite and the Rust guests
 #   make lint   rustfmt check + clippy -D warnings
 #   make fuzz   every parser of outside input fuzzed for FUZZ_SECS (600) each
 #   make bench  the benchmarks behind BENCHMARKS.md (bench-kafka: the Kafka ones)
@@ -28,7 +29,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm $(JS_OUT)/fetch-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers py-handlers run test lint fmt fuzz bench bench-state bench-kafka bench-schemas bench-peer bench-http bench-tracing soak screenshot otelcol browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down kafka-reset registry-up registry-down
+.PHONY: all toolchain build handlers js-handlers py-handlers run test test-fast lint fmt fuzz bench bench-state bench-kafka bench-schemas bench-peer bench-http bench-tracing soak soak-retention screenshot otelcol browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down kafka-reset registry-up registry-down
 
 all: build
 
@@ -121,6 +122,15 @@ run: build
 # `make kafka-up-secure` and `make kafka-up-cluster`, left running).
 test: toolchain js-handlers py-handlers browser-deps prometheus-deps otelcol kafka-up kafka-up-secure kafka-up-cluster registry-up
 	$(CARGO) test --release
+
+# The fast tier: the unit tests and the integration tests that need only
+# Rust, SQLite and the compiled Rust guests: no broker, registry, collector,
+# browser or JavaScript and Python toolchains.
+FAST_TESTS := alerts:: cli:: consistency:: crash:: embedded:: fuzz:: hostile:: http:: \
+	input:: isolation:: lifecycle:: matching:: migration:: outbound:: outcomes:: retention::finished
+test-fast: toolchain
+	$(CARGO) test --release -p persona-bus
+	$(CARGO) test --release -p persona-bus-tests --test all -- $(FAST_TESTS) --skip kafka --skip javascript
 
 # The dashboard test drives Debian's headless Chromium with playwright-core
 # (installed by npm ci in tools/js, with the JavaScript toolchain).
@@ -252,6 +262,12 @@ registry-down:
 # prints published / handled / duplicated / lost (BENCHMARKS.md).
 soak: toolchain kafka-up
 	$(CARGO) bench -p persona-bus-tests --bench soak
+
+# Store retention under a steady load (SOAK_MINUTES, 30 by default): the
+# file and RSS level off, no commit gap over 100 ms.
+SOAK_MINUTES ?= 30
+soak-retention: toolchain
+	$(CARGO) bench -p persona-bus-tests --bench retention -- --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf build $(DATA_DIR) $(JS_TOOLS)/node_modules

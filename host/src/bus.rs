@@ -61,6 +61,8 @@ pub struct Bus {
     relay: Mutex<Option<JoinHandle<()>>>,
     /// The alert evaluator and webhook sender (none when alerts are off).
     alerts: Mutex<Option<JoinHandle<()>>>,
+    /// Prunes the store past its retention (`retention`).
+    retention: Mutex<Option<JoinHandle<()>>>,
     /// The Kafka consumer groups (event processor, audit logger, webhooks).
     consumers: Mutex<Vec<JoinHandle<()>>>,
     /// Held for the life of the bus: one host per data directory.
@@ -185,8 +187,13 @@ impl Bus {
             what: "start the alert evaluator".into(),
             source,
         })?;
+        let retention = crate::retention::spawn(ctx.clone()).map_err(|source| BusError::Io {
+            what: "start the store retention thread".into(),
+            source,
+        })?;
         Ok(Self {
             alerts: Mutex::new(alerts),
+            retention: Mutex::new(Some(retention)),
             ctx,
             pipeline,
             sqlite,
@@ -420,6 +427,7 @@ impl Bus {
             &self.watcher,
             &self.relay,
             &self.alerts,
+            &self.retention,
         ] {
             if let Some(handle) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 handle.thread().unpark();
@@ -471,6 +479,8 @@ fn spawn_checkpointer(ctx: Arc<HostContext>) -> Result<JoinHandle<()>, BusError>
                 if let Err(e) = done {
                     tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
                 }
+                // Off the committer: its merge steps then only write.
+                ctx.store.prepare_id_merge();
                 if stopping {
                     break;
                 }

@@ -66,6 +66,10 @@ pub enum Command {
     },
     /// Reset a consumer group's offsets so its events are read again
     Replay(ReplayArgs),
+    /// The store file: `compact` rewrites it so it gives freed space back
+    /// (stop the host first; files from before retention need it once)
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Payload schemas: push a version, list, check compatibility
     #[command(subcommand)]
     Schemas(crate::schemas::commands::SchemasCommand),
@@ -73,6 +77,12 @@ pub enum Command {
     /// this as a child process on a compiled-component cache miss)
     #[command(hide = true)]
     CompileComponent { out: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Rewrite the file without its free pages, with incremental vacuum on
+    Compact,
 }
 
 #[derive(Debug, Subcommand)]
@@ -321,6 +331,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Alerts(AlertsCommand::List { limit, json }) => alerts_list(&config, limit, json),
         Command::Status { json } => status(&config, json),
         Command::Replay(args) => replay(&config, args),
+        Command::Store(StoreCommand::Compact) => compact(&config),
         Command::Schemas(cmd) => crate::schemas::commands::run(&config, cmd),
         Command::CompileComponent { .. } => unreachable!("handled above"),
     }
@@ -874,6 +885,13 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let counts = store.status_counts()?;
     let handlers = store.handler_records()?;
     let outbox = store.outbox_len()?;
+    let size = store.size()?;
+    let retention = &config.store.retention;
+    let horizons = retention.horizons(
+        std::time::SystemTime::now(),
+        crate::retention::redelivery_hours(&config.kafka),
+    );
+    let would_free = store.prunable(&horizons)?;
     // The plan's phase-1 connectivity check: does a broker answer?
     let kafka = if config.kafka.enabled {
         let k = &config.kafka;
@@ -910,7 +928,12 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|(s, n)| (s.as_str().to_owned(), (*n).into()))
             .collect();
-        let value = serde_json::json!({ "data_dir": config.data_dir, "events": counts, "handlers": handlers, "kafka": kafka });
+        let store = serde_json::json!({
+            "size": size,
+            "retention": retention,
+            "retention_would_delete": would_free,
+        });
+        let value = serde_json::json!({ "data_dir": config.data_dir, "events": counts, "handlers": handlers, "kafka": kafka, "store": store });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
@@ -974,5 +997,44 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     );
     let loaded = handlers.iter().filter(|h| h.status == "loaded").count();
     println!("handlers: {loaded} loaded of {} recorded", handlers.len());
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "store:    {:.1} MiB (WAL {:.1} MiB, free inside {:.1} MiB{}); retention would delete {} events, {} execution rows, {} dead letters now",
+        mib(size.file_bytes),
+        mib(size.wal_bytes),
+        mib(size.free_bytes),
+        if size.gives_back {
+            ""
+        } else {
+            ", kept: run `persona-bus store compact` once with the host stopped"
+        },
+        would_free.events,
+        would_free.executions,
+        would_free.dead_letters
+    );
+    Ok(())
+}
+
+/// `store compact`: VACUUM with incremental auto-vacuum on. Refused while a
+/// host runs on the folder (it holds the writer for the whole rewrite).
+fn compact(config: &Config) -> anyhow::Result<()> {
+    let lock = config.data_dir.join("host.lock");
+    if let Ok(file) = std::fs::File::open(&lock)
+        && let Err(std::fs::TryLockError::WouldBlock) = file.try_lock()
+    {
+        anyhow::bail!(
+            "a host is running on {}: stop it first (compacting holds the store for the whole rewrite)",
+            config.data_dir.display()
+        );
+    }
+    let store = open_store(config)?;
+    let before = store.size()?;
+    let after = store.compact()?;
+    println!(
+        "compacted {}: {} -> {} bytes; freed pages are given back from now on",
+        store.path().display(),
+        before.file_bytes + before.wal_bytes,
+        after.file_bytes + after.wal_bytes
+    );
     Ok(())
 }

@@ -65,6 +65,8 @@ pub struct StoreConfig {
     /// of events already accepted and the WAL checkpoint still have room.
     /// 0 turns the floor off.
     pub min_free_mb: u64,
+    /// How long finished rows are kept (`[store.retention]`).
+    pub retention: crate::store::RetentionConfig,
 }
 
 impl Default for StoreConfig {
@@ -75,6 +77,7 @@ impl Default for StoreConfig {
             id_tail: crate::store::ID_TAIL,
             id_filter_kb: 16 * 1024,
             min_free_mb: 64,
+            retention: crate::store::RetentionConfig::default(),
         }
     }
 }
@@ -934,6 +937,12 @@ impl Config {
         }
         if p.batch_size == 0 || p.batch_size > 10_000 {
             return invalid("poll.batch_size", "must be between 1 and 10000");
+        }
+        if let Err(reason) = self.store.retention.validate() {
+            return Err(ConfigError::Invalid {
+                field: "store.retention",
+                reason,
+            });
         }
         let l = &self.limits;
         if l.max_payload_bytes == 0 {

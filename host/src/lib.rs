@@ -19,6 +19,7 @@
 //! | [`runtime`] | wasmtime: engine, limits, host imports, compiled-component cache |
 //! | [`dispatch`] | running the matching handlers on one event |
 //! | [`outcome`] | what a run produced and what happens next (retry, dead letter) |
+//! | [`retention`] | the thread that prunes the store past `[store.retention]` and gives space back |
 //! | [`metrics`] | counters and histograms for `/metrics` |
 //! | [`traces`] | OTLP spans per event (publish, dispatch, handler calls, commit), W3C `traceparent` in headers |
 //! | [`alerts`] | the host's own alert rules, their state in SQLite and signed webhook deliveries |
@@ -48,6 +49,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod pipeline;
 pub mod registry;
+pub mod retention;
 pub mod runtime;
 pub mod schemas;
 pub mod secrets;

@@ -97,6 +97,12 @@ pub struct Metrics {
     failed: AtomicU64,
     retried: AtomicU64,
     pub undecodable: AtomicU64,
+    /// Rows retention deleted: events, execution rows, dead letters.
+    pub pruned: [AtomicU64; 3],
+    /// The longest a pruning or vacuum step held the writer, in µs.
+    pub prune_step_max_us: AtomicU64,
+    /// Pages the incremental vacuum gave back to the file system.
+    pub vacuumed_pages: AtomicU64,
     handlers: Mutex<PerHandler>,
 }
 
@@ -191,6 +197,31 @@ impl Metrics {
             "persona_bus_records_undecodable_total",
             "Kafka records that could not be decoded (dead-lettered).",
             self.undecodable.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP persona_bus_store_pruned_total Rows deleted by the store's retention.\n# TYPE persona_bus_store_pruned_total counter"
+        );
+        for (kind, n) in ["events", "executions", "dead_letters"]
+            .iter()
+            .zip(&self.pruned)
+        {
+            let _ = writeln!(
+                s,
+                "persona_bus_store_pruned_total{{kind=\"{kind}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP persona_bus_store_prune_step_max_seconds The longest a retention step held the store's writer.\n# TYPE persona_bus_store_prune_step_max_seconds gauge\npersona_bus_store_prune_step_max_seconds {:.6}",
+            self.prune_step_max_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        c(
+            &mut s,
+            "persona_bus_store_vacuumed_pages_total",
+            "Free pages the incremental vacuum gave back to the file system.",
+            self.vacuumed_pages.load(Ordering::Relaxed),
         );
         let _ = writeln!(
             s,

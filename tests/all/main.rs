@@ -26,6 +26,7 @@ mod monitoring;
 mod outbound;
 mod outcomes;
 mod plan;
+mod retention;
 mod schemas;
 mod secure;
 mod traces;

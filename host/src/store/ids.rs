@@ -12,11 +12,14 @@
 //!   rebuilt at start from `persona_events` (their rows are the record, and
 //!   rows are only appended, so the tail is a range of `seq`).
 //!
-//! When the tail reaches `[store] id_tail` ids ([`ID_TAIL`]) they are sorted and merged into
-//! the index in chunks of consecutive ids, one transaction per chunk after
-//! the commits that follow: each chunk lands on a narrow range of leaf
-//! pages, instead of each id on a page of its own. `merged_through` moves
-//! with the last chunk; a crash before that only repeats the merge.
+//! When the tail reaches `[store] id_tail` ids ([`ID_TAIL`]) they are sorted
+//! (in the host, on its checkpointer thread, holding neither the writer nor
+//! the tail: `prepare_merge`) and merged into the index in chunks of
+//! consecutive ids, one transaction per chunk after the commits that follow:
+//! each chunk lands on a narrow range of leaf pages, instead of each id on a
+//! page of its own. `merged_through` moves with the last chunk; a crash
+//! before that only repeats the merge. Retention deletes only merged events
+//! (see `retention`), so the tail stays a range of seq.
 //!
 //! Writers (any process: the host, a CLI publishing into the same file)
 //! catch up at the start of each write transaction, under SQLite's write
@@ -37,8 +40,12 @@ use std::sync::{Mutex, MutexGuard};
 /// about 80 bytes an id, twice that while a merge runs.
 pub const ID_TAIL: usize = 65_536;
 /// A merge is written in this many transactions, one after each of the
-/// commits that follow (so none holds the writer for long).
-const CHUNKS: usize = 8;
+/// commits that follow, so none holds the writer for long: a chunk of the
+/// default tail is 1,024 ids. The chunks of one merge are disjoint ranges
+/// of ids, so more of them touch no more index pages in all.
+const CHUNKS: usize = 64;
+/// Small tails (tests, a tuned `id_tail`) merge in one chunk or a few.
+const MIN_CHUNK: usize = 256;
 
 #[derive(Default)]
 struct Tail {
@@ -50,6 +57,8 @@ struct Tail {
     last_seq: i64,
     ids: FastMap<Box<str>, i64>,
     merge: Option<Merge>,
+    /// `prepare_merge` is sorting a copy of the tail.
+    sorting: bool,
     /// Every id in the index and the tail, and maybe some deleted since
     /// (built when the tail is first loaded; `None` past its memory bound).
     filter: Option<IdFilter>,
@@ -229,67 +238,112 @@ impl Ids {
         .op("scan id tail")
     }
 
-    /// After a commit: one step of the merge, in a transaction of its own
-    /// (`conn` is the writer, outside any transaction).
+    /// Off the writer (the host's checkpointer thread): once the tail has
+    /// reached its bound, copies and sorts it for the merge, so the sort
+    /// holds up neither the writer nor lookups (the tail is locked only to
+    /// copy it and to hand the result over).
+    pub(crate) fn prepare_merge(&self) {
+        let (through, mut sorted) = {
+            let mut tail = self.tail();
+            if tail.merge.is_some() || tail.sorting || tail.ids.len() < self.merge_at {
+                return;
+            }
+            tail.sorting = true;
+            let ids: Vec<(Box<str>, i64)> = tail
+                .ids
+                .iter()
+                .map(|(id, seq)| (id.clone(), *seq))
+                .collect();
+            (tail.last_seq, ids)
+        };
+        sorted.sort_unstable();
+        let mut tail = self.tail();
+        tail.sorting = false;
+        if tail.merge.is_none() && through > tail.merged_through {
+            tail.merge = Some(Merge {
+                through,
+                sorted,
+                next: 0,
+            });
+        }
+    }
+
+    /// After a commit: one chunk of the merge, in a transaction of its own
+    /// (`conn` is the writer, outside any transaction). The merge stays in
+    /// the tail while its chunk is written, so `prepare_merge` never starts
+    /// a second one.
     pub(crate) fn merge_step(&self, conn: &Connection) -> Result<(), StoreError> {
         // Only the writer merges (its connection is `conn`), so the merge
         // can leave the lock while it writes: readers keep looking up.
-        let mut merge = {
+        let (through, chunk, last) = {
             let mut tail = self.tail();
-            match tail.merge.take() {
-                Some(m) => m,
-                None if tail.ids.len() < self.merge_at => return Ok(()),
-                None => {
-                    let mut sorted: Vec<(Box<str>, i64)> = tail
-                        .ids
-                        .iter()
-                        .map(|(id, seq)| (id.clone(), *seq))
-                        .collect();
-                    sorted.sort_unstable();
-                    Merge {
-                        through: tail.last_seq,
-                        sorted,
-                        next: 0,
-                    }
+            if tail.merge.is_none() {
+                // Sorted here only when no one prepared it (a process
+                // without a checkpointer, or one far behind).
+                if tail.sorting || tail.ids.len() < self.merge_at + self.merge_at / 4 {
+                    return Ok(());
                 }
+                let mut sorted: Vec<(Box<str>, i64)> = tail
+                    .ids
+                    .iter()
+                    .map(|(id, seq)| (id.clone(), *seq))
+                    .collect();
+                sorted.sort_unstable();
+                tail.merge = Some(Merge {
+                    through: tail.last_seq,
+                    sorted,
+                    next: 0,
+                });
+                // The sort was this step's work.
+                return Ok(());
             }
+            let Some(m) = tail.merge.as_ref() else {
+                return Ok(());
+            };
+            let size = m.sorted.len().div_ceil(CHUNKS).max(MIN_CHUNK);
+            let end = (m.next + size).min(m.sorted.len());
+            (
+                m.through,
+                m.sorted[m.next..end].to_vec(),
+                end == m.sorted.len(),
+            )
         };
+        let held = std::time::Instant::now();
         let tx = super::WriteTx::begin(conn).op("begin id merge")?;
         // Another process may have merged these meanwhile.
         let merged = merged_through(&tx)?;
-        if merge.through > merged {
-            let chunk = merge.sorted.len().div_ceil(CHUNKS).max(1);
-            let end = (merge.next + chunk).min(merge.sorted.len());
+        if through > merged {
             {
                 let mut stmt = tx
                     .prepare_cached(
                         "INSERT INTO persona_event_ids (id, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                     )
                     .op("prepare id merge")?;
-                for (id, seq) in &merge.sorted[merge.next..end] {
+                for (id, seq) in &chunk {
                     stmt.execute(rusqlite::params![&**id, seq]).op("id merge")?;
                 }
             }
-            if end == merge.sorted.len() {
+            if last {
                 tx.execute(
                     "UPDATE persona_id_merge SET merged_through = max(merged_through, ?1)",
-                    [merge.through],
+                    [through],
                 )
                 .op("id merge through")?;
             }
-            if let Err(e) = tx.commit().op("commit id merge") {
-                // Kept for the next step (a failed chunk is written again).
-                self.tail().merge = Some(merge);
-                return Err(e);
-            }
-            merge.next = end;
-            if end < merge.sorted.len() {
-                self.tail().merge = Some(merge);
+            // A failed chunk stays where it was and is written again.
+            tx.commit().op("commit id merge")?;
+            super::note_hold("id merge chunk", held.elapsed());
+            if !last {
+                let mut tail = self.tail();
+                if let Some(m) = tail.merge.as_mut() {
+                    m.next += chunk.len();
+                }
                 return Ok(());
             }
         }
-        let through = merge.through.max(merged);
+        let through = through.max(merged);
         let mut tail = self.tail();
+        tail.merge = None;
         tail.ids.retain(|_, seq| *seq > through);
         tail.merged_through = tail.merged_through.max(through);
         Ok(())

@@ -14,6 +14,7 @@ mod ids;
 mod outbox;
 mod outcomes;
 mod remote;
+mod retention;
 mod room;
 mod schema;
 mod state;
@@ -29,6 +30,7 @@ pub use handlers::HandlerRecord;
 pub use ids::ID_TAIL;
 pub use outcomes::{Committed, DeadLetter, Execution};
 pub use remote::RemoteOutcome;
+pub use retention::{Horizons, Pass, Pruned, RetentionConfig, StoreSize};
 pub use state::parse_counter;
 pub use subscriptions::NewSubscription;
 
@@ -37,6 +39,17 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+/// Holding the writer this long or longer is logged (target
+/// `persona_bus::slow`, debug): commits wait meanwhile.
+const SLOW_HOLD: Duration = Duration::from_millis(40);
+
+/// Logs a hold of the writer of `took` by `what` when it was long.
+pub(crate) fn note_hold(what: &'static str, took: Duration) {
+    if took >= SLOW_HOLD {
+        tracing::debug!(target: "persona_bus::slow", what, ms = took.as_secs_f64() * 1000.0, "held the store's writer");
+    }
+}
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "bus.db";
@@ -213,7 +226,11 @@ impl Store {
     /// allocates and zeroes. Run after [`Store::checkpoint`] has copied the
     /// bulk, this copies only what came since.
     pub fn checkpoint_holding_writer(&self) -> Result<Checkpoint, StoreError> {
-        passive_checkpoint(&self.writer())
+        let conn = self.writer();
+        let held = std::time::Instant::now();
+        let done = passive_checkpoint(&conn);
+        note_hold("WAL checkpoint", held.elapsed());
+        done
     }
 
     /// From now on, every event this process stores is also queued for
@@ -297,6 +314,13 @@ impl Store {
     fn seq_of(&self, conn: &Connection, id: &str) -> Result<Option<i64>, StoreError> {
         self.ids.catch_up(conn)?;
         self.ids.seq_for_read(conn, id, true)
+    }
+
+    /// Sorts the id tail for its next merge once it is due, holding
+    /// neither the writer nor the tail meanwhile (the host calls this from
+    /// a background thread; see `ids`).
+    pub fn prepare_id_merge(&self) {
+        self.ids.prepare_merge();
     }
 
     /// Ids in the in-memory tail of the id index.
@@ -413,8 +437,13 @@ fn connect(path: &Path, sync: Sync, role: Role, cache_kb: u32) -> Result<Connect
     // Smaller pages cut the bytes per transaction by 3x and nearly doubled
     // single-event insert throughput here. Takes effect only when the
     // database is created.
+    //
+    // Incremental auto-vacuum lets retention give pages back to the file
+    // system in short steps (see `retention`); like the page size, it takes
+    // effect only when the database is created (or compacted).
     let pragmas = format!(
         "PRAGMA page_size = 1024;
+         PRAGMA auto_vacuum = INCREMENTAL;
          PRAGMA journal_mode = WAL;
          PRAGMA synchronous = {synchronous};
          PRAGMA wal_autocheckpoint = {autocheckpoint};

@@ -74,6 +74,7 @@ impl Store {
         let now_ms = crate::event::now_millis();
         let mut done = Committed::default();
         let conn = self.writer();
+        let held = std::time::Instant::now();
         let handlers = self.handler_numbers(
             &conn,
             resolutions
@@ -182,6 +183,7 @@ impl Store {
         }
         drop((execution, ledger));
         tx.commit().op("commit outcomes")?;
+        super::note_hold("commit of outcomes", held.elapsed());
         ids.committed();
         drop(handlers);
         self.merge_ids(&conn);

@@ -304,4 +304,9 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX IF EXISTS idx_persona_events_type;
     "#,
+    // 7: retention (`store::retention`) keeps an event while a dead letter
+    //    refers to it; this index answers that per event.
+    r#"
+    CREATE INDEX idx_persona_dead_letters_seq ON persona_dead_letters(event_seq);
+    "#,
 ];

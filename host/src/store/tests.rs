@@ -568,3 +568,263 @@ fn the_writer_sees_ids_another_process_committed_between_its_writes() {
         vec![(EventStatus::Pending, 5)]
     );
 }
+
+fn dead_letter_resolution(e: &crate::event::Event) -> Resolution {
+    let mut run = done_run("h", Effects::default());
+    run.outcome = RunOutcome::Rejected("no".into());
+    run.verdict = Verdict::DeadLetter { reason: "rejected" };
+    Resolution {
+        event: e.clone(),
+        runs: vec![run],
+        next: Next::Final {
+            status: EventStatus::DeadLetter,
+            error: Some("no".into()),
+        },
+    }
+}
+
+/// Runs pruning passes' steps until the pass is over; the total deleted.
+fn prune_all(store: &Store, h: &Horizons, rows: usize) -> Pruned {
+    let mut pass = Pass::default();
+    let mut total = Pruned::default();
+    loop {
+        let (p, _) = store.prune_step(h, rows, &mut pass).unwrap();
+        total.events += p.events;
+        total.executions += p.executions;
+        total.dead_letters += p.dead_letters;
+        if p.total() == 0 && pass.done() {
+            return total;
+        }
+    }
+}
+
+fn count(store: &Store, sql: &str) -> i64 {
+    store
+        .read(|c| c.query_row(sql, [], |r| r.get(0)).op("count"))
+        .unwrap()
+}
+
+#[test]
+fn retention_prunes_finished_events_with_their_entries_and_keeps_what_must_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = StoreConfig {
+        id_tail: 4,
+        ..Default::default()
+    };
+    let store = Store::open_tuned(dir.path(), Sync::Normal, Role::Host, tuning).unwrap();
+    let events: Vec<_> = (0..60).map(scattered).collect();
+    for batch in events.chunks(6) {
+        store.insert_batch(batch).unwrap();
+    }
+    let (finished, pending) = events.split_at(50);
+    let dead = [&finished[3], &finished[7]];
+    for e in finished {
+        let res = if dead.iter().any(|d| d.id == e.id) {
+            dead_letter_resolution(e)
+        } else {
+            final_resolution(e)
+        };
+        store.commit(&[res]).unwrap();
+    }
+    let merged: i64 = count(&store, "SELECT merged_through FROM persona_id_merge");
+    let seq_of = |id: &str| {
+        store
+            .read(|c| {
+                c.query_row("SELECT seq FROM persona_events WHERE id = ?1", [id], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .op("seq")
+            })
+            .unwrap()
+    };
+    let prunable: Vec<_> = finished
+        .iter()
+        .filter(|e| !dead.iter().any(|d| d.id == e.id) && seq_of(&e.id) <= merged)
+        .collect();
+    assert!(prunable.len() > 30, "most are merged: {}", prunable.len());
+
+    // Nothing is old enough yet.
+    let now = std::time::SystemTime::now();
+    let config = RetentionConfig::default();
+    assert_eq!(
+        prune_all(&store, &config.horizons(now, 0.0), 7),
+        Pruned::default()
+    );
+
+    // A week and a day later (steps of 7 rows: many steps per pass).
+    let later = now + Duration::from_secs(8 * 24 * 3600);
+    let h = config.horizons(later, 0.0);
+    assert_eq!(store.prunable(&h).unwrap().events, prunable.len() as u64);
+    let pruned = prune_all(&store, &h, 7);
+    assert_eq!(pruned.events, prunable.len() as u64);
+    // Their runs went with them, and runs age out on their own.
+    assert!(pruned.executions >= prunable.len() as u64, "{pruned:?}");
+    assert!(store.executions(&dead[0].id).unwrap().is_empty());
+    assert_eq!(pruned.dead_letters, 0, "dead letters are kept 30 days");
+    for e in &prunable {
+        assert!(store.event(&e.id).is_err(), "{} pruned", e.id);
+        assert!(store.executions(&e.id).unwrap().is_empty());
+    }
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM persona_event_ids") as usize,
+        60 - prunable.len()
+            - (count(&store, "SELECT max(seq) FROM persona_events") - merged) as usize,
+        "their id entries went with them"
+    );
+    assert_eq!(
+        store.ledger_count("h").unwrap() as usize,
+        50 - prunable.len(),
+        "so did their ledger entries"
+    );
+    for e in pending.iter().chain(dead) {
+        assert!(store.event(&e.id).is_ok(), "{} kept", e.id);
+    }
+    assert_eq!(store.prunable(&h).unwrap(), Pruned::default());
+
+    // A pruned id is new again; a kept one is still refused.
+    store.insert(prunable[0]).unwrap();
+    assert!(matches!(
+        store.insert(dead[0]),
+        Err(StoreError::DuplicateEvent(_))
+    ));
+
+    // Forty days on the older dead letter goes (the newest row of a table
+    // always stays, so ids keep growing), and its event after it.
+    let h = config.horizons(now + Duration::from_secs(40 * 24 * 3600), 0.0);
+    let pruned = prune_all(&store, &h, 7);
+    assert_eq!(pruned.dead_letters, 1);
+    assert_eq!(store.dead_letters(10).unwrap().len(), 1);
+    assert!(store.event(&dead[0].id).is_err());
+    assert!(store.event(&dead[1].id).is_ok(), "its dead letter is kept");
+
+    // Kafka may deliver events again for as long as its topics keep them:
+    // rows are kept that long at least.
+    let store2 = tempfile::tempdir().unwrap();
+    let s2 = Store::open_tuned(
+        store2.path(),
+        Sync::Normal,
+        Role::Host,
+        StoreConfig {
+            id_tail: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let evs: Vec<_> = (100..110).map(scattered).collect();
+    s2.insert_batch(&evs).unwrap();
+    for e in &evs {
+        s2.commit(&[final_resolution(e)]).unwrap();
+    }
+    let redelivery_hours = 30.0 * 24.0;
+    let h = config.horizons(later, redelivery_hours);
+    assert_eq!(prune_all(&s2, &h, 100).events, 0);
+    for e in &evs {
+        assert!(matches!(s2.insert(e), Err(StoreError::DuplicateEvent(_))));
+    }
+}
+
+#[test]
+fn retention_gives_the_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_tuned(
+        dir.path(),
+        Sync::Normal,
+        Role::Host,
+        StoreConfig {
+            id_tail: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        store.size().unwrap().gives_back,
+        "new files vacuum incrementally"
+    );
+    let events: Vec<_> = (0..3_000)
+        .map(|i| {
+            let mut e = scattered(i);
+            e.payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(900));
+            e
+        })
+        .collect();
+    for batch in events.chunks(100) {
+        store.insert_batch(batch).unwrap();
+        let done: Vec<_> = batch.iter().map(final_resolution).collect();
+        store.commit(&done).unwrap();
+    }
+    store.checkpoint_holding_writer().unwrap();
+    let full = store.size().unwrap().file_bytes;
+    let h = RetentionConfig::default().horizons(
+        std::time::SystemTime::now() + Duration::from_secs(8 * 24 * 3600),
+        0.0,
+    );
+    let pruned = prune_all(&store, &h, 500);
+    assert!(pruned.events > 2_000, "{pruned:?}");
+    assert!(store.size().unwrap().free_bytes > full / 2);
+    while store.vacuum_step(512).unwrap().0 > 0 {}
+    store.checkpoint_holding_writer().unwrap();
+    let after = store.size().unwrap();
+    assert!(
+        after.file_bytes < full / 3,
+        "{full} bytes before, {} after",
+        after.file_bytes
+    );
+    assert!(after.free_bytes < 64 * 1024, "{after:?}");
+}
+
+#[test]
+fn retention_settings_are_checked() {
+    let ok = RetentionConfig::default();
+    assert!(ok.validate().is_ok());
+    for bad in [
+        RetentionConfig {
+            events_hours: -1.0,
+            ..ok.clone()
+        },
+        RetentionConfig {
+            dead_letters_hours: f64::NAN,
+            ..ok.clone()
+        },
+        RetentionConfig {
+            step_rows: 0,
+            ..ok.clone()
+        },
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?}");
+    }
+    // 0 keeps forever.
+    let forever = RetentionConfig {
+        events_hours: 0.0,
+        executions_hours: 0.0,
+        dead_letters_hours: 0.0,
+        ..ok
+    };
+    let h = forever.horizons(std::time::SystemTime::now(), 100.0);
+    assert!(h.events.is_none() && h.executions.is_none() && h.dead_letters.is_none());
+}
+
+#[test]
+fn a_file_from_before_retention_gives_space_back_after_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // A table before any pragma: the file keeps auto_vacuum off, as
+        // files created by earlier releases do.
+        let c = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        c.execute_batch("CREATE TABLE older (a INTEGER)").unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert!(!store.size().unwrap().gives_back);
+    store.insert(&event("p")).unwrap();
+    let after = store.compact().unwrap();
+    assert!(after.gives_back);
+    assert_eq!(after.free_bytes, 0);
+    assert_eq!(
+        store
+            .status_counts()
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<u64>(),
+        1
+    );
+}
