@@ -419,6 +419,7 @@ fn connect(path: &Path, sync: Sync, role: Role, cache_kb: u32) -> Result<Connect
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     // Each transaction's WAL frames reach the file in one write (see
     // `wal_writes`).
+    let new_file = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
     wal_writes::register().map_err(StoreError::Vfs)?;
     let conn = Connection::open_with_flags_and_vfs(path, flags, wal_writes::NAME).op("open")?;
     // Another process (a CLI publisher) may hold the write lock for a moment.
@@ -439,11 +440,18 @@ fn connect(path: &Path, sync: Sync, role: Role, cache_kb: u32) -> Result<Connect
     // database is created.
     //
     // Incremental auto-vacuum lets retention give pages back to the file
-    // system in short steps (see `retention`); like the page size, it takes
-    // effect only when the database is created (or compacted).
+    // system in short steps (see `retention`). It can be set only before
+    // the file has a header (WAL mode writes one), and asking for it on an
+    // existing file writes the header, which a full disk refuses: so only
+    // for a new file.
+    let auto_vacuum = if new_file {
+        "PRAGMA auto_vacuum = INCREMENTAL;"
+    } else {
+        ""
+    };
     let pragmas = format!(
         "PRAGMA page_size = 1024;
-         PRAGMA auto_vacuum = INCREMENTAL;
+         {auto_vacuum}
          PRAGMA journal_mode = WAL;
          PRAGMA synchronous = {synchronous};
          PRAGMA wal_autocheckpoint = {autocheckpoint};
