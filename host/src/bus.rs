@@ -518,7 +518,9 @@ fn start_kafka(k: &crate::config::KafkaConfig) -> Result<Result<(), String>, Bus
     }
 }
 
-fn take_lock(config: &Config) -> Result<File, BusError> {
+/// Takes the data folder's host lock, held while the returned file lives:
+/// one host per folder, and no `store compact` beside a host.
+pub(crate) fn take_lock(config: &Config) -> Result<File, BusError> {
     let path = config.data_dir.join("host.lock");
     let file = File::create(&path).map_err(|source| BusError::Io {
         what: format!("create {}", path.display()),

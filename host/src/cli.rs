@@ -1018,15 +1018,9 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
 /// `store compact`: VACUUM with incremental auto-vacuum on. Refused while a
 /// host runs on the folder (it holds the writer for the whole rewrite).
 fn compact(config: &Config) -> anyhow::Result<()> {
-    let lock = config.data_dir.join("host.lock");
-    if let Ok(file) = std::fs::File::open(&lock)
-        && let Err(std::fs::TryLockError::WouldBlock) = file.try_lock()
-    {
-        anyhow::bail!(
-            "a host is running on {}: stop it first (compacting holds the store for the whole rewrite)",
-            config.data_dir.display()
-        );
-    }
+    // Held for the whole rewrite, so no host starts on the folder meanwhile.
+    let _lock = crate::bus::take_lock(config)
+        .context("stop the host first: compacting holds the store for the whole rewrite")?;
     let store = open_store(config)?;
     let before = store.size()?;
     let after = store.compact()?;

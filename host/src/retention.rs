@@ -78,9 +78,7 @@ fn run_pass(ctx: &HostContext) {
         {
             counter.fetch_add(n, Ordering::Relaxed);
         }
-        total.events += pruned.events;
-        total.executions += pruned.executions;
-        total.dead_letters += pruned.dead_letters;
+        total.add(pruned);
         if pruned.total() == 0 && pass.done() {
             break;
         }

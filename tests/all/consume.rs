@@ -30,6 +30,17 @@ pub(crate) fn work(project: &str, seq: usize) -> Event {
     .unwrap()
 }
 
+/// Puts `events` on `config`'s events topic as another device would, after
+/// a first host (opened and closed here) has created the topics.
+pub(crate) fn backlog_from_elsewhere(config: &persona_bus::Config, events: &[Event]) {
+    drop(Bus::open(config.clone()).unwrap());
+    let p = k::producer(1);
+    for e in events {
+        k::send(&p, &config.kafka.topics.events.name, e, "elsewhere");
+    }
+    k::flush(&p);
+}
+
 /// The environment that makes a host process consume `prefix`'s topics.
 pub(crate) fn env_for(prefix: &str, device: &str) -> Vec<(String, String)> {
     [
@@ -355,16 +366,7 @@ fn replay_rereads_skips_what_was_handled_and_rehandle_runs_it_again() {
         bus.shutdown();
         resolved
     };
-    {
-        // Topics are created by the first host.
-        let bus = Bus::open(config.clone()).unwrap();
-        drop(bus);
-        let p = k::producer(1);
-        for e in &events {
-            k::send(&p, &config.kafka.topics.events.name, e, "elsewhere");
-        }
-        k::flush(&p);
-    }
+    backlog_from_elsewhere(&config, &events);
     run_once(50);
     let store = Store::open(&sb.data_dir()).unwrap();
     assert_eq!(store.state_counter("slow", "count").unwrap(), 50);

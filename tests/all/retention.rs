@@ -4,7 +4,7 @@
 //! still skips them.
 
 use crate::cli;
-use crate::consume::{env_for, topics_toml, work};
+use crate::consume::{backlog_from_elsewhere, env_for, topics_toml, work};
 use persona_bus::Bus;
 use persona_bus::store::Store;
 use persona_bus_tests::kafka as k;
@@ -142,15 +142,7 @@ fn events_kafka_may_deliver_again_are_kept_and_a_replay_still_skips_them() {
     assert!(config.kafka.topics.events.retention_hours >= 1);
     short_retention(&mut config, 1);
     let events: Vec<_> = (0..20).map(|i| work(&format!("p{}", i % 3), i)).collect();
-    {
-        let bus = Bus::open(config.clone()).unwrap();
-        drop(bus);
-        let p = k::producer(1);
-        for e in &events {
-            k::send(&p, &config.kafka.topics.events.name, e, "elsewhere");
-        }
-        k::flush(&p);
-    }
+    backlog_from_elsewhere(&config, &events);
     let run = |settle: Duration| {
         let bus = Bus::open(config.clone()).unwrap();
         bus.start().unwrap();

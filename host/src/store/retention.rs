@@ -125,7 +125,7 @@ impl Pruned {
         self.events + self.executions + self.dead_letters
     }
 
-    fn add(&mut self, o: Pruned) {
+    pub fn add(&mut self, o: Pruned) {
         self.events += o.events;
         self.executions += o.executions;
         self.dead_letters += o.dead_letters;
@@ -182,27 +182,12 @@ impl Store {
         let tx = WriteTx::begin(&conn).op("begin prune")?;
         let mut done = Pruned::default();
         if let Some(before) = &h.dead_letters {
-            done.dead_letters = tx
-                .prepare_cached(
-                    "DELETE FROM persona_dead_letters WHERE id IN (
-                       SELECT id FROM persona_dead_letters ORDER BY id LIMIT ?2)
-                     AND created_at < ?1 AND id < (SELECT max(id) FROM persona_dead_letters)",
-                )
-                .op("prepare prune dead letters")?
-                .execute(params![before, rows as i64])
-                .op("prune dead letters")? as u64;
+            done.dead_letters =
+                prune_oldest(&tx, "persona_dead_letters", "created_at", before, rows)?;
         }
         let left = rows.saturating_sub(done.total() as usize);
         if let (Some(before), true) = (&h.executions, left > 0) {
-            done.executions = tx
-                .prepare_cached(
-                    "DELETE FROM persona_runs WHERE id IN (
-                       SELECT id FROM persona_runs ORDER BY id LIMIT ?2)
-                     AND started_at < ?1 AND id < (SELECT max(id) FROM persona_runs)",
-                )
-                .op("prepare prune executions")?
-                .execute(params![before, left as i64])
-                .op("prune executions")? as u64;
+            done.executions = prune_oldest(&tx, "persona_runs", "started_at", before, left)?;
         }
         match &h.events {
             Some(before) if !pass.events_done => done.add(prune_events(&tx, before, rows, pass)?),
@@ -299,6 +284,27 @@ impl Store {
         }
         self.size()
     }
+}
+
+/// Deletes, among the `rows` lowest ids of `table`, those whose `at` (an
+/// RFC 3339 time the host wrote) is before `before`, but never the highest
+/// id. Rows of these tables are appended in time order, so the oldest are
+/// the lowest ids and the scan stays within the window.
+fn prune_oldest(
+    tx: &Connection,
+    table: &'static str,
+    at: &'static str,
+    before: &str,
+    rows: usize,
+) -> Result<u64, StoreError> {
+    tx.prepare_cached(&format!(
+        "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} ORDER BY id LIMIT ?2)
+         AND {at} < ?1 AND id < (SELECT max(id) FROM {table})"
+    ))
+    .op("prepare prune")?
+    .execute(params![before, rows as i64])
+    .map(|n| n as u64)
+    .op("prune")
 }
 
 fn free_pages(conn: &Connection) -> Result<u64, StoreError> {

@@ -589,9 +589,7 @@ fn prune_all(store: &Store, h: &Horizons, rows: usize) -> Pruned {
     let mut total = Pruned::default();
     loop {
         let (p, _) = store.prune_step(h, rows, &mut pass).unwrap();
-        total.events += p.events;
-        total.executions += p.executions;
-        total.dead_letters += p.dead_letters;
+        total.add(p);
         if p.total() == 0 && pass.done() {
             return total;
         }
