@@ -500,7 +500,11 @@ fn spawn_checkpointer(ctx: Arc<HostContext>) -> Result<JoinHandle<()>, BusError>
 /// breaker starts open (SQLite in charge) until a probe finds it.
 fn start_kafka(k: &crate::config::KafkaConfig) -> Result<Result<(), String>, BusError> {
     let wait = std::time::Duration::from_secs(if k.required { 10 } else { 3 });
-    let ready = crate::kafka::probe(k, wait).and_then(|()| crate::kafka::topics::ensure(k, wait));
+    // A broker that answered gets longer to create and alter topics: on a
+    // busy broker that takes seconds, and failing it only defers the work to
+    // the breaker's first probe.
+    let ready = crate::kafka::probe(k, wait)
+        .and_then(|()| crate::kafka::topics::ensure(k, wait.max(Duration::from_secs(10))));
     match ready {
         Ok(()) => {
             if k.consuming() {

@@ -232,6 +232,37 @@ pub(crate) fn read_topic(topic: &str, expect: usize) -> Vec<Vec<u8>> {
 
 /// Reads up to `expect` record values of `topic` on `brokers`.
 pub(crate) fn read_topic_on(brokers: &str, topic: &str, expect: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    read_until(brokers, topic, |value| {
+        out.push(value.to_vec());
+        out.len() >= expect
+    });
+    out
+}
+
+/// The event ids on `topic`, read until `expect` distinct ones were seen
+/// (or 30 s passed), and how many records carried them. Kafka delivery from
+/// the outbox is at least once: a record whose acknowledgement an outage
+/// swallowed is sent again, and consumers drop the copy by its id.
+pub(crate) fn read_ids_on(
+    brokers: &str,
+    topic: &str,
+    expect: usize,
+) -> (std::collections::HashSet<String>, usize) {
+    let mut ids = std::collections::HashSet::new();
+    let mut records = 0;
+    read_until(brokers, topic, |value| {
+        records += 1;
+        let event: serde_json::Value = serde_json::from_slice(value).unwrap();
+        ids.insert(event["id"].as_str().unwrap().to_owned());
+        ids.len() >= expect
+    });
+    (ids, records)
+}
+
+/// Feeds the record values of `topic`, from its start, to `done` until it
+/// says so or 30 s passed.
+fn read_until(brokers: &str, topic: &str, mut done: impl FnMut(&[u8]) -> bool) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -242,14 +273,14 @@ pub(crate) fn read_topic_on(brokers: &str, topic: &str, expect: usize) -> Vec<Ve
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while out.len() < expect && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            out.push(m.payload().unwrap_or_default().to_vec());
+    while std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200))
+            && done(m.payload().unwrap_or_default())
+        {
+            return;
         }
     }
-    out
 }
 
 #[test]

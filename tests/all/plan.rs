@@ -161,7 +161,14 @@ fn retention_is_applied_to_topics_that_already_exist() {
     config.kafka.topics.events.retention_hours = 2;
     let bus = Bus::open(config).unwrap();
     bus.shutdown();
-    let now = settings(&topic);
+    // The broker answers describes from its metadata image, which follows
+    // the controller's commit of the change by a moment.
+    let mut now = settings(&topic);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while now["retention.ms"] != "7200000" && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        now = settings(&topic);
+    }
     assert_eq!(now["retention.ms"], "7200000", "{now:?}");
     assert_eq!(now["max.message.bytes"], "2000000", "its own setting kept");
     k::drop_topics(&prefix);

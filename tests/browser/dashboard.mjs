@@ -110,14 +110,23 @@ try {
   console.log("filters narrowed the table by project, status and type");
 
   // 4. Detail view of the first event: payload, headers, runs.
-  await page.locator(`tr[data-id="${id}"]`).click();
-  await page.locator("#detail-runs td", { hasText: "audit" }).first().waitFor(T);
+  // Rows are redrawn as notices arrive and as a filter reloads, so a click
+  // can land on a row just replaced: click until the detail shows the event.
+  const open = async (eid, handler) => {
+    for (let attempt = 0; ; attempt++) {
+      await page.locator(`tr[data-id="${eid}"]`).click();
+      const runs = page.locator("#detail-runs td", { hasText: handler }).first();
+      const shown = await runs.waitFor({ timeout: 3000 }).then(() => true, () => false);
+      if (shown && (await page.locator("#detail-body dd").first().textContent()) === eid) return;
+      if (attempt >= 6) throw new Error(`the detail of ${eid} never showed a ${handler} run`);
+    }
+  };
+  await open(id, "audit");
   const payload = await page.locator("#detail-payload").textContent();
   if (!payload.includes("draw the charts")) throw new Error(`payload: ${payload}`);
   const runs = await page.locator("#detail-runs").textContent();
   if (!runs.includes("completed")) throw new Error(`runs: ${runs}`);
-  await page.locator(`tr[data-id="${boom}"]`).click();
-  await page.locator("#detail-runs td", { hasText: "trap" }).first().waitFor(T);
+  await open(boom, "trap");
   const err = await page.locator("#detail-runs tr", { hasText: "trap" }).locator("td.err").first().textContent();
   if (!err.trim()) throw new Error("the trapped run shows no error");
   console.log(`detail view showed the payload and runs (trap: ${err.slice(0, 60)})`);
