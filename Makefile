@@ -129,7 +129,7 @@ test: toolchain js-handlers py-handlers browser-deps prometheus-deps otelcol kaf
 FAST_TESTS := alerts:: cli:: consistency:: crash:: embedded:: fuzz:: hostile:: http:: \
 	input:: isolation:: lifecycle:: matching:: migration:: outbound:: outcomes:: retention::finished
 test-fast: toolchain
-	$(CARGO) test --release -p persona-bus
+	$(CARGO) test --release -p persona-bus-model -p persona-bus-store -p persona-bus
 	$(CARGO) test --release -p persona-bus-tests --test all -- $(FAST_TESTS) --skip kafka --skip javascript
 
 # The dashboard test drives Debian's headless Chromium with playwright-core

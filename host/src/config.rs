@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use persona_bus_model::limits::HostLimits;
+use persona_bus_model::text::line_of;
+pub use persona_bus_store::StoreConfig;
+
 /// Everything the host can be told. Defaults run the embedded bus: SQLite
 /// only, Kafka off.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,50 +40,6 @@ pub struct Config {
     /// nothing of theirs is committed, their events go back to `pending`
     /// and no Kafka offset passes them. Env: `PERSONA_BUS_SHUTDOWN_GRACE_MS`.
     pub shutdown_grace_ms: u64,
-}
-
-/// The SQLite store's memory: bounded by these settings, whatever the size
-/// of the file or of a backlog.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Page cache of the writer connection, in KiB. Each pooled reader
-    /// connection gets a quarter of it.
-    pub cache_kb: u32,
-    /// Reader connections kept open for queries (more are opened when
-    /// needed and closed after).
-    pub readers: usize,
-    /// Event ids kept in memory before they are merged into the on-disk id
-    /// index in sorted runs (about 80 bytes each; see `store::ids`). More
-    /// makes each merge land on fewer index pages per id.
-    pub id_tail: usize,
-    /// Most memory, in KiB, of the filter that answers "no such event" for
-    /// new ids without a probe of the id index (1.25-2.5 bytes an event in
-    /// the store). Past it, the filter is dropped and lookups probe the
-    /// index, which is correct but slower. 0 turns it off. Only the host
-    /// keeps one: it is read from the whole index at start, which a one-shot
-    /// CLI command would not earn back.
-    pub id_filter_kb: usize,
-    /// Free space, in MiB, that new publishes leave on the data folder's
-    /// file system: below it they are refused (HTTP 507), so the outcomes
-    /// of events already accepted and the WAL checkpoint still have room.
-    /// 0 turns the floor off.
-    pub min_free_mb: u64,
-    /// How long finished rows are kept (`[store.retention]`).
-    pub retention: crate::store::RetentionConfig,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self {
-            cache_kb: 8 * 1024,
-            readers: 4,
-            id_tail: crate::store::ID_TAIL,
-            id_filter_kb: 16 * 1024,
-            min_free_mb: 64,
-            retention: crate::store::RetentionConfig::default(),
-        }
-    }
 }
 
 /// Payload schemas (see `schemas`): off by default, a folder of schema
@@ -267,56 +227,6 @@ impl Default for PollConfig {
             batch_size: 256,
             linger_us: 1_000,
             stuck_after_ms: 300_000,
-        }
-    }
-}
-
-/// Limits the host imposes on events and handlers. Handler manifests choose
-/// their own limits up to the ceilings here.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HostLimits {
-    /// Largest accepted payload (JSON text), from any publisher.
-    pub max_payload_bytes: usize,
-    /// Most `publish` hops in a chain of events; the loop guard.
-    pub max_chain_depth: u32,
-    /// Defaults for handlers whose manifest is silent.
-    pub default_timeout_ms: u64,
-    pub default_memory_mb: u64,
-    pub default_max_publishes: u32,
-    pub default_max_log_lines: u32,
-    /// Ceilings: a manifest asking for more is refused.
-    pub max_timeout_ms: u64,
-    pub max_memory_mb: u64,
-    pub max_publishes: u32,
-    /// Largest key and value in a handler's key-value state.
-    pub max_state_key_bytes: usize,
-    pub max_state_value_bytes: usize,
-}
-
-impl HostLimits {
-    /// The limits every publisher's events are checked against.
-    pub fn event_limits(&self) -> crate::event::EventLimits {
-        crate::event::EventLimits {
-            max_payload_bytes: self.max_payload_bytes,
-        }
-    }
-}
-
-impl Default for HostLimits {
-    fn default() -> Self {
-        Self {
-            max_payload_bytes: 1 << 20,
-            max_chain_depth: 3,
-            default_timeout_ms: 5_000,
-            default_memory_mb: 64,
-            default_max_publishes: 16,
-            default_max_log_lines: 1_000,
-            max_timeout_ms: 60_000,
-            max_memory_mb: 1_024,
-            max_publishes: 1_000,
-            max_state_key_bytes: 512,
-            max_state_value_bytes: 64 << 10,
         }
     }
 }
@@ -938,18 +848,11 @@ impl Config {
         if p.batch_size == 0 || p.batch_size > 10_000 {
             return invalid("poll.batch_size", "must be between 1 and 10000");
         }
-        if let Err(reason) = self.store.retention.validate() {
-            return Err(ConfigError::Invalid {
-                field: "store.retention",
-                reason,
-            });
+        if let Err((field, reason)) = self.store.validate() {
+            return Err(ConfigError::Invalid { field, reason });
         }
-        let l = &self.limits;
-        if l.max_payload_bytes == 0 {
-            return invalid("limits.max_payload_bytes", "must be above 0");
-        }
-        if l.default_timeout_ms > l.max_timeout_ms || l.default_memory_mb > l.max_memory_mb {
-            return invalid("limits", "a default is above its ceiling");
+        if let Err((field, reason)) = self.limits.validate() {
+            return Err(ConfigError::Invalid { field, reason });
         }
         let r = &self.runtime;
         if r.pool_slots == 0 || r.epoch_tick_ms == 0 {
@@ -1188,12 +1091,6 @@ fn parse_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
             reason: "expected true or false".into(),
         }),
     }
-}
-
-/// 1-based line of a byte span in `text` (for TOML errors).
-pub(crate) fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> usize {
-    let at = span.map_or(0, |s| s.start.min(text.len()));
-    text[..at].matches('\n').count() + 1
 }
 
 #[cfg(test)]

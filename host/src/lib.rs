@@ -39,24 +39,21 @@ pub mod config;
 pub mod context;
 pub mod dispatch;
 pub mod dry_run;
-pub mod event;
-pub mod fast_map;
 pub mod http_client;
 pub mod kafka;
-pub mod manifest;
-pub mod matching;
 pub mod metrics;
-pub mod outcome;
 pub mod pipeline;
 pub mod registry;
 pub mod retention;
 pub mod runtime;
 pub mod schemas;
-pub mod secrets;
 pub mod signature;
 pub mod source;
-pub mod store;
 pub mod traces;
+
+// The layers below the host, under the names the host's modules use.
+pub use persona_bus_model::{event, fast_map, manifest, matching, outcome, secrets};
+pub use persona_bus_store as store;
 
 pub use bus::{Bus, BusError, Notice};
 pub use config::Config;

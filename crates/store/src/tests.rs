@@ -1,9 +1,9 @@
 use super::*;
-use crate::event::{EventLimits, EventStatus, NewEvent, now_millis};
-use crate::outcome::{Effects, Next, Resolution, Run, RunOutcome, StateOp, Verdict};
+use persona_bus_model::event::{EventLimits, EventStatus, NewEvent, now_millis};
+use persona_bus_model::outcome::{Effects, Next, Resolution, Run, RunOutcome, StateOp, Verdict};
 use std::sync::Arc;
 
-fn event(project: &str) -> crate::event::Event {
+fn event(project: &str) -> persona_bus_model::event::Event {
     NewEvent {
         event_type: "custom".into(),
         source_type: "system".into(),
@@ -186,7 +186,7 @@ fn outbox_holds_a_project_behind_its_event_in_processing() {
         .unwrap()
         .remove(0);
     assert_eq!(claimed.id, first.id);
-    let ids = |events: Vec<crate::event::Event>| -> Vec<String> {
+    let ids = |events: Vec<persona_bus_model::event::Event>| -> Vec<String> {
         events.into_iter().map(|e| e.id).collect()
     };
     assert_eq!(
@@ -248,14 +248,14 @@ fn the_reaper_leaves_events_in_flight_alone() {
 
 /// An event with a random-looking id (as producers send), so the id index
 /// is written out of order.
-fn scattered(i: u64) -> crate::event::Event {
+fn scattered(i: u64) -> persona_bus_model::event::Event {
     let mut e = event("p");
     let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) ^ 0xD6E8_FEB8_6659_FD93;
     e.id = format!("{h:016x}-{i:08}");
     e
 }
 
-fn final_resolution(e: &crate::event::Event) -> Resolution {
+fn final_resolution(e: &persona_bus_model::event::Event) -> Resolution {
     Resolution {
         event: e.clone(),
         runs: vec![done_run("h", Effects::default())],
@@ -569,7 +569,7 @@ fn the_writer_sees_ids_another_process_committed_between_its_writes() {
     );
 }
 
-fn dead_letter_resolution(e: &crate::event::Event) -> Resolution {
+fn dead_letter_resolution(e: &persona_bus_model::event::Event) -> Resolution {
     let mut run = done_run("h", Effects::default());
     run.outcome = RunOutcome::Rejected("no".into());
     run.verdict = Verdict::DeadLetter { reason: "rejected" };

@@ -1,10 +1,10 @@
-//! Alerts and their webhook deliveries (see `crate::alerts`). A state
+//! Alerts and their webhook deliveries (see the host's `alerts`). A state
 //! change and the deliveries announcing it are written in one transaction
 //! (an outbox), so a crash can neither lose a notification nor send one
 //! twice for the same change.
 
 use super::{Op, Store, StoreError};
-use crate::alerts::state::{Alert, Change, Phase};
+use persona_bus_model::alert::{Alert, Change, Phase};
 use rusqlite::{Row, params};
 use serde::Serialize;
 use std::collections::BTreeMap;

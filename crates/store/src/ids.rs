@@ -32,7 +32,7 @@
 
 use super::id_filter::IdFilter;
 use super::{Op, StoreError};
-use crate::fast_map::FastMap;
+use persona_bus_model::fast_map::FastMap;
 use rusqlite::{Connection, OptionalExtension};
 use std::sync::{Mutex, MutexGuard};
 

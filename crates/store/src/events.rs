@@ -2,7 +2,7 @@
 
 use super::ids::TxIds;
 use super::{Op, Store, StoreError, headers_from_json, headers_to_json};
-use crate::event::{Event, EventStatus};
+use persona_bus_model::event::{Event, EventStatus};
 use rusqlite::{Connection, Row, params};
 
 /// The columns [`event_from_row`] reads, in order.
@@ -79,7 +79,7 @@ fn claimed_at(now_ms: i64) -> Initial<'static> {
 /// A batch gathered for [`Store::insert_gathered`], and whether to claim
 /// it as it is written, at this time. (Only while SQLite is the source:
 /// the poller's claim scope is then [`ClaimScope::Local`].)
-pub(crate) struct Gathered {
+pub struct Gathered {
     pub events: Vec<Event>,
     pub claim_at: Option<i64>,
 }
@@ -338,7 +338,7 @@ impl Store {
     /// in memory, and the poller's claim (a write of each row and its
     /// status index entry, often a transaction of its own) is saved.
     /// Returns the events and whether they were claimed.
-    pub(crate) fn insert_gathered(
+    pub fn insert_gathered(
         &self,
         gather: impl FnOnce() -> Gathered,
     ) -> Result<(Vec<Event>, bool), StoreError> {

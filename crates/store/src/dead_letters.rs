@@ -1,7 +1,7 @@
 //! Dead letters: list, show, retry and purge (`persona-bus dlq`).
 
 use super::{Op, Store, StoreError, headers_from_json};
-use crate::event::now_rfc3339;
+use persona_bus_model::event::now_rfc3339;
 use rusqlite::{OptionalExtension, Row, params};
 
 pub use super::outcomes::DeadLetter;

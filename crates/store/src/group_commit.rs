@@ -18,7 +18,7 @@
 //! first left four publisher threads at 1.15 events a transaction.
 
 use super::StoreError;
-use crate::event::Event;
+use persona_bus_model::event::Event;
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
 
@@ -127,7 +127,7 @@ impl GroupCommit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{EventLimits, NewEvent};
+    use persona_bus_model::event::{EventLimits, NewEvent};
     use std::sync::Arc;
 
     fn event(n: usize) -> Event {

@@ -43,7 +43,7 @@ impl Store {
         if floor_mb == 0 {
             return Ok(());
         }
-        let now = crate::event::now_millis();
+        let now = persona_bus_model::event::now_millis();
         if now - self.room.read_at_ms.load(Ordering::Relaxed) >= FRESH_MS {
             self.room.read_at_ms.store(now, Ordering::Relaxed);
             // A file system that cannot be read is not a reason to refuse.

@@ -52,7 +52,43 @@ pub enum EventError {
     #[error("event is not valid JSON: {0}")]
     BadJson(String),
     #[error(transparent)]
-    Schema(#[from] crate::schemas::SchemaError),
+    Schema(#[from] SchemaError),
+}
+
+/// Why a payload or a record was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SchemaError {
+    #[error(
+        "payload of `{event_type}` does not match schema version {version} ({origin}) at {path}: {rule}"
+    )]
+    Invalid {
+        event_type: String,
+        version: u32,
+        origin: String,
+        path: String,
+        rule: String,
+    },
+    #[error(
+        "no schema for `{event_type}` version {version} ({origin}), and [schemas] strict refuses unknown event types"
+    )]
+    Unknown {
+        event_type: String,
+        version: u32,
+        origin: String,
+    },
+    #[error("cannot check the payload of `{event_type}` now: {reason}; retry later")]
+    Unavailable { event_type: String, reason: String },
+    #[error("schema {origin} cannot be used: {reason}")]
+    BadSchema { origin: String, reason: String },
+    #[error("record framed with schema id {id}: {reason}")]
+    Frame { id: u32, reason: String },
+}
+
+impl SchemaError {
+    /// An outage (retry later), not a verdict on the payload.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
 }
 
 /// Publication limits, from the host configuration.

@@ -3,8 +3,8 @@
 
 use super::events::{finish_event, insert_event, insert_remote, upsert_final};
 use super::{Op, Store, StoreError, headers_to_json};
-use crate::event::{Event, now_rfc3339};
-use crate::outcome::{Next, Resolution, Run, StateOp, Verdict};
+use persona_bus_model::event::{Event, now_rfc3339};
+use persona_bus_model::outcome::{Next, Resolution, Run, StateOp, Verdict};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -71,7 +71,7 @@ impl Store {
         from_kafka: bool,
     ) -> Result<Committed, StoreError> {
         let now = now_rfc3339();
-        let now_ms = crate::event::now_millis();
+        let now_ms = persona_bus_model::event::now_millis();
         let mut done = Committed::default();
         let conn = self.writer();
         let held = std::time::Instant::now();
@@ -214,8 +214,11 @@ impl Store {
             // process) only means its handlers are not skipped here: the
             // ledger still refuses their effects at commit.
             self.ids.catch_up(conn)?;
-            let mut by_seq: crate::fast_map::FastMap<i64, &str> =
-                crate::fast_map::FastMap::with_capacity_and_hasher(ids.len(), Default::default());
+            let mut by_seq: persona_bus_model::fast_map::FastMap<i64, &str> =
+                persona_bus_model::fast_map::FastMap::with_capacity_and_hasher(
+                    ids.len(),
+                    Default::default(),
+                );
             for id in &ids {
                 if let Some(seq) = self.ids.seq_for_read(conn, id, false)? {
                     by_seq.insert(seq, id);

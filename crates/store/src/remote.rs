@@ -4,7 +4,7 @@
 
 use super::events::{insert_if_new, insert_remote};
 use super::{Op, Store, StoreError};
-use crate::event::{Event, now_rfc3339};
+use persona_bus_model::event::{Event, now_rfc3339};
 use rusqlite::params;
 
 /// An event's outcome as another device reported it (an execution record).

@@ -4,8 +4,9 @@
 //! against the host's defaults and ceilings at load time, so a bad manifest is
 //! refused before its handler ever sees an event.
 
-use crate::config::{HostLimits, line_of};
+use crate::limits::HostLimits;
 use crate::matching::SourceFilter;
+use crate::text::line_of;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

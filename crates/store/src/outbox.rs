@@ -3,7 +3,7 @@
 
 use super::events::EVENT_COLUMNS;
 use super::{Op, Store, StoreError};
-use crate::event::Event;
+use persona_bus_model::event::Event;
 use rusqlite::params;
 use std::collections::HashSet;
 

@@ -1,7 +1,7 @@
 //! `persona_handlers`: what the running host loaded, for other processes.
 
 use super::{Op, Store, StoreError};
-use crate::event::now_rfc3339;
+use persona_bus_model::event::now_rfc3339;
 use rusqlite::params;
 use serde::Serialize;
 

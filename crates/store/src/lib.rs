@@ -5,6 +5,7 @@
 //! method is blocking; async callers run them on a blocking thread.
 
 mod alerts;
+mod config;
 mod dead_letters;
 mod events;
 mod group_commit;
@@ -22,9 +23,9 @@ mod subscriptions;
 mod wal_writes;
 
 pub use alerts::Delivery;
+pub use config::StoreConfig;
 pub use dead_letters::DeadLetterFilter;
-pub(crate) use events::Gathered;
-pub use events::{ClaimScope, EventFilter, EventPage};
+pub use events::{ClaimScope, EventFilter, EventPage, Gathered};
 pub use group_commit::GroupCommit;
 pub use handlers::HandlerRecord;
 pub use ids::ID_TAIL;
@@ -34,7 +35,6 @@ pub use retention::{Horizons, Pass, Pruned, RetentionConfig, StoreSize};
 pub use state::parse_counter;
 pub use subscriptions::NewSubscription;
 
-use crate::config::StoreConfig;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -154,7 +154,7 @@ pub struct Store {
     readers: Mutex<Vec<Connection>>,
     /// Handler name -> number in `persona_handler_names` (the ledger and
     /// executions store the number). Only committed numbers are cached.
-    handler_nos: Mutex<crate::fast_map::FastMap<String, i64>>,
+    handler_nos: Mutex<persona_bus_model::fast_map::FastMap<String, i64>>,
     /// The event id index's in-memory tail (see `ids`).
     ids: ids::Ids,
     /// The free-space floor for publishes (`check_room`).
@@ -201,7 +201,7 @@ impl Store {
             outbox: std::sync::atomic::AtomicBool::new(false),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
-            handler_nos: Mutex::new(crate::fast_map::FastMap::default()),
+            handler_nos: Mutex::new(persona_bus_model::fast_map::FastMap::default()),
             ids,
             room: room::Room::default(),
         })
@@ -240,7 +240,7 @@ impl Store {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    pub(crate) fn outbox_enabled(&self) -> bool {
+    pub fn outbox_enabled(&self) -> bool {
         self.outbox.load(std::sync::atomic::Ordering::Acquire)
     }
 
@@ -263,7 +263,7 @@ impl Store {
         &self,
         conn: &Connection,
         names: impl IntoIterator<Item = &'a str>,
-    ) -> Result<MutexGuard<'_, crate::fast_map::FastMap<String, i64>>, StoreError> {
+    ) -> Result<MutexGuard<'_, persona_bus_model::fast_map::FastMap<String, i64>>, StoreError> {
         let mut cache = self.handler_nos.lock().unwrap_or_else(|p| p.into_inner());
         for name in names {
             if cache.contains_key(name) {

@@ -1,9 +1,9 @@
 //! `persona_event_subscriptions`: rows from manifests and from the API.
 
 use super::{Op, Store, StoreError};
-use crate::event::now_rfc3339;
-use crate::manifest::ManifestSubscription;
-use crate::matching::{SourceFilter, Subscription};
+use persona_bus_model::event::now_rfc3339;
+use persona_bus_model::manifest::ManifestSubscription;
+use persona_bus_model::matching::{SourceFilter, Subscription};
 use rusqlite::{Row, params};
 
 const COLUMNS: &str = "id, persona_id, event_type, source_filter, project_id, enabled, managed_by, created_at, updated_at";

@@ -1,0 +1,25 @@
+//! The model of persona-bus: the values every layer above speaks in, and
+//! the pure rules over them. No I/O beyond reading a manifest file, and no
+//! dependency on any other crate of the workspace.
+//!
+//! | module       | what it is |
+//! |--------------|------------|
+//! | [`event`]    | the event, its status, input validation, schema refusals |
+//! | [`matching`] | subscriptions and which of them want an event |
+//! | [`manifest`] | handler manifests (`name.toml`), retry policy |
+//! | [`secrets`]  | where a manifest's secret values come from |
+//! | [`outcome`]  | what a handler run produced and what happens next |
+//! | [`limits`]   | `[limits]`: the ceilings on events and handlers |
+//! | [`alert`]    | an alert of the host's own rules |
+//! | [`fast_map`] | the hash maps of the hot paths |
+//! | [`text`]     | line numbers for TOML errors |
+
+pub mod alert;
+pub mod event;
+pub mod fast_map;
+pub mod limits;
+pub mod manifest;
+pub mod matching;
+pub mod outcome;
+pub mod secrets;
+pub mod text;
