@@ -498,7 +498,7 @@ fn spawn_checkpointer(ctx: Arc<HostContext>) -> Result<JoinHandle<()>, BusError>
 /// without it the host starts and returns why Kafka is not usable: the
 /// outbox keeps events until Kafka answers, and when Kafka is the source the
 /// breaker starts open (SQLite in charge) until a probe finds it.
-fn start_kafka(k: &crate::config::KafkaConfig) -> Result<Result<(), String>, BusError> {
+fn start_kafka(k: &crate::kafka::config::KafkaConfig) -> Result<Result<(), String>, BusError> {
     let wait = std::time::Duration::from_secs(if k.required { 10 } else { 3 });
     // A broker that answered gets longer to create and alter topics: on a
     // busy broker that takes seconds, and failing it only defers the work to

@@ -271,6 +271,14 @@ pub enum DlqCommand {
 }
 
 impl Cli {
+    /// Parses the process's arguments; `--help` ends with the environment
+    /// variables, from the one table the loader reads.
+    pub fn parse_args() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Self::command().after_long_help(env_help()).get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
     /// Log level when `RUST_LOG` is not set: the host narrates, tools are quiet.
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
@@ -1031,4 +1039,15 @@ fn compact(config: &Config) -> anyhow::Result<()> {
         after.file_bytes + after.wal_bytes
     );
     Ok(())
+}
+
+/// The environment variables, as `--help` lists them.
+pub fn env_help() -> String {
+    let vars = crate::config::env_vars();
+    let width = vars.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    let mut text = String::from("Environment variables (they override the --config file):\n");
+    for v in vars {
+        text.push_str(&format!("  {:width$}  {} ({})\n", v.name, v.help, v.key));
+    }
+    text
 }

@@ -1,12 +1,11 @@
 //! The `persona-bus` binary: parse the command line, set up tracing, hand
 //! over to the library.
 
-use clap::Parser;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = persona_bus::cli::Cli::parse();
+    let cli = persona_bus::cli::Cli::parse_args();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()

@@ -6,8 +6,8 @@
 //! committer and publishers get the writer between steps: pruning never
 //! holds up handling for more than a step.
 
-use crate::config::KafkaConfig;
 use crate::context::HostContext;
+use crate::kafka::config::KafkaConfig;
 use crate::store::{Pass, Pruned};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -21,6 +21,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
+use persona_bus_model::settings::{Checked, EnvVar, Invalid};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 
@@ -48,6 +49,62 @@ impl Default for TracesConfig {
             sample_ratio: 1.0,
             service_name: "persona-bus".into(),
         }
+    }
+}
+
+impl TracesConfig {
+    pub const ENV: &[EnvVar<Self>] = &[
+        EnvVar {
+            name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+            key: "traces.endpoint",
+            help: "OTLP/HTTP collector, e.g. http://127.0.0.1:4318; traces are off without one",
+            secret: false,
+            set: |s, v, _| {
+                s.endpoint = Some(v);
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "OTEL_SERVICE_NAME",
+            key: "traces.service_name",
+            help: "service.name of this host's spans",
+            secret: false,
+            set: |s, v, _| {
+                s.service_name = v;
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "OTEL_TRACES_SAMPLER_ARG",
+            key: "traces.sample_ratio",
+            help: "share of new traces kept, 0 to 1",
+            secret: false,
+            set: |s, v, _| {
+                s.sample_ratio = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| "expected a ratio between 0 and 1 (e.g. 0.01)".to_owned())?;
+                Ok(())
+            },
+        },
+    ];
+
+    pub fn validate(&self) -> Checked {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(Invalid::new(
+                "traces.sample_ratio",
+                "must be between 0 and 1",
+            ));
+        }
+        if let Some(e) = &self.endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(Invalid::new(
+                "traces.endpoint",
+                format!("{e:?} must start with http:// or https:// (OTLP over HTTP)"),
+            ));
+        }
+        Ok(())
     }
 }
 

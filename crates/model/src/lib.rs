@@ -12,6 +12,7 @@
 //! | [`limits`]   | `[limits]`: the ceilings on events and handlers |
 //! | [`alert`]    | an alert of the host's own rules |
 //! | [`fast_map`] | the hash maps of the hot paths |
+//! | [`settings`] | what the sections of the configuration share |
 //! | [`text`]     | line numbers for TOML errors |
 
 pub mod alert;
@@ -22,4 +23,5 @@ pub mod manifest;
 pub mod matching;
 pub mod outcome;
 pub mod secrets;
+pub mod settings;
 pub mod text;

@@ -1,6 +1,7 @@
 //! `[limits]`: what the host allows events and handlers. A manifest picks
 //! its own limits up to these ceilings (see `manifest`).
 
+use crate::settings::{Checked, Invalid};
 use serde::{Deserialize, Serialize};
 
 /// Limits the host imposes on events and handlers. Handler manifests choose
@@ -54,15 +55,14 @@ impl Default for HostLimits {
 }
 
 impl HostLimits {
-    /// Checks the section; the error names the offending key.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Checked {
         if self.max_payload_bytes == 0 {
-            return Err(("limits.max_payload_bytes", "must be above 0".into()));
+            return Err(Invalid::new("limits.max_payload_bytes", "must be above 0"));
         }
         if self.default_timeout_ms > self.max_timeout_ms
             || self.default_memory_mb > self.max_memory_mb
         {
-            return Err(("limits", "a default is above its ceiling".into()));
+            return Err(Invalid::new("limits", "a default is above its ceiling"));
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! `[store]`: the store's own settings.
 
+use persona_bus_model::settings::{Checked, Invalid};
 use serde::{Deserialize, Serialize};
 
 /// The SQLite store's memory: bounded by these settings, whatever the size
@@ -47,10 +48,9 @@ impl Default for StoreConfig {
 }
 
 impl StoreConfig {
-    /// Checks the section; the error names the offending key.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Checked {
         self.retention
             .validate()
-            .map_err(|reason| ("store.retention", reason))
+            .map_err(|reason| Invalid::new("store.retention", reason))
     }
 }

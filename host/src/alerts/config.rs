@@ -1,6 +1,7 @@
 //! `[alerts]`: the rules the host evaluates itself and where it sends what
 //! they find. Durations are humantime strings (`"90s"`, `"10m"`).
 
+use persona_bus_model::settings::{Checked, EnvVar, Invalid};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -39,6 +40,77 @@ impl Default for AlertsConfig {
             max_attempts: 15,
             timeout_ms: 5_000,
         }
+    }
+}
+
+impl AlertsConfig {
+    pub const ENV: &[EnvVar<Self>] = &[
+        EnvVar {
+            name: "PERSONA_BUS_ALERT_WEBHOOK_URL",
+            key: "alerts.webhooks[].url",
+            help: "one more alert webhook, e.g. https://ops.example.com/hooks/persona-bus",
+            secret: false,
+            set: |s, url, env| {
+                s.webhooks.push(AlertWebhook {
+                    url,
+                    secret: env("PERSONA_BUS_ALERT_WEBHOOK_SECRET"),
+                });
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "PERSONA_BUS_ALERT_WEBHOOK_SECRET",
+            key: "alerts.webhooks[].secret",
+            help: "HMAC-SHA256 key of PERSONA_BUS_ALERT_WEBHOOK_URL (read with it)",
+            secret: true,
+            set: |_, _, _| Ok(()),
+        },
+    ];
+
+    pub fn validate(&self) -> Checked {
+        if self.interval_ms < 10 || self.timeout_ms == 0 {
+            return Err(Invalid::new(
+                "alerts",
+                "interval_ms must be at least 10 and timeout_ms above 0",
+            ));
+        }
+        if self.max_attempts == 0
+            || self.retry_base_ms == 0
+            || self.retry_max_ms < self.retry_base_ms
+        {
+            return Err(Invalid::new(
+                "alerts",
+                "need max_attempts >= 1 and 0 < retry_base_ms <= retry_max_ms",
+            ));
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            rule.check()
+                .map_err(|reason| Invalid::new("alerts.rules", reason))?;
+            if self.rules[..i].iter().any(|r| r.name == rule.name) {
+                return Err(Invalid::new(
+                    "alerts.rules",
+                    format!("two rules are named {:?}", rule.name),
+                ));
+            }
+        }
+        for w in &self.webhooks {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return Err(Invalid::new(
+                    "alerts.webhooks",
+                    format!("{:?} must start with http:// or https://", w.url),
+                ));
+            }
+            if w.secret.as_deref() == Some("") {
+                return Err(Invalid::new(
+                    "alerts.webhooks",
+                    format!(
+                        "the secret of {:?} is empty (leave it out to send unsigned)",
+                        w.url
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@
 //! `http.max_body_bytes` get 413; mutating routes need the bearer token
 //! when one is configured (webhooks are checked by signature instead).
 
+pub mod config;
 mod events;
 mod ops;
 mod subscriptions;

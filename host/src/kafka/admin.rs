@@ -2,7 +2,7 @@
 //! status` (members, assigned partitions, lag) and `persona-bus replay`.
 
 use super::{KafkaError, client_config};
-use crate::config::KafkaConfig;
+use crate::kafka::config::KafkaConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};

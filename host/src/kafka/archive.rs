@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-pub fn group_id(k: &crate::config::KafkaConfig) -> String {
+pub fn group_id(k: &crate::kafka::config::KafkaConfig) -> String {
     format!("{}.{}", k.audit_group, k.client_id)
 }
 

@@ -548,7 +548,7 @@ fn send_json(
 /// Whether the broker answers a metadata request within `timeout`.
 fn answers(
     consumer: &BaseConsumer<Owned>,
-    k: &crate::config::KafkaConfig,
+    k: &crate::kafka::config::KafkaConfig,
     timeout: Duration,
 ) -> bool {
     consumer

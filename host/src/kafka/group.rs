@@ -2,8 +2,8 @@
 //! batch of records, and storing offsets once a batch is durable.
 
 use super::{KafkaError, client_config};
-use crate::config::{KafkaConfig, OffsetReset};
 use crate::fast_map::{FastMap, FastSet};
+use crate::kafka::config::{KafkaConfig, OffsetReset};
 use rdkafka::Message;
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;

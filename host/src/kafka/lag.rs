@@ -11,7 +11,7 @@
 
 use super::KafkaError;
 use super::admin::{self, GroupView};
-use crate::config::KafkaConfig;
+use crate::kafka::config::KafkaConfig;
 use rdkafka::consumer::BaseConsumer;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

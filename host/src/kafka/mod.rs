@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod archive;
+pub mod config;
 pub mod consumer;
 pub mod group;
 pub mod lag;
@@ -22,7 +23,7 @@ pub mod topics;
 pub mod webhooks;
 pub mod wire;
 
-use crate::config::KafkaConfig;
+use crate::kafka::config::KafkaConfig;
 use rdkafka::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
@@ -107,7 +108,7 @@ pub fn check_settings(k: &KafkaConfig) -> Result<(), String> {
         Ok(_) => Ok(()),
         Err(rdkafka::error::KafkaError::ClientConfig(_, description, key, value)) => {
             // librdkafka's text may quote the value: never a secret's.
-            let (description, shown) = if crate::config::is_secret_setting(&key) {
+            let (description, shown) = if crate::kafka::config::is_secret_setting(&key) {
                 let redacted = if value.is_empty() {
                     description
                 } else {

@@ -3,8 +3,8 @@
 
 use super::wire::{WireEvent, framed_headers, headers};
 use super::{KafkaError, client_config};
-use crate::config::KafkaConfig;
 use crate::event::Event;
+use crate::kafka::config::KafkaConfig;
 use crate::schemas::Schemas;
 use crate::source::{SourceSwitch, Wakeup};
 use crate::store::Store;

@@ -2,7 +2,7 @@
 //! the configured retention (plan phase 4: retention per topic).
 
 use super::{KafkaError, client_config};
-use crate::config::KafkaConfig;
+use crate::kafka::config::KafkaConfig;
 use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, ConfigSource, NewTopic, ResourceSpecifier,
     TopicReplication,

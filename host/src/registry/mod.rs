@@ -14,11 +14,11 @@ mod watcher;
 
 pub use watcher::{RELOAD_REQUEST_FILE, spawn_watcher};
 
-use crate::config::HostLimits;
 use crate::manifest::{Manifest, ManifestError};
 use crate::matching::Matcher;
 use crate::runtime::{HandlerRef, Prepared, Runtime, RuntimeError, digest};
 use crate::store::{HandlerRecord, Store, StoreError};
+use persona_bus_model::limits::HostLimits;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};

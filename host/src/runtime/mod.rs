@@ -19,6 +19,7 @@
 
 pub mod bindings;
 pub(crate) mod cache;
+pub mod config;
 mod host_api;
 mod limits;
 pub mod outbound;
@@ -27,14 +28,15 @@ mod overlay;
 pub use cache::{compile_child_main, compile_in_child, digest};
 pub use overlay::{StateOverlay, Written};
 
-use crate::config::{HostLimits, RuntimeConfig};
 use crate::event::{Event, now_rfc3339};
 use crate::manifest::{InstancePolicy, Manifest};
 use crate::outcome::{Effects, FailureKind, RunOutcome};
 use crate::store::Store;
 use bindings::persona::bus::types as wit;
 use bindings::{Handler, HandlerPre};
+use config::RuntimeConfig;
 use limits::{LimitHit, Limiter};
+use persona_bus_model::limits::HostLimits;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};

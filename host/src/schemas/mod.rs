@@ -25,11 +25,14 @@
 
 pub mod avro;
 pub mod commands;
+pub mod config;
 pub mod registry;
 
-use crate::config::{Config, KafkaConfig, SchemasConfig};
+use crate::config::Config;
 use crate::event::Event;
+use crate::kafka::config::KafkaConfig;
 use avro::AvroSchema;
+use config::SchemasConfig;
 use registry::{RegistryClient, RegistryError};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -422,7 +425,7 @@ impl Schemas {
     pub fn wire_value(&self, e: &Event) -> Result<Option<(u32, Vec<u8>)>, SchemaError> {
         if !self.cfg.enabled
             || self.registry.is_none()
-            || self.cfg.wire_format != crate::config::WireFormat::Avro
+            || self.cfg.wire_format != config::WireFormat::Avro
         {
             return Ok(None);
         }

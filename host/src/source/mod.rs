@@ -2,6 +2,7 @@
 //! (`kafka::consumer`) with the poller as its fallback. Both go through the
 //! same dispatch and commit path; [`SourceSwitch`] decides who is in charge.
 
+pub mod config;
 mod handoff;
 pub mod poller;
 pub mod switch;

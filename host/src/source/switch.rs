@@ -6,7 +6,7 @@
 //! transition is logged with its reason.
 
 use crate::breaker::{Breaker, State, Transition};
-use crate::config::KafkaConfig;
+use crate::kafka::config::KafkaConfig;
 use crate::store::ClaimScope;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -129,7 +129,7 @@ impl SourceSwitch {
     /// health check. While Kafka is not the source (dual write only) the
     /// breaker does not watch it, so this is what reports a broker that is
     /// down. Asks at most every 5 s (blocking up to 2 s when it does).
-    pub fn reachable(&self, k: &crate::config::KafkaConfig) -> Result<(), String> {
+    pub fn reachable(&self, k: &crate::kafka::config::KafkaConfig) -> Result<(), String> {
         let mut reach = self.reach.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, result)) = reach.as_ref()
             && at.elapsed() < REACH_FRESH
