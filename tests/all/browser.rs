@@ -9,6 +9,7 @@ use std::process::Command;
 const TOKEN: &str = "dashboard-token";
 
 #[test]
+#[ignore = "needs services: make test"]
 fn dashboard_charts_filters_detail_and_dead_letter_actions() {
     let sb = Sandbox::new();
     sb.install_shipped("audit", guests::AUDIT, guests::AUDIT_MANIFEST);

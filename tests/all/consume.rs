@@ -147,6 +147,7 @@ pub(crate) fn assert_each_once(store: &Store, handler: &str, events: &[Event]) {
 }
 
 #[test]
+#[ignore = "needs services: make test"]
 fn consumes_dispatches_and_keeps_order_within_a_project() {
     let sb = Sandbox::new();
     sb.install_slow(0);
@@ -284,6 +285,7 @@ fn read_until(brokers: &str, topic: &str, mut done: impl FnMut(&[u8]) -> bool) {
 }
 
 #[test]
+#[ignore = "needs services: make test"]
 fn undecodable_records_are_dead_lettered_and_do_not_block_the_partition() {
     let sb = Sandbox::new();
     sb.install_slow(0);
@@ -331,6 +333,7 @@ fn undecodable_records_are_dead_lettered_and_do_not_block_the_partition() {
 }
 
 #[test]
+#[ignore = "needs services: make test"]
 fn a_killed_consumer_is_redelivered_to_but_runs_nothing_twice() {
     let sb = Sandbox::new();
     sb.install_slow(2);
@@ -373,6 +376,7 @@ fn a_killed_consumer_is_redelivered_to_but_runs_nothing_twice() {
 }
 
 #[test]
+#[ignore = "needs services: make test"]
 fn replay_rereads_skips_what_was_handled_and_rehandle_runs_it_again() {
     let sb = Sandbox::new();
     sb.install_slow(0);
@@ -482,6 +486,7 @@ fn replay_rereads_skips_what_was_handled_and_rehandle_runs_it_again() {
 }
 
 #[test]
+#[ignore = "needs services: make test"]
 fn an_event_published_on_device_a_is_handled_on_device_b() {
     // Two devices: separate data dirs, client ids and processes, one group.
     let sb = Sandbox::new();
@@ -591,6 +596,7 @@ fn an_event_published_on_device_a_is_handled_on_device_b() {
 }
 
 #[test]
+#[ignore = "needs services: make test"]
 fn webhooks_on_the_webhooks_topic_become_events_once() {
     let sb = Sandbox::new();
     sb.install(

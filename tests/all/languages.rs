@@ -21,6 +21,7 @@ fn with_payload(event_type: &str, payload: serde_json::Value) -> NewEvent {
 }
 
 #[test]
+#[ignore = "needs services: make test"]
 fn javascript_handler_completes_retries_rejects_and_publishes() {
     tally(
         "tally-js",
@@ -31,6 +32,7 @@ fn javascript_handler_completes_retries_rejects_and_publishes() {
 
 /// The Python twin of `tally-js` (componentize-py, `make py-handlers`).
 #[test]
+#[ignore = "needs services: make test"]
 fn python_handler_completes_retries_rejects_and_publishes() {
     tally(
         "tally-py",
@@ -124,6 +126,7 @@ fn tally(name: &str, (wasm, manifest): (&str, &str), lang: &str) {
 }
 
 #[test]
+#[ignore = "needs services: make test"]
 fn both_templates_build_load_and_handle_events() {
     require(guests::TEMPLATE_JS);
     let sb = Sandbox::new();
@@ -169,6 +172,7 @@ fn both_templates_build_load_and_handle_events() {
 /// The Python template (componentize-py, `make py-handlers`) loads, handles
 /// events on fresh and reused instances, and rejects what it rejects.
 #[test]
+#[ignore = "needs services: make test"]
 fn python_template_handles_events_fresh_and_reused() {
     require(guests::TEMPLATE_PY);
     let sb = Sandbox::new();

@@ -1,6 +1,12 @@
 //! Integration tests: one binary, one module per area. Every test runs the
 //! real bus on a real SQLite file in its own temporary folder, with real
 //! compiled handler components.
+//!
+//! Two tiers: plain `cargo test` runs the tests that need only Rust, SQLite
+//! and the compiled Rust guests; tests that need a broker, the schema
+//! registry, the collector, a browser or the JavaScript and Python
+//! toolchains are `#[ignore = "needs services: make test"]`, and `make test`
+//! starts those services and runs every test (`--include-ignored`).
 
 mod alerts;
 mod authoring;

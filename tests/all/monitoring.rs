@@ -16,6 +16,7 @@ const ALERTS: &str = concat!(
 );
 
 #[test]
+#[ignore = "needs services: make test"]
 fn the_shipped_alert_rules_pass_promtool() {
     let out = Command::new("promtool")
         .args(["check", "rules", ALERTS])
@@ -102,6 +103,7 @@ impl Drop for Prometheus {
 }
 
 #[test]
+#[ignore = "needs services: make test"]
 fn prometheus_scrapes_the_host_and_promql_sees_the_known_load() {
     let sb = Sandbox::new();
     sb.install(

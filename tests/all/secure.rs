@@ -45,11 +45,13 @@ fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
 const EVENTS: usize = 20;
 
 #[test]
+#[ignore = "needs services: make test"]
 fn sasl_ssl_carries_dual_write_consume_replay_and_status() {
     round_trip(Listener::SaslSsl);
 }
 
 #[test]
+#[ignore = "needs services: make test"]
 fn mutual_tls_carries_dual_write_consume_replay_and_status() {
     round_trip(Listener::Mtls);
 }
@@ -168,6 +170,7 @@ fn round_trip(listener: Listener) {
 /// naming the brokers and the cause, at start with `KAFKA_REQUIRED` and in
 /// `status`; without it SQLite takes over and nothing is lost.
 #[test]
+#[ignore = "needs services: make test"]
 fn bad_credentials_or_tls_are_named_and_sqlite_takes_over() {
     let secure = SecureBroker::from_env_file();
     let other_ca = secure.var("KAFKA_TEST_OTHER_CA_LOCATION").to_owned();
@@ -279,6 +282,7 @@ fn bad_credentials_or_tls_are_named_and_sqlite_takes_over() {
 /// JSON), `/metrics`, `/ready`, `/health`, the dashboard and the API pages;
 /// with the right secrets and with a wrong one (error paths quote more).
 #[test]
+#[ignore = "needs services: make test"]
 fn secrets_appear_in_no_log_status_metric_or_page() {
     /// A variable to set in place of the broker file's value.
     type Swap = Option<(&'static str, &'static str)>;
@@ -389,6 +393,7 @@ fn secrets_appear_in_no_log_status_metric_or_page() {
 /// (its broker also enables them): `status` reaches the broker with each,
 /// and PLAIN stays the default for the plan's two variables.
 #[test]
+#[ignore = "needs services: make test"]
 fn scram_sha_256_and_plain_authenticate_too() {
     let sb = Sandbox::new();
     for mechanism in ["SCRAM-SHA-256", "PLAIN", ""] {

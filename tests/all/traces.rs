@@ -13,6 +13,7 @@ use persona_bus_tests::{Sandbox, guests, wait_for};
 use std::time::Duration;
 
 #[test]
+#[ignore = "needs services: make test"]
 fn one_trace_follows_an_event_across_two_devices() {
     let collector = Collector::start();
     let prefix = k::prefix();
