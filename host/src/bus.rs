@@ -524,7 +524,7 @@ fn start_kafka(k: &crate::kafka::config::KafkaConfig) -> Result<Result<(), Strin
 
 /// Takes the data folder's host lock, held while the returned file lives:
 /// one host per folder, and no `store compact` beside a host.
-pub(crate) fn take_lock(config: &Config) -> Result<File, BusError> {
+pub fn take_lock(config: &Config) -> Result<File, BusError> {
     let path = config.data_dir.join("host.lock");
     let file = File::create(&path).map_err(|source| BusError::Io {
         what: format!("create {}", path.display()),

@@ -1,44 +1,43 @@
 //! persona-bus: an event bus host that dispatches events to sandboxed
 //! WebAssembly handler components.
 //!
+//! The layers below it are crates of their own: `persona-bus-model`
+//! (events, matching, manifests, outcomes, limits) and `persona-bus-store`
+//! (the SQL), re-exported here under their module names. The command line
+//! is the binary's (`src/main.rs`, `src/commands/<verb>.rs`).
+//!
 //! Module map, in the order an event meets them:
 //!
 //! | module     | what it is |
 //! |------------|------------|
-//! | [`config`] | host configuration: TOML file + the plan's environment variables |
-//! | [`event`]  | the event model and input validation |
-//! | [`store`]  | SQLite: events, subscriptions, executions, ledger, dead letters, state, Kafka outbox |
+//! | [`config`] | combines each section's settings: one TOML file, one table of environment variables |
+//! | [`event`]  | the event model and input validation (model crate) |
+//! | [`store`]  | SQLite: events, subscriptions, executions, ledger, dead letters, state, Kafka outbox (store crate) |
 //! | [`kafka`]  | Kafka: client settings, topics, wire format, outbox relay, consumer groups, replay |
 //! | [`source`] | where events come from: the SQLite poller, and the switch between it and Kafka |
 //! | [`context`] | what the running parts share: config, store, wakeups, source switch, metrics, notices |
 //! | [`pipeline`] | per-project lanes from the sources to the committer, bounded, with a shutdown that ends |
 //! | [`breaker`] | the circuit breaker that decides when Kafka is given up on and retried |
-//! | [`matching`] | which subscriptions want an event |
-//! | [`manifest`] | handler manifests (`name.toml`) |
+//! | [`matching`] | which subscriptions want an event (model crate) |
+//! | [`manifest`] | handler manifests (`name.toml`) (model crate) |
 //! | [`registry`] | loading handlers from the handlers folder |
 //! | [`runtime`] | wasmtime: engine, limits, host imports, compiled-component cache |
 //! | [`dispatch`] | running the matching handlers on one event |
-//! | [`outcome`] | what a run produced and what happens next (retry, dead letter) |
+//! | [`outcome`] | what a run produced and what happens next (model crate) |
 //! | [`retention`] | the thread that prunes the store past `[store.retention]` and gives space back |
 //! | [`metrics`] | counters and histograms for `/metrics` |
 //! | [`traces`] | OTLP spans per event (publish, dispatch, handler calls, commit), W3C `traceparent` in headers |
 //! | [`alerts`] | the host's own alert rules, their state in SQLite and signed webhook deliveries |
 //! | [`bus`]    | all of the above wired together (the sources see only `context` and `pipeline`) |
 //! | [`api`]    | the HTTP API, webhooks, health, metrics and the dashboard |
-//! | [`cli`]    | the `persona-bus` command line |
-//!
-//! `main.rs` only parses arguments, sets up tracing and calls [`cli::main`].
 
 pub mod alerts;
 pub mod api;
-pub mod authoring;
 pub mod breaker;
 pub mod bus;
-pub mod cli;
 pub mod config;
 pub mod context;
 pub mod dispatch;
-pub mod dry_run;
 pub mod http_client;
 pub mod kafka;
 pub mod metrics;

@@ -1,11 +1,13 @@
 //! The `persona-bus` binary: parse the command line, set up tracing, hand
 //! over to the library.
 
+mod commands;
+
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = persona_bus::cli::Cli::parse_args();
+    let cli = commands::Cli::parse_args();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
@@ -18,7 +20,7 @@ fn main() -> ExitCode {
     if let Ok(exe) = std::env::current_exe() {
         persona_bus::runtime::compile_in_child(exe);
     }
-    match persona_bus::cli::main(cli) {
+    match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

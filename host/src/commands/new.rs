@@ -8,13 +8,13 @@ use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const WIT: &str = include_str!("../../wit/bus.wit");
-const RUST_LIB: &str = include_str!("../../examples/handler-template-rust/src/lib.rs");
-const RUST_MANIFEST: &str = include_str!("../../examples/handler-template-rust/handler.toml");
-const JS_SOURCE: &str = include_str!("../../examples/handler-template-js/handler.js");
-const JS_MANIFEST: &str = include_str!("../../examples/handler-template-js/handler.toml");
-const PY_SOURCE: &str = include_str!("../../examples/handler-template-python/app.py");
-const PY_MANIFEST: &str = include_str!("../../examples/handler-template-python/handler.toml");
+const WIT: &str = include_str!("../../../wit/bus.wit");
+const RUST_LIB: &str = include_str!("../../../examples/handler-template-rust/src/lib.rs");
+const RUST_MANIFEST: &str = include_str!("../../../examples/handler-template-rust/handler.toml");
+const JS_SOURCE: &str = include_str!("../../../examples/handler-template-js/handler.js");
+const JS_MANIFEST: &str = include_str!("../../../examples/handler-template-js/handler.toml");
+const PY_SOURCE: &str = include_str!("../../../examples/handler-template-python/app.py");
+const PY_MANIFEST: &str = include_str!("../../../examples/handler-template-python/handler.toml");
 /// The componentize-js the repository builds with (tools/js).
 const COMPONENTIZE_JS: &str = "0.23.0";
 /// The componentize-py it builds with (`make py-handlers`).
@@ -186,7 +186,7 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// The handler manifest (`name.toml`) in a handler's folder.
 pub fn manifest_in(dir: &Path) -> anyhow::Result<PathBuf> {
-    crate::registry::manifests_in(dir)
+    persona_bus::registry::manifests_in(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .into_iter()
         .find(|p| p.file_name().is_some_and(|n| n != "Cargo.toml"))

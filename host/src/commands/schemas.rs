@@ -1,11 +1,11 @@
 //! `persona-bus schemas push | list | check`: registering schema versions,
 //! in the registry when one is configured, else in the schemas folder.
 
-use super::registry::RegistryClient;
-use super::{Schema, Schemas, schema_type_of};
-use crate::config::Config;
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use persona_bus::config::Config;
+use persona_bus::schemas::registry::RegistryClient;
+use persona_bus::schemas::{Schema, Schemas, schema_type_of};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Subcommand)]
@@ -171,7 +171,7 @@ fn push_registry(
     // carries the reason (some registries' check endpoint gives none).
     let id = match r.register(subject, text, kind) {
         Ok(id) => id,
-        Err(super::registry::RegistryError::Refused {
+        Err(persona_bus::schemas::registry::RegistryError::Refused {
             status: 409,
             message,
             ..
@@ -221,7 +221,7 @@ fn push_folder(
     kind: &str,
     version: Option<u32>,
 ) -> anyhow::Result<()> {
-    if !crate::event::is_valid_event_type(event_type) {
+    if !persona_bus::event::is_valid_event_type(event_type) {
         bail!("{event_type:?} is not a valid event type");
     }
     let versions = folder_versions(schemas, event_type)?;

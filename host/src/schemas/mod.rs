@@ -24,7 +24,6 @@
 //! keeps the event in the outbox): nothing is lost.
 
 pub mod avro;
-pub mod commands;
 pub mod config;
 pub mod registry;
 

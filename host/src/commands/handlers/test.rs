@@ -7,13 +7,13 @@
 //! State reads see the host's committed state when the data folder has a
 //! store (read only), else an empty one.
 
-use crate::config::Config;
-use crate::event::NewEvent;
-use crate::outcome::{RunOutcome, StateOp};
-use crate::registry::load_handler;
-use crate::runtime::{CallEnv, Origin, Runtime};
-use crate::store::Store;
 use anyhow::{Context, bail};
+use persona_bus::config::Config;
+use persona_bus::event::NewEvent;
+use persona_bus::outcome::{RunOutcome, StateOp};
+use persona_bus::registry::load_handler;
+use persona_bus::runtime::{CallEnv, Origin, Runtime};
+use persona_bus::store::Store;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 /// folder.
 pub fn run(config: &Config, target: &Path, event: &Path, attempt: u32) -> anyhow::Result<()> {
     let manifest = if target.is_dir() {
-        crate::authoring::manifest_in(target)?
+        crate::commands::new::manifest_in(target)?
     } else if target.extension().is_some_and(|x| x == "toml") || target.is_file() {
         target.to_owned()
     } else {
@@ -48,8 +48,8 @@ pub fn run(config: &Config, target: &Path, event: &Path, attempt: u32) -> anyhow
     let env = Arc::new(CallEnv {
         store,
         limits: config.limits.clone(),
-        schemas: Arc::new(crate::schemas::Schemas::new(config)),
-        traces: Arc::new(crate::traces::Traces::off()),
+        schemas: Arc::new(persona_bus::schemas::Schemas::new(config)),
+        traces: Arc::new(persona_bus::traces::Traces::off()),
         overlay: Default::default(),
         transcript: Some(transcript.clone()),
     });
@@ -61,7 +61,7 @@ pub fn run(config: &Config, target: &Path, event: &Path, attempt: u32) -> anyhow
         .manifest
         .subscriptions
         .iter()
-        .any(|s| crate::matching::event_type_matches(&s.event_type, &event.event_type))
+        .any(|s| persona_bus::matching::event_type_matches(&s.event_type, &event.event_type))
     {
         println!(
             "note: no subscription of this handler matches {:?}; running it anyway",
