@@ -14,6 +14,7 @@ use crate::registry::Registry;
 use crate::runtime::{CallEnv, Runtime, RuntimeError};
 use crate::source::{SourceSwitch, Wakeup, commit_published, poller};
 use crate::store::{GroupCommit, Role, Store, StoreError, Sync};
+use persona_bus_model::sync::Locked;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -212,9 +213,9 @@ impl Bus {
     /// Starts the SQLite poller and, when Kafka is the source, the consumer
     /// groups (idempotent).
     pub fn start(&self) -> Result<(), BusError> {
-        let mut slot = self.poller.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.poller.locked();
         if slot.is_none() && self.ctx.source.consuming() {
-            let mut consumers = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut consumers = self.consumers.locked();
             consumers.push(crate::kafka::consumer::spawn(
                 self.ctx.clone(),
                 self.pipeline.clone(),
@@ -417,8 +418,7 @@ impl Bus {
         self.ctx.stop();
         let grace = Duration::from_millis(self.ctx.config.shutdown_grace_ms);
         self.pipeline.close(grace);
-        for handle in std::mem::take(&mut *self.consumers.lock().unwrap_or_else(|p| p.into_inner()))
-        {
+        for handle in std::mem::take(&mut *self.consumers.locked()) {
             let _ = handle.join();
         }
         for slot in [
@@ -429,7 +429,7 @@ impl Bus {
             &self.alerts,
             &self.retention,
         ] {
-            if let Some(handle) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(handle) = slot.locked().take() {
                 handle.thread().unpark();
                 let _ = handle.join();
             }

@@ -10,6 +10,7 @@ use crate::event::{Event, EventStatus};
 use crate::outcome::{Next, Resolution};
 use crate::source::{SourceSwitch, Wakeup};
 use crate::store::{ClaimScope, Store};
+use persona_bus_model::sync::Locked;
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -219,7 +220,7 @@ impl StoreHealth {
     /// Records a refused write; true if writes of this kind went through
     /// until now (log it then, not at every retry).
     pub fn refused(&self, what: &'static str, error: &dyn std::fmt::Display) -> bool {
-        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut refusals = self.refusals.locked();
         let reason = error.to_string();
         self.refusing.store(true, Ordering::Release);
         match refusals.iter_mut().find(|r| r.what == what) {
@@ -243,7 +244,7 @@ impl StoreHealth {
         if !self.refusing.load(Ordering::Acquire) {
             return;
         }
-        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut refusals = self.refusals.locked();
         if let Some(i) = refusals.iter().position(|r| r.what == what) {
             let r = refusals.remove(i);
             tracing::info!(what, refused_since = %r.since, "the store takes writes again");
@@ -256,9 +257,6 @@ impl StoreHealth {
         if !self.refusing.load(Ordering::Acquire) {
             return Vec::new();
         }
-        self.refusals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.refusals.locked().clone()
     }
 }

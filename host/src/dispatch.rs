@@ -11,6 +11,7 @@ use crate::registry::Registry;
 use crate::runtime::{CallEnv, Origin, Runtime};
 use crate::store::{Store, StoreError};
 use crate::traces::EventSpan;
+use persona_bus_model::sync::ReadWrite;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -68,7 +69,7 @@ impl Dispatcher {
     /// Calls `f` instead of the handlers' components from now on (None:
     /// back to WebAssembly). See [`NativeHandler`].
     pub fn set_native(&self, f: Option<NativeHandler>) {
-        *self.native.write().unwrap_or_else(|p| p.into_inner()) = f;
+        *self.native.write_locked() = f;
     }
 
     /// What handlers see of the host (store, limits, schemas, traces).
@@ -108,11 +109,7 @@ impl Dispatcher {
     ) -> (Resolution, Option<EventSpan>) {
         let mut trace = self.env.traces.dispatching(&event);
         let snapshot = self.registry.snapshot();
-        let native = self
-            .native
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let native = self.native.read_locked().clone();
         let subscribers: Vec<_> = if event.chain_depth > self.env.limits.max_chain_depth {
             // Only an event from a host with a laxer limit gets here.
             tracing::warn!(event_id = %event.id, depth = event.chain_depth, "not dispatching: chain too deep");

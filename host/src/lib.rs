@@ -51,7 +51,7 @@ pub mod source;
 pub mod traces;
 
 // The layers below the host, under the names the host's modules use.
-pub use persona_bus_model::{event, fast_map, manifest, matching, outcome, secrets};
+pub use persona_bus_model::{event, fast_map, manifest, matching, outcome, secrets, sync};
 pub use persona_bus_store as store;
 
 pub use bus::{Bus, BusError, Notice};

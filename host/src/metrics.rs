@@ -3,6 +3,7 @@
 //! lock for the per-handler maps), read by scrapes and benchmarks.
 
 use crate::outcome::{Next, Resolution};
+use persona_bus_model::sync::Locked;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,7 +110,7 @@ pub struct Metrics {
 impl Metrics {
     /// Counts a committed batch of outcomes.
     pub fn resolved(&self, resolutions: &[Resolution]) {
-        let mut per = self.handlers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut per = self.handlers.locked();
         for r in resolutions {
             let counter = match &r.next {
                 Next::Retry { .. } => &self.retried,
@@ -155,7 +156,7 @@ impl Metrics {
 
     /// Runs and errors per handler: (handler, runs, failed runs).
     pub fn handler_runs(&self) -> BTreeMap<String, (u64, u64)> {
-        let per = self.handlers.lock().unwrap_or_else(|p| p.into_inner());
+        let per = self.handlers.locked();
         let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for ((h, outcome), n) in &per.runs {
             let e = out.entry(h.to_string()).or_default();
@@ -240,7 +241,7 @@ impl Metrics {
                 counter.load(Ordering::Relaxed)
             );
         }
-        let per = self.handlers.lock().unwrap_or_else(|p| p.into_inner());
+        let per = self.handlers.locked();
         let _ = writeln!(
             s,
             "# HELP persona_bus_handler_runs_total Handler runs by outcome (errors by kind: trap, timeout, ...).\n# TYPE persona_bus_handler_runs_total counter"

@@ -40,9 +40,10 @@ use crate::fast_map::FastMap;
 use crate::outcome::Resolution;
 use crate::runtime::{Origin, Written};
 use crate::store::StoreError;
+use persona_bus_model::sync::{Locked, Waits};
 use std::collections::VecDeque;
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -166,7 +167,7 @@ impl Pipeline {
         let committer = std::thread::Builder::new()
             .name("committer".into())
             .spawn(move || commit_loop(weak, ready))?;
-        *lock(&pipeline.committer) = Some(committer);
+        *pipeline.committer.locked() = Some(committer);
         Ok(pipeline)
     }
 
@@ -187,12 +188,12 @@ impl Pipeline {
         }
         let mut ledger = self.dispatcher.ledger_for(&deliveries)?;
         let n = deliveries.len();
-        let mut state = lock(&self.state);
+        let mut state = self.state.locked();
         while !state.closed
             && !state.in_flight.is_empty()
             && state.in_flight.len() + n > self.max_in_flight
         {
-            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = self.freed.wait_on(state);
         }
         if state.closed {
             return Err(Refused::Closed);
@@ -233,7 +234,8 @@ impl Pipeline {
 
     /// Projects whose lanes are full: claim none of their events for now.
     pub fn full_lanes(&self) -> Vec<String> {
-        lock(&self.state)
+        self.state
+            .locked()
             .lanes
             .iter()
             .filter(|(_, q)| q.len() >= self.lane_depth)
@@ -245,9 +247,9 @@ impl Pipeline {
     /// can take now without waiting (any number when nothing is in
     /// flight; 0 once it is closed).
     pub fn wait_for_room(&self) -> usize {
-        let mut state = lock(&self.state);
+        let mut state = self.state.locked();
         while !state.closed && state.in_flight.len() >= self.max_in_flight {
-            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = self.freed.wait_on(state);
         }
         if state.closed {
             0
@@ -263,7 +265,7 @@ impl Pipeline {
     /// their projects' lanes is full. (A publish hands its events over only
     /// then, and otherwise leaves them `pending` for the poller.)
     pub fn would_take(&self, events: &[crate::event::Event], queued: usize) -> bool {
-        let state = lock(&self.state);
+        let state = self.state.locked();
         let after = state.in_flight.len() + queued;
         !state.closed
             && (after == 0 || after + events.len() <= self.max_in_flight)
@@ -277,7 +279,8 @@ impl Pipeline {
 
     /// Ids of the events in flight (the reaper leaves them alone).
     pub fn in_flight_ids(&self) -> Vec<String> {
-        lock(&self.state)
+        self.state
+            .locked()
             .in_flight
             .values()
             .map(|e| e.event_id.clone())
@@ -288,19 +291,16 @@ impl Pipeline {
     /// idle.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         let until = Instant::now().checked_add(timeout);
-        let mut state = lock(&self.state);
+        let mut state = self.state.locked();
         while !state.in_flight.is_empty() {
             state = match until {
-                None => self.freed.wait(state).unwrap_or_else(|p| p.into_inner()),
+                None => self.freed.wait_on(state),
                 Some(until) => {
                     let left = until.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return false;
                     }
-                    self.freed
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
+                    self.freed.wait_on_for(state, left)
                 }
             };
         }
@@ -312,7 +312,7 @@ impl Pipeline {
     /// were abandoned. Idempotent.
     pub fn close(&self, grace: Duration) -> usize {
         {
-            let mut state = lock(&self.state);
+            let mut state = self.state.locked();
             state.closed = true;
         }
         self.freed.notify_all();
@@ -320,17 +320,17 @@ impl Pipeline {
         // Stop the handler threads: a lane still running is dropped at its
         // next await point (a running guest yields at every epoch tick), and
         // with it the instance and the call's buffered effects.
-        if let Some(threads) = lock(&self.threads).take() {
+        if let Some(threads) = self.threads.locked().take() {
             threads.shutdown_background();
         }
         // Let the committer finish what was handed to it, then stop.
-        drop(lock(&self.to_committer).take());
-        if let Some(committer) = lock(&self.committer).take() {
+        drop(self.to_committer.locked().take());
+        if let Some(committer) = self.committer.locked().take() {
             let _ = committer.join();
         }
         // Whatever is left was never committed.
         let left: Vec<Entry> = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.locked();
             state.lanes.clear();
             state.in_flight.drain().map(|(_, e)| e).collect()
         };
@@ -351,7 +351,7 @@ impl Pipeline {
 
     /// The sinks of these in-flight events, in order.
     fn sinks_of(&self, tickets: &[u64]) -> Vec<Arc<dyn Sink>> {
-        let state = lock(&self.state);
+        let state = self.state.locked();
         // Entries leave only through `retire` (after their commit) or
         // `close` (after the committer has stopped): all are still here.
         tickets
@@ -362,12 +362,12 @@ impl Pipeline {
 
     /// Events submitted and not yet committed.
     fn in_flight(&self) -> usize {
-        lock(&self.state).in_flight.len()
+        self.state.locked().in_flight.len()
     }
 
     /// The committer took these outcomes off the books.
     fn retire(&self, tickets: &[u64]) {
-        let mut state = lock(&self.state);
+        let mut state = self.state.locked();
         for t in tickets {
             state.in_flight.remove(t);
         }
@@ -381,7 +381,7 @@ impl Pipeline {
 /// shared with every other lane and the sources) and ends when it finds the
 /// queue empty.
 async fn lane(pipeline: Arc<Pipeline>, project: String) {
-    let Some(to_committer) = lock(&pipeline.to_committer).clone() else {
+    let Some(to_committer) = pipeline.to_committer.locked().clone() else {
         return;
     };
     // The lane's queue and this buffer trade places at each turn, so
@@ -390,7 +390,7 @@ async fn lane(pipeline: Arc<Pipeline>, project: String) {
     let mut jobs = VecDeque::new();
     loop {
         {
-            let mut state = lock(&pipeline.state);
+            let mut state = pipeline.state.locked();
             match state.lanes.get_mut(&project) {
                 Some(queue) if !queue.is_empty() => std::mem::swap(queue, &mut jobs),
                 _ => {
@@ -518,8 +518,4 @@ fn by_sink<T>(items: impl IntoIterator<Item = (Arc<dyn Sink>, T)>) -> BySink<T> 
         }
     }
     groups
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -13,6 +13,7 @@
 //! | [`alert`]    | an alert of the host's own rules |
 //! | [`fast_map`] | the hash maps of the hot paths |
 //! | [`settings`] | what the sections of the configuration share |
+//! | [`sync`]     | the one way the workspace takes its locks |
 //! | [`text`]     | line numbers for TOML errors |
 
 pub mod alert;
@@ -24,4 +25,5 @@ pub mod matching;
 pub mod outcome;
 pub mod secrets;
 pub mod settings;
+pub mod sync;
 pub mod text;

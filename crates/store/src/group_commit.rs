@@ -19,6 +19,7 @@
 
 use super::StoreError;
 use persona_bus_model::event::Event;
+use persona_bus_model::sync::{Locked, Waits};
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
 
@@ -114,13 +115,13 @@ impl GroupCommit {
                 return result;
             }
             st.waiting += 1;
-            st = self.committed.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self.committed.wait_on(st);
             st.waiting -= 1;
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 }
 

@@ -33,6 +33,7 @@
 use super::id_filter::IdFilter;
 use super::{Op, StoreError};
 use persona_bus_model::fast_map::FastMap;
+use persona_bus_model::sync::Locked;
 use rusqlite::{Connection, OptionalExtension};
 use std::sync::{Mutex, MutexGuard};
 
@@ -117,7 +118,7 @@ impl Ids {
     }
 
     fn tail(&self) -> MutexGuard<'_, Tail> {
-        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+        self.tail.locked()
     }
 
     /// At the start of a write transaction (the write lock is held): catch

@@ -35,6 +35,7 @@ pub use retention::{Horizons, Pass, Pruned, RetentionConfig, StoreSize};
 pub use state::parse_counter;
 pub use subscriptions::NewSubscription;
 
+use persona_bus_model::sync::Locked;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -252,7 +253,7 @@ impl Store {
     /// transaction half-applied (rusqlite rolls back on drop), so a poisoned
     /// lock is safe to take over.
     fn writer(&self) -> MutexGuard<'_, Connection> {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+        self.writer.locked()
     }
 
     /// The numbers of these handlers, registering the new ones (each in a
@@ -264,7 +265,7 @@ impl Store {
         conn: &Connection,
         names: impl IntoIterator<Item = &'a str>,
     ) -> Result<MutexGuard<'_, persona_bus_model::fast_map::FastMap<String, i64>>, StoreError> {
-        let mut cache = self.handler_nos.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.handler_nos.locked();
         for name in names {
             if cache.contains_key(name) {
                 continue;
@@ -333,7 +334,7 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let pooled = self.readers.locked().pop();
         let conn = match pooled {
             Some(c) => c,
             None => connect(
@@ -344,7 +345,7 @@ impl Store {
             )?,
         };
         let result = f(&conn);
-        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pool = self.readers.locked();
         if pool.len() < self.tuning.readers {
             pool.push(conn);
         }

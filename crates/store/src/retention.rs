@@ -24,6 +24,7 @@
 //!   so the committer never waits long for the writer.
 
 use super::{Op, Store, StoreError, WriteTx};
+use persona_bus_model::sync::Locked;
 use rusqlite::{Connection, named_params, params};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant, SystemTime};
@@ -269,10 +270,7 @@ impl Store {
         {
             // SQLite changes auto_vacuum only in a VACUUM outside WAL mode,
             // which needs the only connection: the pooled readers go first.
-            self.readers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
+            self.readers.locked().clear();
             let conn = self.writer();
             conn.execute_batch(
                 "PRAGMA journal_mode = DELETE;

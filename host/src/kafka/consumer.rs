@@ -32,6 +32,7 @@ use crate::pipeline::{Finished, Pipeline, Refused, Sink};
 use crate::runtime::Origin;
 use crate::schemas::Schemas;
 use crate::store::RemoteOutcome;
+use persona_bus_model::sync::Locked;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -152,7 +153,7 @@ impl Sink for KafkaSink {
             );
         }
         self.ctx.notify_resolved(&resolutions);
-        let copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
+        let copies = self.copies.locked();
         if let Some(copies) = copies.as_ref()
             && copies.send(resolutions).is_err()
         {
@@ -346,7 +347,7 @@ fn run(
         let grace = Duration::from_millis(ctx.config.shutdown_grace_ms);
         pipeline.wait_idle(grace + Duration::from_secs(5));
     }
-    drop(sink.copies.lock().unwrap_or_else(|p| p.into_inner()).take());
+    drop(sink.copies.locked().take());
     let _ = copier.join();
     // Commit what is stored now rather than at the next interval, then
     // leave the group.

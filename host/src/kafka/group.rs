@@ -4,6 +4,7 @@
 use super::{KafkaError, client_config};
 use crate::fast_map::{FastMap, FastSet};
 use crate::kafka::config::{KafkaConfig, OffsetReset};
+use persona_bus_model::sync::{Locked, ReadWrite};
 use rdkafka::Message;
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
@@ -243,7 +244,7 @@ struct Pending {
 impl OffsetTracker {
     /// A record was taken from the partition.
     pub fn begin(&self, at: &Position) {
-        let mut topics = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut topics = self.0.locked();
         // The topic is cloned only the first time it is seen.
         let parts = match topics.get_mut(at.topic.as_str()) {
             Some(parts) => parts,
@@ -258,7 +259,7 @@ impl OffsetTracker {
     /// touch, the offset safe to store: the lowest still being handled, or
     /// one past the highest begun when none is.
     pub fn finish<'a>(&self, done: impl IntoIterator<Item = &'a Position>) -> Offsets {
-        let mut topics = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut topics = self.0.locked();
         let mut touched: FastSet<(&str, i32)> = FastSet::default();
         for at in done {
             if let Some(part) = topics
@@ -378,13 +379,12 @@ pub struct Owned(Arc<RwLock<HashSet<(String, i32)>>>);
 impl Owned {
     pub fn contains(&self, topic: &str, partition: i32) -> bool {
         self.0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_locked()
             .contains(&(topic.to_owned(), partition))
     }
 
     pub fn len(&self) -> usize {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.0.read_locked().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -399,7 +399,7 @@ impl ConsumerContext for Owned {
     // never claims a partition the consumer does not hold.
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let mut set = self.0.write().unwrap_or_else(|p| p.into_inner());
+            let mut set = self.0.write_locked();
             for e in tpl.elements() {
                 set.remove(&(e.topic().to_owned(), e.partition()));
             }
@@ -408,7 +408,7 @@ impl ConsumerContext for Owned {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            let mut set = self.0.write().unwrap_or_else(|p| p.into_inner());
+            let mut set = self.0.write_locked();
             for e in tpl.elements() {
                 set.insert((e.topic().to_owned(), e.partition()));
             }

@@ -12,6 +12,7 @@
 use super::KafkaError;
 use super::admin::{self, GroupView};
 use crate::kafka::config::KafkaConfig;
+use persona_bus_model::sync::Locked;
 use rdkafka::consumer::BaseConsumer;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,12 +50,11 @@ impl LagReader {
     ) -> Result<Arc<GroupView>, String> {
         let entry = self
             .groups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .entry(format!("{group}\0{}", topics.join(",")))
             .or_default()
             .clone();
-        let mut g = entry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = entry.locked();
         if let Some((at, sample)) = &g.last
             && at.elapsed() < max_age
         {

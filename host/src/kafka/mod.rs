@@ -24,6 +24,7 @@ pub mod webhooks;
 pub mod wire;
 
 use crate::kafka::config::KafkaConfig;
+use persona_bus_model::sync::Locked;
 use rdkafka::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
@@ -133,8 +134,7 @@ struct LastError(std::sync::Mutex<Option<(Option<RDKafkaErrorCode>, String)>>);
 
 impl rdkafka::ClientContext for LastError {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((error.rdkafka_error_code(), reason.to_owned()));
+        *self.0.locked() = Some((error.rdkafka_error_code(), reason.to_owned()));
     }
 }
 
@@ -195,12 +195,7 @@ pub fn probe(k: &KafkaConfig, timeout: Duration) -> Result<(), KafkaError> {
         } else {
             Duration::ZERO
         });
-        let last = consumer
-            .context()
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let last = consumer.context().0.locked().take();
         let verdict = classify(&k.brokers, timeout, error.to_string(), last);
         // Bad credentials or TLS will not fix themselves: say so at once.
         let certain = matches!(

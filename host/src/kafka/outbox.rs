@@ -8,6 +8,7 @@ use crate::kafka::config::KafkaConfig;
 use crate::schemas::Schemas;
 use crate::source::{SourceSwitch, Wakeup};
 use crate::store::Store;
+use persona_bus_model::sync::Locked;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -36,16 +37,8 @@ impl ProducerContext for Deliveries {
 
     fn delivery(&self, result: &DeliveryResult<'_>, event_id: Box<String>) {
         match result {
-            Ok(_) => self
-                .acked
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(*event_id),
-            Err((e, _)) => self
-                .failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((*event_id, e.to_string())),
+            Ok(_) => self.acked.locked().push(*event_id),
+            Err((e, _)) => self.failed.locked().push((*event_id, e.to_string())),
         }
     }
 }
@@ -292,8 +285,8 @@ fn settle(
     retry: &mut Retry,
 ) {
     let ctx = producer.context();
-    let acked = std::mem::take(&mut *ctx.acked.lock().unwrap_or_else(|p| p.into_inner()));
-    let failed = std::mem::take(&mut *ctx.failed.lock().unwrap_or_else(|p| p.into_inner()));
+    let acked = std::mem::take(&mut *ctx.acked.locked());
+    let failed = std::mem::take(&mut *ctx.failed.locked());
     for id in &acked {
         in_flight.remove(id);
     }

@@ -19,6 +19,7 @@ use crate::matching::Matcher;
 use crate::runtime::{HandlerRef, Prepared, Runtime, RuntimeError, digest};
 use crate::store::{HandlerRecord, Store, StoreError};
 use persona_bus_model::limits::HostLimits;
+use persona_bus_model::sync::{Locked, ReadWrite};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -192,15 +193,12 @@ impl Registry {
 
     /// The handlers serving now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.read_locked().clone()
     }
 
     /// Rescans the folder and swaps in what changed (see the module docs).
     pub fn reload(&self) -> Result<ReloadReport, StoreError> {
-        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.reloading.locked();
         self.reloads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let old = self.snapshot();
@@ -309,7 +307,7 @@ impl Registry {
             handlers,
             failures: report.failed.clone(),
         });
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        *self.current.write_locked() = snapshot;
         Ok(report)
     }
 
@@ -327,9 +325,9 @@ impl Registry {
 
     /// Rebuilds the matcher after subscriptions changed in the table (API).
     pub fn refresh_subscriptions(&self) -> Result<(), StoreError> {
-        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.reloading.locked();
         let subs = self.store.subscriptions()?;
-        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.current.write_locked();
         *current = Arc::new(Snapshot {
             handlers: current.handlers.clone(),
             matcher: Matcher::new(&subs),

@@ -10,6 +10,7 @@ use super::{CallEnv, HostState};
 use crate::event::{self, Event};
 use crate::manifest::Limits;
 use crate::outcome::{Effects, StateOp};
+use persona_bus_model::sync::Locked;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -69,9 +70,7 @@ impl Call {
     /// Adds a line to the dry run's transcript, if this is one.
     pub(crate) fn record(&self, line: impl FnOnce() -> String) {
         if let Some(t) = &self.env.transcript {
-            t.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(self.secrets.scrub(line()));
+            t.locked().push(self.secrets.scrub(line()));
         }
     }
 

@@ -37,6 +37,7 @@ use bindings::{Handler, HandlerPre};
 use config::RuntimeConfig;
 use limits::{LimitHit, Limiter};
 use persona_bus_model::limits::HostLimits;
+use persona_bus_model::sync::Locked;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -491,12 +492,7 @@ impl Runtime {
         deadline: Instant,
     ) -> (RunOutcome, Effects, Option<String>) {
         let limits = &h.manifest.limits;
-        let pooled = h
-            .prepared
-            .warm
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
+        let pooled = h.prepared.warm.locked().pop();
         let mut warm = match pooled {
             Some(mut w) => {
                 let state = w.store.data_mut();
@@ -545,7 +541,7 @@ impl Runtime {
         let state = warm.store.data_mut();
         let (effects, note) = (state.call.take_effects(), state.take_note());
         if !matches!(outcome, RunOutcome::Failed { .. }) {
-            let mut pool = h.prepared.warm.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pool = h.prepared.warm.locked();
             if pool.len() < h.manifest.instances.concurrency.unwrap_or(DEFAULT_WARM) as usize {
                 pool.push(warm);
             }

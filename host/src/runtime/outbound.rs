@@ -14,6 +14,7 @@
 
 use crate::manifest::OutboundRule;
 use http_body_util::BodyExt;
+use persona_bus_model::sync::Locked;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,7 +64,7 @@ impl Outbound {
 
     fn record(&self, line: String) {
         if let Some(t) = &self.transcript {
-            t.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            t.locked().push(line);
         }
     }
 

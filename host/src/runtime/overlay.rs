@@ -22,6 +22,7 @@
 //!   committer commits in order and stops at the first it cannot commit).
 
 use crate::fast_map::FastMap;
+use persona_bus_model::sync::Locked;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -57,7 +58,7 @@ impl StateOverlay {
         if self.entries.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.map.locked();
         map.get(handler)?
             .get(unit)?
             .get(key)
@@ -74,7 +75,7 @@ impl StateOverlay {
         view: Vec<(String, Option<Vec<u8>>)>,
     ) -> Written {
         let mut keys = Vec::with_capacity(view.len());
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.locked();
         let units = map.entry(handler.clone()).or_default();
         let pending = match units.get_mut(unit) {
             Some(p) => p,
@@ -108,7 +109,7 @@ impl StateOverlay {
         if written.is_empty() {
             return;
         }
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.locked();
         let mut dropped = 0;
         for w in written {
             let Some(units) = map.get_mut(&w.handler) else {

@@ -32,6 +32,7 @@ use crate::event::Event;
 use crate::kafka::config::KafkaConfig;
 use avro::AvroSchema;
 use config::SchemasConfig;
+use persona_bus_model::sync::{Locked, ReadWrite};
 use registry::{RegistryClient, RegistryError};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -277,12 +278,7 @@ impl Schemas {
         version: u32,
     ) -> Result<Option<Arc<Schema>>, SchemaError> {
         let key = (event_type.to_owned(), version);
-        if let Some(hit) = self
-            .by_version
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
+        if let Some(hit) = self.by_version.read_locked().get(&key) {
             match hit {
                 Lookup::Found(s) => return Ok(Some(s.clone())),
                 Lookup::Absent(at) if at.elapsed() < ABSENT_TTL => return Ok(None),
@@ -297,10 +293,7 @@ impl Schemas {
             Some(s) => Lookup::Found(s.clone()),
             None => Lookup::Absent(Instant::now()),
         };
-        self.by_version
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, entry);
+        self.by_version.write_locked().insert(key, entry);
         Ok(found)
     }
 
@@ -345,10 +338,7 @@ impl Schemas {
                 let origin = format!("subject {subject} version {version}, id {}", reg.id);
                 let kind = reg.schema_type.as_deref().unwrap_or("AVRO");
                 let schema = Arc::new(Schema::parse(&reg.schema, kind, Some(reg.id), origin)?);
-                self.by_id
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(reg.id, schema.clone());
+                self.by_id.write_locked().insert(reg.id, schema.clone());
                 Ok(Some(schema))
             }
             Err(e) if e.is_not_found() => Ok(None),
@@ -358,12 +348,7 @@ impl Schemas {
 
     /// A schema by registry id (framed records).
     pub fn by_id(&self, id: u32) -> Result<Arc<Schema>, SchemaError> {
-        if let Some(s) = self
-            .by_id
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-        {
+        if let Some(s) = self.by_id.read_locked().get(&id) {
             return Ok(s.clone());
         }
         let Some(r) = &self.registry else {
@@ -394,15 +379,12 @@ impl Schemas {
             Some(id),
             format!("schema id {id}"),
         )?);
-        self.by_id
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, schema.clone());
+        self.by_id.write_locked().insert(id, schema.clone());
         Ok(schema)
     }
 
     fn registry_up(&self) -> Result<(), String> {
-        match *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) {
+        match *self.down_until.locked() {
             Some(until) if Instant::now() < until => {
                 Err("the schema registry was unreachable moments ago".into())
             }
@@ -412,8 +394,7 @@ impl Schemas {
 
     fn registry_failed(&self, e: RegistryError) -> String {
         if matches!(e, RegistryError::Unreachable { .. }) {
-            *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(Instant::now() + DOWN_FOR);
+            *self.down_until.locked() = Some(Instant::now() + DOWN_FOR);
         }
         e.to_string()
     }

@@ -37,6 +37,7 @@ use crate::context::HostContext;
 use crate::event::{Event, EventStatus, now_millis};
 use crate::pipeline::Pipeline;
 use crate::store::{ClaimScope, Gathered, StoreError};
+use persona_bus_model::sync::Locked;
 
 /// Commits a group of publishes (the leader of a `GroupCommit` calls this;
 /// `take` gives the queued events once the transaction has begun) and,
@@ -52,7 +53,7 @@ pub(crate) fn commit_published(
     // Held through the transaction: the poller takes it to claim, so no
     // claim can come between this transaction's look for waiting rows and
     // the queue. The poller holds it only for a claim.
-    let queue = eligible.then(|| ctx.handoff.lock().unwrap_or_else(|p| p.into_inner()));
+    let queue = eligible.then(|| ctx.handoff.locked());
     let (events, claimed) = ctx.store.insert_gathered(|| {
         let events = take();
         let claim_at = queue

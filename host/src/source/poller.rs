@@ -20,6 +20,7 @@ use crate::pipeline::{Finished, Pipeline, Refused, Sink};
 use crate::runtime::Origin;
 use crate::source::Woke;
 use crate::store::{ClaimScope, StoreError};
+use persona_bus_model::sync::Locked;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -171,7 +172,7 @@ fn claim_and_submit(
     if room == 0 {
         return Ok(Polled::default());
     }
-    let mut queue = ctx.handoff.lock().unwrap_or_else(|p| p.into_inner());
+    let mut queue = ctx.handoff.locked();
     let handed = std::mem::take(&mut *queue);
     let want = limit.min(room.saturating_sub(handed.len()));
     let looked = look && want > 0;
@@ -208,7 +209,7 @@ fn claim_and_submit(
 /// Returns events handed over and not submitted to `pending` (the poller
 /// is stopping).
 pub(crate) fn release_handed(ctx: &HostContext) {
-    let handed = std::mem::take(&mut *ctx.handoff.lock().unwrap_or_else(|p| p.into_inner()));
+    let handed = std::mem::take(&mut *ctx.handoff.locked());
     if handed.is_empty() {
         return;
     }

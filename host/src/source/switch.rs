@@ -8,6 +8,7 @@
 use crate::breaker::{Breaker, State, Transition};
 use crate::kafka::config::KafkaConfig;
 use crate::store::ClaimScope;
+use persona_bus_model::sync::Locked;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -130,7 +131,7 @@ impl SourceSwitch {
     /// breaker does not watch it, so this is what reports a broker that is
     /// down. Asks at most every 5 s (blocking up to 2 s when it does).
     pub fn reachable(&self, k: &crate::kafka::config::KafkaConfig) -> Result<(), String> {
-        let mut reach = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reach = self.reach.locked();
         if let Some((at, result)) = reach.as_ref()
             && at.elapsed() < REACH_FRESH
         {
@@ -160,7 +161,7 @@ impl SourceSwitch {
     }
 
     fn closed_at(&self) -> Option<Instant> {
-        *self.closed_at.lock().unwrap_or_else(|p| p.into_inner())
+        *self.closed_at.locked()
     }
 
     /// What the outbox relay saw: acknowledgements, and when the newest
@@ -240,12 +241,7 @@ impl SourceSwitch {
     }
 
     fn history(&self) -> Vec<Transition> {
-        self.history
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.history.locked().iter().cloned().collect()
     }
 
     /// Transitions into each state so far: (closed, open, half_open).
@@ -254,7 +250,7 @@ impl SourceSwitch {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
-        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+        self.breaker.locked()
     }
 
     fn apply(&self, t: Option<Transition>) {
@@ -264,7 +260,7 @@ impl SourceSwitch {
         self.transitions.fetch_add(1, Ordering::Relaxed);
         self.to_state[t.to.to_u8() as usize].fetch_add(1, Ordering::Relaxed);
         if t.to == State::Closed {
-            *self.closed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            *self.closed_at.locked() = Some(Instant::now());
         }
         match t.to {
             State::Open if self.required => tracing::error!(
@@ -284,7 +280,7 @@ impl SourceSwitch {
             ),
         }
         {
-            let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            let mut h = self.history.locked();
             h.push_back(t);
             while h.len() > 32 {
                 h.pop_front();

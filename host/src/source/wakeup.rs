@@ -7,6 +7,7 @@
 //! rows, which under a stream of handed-over publishes would be an empty
 //! claim, a write statement on the busy writer, for every wake.
 
+use persona_bus_model::sync::{Locked, Waits};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ impl Wakeup {
     /// awake, and std's `notify_all` is a futex syscall whether or not
     /// anyone sleeps: only a sleeper is woken, and only by the first ring.
     pub fn ring(&self) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.locked();
         if st.rung {
             return;
         }
@@ -41,7 +42,7 @@ impl Wakeup {
 
     /// Wakes the waiter without a ring (see the module doc).
     pub fn nudge(&self) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.locked();
         if st.nudged || st.rung {
             return;
         }
@@ -61,14 +62,12 @@ impl Wakeup {
     /// (a ring wins over a nudge). Signals that came before the wait are
     /// not lost.
     pub fn wait_for(&self, timeout: Duration) -> Woke {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.locked();
         if !st.rung && !st.nudged {
             st.sleeping += 1;
             st = self
                 .cv
-                .wait_timeout_while(st, timeout, |st| !st.rung && !st.nudged)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+                .wait_on_while(st, timeout, |st| !st.rung && !st.nudged);
             st.sleeping -= 1;
         }
         let nudged = std::mem::replace(&mut st.nudged, false);
@@ -84,7 +83,7 @@ impl Wakeup {
     /// Whether it was rung since the last wait, without waiting (the ring
     /// is taken; a nudge is left).
     pub fn take_ring(&self) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.locked();
         std::mem::replace(&mut st.rung, false)
     }
 }

@@ -14,6 +14,7 @@ use persona_bus::outcome::{RunOutcome, StateOp};
 use persona_bus::registry::load_handler;
 use persona_bus::runtime::{CallEnv, Origin, Runtime};
 use persona_bus::store::Store;
+use persona_bus::sync::Locked;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -74,7 +75,7 @@ pub fn run(config: &Config, target: &Path, event: &Path, attempt: u32) -> anyhow
         .context("cannot start the async runtime")?;
     let inv =
         tokio.block_on(runtime.invoke(h.handle_ref(), &event, &Origin::Sqlite, attempt, &env));
-    for line in transcript.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    for line in transcript.locked().iter() {
         println!("  {line}");
     }
     for op in &inv.effects.state {
