@@ -313,9 +313,12 @@ impl Bus {
         // accepted can still be handled and committed.
         self.ctx.store.check_room()?;
         let hand_over = self.handing_over.load(Ordering::Acquire);
-        let stored = self.inserts.insert(events, |take| {
-            commit_published(&self.ctx, &self.pipeline, hand_over, take)
-        });
+        let stored = self
+            .inserts
+            .insert(events, |take| {
+                commit_published(&self.ctx, &self.pipeline, hand_over, take)
+            })
+            .map_err(|e| self.ctx.store.name_full_disk(e));
         let health = &self.ctx.store_health;
         match &stored {
             Ok(()) => health.recovered(PUBLISH),

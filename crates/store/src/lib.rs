@@ -93,6 +93,8 @@ pub enum StoreError {
         "only {free_mb} MiB free for the data folder, below store.min_free_mb = {floor_mb}: new events are refused until space is freed"
     )]
     NoRoom { free_mb: u64, floor_mb: u64 },
+    #[error("the data folder's file system is full ({0})")]
+    Full(String),
 }
 
 impl StoreError {
@@ -100,7 +102,7 @@ impl StoreError {
     /// a client should retry later, and nothing it sent was stored.
     pub fn is_out_of_space(&self) -> bool {
         match self {
-            Self::NoRoom { .. } => true,
+            Self::NoRoom { .. } | Self::Full(_) => true,
             Self::Sqlite { source, .. } => {
                 source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
             }

@@ -5,6 +5,10 @@
 use super::{Store, StoreError};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
+/// Free bytes below which a failed write is put down to a full disk: less
+/// than a few pages and their WAL frames.
+const FULL_BELOW: u64 = 1 << 20;
+
 /// How long a reading of the free space serves (a publish path may call
 /// this tens of thousands of times a second; `statvfs` is a system call).
 const FRESH_MS: i64 = 100;
@@ -34,6 +38,23 @@ impl Store {
             stat
         };
         Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    }
+
+    /// `e`, or [`StoreError::Full`] when the write failed because the file
+    /// system has no room left. SQLite reports some writes that ENOSPC
+    /// refused as I/O errors rather than `SQLITE_FULL` (the WAL index
+    /// growing: `SQLITE_IOERR_SHMSIZE`), and a group commit hands its
+    /// followers the leader's error as text; both read as a full disk
+    /// when almost nothing is free.
+    pub fn name_full_disk(&self, e: StoreError) -> StoreError {
+        let written = matches!(e, StoreError::Sqlite { .. } | StoreError::GroupCommit(_));
+        if !written || e.is_out_of_space() {
+            return e;
+        }
+        match self.free_bytes() {
+            Ok(free) if free < FULL_BELOW => StoreError::Full(e.to_string()),
+            _ => e,
+        }
     }
 
     /// Refuses with [`StoreError::NoRoom`] while less than
