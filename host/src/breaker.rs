@@ -3,7 +3,7 @@
 //! A plain state machine: it is told about failures, successes and the
 //! passing of time, and answers with the transition, if any. Who does what
 //! on a transition (the poller takes over, the consumer pauses or probes)
-//! lives in `source::switch`; keeping time and I/O out of here lets every
+//! lives in `switch`; keeping time and I/O out of here lets every
 //! transition be tested directly.
 //!
 //! ```text

@@ -4,6 +4,7 @@
 //! [`Bus::shutdown`] stops them, giving calls in flight
 //! `shutdown_grace_ms` to finish.
 
+use crate::call_host::CallHost;
 use crate::config::Config;
 use crate::context::HostContext;
 pub use crate::context::Notice;
@@ -12,8 +13,10 @@ use crate::event::{Event, EventError, EventLimits, NewEvent};
 use crate::pipeline::{Pipeline, Sink};
 use crate::registry::Registry;
 use crate::runtime::{CallEnv, Runtime, RuntimeError};
-use crate::source::{SourceSwitch, Wakeup, commit_published, poller};
+use crate::source::{commit_published, poller};
 use crate::store::{GroupCommit, Role, Store, StoreError, Sync};
+use crate::switch::SourceSwitch;
+use crate::wakeup::Wakeup;
 use persona_bus_model::sync::Locked;
 use std::fs::File;
 use std::path::PathBuf;
@@ -127,14 +130,21 @@ impl Bus {
             &config.kafka.client_id,
         ));
         let env = Arc::new(CallEnv {
-            store: store.clone(),
+            host: Arc::new(CallHost {
+                store: store.clone(),
+                schemas: schemas.clone(),
+            }),
             limits: config.limits.clone(),
-            schemas: schemas.clone(),
-            traces: traces.clone(),
             overlay: Default::default(),
             transcript: None,
         });
-        let dispatcher = Arc::new(Dispatcher::new(runtime, store.clone(), registry, env));
+        let dispatcher = Arc::new(Dispatcher::new(
+            runtime,
+            store.clone(),
+            registry,
+            env,
+            traces.clone(),
+        ));
         let pipeline = Pipeline::start(
             dispatcher,
             config.workers(),
@@ -159,7 +169,7 @@ impl Bus {
         let checkpointer = spawn_checkpointer(ctx.clone())?;
         let relay = if ctx.config.kafka.enabled {
             let stop = ctx.clone();
-            Some(crate::kafka::outbox::spawn(
+            Some(crate::outputs::outbox::spawn(
                 ctx.store.clone(),
                 ctx.config.kafka.clone(),
                 ctx.outbox_wakeup.clone(),
@@ -216,12 +226,12 @@ impl Bus {
         let mut slot = self.poller.locked();
         if slot.is_none() && self.ctx.source.consuming() {
             let mut consumers = self.consumers.locked();
-            consumers.push(crate::kafka::consumer::spawn(
+            consumers.push(crate::source::kafka::spawn(
                 self.ctx.clone(),
                 self.pipeline.clone(),
             )?);
-            consumers.push(crate::kafka::archive::spawn(self.ctx.clone())?);
-            consumers.push(crate::kafka::webhooks::spawn(self.ctx.clone())?);
+            consumers.push(crate::outputs::archive::spawn(self.ctx.clone())?);
+            consumers.push(crate::outputs::webhooks::spawn(self.ctx.clone())?);
         }
         if slot.is_none() {
             let (ctx, pipeline, sink) =
@@ -351,7 +361,7 @@ impl Bus {
     /// publishes SQLite failed (a full disk), or less free space than
     /// `store.min_free_mb`.
     pub fn store_refusals(&self) -> Vec<crate::context::Refusal> {
-        store_refusals(&self.ctx)
+        self.ctx.store_refusals()
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -541,17 +551,4 @@ pub fn take_lock(config: &Config) -> Result<File, BusError> {
             source,
         }),
     }
-}
-
-/// See [`Bus::store_refusals`]; also read by the alerts.
-pub(crate) fn store_refusals(ctx: &HostContext) -> Vec<crate::context::Refusal> {
-    let mut refusals = ctx.store_health.refusals();
-    if let Err(e) = ctx.store.check_room() {
-        refusals.push(crate::context::Refusal {
-            what: "new events (free-space floor)",
-            reason: e.to_string(),
-            since: crate::event::now_rfc3339(),
-        });
-    }
-    refusals
 }

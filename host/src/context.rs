@@ -8,8 +8,9 @@
 use crate::config::Config;
 use crate::event::{Event, EventStatus};
 use crate::outcome::{Next, Resolution};
-use crate::source::{SourceSwitch, Wakeup};
 use crate::store::{ClaimScope, Store};
+use crate::switch::SourceSwitch;
+use crate::wakeup::Wakeup;
 use persona_bus_model::sync::Locked;
 use serde::Serialize;
 use std::sync::Arc;
@@ -45,7 +46,7 @@ pub struct HostContext {
     /// Kafka consumer or SQLite poller: who is in charge (the breaker).
     pub source: Arc<SourceSwitch>,
     pub metrics: crate::metrics::Metrics,
-    /// Partitions the Kafka event processor owns now (see `kafka::archive`).
+    /// Partitions the Kafka event processor owns now (see `outputs::archive`).
     pub processor_partitions: crate::kafka::group::Owned,
     /// Payload schemas: checks at every entry, and the wire codec.
     pub schemas: Arc<crate::schemas::Schemas>,
@@ -91,6 +92,21 @@ impl HostContext {
             stopping: AtomicBool::new(false),
             notices,
         }
+    }
+
+    /// Why the store refuses writes now, oldest first: commits or
+    /// publishes SQLite failed (a full disk), or less free space than
+    /// `store.min_free_mb`.
+    pub fn store_refusals(&self) -> Vec<Refusal> {
+        let mut refusals = self.store_health.refusals();
+        if let Err(e) = self.store.check_room() {
+            refusals.push(Refusal {
+                what: "new events (free-space floor)",
+                reason: e.to_string(),
+                since: crate::event::now_rfc3339(),
+            });
+        }
+        refusals
     }
 
     /// Set once the host is shutting down: sources take no new work.

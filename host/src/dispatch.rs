@@ -10,7 +10,7 @@ use crate::outcome::{Resolution, Run, Verdict};
 use crate::registry::Registry;
 use crate::runtime::{CallEnv, Origin, Runtime};
 use crate::store::{Store, StoreError};
-use crate::traces::EventSpan;
+use crate::traces::{EventSpan, Traces};
 use persona_bus_model::sync::ReadWrite;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +23,8 @@ pub struct Dispatcher {
     store: Arc<Store>,
     registry: Arc<Registry>,
     env: Arc<CallEnv>,
+    /// Spans of dispatches and handler calls (a no-op when tracing is off).
+    traces: Arc<Traces>,
     native: std::sync::RwLock<Option<NativeHandler>>,
 }
 
@@ -56,12 +58,14 @@ impl Dispatcher {
         store: Arc<Store>,
         registry: Arc<Registry>,
         env: Arc<CallEnv>,
+        traces: Arc<Traces>,
     ) -> Self {
         Self {
             runtime,
             store,
             registry,
             env,
+            traces,
             native: std::sync::RwLock::new(None),
         }
     }
@@ -72,9 +76,14 @@ impl Dispatcher {
         *self.native.write_locked() = f;
     }
 
-    /// What handlers see of the host (store, limits, schemas, traces).
+    /// What handlers see of the host (state, limits, the publish check).
     pub fn env(&self) -> &Arc<CallEnv> {
         &self.env
+    }
+
+    /// Spans of dispatches and handler calls.
+    pub fn traces(&self) -> &Arc<Traces> {
+        &self.traces
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
@@ -107,7 +116,7 @@ impl Dispatcher {
         done: &[(String, String)],
         origin: &Origin,
     ) -> (Resolution, Option<EventSpan>) {
-        let mut trace = self.env.traces.dispatching(&event);
+        let mut trace = self.traces.dispatching(&event);
         let snapshot = self.registry.snapshot();
         let native = self.native.read_locked().clone();
         let subscribers: Vec<_> = if event.chain_depth > self.env.limits.max_chain_depth {
@@ -169,7 +178,7 @@ impl Dispatcher {
                 note: inv.note,
             };
             if let Some(t) = &trace {
-                self.env.traces.handler_ran(t, &mut run, started);
+                self.traces.handler_ran(t, &mut run, started);
             }
             runs.push(run);
         }

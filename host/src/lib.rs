@@ -35,23 +35,27 @@ pub mod alerts;
 pub mod api;
 pub mod breaker;
 pub mod bus;
+pub mod call_host;
 pub mod config;
 pub mod context;
 pub mod dispatch;
 pub mod http_client;
 pub mod kafka;
 pub mod metrics;
+pub mod outputs;
 pub mod pipeline;
 pub mod registry;
 pub mod retention;
-pub mod runtime;
 pub mod schemas;
 pub mod signature;
 pub mod source;
+pub mod switch;
 pub mod traces;
+pub mod wakeup;
 
 // The layers below the host, under the names the host's modules use.
 pub use persona_bus_model::{event, fast_map, manifest, matching, outcome, secrets, sync};
+pub use persona_bus_runtime as runtime;
 pub use persona_bus_store as store;
 
 pub use bus::{Bus, BusError, Notice};

@@ -463,7 +463,7 @@ fn commit_loop(pipeline: std::sync::Weak<Pipeline>, ready: mpsc::Receiver<Ready>
         let sinks = pipeline.sinks_of(&tickets);
         let started = std::time::SystemTime::now();
         let overlay = &pipeline.dispatcher.env().overlay;
-        let tracer = &pipeline.dispatcher.env().traces;
+        let tracer = pipeline.dispatcher.traces();
         // In order, a run of outcomes of one sink at a time: a later
         // outcome may have read an earlier one's writes.
         let mut batch = batch.into_iter();

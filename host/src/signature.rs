@@ -5,10 +5,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use persona_bus_model::text::hex;
 
 /// `sha256=<hex of HMAC-SHA256(secret, body)>`.
 pub fn sign(secret: &str, body: &[u8]) -> String {

@@ -25,6 +25,7 @@ mod input;
 mod isolation;
 mod kafka;
 mod languages;
+mod layers;
 mod lifecycle;
 mod matching;
 mod migration;

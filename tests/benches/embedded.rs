@@ -369,12 +369,13 @@ fn dispatch_cost(n: usize, only: &[&str]) {
     )
     .unwrap();
     let env = Arc::new(CallEnv {
-        traces: Arc::new(persona_bus::traces::Traces::off()),
+        host: Arc::new(persona_bus::call_host::CallHost {
+            store,
+            schemas: Arc::new(persona_bus::schemas::Schemas::new(&config)),
+        }),
         overlay: Default::default(),
         transcript: None,
-        store,
         limits: config.limits.clone(),
-        schemas: Arc::new(persona_bus::schemas::Schemas::new(&config)),
     });
     let event = bench_event(1)
         .validate(

@@ -405,7 +405,7 @@ pub fn targets() -> Vec<Target> {
                 let limits = persona_bus::event::EventLimits {
                     max_payload_bytes: 4096,
                 };
-                persona_bus::kafka::webhooks::to_event(Some(input), limits).is_ok()
+                persona_bus::outputs::webhooks::to_event(Some(input), limits).is_ok()
             },
         },
         Target {

@@ -221,3 +221,8 @@ impl Resolution {
         Self { event, runs, next }
     }
 }
+
+/// A counter value as `increment` stores it (`StateOp::Add`): decimal text.
+pub fn parse_counter(value: &[u8]) -> Option<i64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}

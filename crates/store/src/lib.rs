@@ -32,7 +32,6 @@ pub use ids::ID_TAIL;
 pub use outcomes::{Committed, DeadLetter, Execution};
 pub use remote::RemoteOutcome;
 pub use retention::{Horizons, Pass, Pruned, RetentionConfig, StoreSize};
-pub use state::parse_counter;
 pub use subscriptions::NewSubscription;
 
 use persona_bus_model::sync::Locked;

@@ -389,7 +389,7 @@ fn apply_state(
                 // overwritten since by a non-number restarts from 0.
                 let base = current
                     .as_deref()
-                    .and_then(super::state::parse_counter)
+                    .and_then(persona_bus_model::outcome::parse_counter)
                     .unwrap_or(0);
                 put(
                     conn,

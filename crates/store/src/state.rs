@@ -1,12 +1,8 @@
 //! Handler key-value state (reads; writes are committed with outcomes).
 
 use super::{Op, Store, StoreError};
+use persona_bus_model::outcome::parse_counter;
 use rusqlite::{OptionalExtension, params};
-
-/// A counter value as `increment` stores it: decimal text.
-pub fn parse_counter(value: &[u8]) -> Option<i64> {
-    std::str::from_utf8(value).ok()?.trim().parse().ok()
-}
 
 impl Store {
     /// The committed value of `key` in `handler`'s state.

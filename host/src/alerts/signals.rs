@@ -167,7 +167,7 @@ impl Reader {
             }
             Signal::ErrorRate => Ok(self.error_rates(rule, now)),
             Signal::StoreRefusing => {
-                let refusals = crate::bus::store_refusals(ctx);
+                let refusals = ctx.store_refusals();
                 Ok(vec![Observation {
                     subject: String::new(),
                     value: Some(if refusals.is_empty() { 0.0 } else { 1.0 }),

@@ -2,6 +2,7 @@
 //! the migration plan (`KAFKA_*`).
 
 use persona_bus_model::settings::{Checked, EnvVar, Invalid, parse_bool};
+use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -246,6 +247,16 @@ impl TopicsConfig {
 }
 
 impl KafkaConfig {
+    /// The topic an event of `event_type` goes to: actions for
+    /// `persona_action`, else events.
+    pub fn topic_for(&self, event_type: &str) -> &str {
+        if persona_bus_model::matching::normalize_event_type(event_type) == "persona.action" {
+            &self.topics.actions.name
+        } else {
+            &self.topics.events.name
+        }
+    }
+
     /// Kafka is the event source (plan phases 2-3): enabled and not in
     /// phase 1's "write both, read SQLite" (`KAFKA_DUAL_WRITE=true`).
     pub fn consuming(&self) -> bool {
@@ -589,7 +600,7 @@ impl KafkaConfig {
                 ));
             }
         }
-        super::check_settings(self).map_err(|reason| Invalid::new("kafka.librdkafka", reason))?;
+        check_settings(self).map_err(|reason| Invalid::new("kafka.librdkafka", reason))?;
         if self.consumer_batch == 0 || self.consumer_batch > 50_000 {
             return Err(Invalid::new(
                 "kafka.consumer_batch",
@@ -604,5 +615,80 @@ impl KafkaConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Client settings shared by every client the host makes: the outbox
+/// producer, the consumer groups, the execution-record producers, and the
+/// admin client behind `status` and `replay`. Secrets go into the librdkafka
+/// config and nowhere else (never a log line).
+pub fn client_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers)
+        .set("client.id", &k.client_id)
+        // Small records should leave at once: batching is linger.ms's job.
+        .set("socket.nagle.disable", "true");
+    let sasl = k.sasl_username.as_ref().zip(k.sasl_password.as_ref());
+    let protocol = match (sasl.is_some(), k.ssl_enabled) {
+        (true, true) => "SASL_SSL",
+        (true, false) => "SASL_PLAINTEXT",
+        (false, true) => "SSL",
+        (false, false) => "PLAINTEXT",
+    };
+    c.set("security.protocol", protocol);
+    if let Some((user, password)) = sasl {
+        c.set("sasl.mechanisms", k.sasl_mechanism.as_str())
+            .set("sasl.username", user)
+            .set("sasl.password", password);
+    }
+    if k.ssl_enabled {
+        c.set(
+            "ssl.endpoint.identification.algorithm",
+            k.ssl_endpoint_identification.as_str(),
+        );
+        let files = [
+            ("ssl.ca.location", &k.ssl_ca_location),
+            ("ssl.certificate.location", &k.ssl_cert_location),
+            ("ssl.key.location", &k.ssl_key_location),
+        ];
+        for (key, file) in files {
+            if let Some(path) = file {
+                c.set(key, path.to_string_lossy());
+            }
+        }
+        if let Some(password) = &k.ssl_key_password {
+            c.set("ssl.key.password", password);
+        }
+    }
+    for (key, value) in &k.librdkafka {
+        c.set(key, value);
+    }
+    c
+}
+
+/// Checks every setting the host would give librdkafka, the
+/// `[kafka.librdkafka]` table's included, without connecting: a name it
+/// does not know or a value it refuses is reported with its key (a secret's
+/// value is never repeated).
+pub fn check_settings(k: &KafkaConfig) -> Result<(), String> {
+    match client_config(k).create_native_config() {
+        Ok(_) => Ok(()),
+        Err(rdkafka::error::KafkaError::ClientConfig(_, description, key, value)) => {
+            // librdkafka's text may quote the value: never a secret's.
+            let (description, shown) = if is_secret_setting(&key) {
+                let redacted = if value.is_empty() {
+                    description
+                } else {
+                    description.replace(&value, "<redacted>")
+                };
+                (redacted, "<redacted>".to_owned())
+            } else {
+                (description, format!("{value:?}"))
+            };
+            Err(format!(
+                "librdkafka refused `{key}` = {shown}: {description}"
+            ))
+        }
+        Err(e) => Err(e.to_string()),
     }
 }

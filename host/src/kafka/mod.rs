@@ -1,7 +1,7 @@
-//! Kafka: client settings, topics, the wire format, the outbox relay that
-//! produces events, and the host's consumer groups: the event processor
-//! (`consumer`), the audit logger (`archive`) and the webhook ingester
-//! (`webhooks`).
+//! The Kafka client layer: settings, topics, the wire format, consumer-group
+//! machinery (`group`), lag and admin reads. What runs on it lives above:
+//! the event processor is a source (`source::kafka`); the outbox relay, the
+//! audit logger and the webhook ingester are outputs (`outputs`).
 //!
 //! SQLite stays the record: an event is stored first and queued in the
 //! outbox (`persona_events.kafka_state = 'pending'`); the relay produces it
@@ -13,19 +13,16 @@
 //! makes exact for handler effects.
 
 pub mod admin;
-pub mod archive;
 pub mod config;
-pub mod consumer;
 pub mod group;
 pub mod lag;
-pub mod outbox;
 pub mod topics;
-pub mod webhooks;
 pub mod wire;
+
+pub use config::{check_settings, client_config};
 
 use crate::kafka::config::KafkaConfig;
 use persona_bus_model::sync::Locked;
-use rdkafka::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 
@@ -50,81 +47,6 @@ pub enum KafkaError {
     Client(String),
     #[error("creating topic {topic}: {reason}")]
     Topic { topic: String, reason: String },
-}
-
-/// Client settings shared by every client the host makes: the outbox
-/// producer, the consumer groups, the execution-record producers, and the
-/// admin client behind `status` and `replay`. Secrets go into the librdkafka
-/// config and nowhere else (never a log line).
-pub fn client_config(k: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.brokers)
-        .set("client.id", &k.client_id)
-        // Small records should leave at once: batching is linger.ms's job.
-        .set("socket.nagle.disable", "true");
-    let sasl = k.sasl_username.as_ref().zip(k.sasl_password.as_ref());
-    let protocol = match (sasl.is_some(), k.ssl_enabled) {
-        (true, true) => "SASL_SSL",
-        (true, false) => "SASL_PLAINTEXT",
-        (false, true) => "SSL",
-        (false, false) => "PLAINTEXT",
-    };
-    c.set("security.protocol", protocol);
-    if let Some((user, password)) = sasl {
-        c.set("sasl.mechanisms", k.sasl_mechanism.as_str())
-            .set("sasl.username", user)
-            .set("sasl.password", password);
-    }
-    if k.ssl_enabled {
-        c.set(
-            "ssl.endpoint.identification.algorithm",
-            k.ssl_endpoint_identification.as_str(),
-        );
-        let files = [
-            ("ssl.ca.location", &k.ssl_ca_location),
-            ("ssl.certificate.location", &k.ssl_cert_location),
-            ("ssl.key.location", &k.ssl_key_location),
-        ];
-        for (key, file) in files {
-            if let Some(path) = file {
-                c.set(key, path.to_string_lossy());
-            }
-        }
-        if let Some(password) = &k.ssl_key_password {
-            c.set("ssl.key.password", password);
-        }
-    }
-    for (key, value) in &k.librdkafka {
-        c.set(key, value);
-    }
-    c
-}
-
-/// Checks every setting the host would give librdkafka, the
-/// `[kafka.librdkafka]` table's included, without connecting: a name it
-/// does not know or a value it refuses is reported with its key (a secret's
-/// value is never repeated).
-pub fn check_settings(k: &KafkaConfig) -> Result<(), String> {
-    match client_config(k).create_native_config() {
-        Ok(_) => Ok(()),
-        Err(rdkafka::error::KafkaError::ClientConfig(_, description, key, value)) => {
-            // librdkafka's text may quote the value: never a secret's.
-            let (description, shown) = if crate::kafka::config::is_secret_setting(&key) {
-                let redacted = if value.is_empty() {
-                    description
-                } else {
-                    description.replace(&value, "<redacted>")
-                };
-                (redacted, "<redacted>".to_owned())
-            } else {
-                (description, format!("{value:?}"))
-            };
-            Err(format!(
-                "librdkafka refused `{key}` = {shown}: {description}"
-            ))
-        }
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 /// The last error librdkafka reported on a client: the cause behind a

@@ -106,11 +106,9 @@ fn read_source(manifest_path: &Path, limits: &HostLimits) -> Result<Source, Load
     // Digested in pieces; the bytes are read whole only to compile (see
     // `cache::digest_file`).
     let wasm_digest =
-        crate::runtime::cache::digest_file(&manifest.component).map_err(|source| {
-            RuntimeError::Read {
-                file: manifest.component.clone(),
-                source,
-            }
+        crate::runtime::digest_file(&manifest.component).map_err(|source| RuntimeError::Read {
+            file: manifest.component.clone(),
+            source,
         })?;
     Ok(Source {
         manifest_digest: digest(text.as_bytes()),

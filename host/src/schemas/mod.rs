@@ -202,7 +202,7 @@ impl Schemas {
 
     /// The topic an event of this type is produced to.
     pub fn topic_for(&self, event_type: &str) -> &str {
-        crate::kafka::outbox::topic_for(&self.kafka, event_type)
+        self.kafka.topic_for(event_type)
     }
 
     /// Checks a stored-form event (its payload is JSON text). A no-op when

@@ -2,7 +2,7 @@
 //! pipeline; its [`SqliteSink`] commits their outcomes.
 //!
 //! Adaptive like the original (fast while busy, slow when idle) but far
-//! quicker: in-process publishes ring the [`crate::source::Wakeup`] so they
+//! quicker: in-process publishes ring the [`crate::wakeup::Wakeup`] so they
 //! are picked up at once, and the intervals (20 ms active, 500 ms idle by
 //! default) only bound how long an event written by another process waits.
 //!
@@ -18,8 +18,8 @@ use crate::event::{Event, now_millis};
 use crate::outcome::Resolution;
 use crate::pipeline::{Finished, Pipeline, Refused, Sink};
 use crate::runtime::Origin;
-use crate::source::Woke;
 use crate::store::{ClaimScope, StoreError};
+use crate::wakeup::Woke;
 use persona_bus_model::sync::Locked;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

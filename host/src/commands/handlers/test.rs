@@ -47,10 +47,11 @@ pub fn run(config: &Config, target: &Path, event: &Path, attempt: u32) -> anyhow
     let (store, _scratch) = reading_store(&config.data_dir)?;
     let transcript = Arc::new(Mutex::new(Vec::new()));
     let env = Arc::new(CallEnv {
-        store,
+        host: Arc::new(persona_bus::call_host::CallHost {
+            store,
+            schemas: Arc::new(persona_bus::schemas::Schemas::new(config)),
+        }),
         limits: config.limits.clone(),
-        schemas: Arc::new(persona_bus::schemas::Schemas::new(config)),
-        traces: Arc::new(persona_bus::traces::Traces::off()),
         overlay: Default::default(),
         transcript: Some(transcript.clone()),
     });

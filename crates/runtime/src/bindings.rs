@@ -3,7 +3,7 @@
 //! `HandlerPre`) have one home.
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../../wit",
     world: "handler",
     // Host imports may trap the guest: that is how a log flood or a state
     // quota stops a handler.

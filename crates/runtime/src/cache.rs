@@ -51,7 +51,7 @@ pub fn compile_child_main(out: &Path) -> anyhow::Result<()> {
 
 /// Hex SHA-256 of a component's bytes.
 pub fn digest(wasm: &[u8]) -> String {
-    crate::signature::hex(&Sha256::digest(wasm))
+    persona_bus_model::text::hex(&Sha256::digest(wasm))
 }
 
 /// [`digest`] of a file, read in small pieces. Every start and every rescan
@@ -70,7 +70,7 @@ pub fn digest_file(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(crate::signature::hex(&hasher.finalize()))
+    Ok(persona_bus_model::text::hex(&hasher.finalize()))
 }
 
 /// The compiled component with this digest, if the cache has a usable one.

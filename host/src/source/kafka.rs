@@ -15,18 +15,18 @@
 //! - A commit that fails is retried until it succeeds or the host stops
 //!   (then nothing is stored and Kafka redelivers); see
 //!   [`HostContext::commit_until_taken`].
-//! - The circuit breaker ([`crate::source::SourceSwitch`]) hears about every
+//! - The circuit breaker ([`crate::switch::SourceSwitch`]) hears about every
 //!   consumer error and idle health check; while it is open this consumer
 //!   pauses and the SQLite poller handles events.
 
-use super::group::{self, OffsetTracker, Owned, Position};
-use super::wire::{
-    ExecutionRecord, HANDLED_BY, HANDLED_STATUS, RecordError, WireEvent, decode_record,
-};
-use super::{KafkaError, client_config};
 use crate::context::HostContext;
 use crate::dispatch::Delivery;
 use crate::event::now_rfc3339;
+use crate::kafka::group::{self, OffsetTracker, Owned, Position};
+use crate::kafka::wire::{
+    ExecutionRecord, HANDLED_BY, HANDLED_STATUS, RecordError, WireEvent, decode_record,
+};
+use crate::kafka::{KafkaError, client_config};
 use crate::outcome::{Resolution, Verdict};
 use crate::pipeline::{Finished, Pipeline, Refused, Sink};
 use crate::runtime::Origin;
@@ -566,7 +566,7 @@ fn probe(ctx: &HostContext, consumer: &BaseConsumer<Owned>, timeout: Duration) -
     let result = consumer
         .fetch_metadata(Some(&k.topics.events.name), timeout)
         .map_err(|e| format!("metadata: {e}"))
-        .and_then(|_| super::topics::ensure(k, timeout).map_err(|e| e.to_string()))
+        .and_then(|_| crate::kafka::topics::ensure(k, timeout).map_err(|e| e.to_string()))
         .and_then(|()| {
             // Errors queued while the consumer was paused are stale (the
             // broker just answered): drain them, keeping any record.

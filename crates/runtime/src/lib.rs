@@ -18,25 +18,24 @@
 //! The ticker holds only a weak reference, so it ends with the engine.
 
 pub mod bindings;
-pub(crate) mod cache;
+mod cache;
 pub mod config;
 mod host_api;
 mod limits;
 pub mod outbound;
 mod overlay;
 
-pub use cache::{compile_child_main, compile_in_child, digest};
+pub use cache::{compile_child_main, compile_in_child, digest, digest_file};
 pub use overlay::{StateOverlay, Written};
 
-use crate::event::{Event, now_rfc3339};
-use crate::manifest::{InstancePolicy, Manifest};
-use crate::outcome::{Effects, FailureKind, RunOutcome};
-use crate::store::Store;
 use bindings::persona::bus::types as wit;
 use bindings::{Handler, HandlerPre};
 use config::RuntimeConfig;
 use limits::{LimitHit, Limiter};
+use persona_bus_model::event::{Event, SchemaError, now_rfc3339};
 use persona_bus_model::limits::HostLimits;
+use persona_bus_model::manifest::{InstancePolicy, Manifest};
+use persona_bus_model::outcome::{Effects, FailureKind, RunOutcome};
 use persona_bus_model::sync::Locked;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -107,14 +106,24 @@ struct Warm {
 /// Warm instances kept per handler when the manifest sets no concurrency.
 const DEFAULT_WARM: u32 = 16;
 
+/// What a call may ask of the host beyond its own instance. Everything
+/// else a call does (publishes, state writes, log lines) is buffered in its
+/// [`Effects`] and committed by the host only if the call completes, so
+/// this is all the runtime needs of the host: the runtime never sees the
+/// store, the schema registry or the sources.
+pub trait HostView: Send + Sync {
+    /// The committed value of `key` in `handler`'s state.
+    fn state_get(&self, handler: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
+    /// Checks an event a handler publishes, as any other entry checks it
+    /// (its payload schema).
+    fn check_published(&self, event: &Event) -> Result<(), SchemaError>;
+}
+
 /// What a handler sees of the host during one call.
 pub struct CallEnv {
-    pub store: Arc<Store>,
+    /// Committed state and the publish check (see [`HostView`]).
+    pub host: Arc<dyn HostView>,
     pub limits: HostLimits,
-    /// Events a handler publishes are checked like any other.
-    pub schemas: Arc<crate::schemas::Schemas>,
-    /// Spans of dispatches and handler calls (a no-op when tracing is off).
-    pub traces: Arc<crate::traces::Traces>,
     /// Uncommitted state writes of completed calls, read by later calls of
     /// the same unit (see `overlay`).
     pub overlay: Arc<StateOverlay>,
@@ -473,7 +482,7 @@ impl Runtime {
     /// Sets a store's fuel and deadline for the next call.
     fn arm(
         store: &mut wasmtime::Store<HostState>,
-        limits: &crate::manifest::Limits,
+        limits: &persona_bus_model::manifest::Limits,
         deadline: Instant,
     ) {
         // Cannot fail: fuel is enabled on this engine.
@@ -565,7 +574,7 @@ fn pagemap_scan_supported() -> bool {
 fn to_outcome(
     result: Result<Result<(), wit::HandlerError>, (wasmtime::Error, bool)>,
     memory_hit: bool,
-    limits: &crate::manifest::Limits,
+    limits: &persona_bus_model::manifest::Limits,
     printed: &[u8],
 ) -> RunOutcome {
     match result {
@@ -602,7 +611,7 @@ fn classify(error: &wasmtime::Error, memory_hit: bool, instantiating: bool) -> F
 fn describe(
     error: &wasmtime::Error,
     kind: FailureKind,
-    limits: &crate::manifest::Limits,
+    limits: &persona_bus_model::manifest::Limits,
     printed: &[u8],
 ) -> String {
     let mut text = match kind {

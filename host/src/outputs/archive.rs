@@ -9,10 +9,10 @@
 //! processor owns are skipped: the processor writes their rows itself (on a
 //! single device that is every event, so the archive costs nothing).
 
-use super::KafkaError;
-use super::group::{self, GroupWork, Record};
-use super::wire::{ExecutionRecord, decode_record};
 use crate::context::HostContext;
+use crate::kafka::KafkaError;
+use crate::kafka::group::{self, GroupWork, Record};
+use crate::kafka::wire::{ExecutionRecord, decode_record};
 use crate::store::RemoteOutcome;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};

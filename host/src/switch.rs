@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::Wakeup;
+use crate::wakeup::Wakeup;
 
 /// What `persona-bus status` and `/ready` read (also written to
 /// `<data_dir>/control/source.json` on every transition).

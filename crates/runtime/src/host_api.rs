@@ -7,9 +7,9 @@
 use super::bindings::persona::bus::{host, state, types};
 use super::limits::LimitHit;
 use super::{CallEnv, HostState};
-use crate::event::{self, Event};
-use crate::manifest::Limits;
-use crate::outcome::{Effects, StateOp};
+use persona_bus_model::event::{self, Event};
+use persona_bus_model::manifest::Limits;
+use persona_bus_model::outcome::{Effects, StateOp, parse_counter};
 use persona_bus_model::sync::Locked;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ const MAX_LOG_LINE: usize = 4096;
 pub(crate) struct Call {
     pub(crate) handler: Arc<str>,
     pub(crate) config: Arc<BTreeMap<String, String>>,
-    pub(crate) secrets: Arc<crate::secrets::Secrets>,
+    pub(crate) secrets: Arc<persona_bus_model::secrets::Secrets>,
     pub(crate) limits: Limits,
     pub(crate) event_id: String,
     pub(crate) project_id: String,
@@ -32,7 +32,7 @@ pub(crate) struct Call {
     pub(crate) effects: Effects,
     /// This call's view of each key it wrote (`None`: deleted): what its
     /// own reads return, and what the overlay gets if it completes.
-    written: crate::fast_map::FastMap<String, Option<Vec<u8>>>,
+    written: persona_bus_model::fast_map::FastMap<String, Option<Vec<u8>>>,
     pub(crate) log_lines: u32,
     /// Bytes published and written to state in this call so far.
     pub(crate) output_bytes: usize,
@@ -44,7 +44,7 @@ impl Call {
         handler: &Arc<str>,
         (config, secrets): (
             &Arc<BTreeMap<String, String>>,
-            &Arc<crate::secrets::Secrets>,
+            &Arc<persona_bus_model::secrets::Secrets>,
         ),
         limits: &Limits,
         event: &Event,
@@ -99,7 +99,7 @@ impl Call {
             return Ok(v);
         }
         self.env
-            .store
+            .host
             .state_get(&self.handler, key)
             .map_err(|e| wasmtime::Error::msg(format!("state read failed: {e}")))
     }
@@ -228,7 +228,7 @@ impl host::Host for HostState {
         let checked = draft
             .validate(call.env.limits.event_limits(), depth)
             .and_then(|event| {
-                call.env.schemas.check(&event)?;
+                call.env.host.check_published(&event)?;
                 Ok(event)
             });
         match checked {
@@ -298,7 +298,7 @@ impl state::Host for HostState {
         }
         let current = match self.call.current(&key)? {
             None => 0,
-            Some(bytes) => match crate::store::parse_counter(&bytes) {
+            Some(bytes) => match parse_counter(&bytes) {
                 Some(n) => n,
                 None => {
                     return Ok(Err(types::StateError::NotANumber(format!(

@@ -12,8 +12,8 @@
 //! (a retry, a redelivery after a crash) sends the same keys in the same
 //! order, so a receiver can drop the repeat.
 
-use crate::manifest::OutboundRule;
 use http_body_util::BodyExt;
+use persona_bus_model::manifest::OutboundRule;
 use persona_bus_model::sync::Locked;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -89,7 +89,7 @@ pub fn idempotency_key(event_id: &str, handler: &str, index: u32) -> String {
     h.update(handler.as_bytes());
     h.update([0]);
     h.update(index.to_be_bytes());
-    crate::signature::hex(&h.finalize()[..16])
+    persona_bus_model::text::hex(&h.finalize()[..16])
 }
 
 type Sent = (

@@ -21,7 +21,7 @@
 //!   read an entry are never committed before the write they read (the
 //!   committer commits in order and stops at the first it cannot commit).
 
-use crate::fast_map::FastMap;
+use persona_bus_model::fast_map::FastMap;
 use persona_bus_model::sync::Locked;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

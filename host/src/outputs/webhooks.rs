@@ -7,11 +7,11 @@
 //! by `persona-bus dlq list` with handler `(decode)`, and copied to the dlq
 //! topic by nobody else: the raw record stays on the webhooks topic).
 
-use super::KafkaError;
-use super::group::{self, GroupWork, Record};
-use super::wire::WebhookRecord;
 use crate::context::HostContext;
 use crate::event::{Event, EventError, NewEvent};
+use crate::kafka::KafkaError;
+use crate::kafka::group::{self, GroupWork, Record};
+use crate::kafka::wire::WebhookRecord;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 

@@ -1,13 +1,14 @@
 //! The outbox relay: produces events queued in SQLite to Kafka and marks
 //! them sent once the broker has acknowledged them.
 
-use super::wire::{WireEvent, framed_headers, headers};
-use super::{KafkaError, client_config};
 use crate::event::Event;
 use crate::kafka::config::KafkaConfig;
+use crate::kafka::wire::{WireEvent, framed_headers, headers};
+use crate::kafka::{KafkaError, client_config};
 use crate::schemas::Schemas;
-use crate::source::{SourceSwitch, Wakeup};
 use crate::store::Store;
+use crate::switch::SourceSwitch;
+use crate::wakeup::Wakeup;
 use persona_bus_model::sync::Locked;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
@@ -40,16 +41,6 @@ impl ProducerContext for Deliveries {
             Ok(_) => self.acked.locked().push(*event_id),
             Err((e, _)) => self.failed.locked().push((*event_id, e.to_string())),
         }
-    }
-}
-
-/// The topic an event of `event_type` goes to: actions for
-/// `persona_action`, else events.
-pub fn topic_for<'a>(k: &'a KafkaConfig, event_type: &str) -> &'a str {
-    if crate::matching::normalize_event_type(event_type) == "persona.action" {
-        &k.topics.actions.name
-    } else {
-        &k.topics.events.name
     }
 }
 
@@ -204,11 +195,10 @@ fn produce(
             value: Some(val.as_bytes()),
         });
     }
-    let mut record =
-        BaseRecord::with_opaque_to(topic_for(k, &e.event_type), Box::new(e.id.clone()))
-            .key(e.project_id.as_bytes())
-            .payload(&value)
-            .headers(owned);
+    let mut record = BaseRecord::with_opaque_to(k.topic_for(&e.event_type), Box::new(e.id.clone()))
+        .key(e.project_id.as_bytes())
+        .payload(&value)
+        .headers(owned);
     loop {
         match producer.send(record) {
             Ok(()) => return Produced::Queued,
