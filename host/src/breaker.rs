@@ -97,6 +97,7 @@ impl Breaker {
         (b, t)
     }
 
+    #[cfg(test)]
     pub fn state(&self) -> State {
         self.state
     }
@@ -109,6 +110,7 @@ impl Breaker {
         self.open_for
     }
 
+    #[cfg(test)]
     pub fn consecutive_failures(&self) -> u32 {
         self.failures
     }

@@ -13,8 +13,9 @@ use crate::event::{Event, EventError, EventLimits, NewEvent};
 use crate::pipeline::{Pipeline, Sink};
 use crate::registry::Registry;
 use crate::runtime::{CallEnv, Runtime, RuntimeError};
-use crate::source::{commit_published, poller};
+use crate::source::{SourceContext, commit_published, poller};
 use crate::store::{GroupCommit, Role, Store, StoreError, Sync};
+use crate::supervisor::{StartError, Supervisor};
 use crate::switch::SourceSwitch;
 use crate::wakeup::Wakeup;
 use persona_bus_model::sync::Locked;
@@ -22,7 +23,6 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -44,6 +44,8 @@ pub enum BusError {
     },
     #[error(transparent)]
     Kafka(#[from] crate::kafka::KafkaError),
+    #[error(transparent)]
+    Start(#[from] StartError),
 }
 
 /// The kind of write publishes make, in `HostContext::store_health`.
@@ -59,16 +61,12 @@ pub struct Bus {
     /// Publishes may be handed to the poller already claimed (set once the
     /// poller runs).
     handing_over: AtomicBool,
-    poller: Mutex<Option<JoinHandle<()>>>,
-    checkpointer: Mutex<Option<JoinHandle<()>>>,
-    watcher: Mutex<Option<JoinHandle<()>>>,
-    relay: Mutex<Option<JoinHandle<()>>>,
-    /// The alert evaluator and webhook sender (none when alerts are off).
-    alerts: Mutex<Option<JoinHandle<()>>>,
-    /// Prunes the store past its retention (`retention`).
-    retention: Mutex<Option<JoinHandle<()>>>,
-    /// The Kafka consumer groups (event processor, audit logger, webhooks).
-    consumers: Mutex<Vec<JoinHandle<()>>>,
+    /// Whether the sources were started (`start` is idempotent).
+    started: Mutex<bool>,
+    /// Every thread of the host but the pipeline's: the sources, the
+    /// outbox relay, the WAL checkpointer, the handlers watcher, the
+    /// alerts, the retention thread. Stopped by the context's token.
+    tasks: Supervisor,
     /// Held for the life of the bus: one host per data directory.
     _lock: File,
 }
@@ -166,86 +164,71 @@ impl Bus {
             traces,
         ));
         let sqlite: Arc<dyn Sink> = Arc::new(poller::SqliteSink { ctx: ctx.clone() });
-        let checkpointer = spawn_checkpointer(ctx.clone())?;
-        let relay = if ctx.config.kafka.enabled {
-            let stop = ctx.clone();
-            Some(crate::outputs::outbox::spawn(
-                ctx.store.clone(),
-                ctx.config.kafka.clone(),
-                ctx.outbox_wakeup.clone(),
-                ctx.source.clone(),
-                ctx.schemas.clone(),
-                move || stop.stopping(),
-            )?)
-        } else {
-            None
-        };
-        let watcher = if ctx.config.watch_handlers {
-            let stop = ctx.clone();
-            let registry = pipeline.dispatcher().registry().clone();
-            let control = ctx.config.data_dir.join("control");
-            Some(
-                crate::registry::spawn_watcher(registry, &control, move || stop.stopping())
-                    .map_err(|e| BusError::Io {
-                        what: "watch the handlers folder".into(),
-                        source: std::io::Error::other(e),
-                    })?,
-            )
-        } else {
-            None
-        };
-        let alerts = crate::alerts::spawn(ctx.clone()).map_err(|source| BusError::Io {
-            what: "start the alert evaluator".into(),
-            source,
-        })?;
-        let retention = crate::retention::spawn(ctx.clone()).map_err(|source| BusError::Io {
-            what: "start the store retention thread".into(),
-            source,
-        })?;
-        Ok(Self {
-            alerts: Mutex::new(alerts),
-            retention: Mutex::new(Some(retention)),
+        let bus = Self {
+            tasks: Supervisor::new(ctx.token().clone()),
             ctx,
             pipeline,
             sqlite,
             limits,
             inserts: GroupCommit::default(),
             handing_over: AtomicBool::new(false),
-            poller: Mutex::new(None),
-            checkpointer: Mutex::new(Some(checkpointer)),
-            watcher: Mutex::new(watcher),
-            relay: Mutex::new(relay),
-            consumers: Mutex::new(Vec::new()),
+            started: Mutex::new(false),
             _lock: lock,
-        })
+        };
+        // On a failure below, dropping `bus` stops what did start.
+        bus.start_housekeeping()?;
+        Ok(bus)
     }
 
-    /// Starts the SQLite poller and, when Kafka is the source, the consumer
-    /// groups (idempotent).
+    /// The threads that run from `open` on, whether or not the sources do:
+    /// the outbox relay (events reach Kafka even while handled from
+    /// SQLite), the WAL checkpointer, the handlers watcher, the alerts and
+    /// the retention thread.
+    fn start_housekeeping(&self) -> Result<(), BusError> {
+        let (ctx, tasks) = (&self.ctx, &self.tasks);
+        if ctx.config.kafka.enabled {
+            crate::outbox::start(
+                ctx.store.clone(),
+                ctx.config.kafka.clone(),
+                ctx.outbox_wakeup.clone(),
+                ctx.source.clone(),
+                ctx.schemas.clone(),
+                tasks,
+            )?;
+        }
+        start_checkpointer(ctx.clone(), tasks)?;
+        if ctx.config.watch_handlers {
+            let registry = self.pipeline.dispatcher().registry().clone();
+            let control = ctx.config.data_dir.join("control");
+            crate::registry::start_watcher(registry, &control, tasks).map_err(|e| {
+                BusError::Io {
+                    what: "watch the handlers folder".into(),
+                    source: std::io::Error::other(e),
+                }
+            })?;
+        }
+        crate::alerts::start(ctx.clone(), tasks)?;
+        crate::retention::start(ctx.clone(), tasks)?;
+        Ok(())
+    }
+
+    /// Starts the sources the configuration asks for: the SQLite poller
+    /// and, when Kafka is the source, its consumer groups (idempotent).
     pub fn start(&self) -> Result<(), BusError> {
-        let mut slot = self.poller.locked();
-        if slot.is_none() && self.ctx.source.consuming() {
-            let mut consumers = self.consumers.locked();
-            consumers.push(crate::source::kafka::spawn(
-                self.ctx.clone(),
-                self.pipeline.clone(),
-            )?);
-            consumers.push(crate::outputs::archive::spawn(self.ctx.clone())?);
-            consumers.push(crate::outputs::webhooks::spawn(self.ctx.clone())?);
+        let mut started = self.started.locked();
+        if *started {
+            return Ok(());
         }
-        if slot.is_none() {
-            let (ctx, pipeline, sink) =
-                (self.ctx.clone(), self.pipeline.clone(), self.sqlite.clone());
-            let handle = std::thread::Builder::new()
-                .name("sqlite-poller".into())
-                .spawn(move || poller::run(ctx, pipeline, sink))
-                .map_err(|source| BusError::Io {
-                    what: "start the poller".into(),
-                    source,
-                })?;
-            *slot = Some(handle);
-            self.handing_over.store(true, Ordering::Release);
+        let cx = SourceContext {
+            ctx: self.ctx.clone(),
+            pipeline: self.pipeline.clone(),
+            sqlite: self.sqlite.clone(),
+        };
+        for source in crate::source::configured(&self.ctx) {
+            source.start(&cx, &self.tasks)?;
         }
+        *started = true;
+        self.handing_over.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -428,25 +411,10 @@ impl Bus {
     /// the calls still running then (their events return to `pending`, no
     /// Kafka offset passes them), and stops every thread. Idempotent.
     pub fn shutdown(&self) {
-        self.ctx.stop();
+        self.ctx.token().stop();
         let grace = Duration::from_millis(self.ctx.config.shutdown_grace_ms);
         self.pipeline.close(grace);
-        for handle in std::mem::take(&mut *self.consumers.locked()) {
-            let _ = handle.join();
-        }
-        for slot in [
-            &self.poller,
-            &self.checkpointer,
-            &self.watcher,
-            &self.relay,
-            &self.alerts,
-            &self.retention,
-        ] {
-            if let Some(handle) = slot.locked().take() {
-                handle.thread().unpark();
-                let _ = handle.join();
-            }
-        }
+        self.tasks.stop_and_join(grace);
         // A publish that raced the poller's stop may have handed events
         // over after its last look.
         poller::release_handed(&self.ctx);
@@ -476,34 +444,28 @@ const WAL_RESTART_FRAMES: i64 = 4096;
 /// writer held, which keeps the WAL file near that size.
 ///
 /// [`Store::checkpoint_holding_writer`]: crate::store::Store::checkpoint_holding_writer
-fn spawn_checkpointer(ctx: Arc<HostContext>) -> Result<JoinHandle<()>, BusError> {
-    std::thread::Builder::new()
-        .name("wal-checkpoint".into())
-        .spawn(move || {
-            loop {
-                let stopping = ctx.stopping();
-                let done = ctx.store.checkpoint().and_then(|c| {
-                    if c.wal_frames >= WAL_RESTART_FRAMES {
-                        ctx.store.checkpoint_holding_writer()
-                    } else {
-                        Ok(c)
-                    }
-                });
-                if let Err(e) = done {
-                    tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+fn start_checkpointer(ctx: Arc<HostContext>, tasks: &Supervisor) -> Result<(), StartError> {
+    tasks.spawn("wal-checkpoint", move || {
+        loop {
+            let stopping = ctx.stopping();
+            let done = ctx.store.checkpoint().and_then(|c| {
+                if c.wal_frames >= WAL_RESTART_FRAMES {
+                    ctx.store.checkpoint_holding_writer()
+                } else {
+                    Ok(c)
                 }
-                // Off the committer: its merge steps then only write.
-                ctx.store.prepare_id_merge();
-                if stopping {
-                    break;
-                }
-                std::thread::park_timeout(CHECKPOINT_EVERY);
+            });
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
             }
-        })
-        .map_err(|source| BusError::Io {
-            what: "start the WAL checkpointer".into(),
-            source,
-        })
+            // Off the committer: its merge steps then only write.
+            ctx.store.prepare_id_merge();
+            if stopping {
+                break;
+            }
+            std::thread::park_timeout(CHECKPOINT_EVERY);
+        }
+    })
 }
 
 /// Checks the brokers and creates the topics. With `KAFKA_REQUIRED` an

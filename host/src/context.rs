@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::event::{Event, EventStatus};
 use crate::outcome::{Next, Resolution};
 use crate::store::{ClaimScope, Store};
+use crate::supervisor::StopToken;
 use crate::switch::SourceSwitch;
 use crate::wakeup::Wakeup;
 use persona_bus_model::sync::Locked;
@@ -46,7 +47,7 @@ pub struct HostContext {
     /// Kafka consumer or SQLite poller: who is in charge (the breaker).
     pub source: Arc<SourceSwitch>,
     pub metrics: crate::metrics::Metrics,
-    /// Partitions the Kafka event processor owns now (see `outputs::archive`).
+    /// Partitions the Kafka event processor owns now (see `source::archive`).
     pub processor_partitions: crate::kafka::group::Owned,
     /// Payload schemas: checks at every entry, and the wire codec.
     pub schemas: Arc<crate::schemas::Schemas>,
@@ -61,7 +62,8 @@ pub struct HostContext {
     pub(crate) handoff: std::sync::Mutex<Vec<Event>>,
     /// Whether the store takes writes now (`/ready`, alerts, the API).
     pub store_health: StoreHealth,
-    stopping: AtomicBool,
+    /// Fired once at shutdown; every thread of the host watches it.
+    token: StopToken,
     notices: broadcast::Sender<Notice>,
 }
 
@@ -76,6 +78,11 @@ impl HostContext {
         traces: Arc<crate::traces::Traces>,
     ) -> Self {
         let (notices, _) = broadcast::channel(16 * 1024);
+        let token = StopToken::default();
+        for bell in [&wakeup, &outbox_wakeup] {
+            let bell = bell.clone();
+            token.on_stop(move || bell.ring());
+        }
         Self {
             wakeup,
             outbox_wakeup,
@@ -89,7 +96,7 @@ impl HostContext {
             lag: Default::default(),
             handoff: Default::default(),
             store_health: Default::default(),
-            stopping: AtomicBool::new(false),
+            token,
             notices,
         }
     }
@@ -111,13 +118,12 @@ impl HostContext {
 
     /// Set once the host is shutting down: sources take no new work.
     pub fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+        self.token.is_stopped()
     }
 
-    pub(crate) fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
-        self.wakeup.ring();
-        self.outbox_wakeup.ring();
+    /// The token every thread of the host watches (see `supervisor`).
+    pub fn token(&self) -> &StopToken {
+        &self.token
     }
 
     /// New events are stored: wake whoever takes them from here.

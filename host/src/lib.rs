@@ -1,66 +1,73 @@
 //! persona-bus: an event bus host that dispatches events to sandboxed
 //! WebAssembly handler components.
 //!
-//! The layers below it are crates of their own: `persona-bus-model`
-//! (events, matching, manifests, outcomes, limits) and `persona-bus-store`
-//! (the SQL), re-exported here under their module names. The command line
-//! is the binary's (`src/main.rs`, `src/commands/<verb>.rs`).
+//! The layers below it are crates of their own, re-exported here under
+//! their module names: `persona-bus-model` (events, matching, manifests,
+//! outcomes, limits), `persona-bus-store` (the SQL) and
+//! `persona-bus-runtime` (wasmtime; it reaches the host only through its
+//! `HostView` trait, answered by [`CallHost`]). The command line is the
+//! binary's (`src/main.rs`, `src/commands/<verb>.rs`).
 //!
-//! Module map, in the order an event meets them:
+//! Modules, bottom to top; each imports only from the rows above it (a
+//! subsystem's `config` leaf excepted, which [`config`] combines), and
+//! `tests/all/layers.rs` fails on a cycle:
 //!
-//! | module     | what it is |
-//! |------------|------------|
+//! | module | what it is |
+//! |--------|------------|
+//! | `supervisor`, `wakeup`, `breaker`, `metrics`, `traces`, `signature`, `http_client` | leaves: the stop token and the threads it stops, the poller's bell, the circuit breaker, counters, OTLP spans, HMAC, the outbound HTTP agent |
 //! | [`config`] | combines each section's settings: one TOML file, one table of environment variables |
-//! | [`event`]  | the event model and input validation (model crate) |
-//! | [`store`]  | SQLite: events, subscriptions, executions, ledger, dead letters, state, Kafka outbox (store crate) |
-//! | [`kafka`]  | Kafka: client settings, topics, wire format, outbox relay, consumer groups, replay |
-//! | [`source`] | where events come from: the SQLite poller, and the switch between it and Kafka |
-//! | [`context`] | what the running parts share: config, store, wakeups, source switch, metrics, notices |
-//! | [`pipeline`] | per-project lanes from the sources to the committer, bounded, with a shutdown that ends |
-//! | [`breaker`] | the circuit breaker that decides when Kafka is given up on and retried |
-//! | [`matching`] | which subscriptions want an event (model crate) |
-//! | [`manifest`] | handler manifests (`name.toml`) (model crate) |
-//! | [`registry`] | loading handlers from the handlers folder |
-//! | [`runtime`] | wasmtime: engine, limits, host imports, compiled-component cache |
-//! | [`dispatch`] | running the matching handlers on one event |
-//! | [`outcome`] | what a run produced and what happens next (model crate) |
-//! | [`retention`] | the thread that prunes the store past `[store.retention]` and gives space back |
-//! | [`metrics`] | counters and histograms for `/metrics` |
-//! | [`traces`] | OTLP spans per event (publish, dispatch, handler calls, commit), W3C `traceparent` in headers |
-//! | [`alerts`] | the host's own alert rules, their state in SQLite and signed webhook deliveries |
-//! | [`bus`]    | all of the above wired together (the sources see only `context` and `pipeline`) |
-//! | [`api`]    | the HTTP API, webhooks, health, metrics and the dashboard |
+//! | [`schemas`] | payload schemas: checks at every entry, the registry, the wire codec |
+//! | [`kafka`] | the Kafka client: settings, topics, wire format, consumer-group machinery, lag, admin |
+//! | [`registry`] | loading handlers from the handlers folder, hot reload |
+//! | `dispatch`, `pipeline`, `call_host` | running the matching handlers on one event; per-project lanes to the committer; what a call may ask of the host |
+//! | `switch`, `context` | who is in charge (SQLite or Kafka); what the running parts share |
+//! | `source`, `outbox`, [`retention`], [`alerts`] | the sources behind one `Source` trait (SQLite poller, Kafka groups); the relay to Kafka; pruning; the host's own alerts |
+//! | [`bus`] | all of the above wired together, started and stopped by one supervisor |
+//! | [`api`] | the HTTP API, webhooks, health, metrics and the dashboard |
 
 pub mod alerts;
 pub mod api;
-pub mod breaker;
+mod breaker;
 pub mod bus;
-pub mod call_host;
+mod call_host;
 pub mod config;
-pub mod context;
-pub mod dispatch;
-pub mod http_client;
+mod context;
+mod dispatch;
+mod http_client;
 pub mod kafka;
-pub mod metrics;
-pub mod outputs;
-pub mod pipeline;
+mod metrics;
+mod outbox;
+mod pipeline;
 pub mod registry;
 pub mod retention;
 pub mod schemas;
-pub mod signature;
-pub mod source;
-pub mod switch;
-pub mod traces;
-pub mod wakeup;
+mod signature;
+mod source;
+mod supervisor;
+mod switch;
+mod traces;
+mod wakeup;
 
 // The layers below the host, under the names the host's modules use.
-pub use persona_bus_model::{event, fast_map, manifest, matching, outcome, secrets, sync};
+use persona_bus_model::fast_map;
+pub use persona_bus_model::{event, manifest, matching, outcome, sync};
 pub use persona_bus_runtime as runtime;
 pub use persona_bus_store as store;
 
+pub use breaker::State as BreakerState;
 pub use bus::{Bus, BusError, Notice};
+pub use call_host::CallHost;
 pub use config::Config;
 pub use event::{Event, EventStatus, NewEvent};
+pub use switch::{SourceStatus, SourceSwitch};
+
+/// What integration tests, benchmarks and the fuzzer reach for beyond the
+/// host's own API: pieces they drive directly, on purpose.
+pub mod testing {
+    pub use crate::dispatch::NativeHandler;
+    pub use crate::signature::{sign, verify};
+    pub use crate::source::webhooks::to_event as webhook_to_event;
+}
 
 use anyhow::Context;
 use std::future::Future;
@@ -111,33 +118,36 @@ pub async fn run(
         source = bus.source().status().active,
         "persona-bus is running; ctrl-c stops it"
     );
-    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    // The front (HTTP, demo traffic) stops first, on its own token, so the
+    // requests in flight still reach a running bus.
+    let front = supervisor::StopToken::default();
     let server = listener.map(|listener| {
-        let mut stopped = http_stopped.clone();
-        let bus = bus.clone();
+        let (bus, front) = (bus.clone(), front.clone());
         tokio::spawn(async move {
-            let until = async move {
-                let _ = stopped.changed().await;
-            };
-            if let Err(e) = api::serve(bus, listener, until).await {
+            if let Err(e) = api::serve(bus, listener, async move { front.stopped().await }).await {
                 tracing::error!(error = %e, "HTTP API stopped");
             }
         })
     });
     let demo = options.demo.then(|| {
-        let bus = bus.clone();
+        let (bus, front) = (bus.clone(), front.clone());
         let every = options.demo_every.unwrap_or(Duration::from_secs(2));
-        tokio::spawn(async move { demo_traffic(bus, every).await })
+        tokio::spawn(async move {
+            tokio::select! {
+                () = demo_traffic(bus, every) => {}
+                () = front.stopped() => {}
+            }
+        })
     });
     shutdown.await;
     tracing::info!(
         grace_ms = bus.config().shutdown_grace_ms,
         "shutting down: no new work; handler calls in flight may finish within the grace period (a second signal exits at once)"
     );
+    front.stop();
     if let Some(demo) = demo {
-        demo.abort();
+        let _ = demo.await;
     }
-    let _ = stop_http.send(true);
     if let Some(server) = server {
         // Live event streams never end by themselves: give requests in
         // flight a moment, then go.

@@ -9,9 +9,9 @@
 use crate::context::HostContext;
 use crate::kafka::config::KafkaConfig;
 use crate::store::{Pass, Pruned};
+use crate::supervisor::{StartError, Supervisor};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Between two steps: the writer is free for this long at least.
@@ -33,19 +33,17 @@ pub fn redelivery_hours(k: &KafkaConfig) -> f64 {
         .fold(0.0, f64::max)
 }
 
-pub(crate) fn spawn(ctx: Arc<HostContext>) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("store-retention".into())
-        .spawn(move || {
-            let every = Duration::from_secs(ctx.config.store.retention.every_secs);
-            loop {
-                std::thread::park_timeout(every);
-                if ctx.stopping() {
-                    break;
-                }
-                run_pass(&ctx);
+pub(crate) fn start(ctx: Arc<HostContext>, tasks: &Supervisor) -> Result<(), StartError> {
+    tasks.spawn("store-retention", move || {
+        let every = Duration::from_secs(ctx.config.store.retention.every_secs);
+        loop {
+            std::thread::park_timeout(every);
+            if ctx.stopping() {
+                break;
             }
-        })
+            run_pass(&ctx);
+        }
+    })
 }
 
 /// One pass: prune step by step until nothing is left, then vacuum.

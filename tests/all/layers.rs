@@ -290,6 +290,59 @@ fn check(root: &Path, skip: &[&str]) {
     }
 }
 
+/// The host library's top-level modules, bottom to top, as its module map
+/// (`host/src/lib.rs`) draws them: a module imports only from its own row
+/// or the rows below (a subsystem's `config` leaf excepted).
+const HOST_LAYERS: &[&[&str]] = &[
+    &[
+        "supervisor",
+        "wakeup",
+        "breaker",
+        "metrics",
+        "traces",
+        "signature",
+        "http_client",
+    ],
+    &["config"],
+    &["schemas"],
+    &["kafka"],
+    &["registry"],
+    &["dispatch", "pipeline", "call_host"],
+    &["switch", "context"],
+    &["source", "outbox", "retention", "alerts"],
+    &["bus"],
+    &["api"],
+];
+
+#[test]
+fn the_host_modules_import_only_from_their_layer_or_below() {
+    let root = workspace().join("host/src/lib.rs");
+    let mods = modules(&root, &["commands"]);
+    let row = |m: &str| HOST_LAYERS.iter().position(|r| r.contains(&m));
+    let mut problems = Vec::new();
+    for (from, targets) in file_edges(&mods) {
+        let Some(from_row) = row(&from[0]) else {
+            problems.push(format!("{} is not in HOST_LAYERS", from[0]));
+            continue;
+        };
+        for t in targets {
+            let into_config = t.len() == 2 && t[1] == "config";
+            if into_config || t[0] == from[0] {
+                continue;
+            }
+            if row(&t[0]).is_some_and(|r| r > from_row) {
+                problems.push(format!(
+                    "crate::{} imports crate::{}, a layer above it",
+                    from.join("::"),
+                    t.join("::")
+                ));
+            }
+        }
+    }
+    problems.dedup();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 #[test]
 fn no_module_imports_one_that_imports_it_back() {
     let ws = workspace();

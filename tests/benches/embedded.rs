@@ -369,7 +369,7 @@ fn dispatch_cost(n: usize, only: &[&str]) {
     )
     .unwrap();
     let env = Arc::new(CallEnv {
-        host: Arc::new(persona_bus::call_host::CallHost {
+        host: Arc::new(persona_bus::CallHost {
             store,
             schemas: Arc::new(persona_bus::schemas::Schemas::new(&config)),
         }),

@@ -7,7 +7,7 @@
 //!
 //! `cargo bench -p persona-bus-tests --bench soak -- [KILLS] [RATE]`
 
-use persona_bus::breaker::State;
+use persona_bus::BreakerState as State;
 use persona_bus::event::NewEvent;
 use persona_bus::{Bus, EventStatus};
 use persona_bus_tests::kafka::{self as k, PrivateBroker};

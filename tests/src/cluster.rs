@@ -6,7 +6,7 @@
 
 use crate::kafka as k;
 use crate::{Sandbox, wait_for};
-use persona_bus::switch::SourceStatus;
+use persona_bus::SourceStatus;
 use persona_bus::{Bus, Event, NewEvent};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::HashMap;

@@ -405,7 +405,7 @@ pub fn targets() -> Vec<Target> {
                 let limits = persona_bus::event::EventLimits {
                     max_payload_bytes: 4096,
                 };
-                persona_bus::outputs::webhooks::to_event(Some(input), limits).is_ok()
+                persona_bus::testing::webhook_to_event(Some(input), limits).is_ok()
             },
         },
         Target {
@@ -424,7 +424,7 @@ pub fn targets() -> Vec<Target> {
                     .unwrap_or(input.len());
                 let header = text(&input[..split]);
                 let body = input.get(split + 1..).unwrap_or_default();
-                persona_bus::signature::verify("fuzz-secret", body, &header).is_ok()
+                persona_bus::testing::verify("fuzz-secret", body, &header).is_ok()
             },
         },
     ]
@@ -435,7 +435,7 @@ fn seeds(texts: &[&str]) -> Vec<Vec<u8>> {
 }
 
 fn signed(body: &[u8]) -> Vec<u8> {
-    let mut input = persona_bus::signature::sign("fuzz-secret", body).into_bytes();
+    let mut input = persona_bus::testing::sign("fuzz-secret", body).into_bytes();
     input.push(b'\n');
     input.extend_from_slice(body);
     input

@@ -17,26 +17,20 @@ pub mod state;
 
 use crate::context::HostContext;
 use crate::event::now_millis;
+use crate::supervisor::{StartError, Supervisor};
 use config::Signal;
 use state::{Active, Alert, Change, Observation, Phase};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Starts the evaluator, unless alerts are off or there are no rules.
-pub fn spawn(ctx: Arc<HostContext>) -> std::io::Result<Option<JoinHandle<()>>> {
+pub fn start(ctx: Arc<HostContext>, tasks: &Supervisor) -> Result<(), StartError> {
     let a = &ctx.config.alerts;
     if !a.enabled || a.rules.is_empty() {
-        return Ok(None);
+        return Ok(());
     }
-    std::thread::Builder::new()
-        .name("alerts".into())
-        .spawn(move || {
-            let mut evaluator = Evaluator::new(ctx);
-            evaluator.run();
-        })
-        .map(Some)
+    tasks.spawn("alerts", move || Evaluator::new(ctx).run())
 }
 
 struct Evaluator {

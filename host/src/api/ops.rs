@@ -102,7 +102,7 @@ pub async fn metrics(State(api): State<Api>) -> Result<impl IntoResponse, ApiErr
             // needs: alert on role!="audit" (deploy/prometheus/alerts.yml).
             let groups = [
                 ("processor", k.consumer_group.clone(), vec![events, actions]),
-                ("audit", crate::outputs::archive::group_id(k), vec![events, actions, k.topics.executions.name.as_str()]),
+                ("audit", crate::source::archive::group_id(k), vec![events, actions, k.topics.executions.name.as_str()]),
                 ("webhooks", k.webhook_group.clone(), vec![k.topics.webhooks.name.as_str()]),
             ];
             // Sampled: a scrape within FRESH_FOR of the last one is served

@@ -102,7 +102,7 @@ pub async fn receive(
         let bus = api.bus.clone();
         let limits = bus.config().limits.event_limits();
         blocking(move || {
-            let event = crate::outputs::webhooks::to_event(Some(&value), limits)
+            let event = crate::source::webhooks::to_event(Some(&value), limits)
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
             bus.store().insert_new(&[event])?;
             bus.published_elsewhere(1);

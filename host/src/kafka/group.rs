@@ -4,6 +4,7 @@
 use super::{KafkaError, client_config};
 use crate::fast_map::{FastMap, FastSet};
 use crate::kafka::config::{KafkaConfig, OffsetReset};
+use crate::supervisor::StopToken;
 use persona_bus_model::sync::{Locked, ReadWrite};
 use rdkafka::Message;
 use rdkafka::Offset;
@@ -305,17 +306,17 @@ pub trait GroupWork {
 /// The loop of a group that writes each batch to SQLite (audit logger,
 /// webhook ingester): take a batch, hand it to `handle`, retry `handle`
 /// until it succeeds (or the host stops, and nothing is stored), then store
-/// the batch's offsets. Ends when `stopping()` says so, committing what is
+/// the batch's offsets. Ends when `stop` fires, committing what is
 /// stored.
 pub fn run_loop(
     name: &str,
     consumer: BaseConsumer,
     max: usize,
-    stopping: impl Fn() -> bool,
+    stop: &StopToken,
     mut work: impl GroupWork,
 ) {
     tracing::info!(group = name, "kafka {name} started");
-    while !stopping() {
+    while !stop.is_stopped() {
         work.tend(&consumer);
         let (records, error) = poll_batch(
             &consumer,
@@ -344,7 +345,7 @@ pub fn run_loop(
         let done = loop {
             match work.handle(&records) {
                 Ok(()) => break true,
-                Err(e) if stopping() => {
+                Err(e) if stop.is_stopped() => {
                     tracing::error!(group = name, error = %e, "batch not written while stopping; Kafka will redeliver it");
                     break false;
                 }

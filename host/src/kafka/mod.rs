@@ -1,7 +1,7 @@
 //! The Kafka client layer: settings, topics, the wire format, consumer-group
 //! machinery (`group`), lag and admin reads. What runs on it lives above:
-//! the event processor is a source (`source::kafka`); the outbox relay, the
-//! audit logger and the webhook ingester are outputs (`outputs`).
+//! the consumer groups are sources (`source::kafka`, `source::archive`,
+//! `source::webhooks`), the relay that produces events is `outbox`.
 //!
 //! SQLite stays the record: an event is stored first and queued in the
 //! outbox (`persona_events.kafka_state = 'pending'`); the relay produces it

@@ -12,7 +12,7 @@
 
 mod watcher;
 
-pub use watcher::{RELOAD_REQUEST_FILE, spawn_watcher};
+pub use watcher::{RELOAD_REQUEST_FILE, start_watcher};
 
 use crate::manifest::{Manifest, ManifestError};
 use crate::matching::Matcher;

@@ -13,11 +13,11 @@
 //! the data folder itself: every commit writes its WAL.)
 
 use super::Registry;
+use crate::supervisor::Supervisor;
 use notify::{RecursiveMode, Watcher};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{RecvTimeoutError, channel};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Name of the file `handlers reload` writes in `<data_dir>/control`.
@@ -27,11 +27,11 @@ const QUIET: Duration = Duration::from_millis(200);
 
 /// Starts watching `registry.dir()` and `control_dir`; the thread ends when
 /// `stop()` says so.
-pub fn spawn_watcher(
+pub fn start_watcher(
     registry: Arc<Registry>,
     control_dir: &Path,
-    stop: impl Fn() -> bool + Send + 'static,
-) -> Result<JoinHandle<()>, String> {
+    tasks: &Supervisor,
+) -> Result<(), String> {
     std::fs::create_dir_all(registry.dir())
         .map_err(|e| format!("create {}: {e}", registry.dir().display()))?;
     std::fs::create_dir_all(control_dir)
@@ -46,12 +46,12 @@ pub fn spawn_watcher(
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
     }
-    std::thread::Builder::new()
-        .name("handler-watcher".into())
-        .spawn(move || {
+    let stop = tasks.token().clone();
+    tasks
+        .spawn("handler-watcher", move || {
             let _watcher = watcher; // dropped (unwatched) with the thread
             let mut changed_at: Option<Instant> = None;
-            while !stop() {
+            while !stop.is_stopped() {
                 match rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(Ok(_)) => changed_at = Some(Instant::now()),
                     Ok(Err(e)) => tracing::warn!(error = %e, "file watch error"),
@@ -77,5 +77,5 @@ pub fn spawn_watcher(
                 }
             }
         })
-        .map_err(|e| format!("cannot start the watcher thread: {e}"))
+        .map_err(|e| e.to_string())
 }

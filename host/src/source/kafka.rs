@@ -32,6 +32,7 @@ use crate::pipeline::{Finished, Pipeline, Refused, Sink};
 use crate::runtime::Origin;
 use crate::schemas::Schemas;
 use crate::store::RemoteOutcome;
+use crate::supervisor::{StartError, Supervisor};
 use persona_bus_model::sync::Locked;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -39,7 +40,6 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A record that could not be decoded: dead-lettered, never dispatched.
@@ -69,18 +69,37 @@ enum Decoded {
 
 type CopyProducer = ThreadedProducer<DefaultProducerContext>;
 
-pub(crate) fn spawn(
+/// The event processor: the `persona-event-processor` group over the events
+/// and actions topics.
+pub struct EventProcessor;
+
+impl super::Source for EventProcessor {
+    fn start(
+        self: Box<Self>,
+        cx: &super::SourceContext,
+        tasks: &Supervisor,
+    ) -> Result<(), StartError> {
+        start(cx.ctx.clone(), cx.pipeline.clone(), tasks)
+    }
+}
+
+fn start(
     ctx: Arc<HostContext>,
     pipeline: Arc<Pipeline>,
-) -> Result<JoinHandle<()>, KafkaError> {
+    tasks: &Supervisor,
+) -> Result<(), StartError> {
+    let failed = |e| StartError::new("Kafka event processor", e);
     let k = &ctx.config.kafka;
-    let consumer = Arc::new(group::subscribe_with(
-        k,
-        &k.consumer_group,
-        &[&k.topics.events.name, &k.topics.actions.name],
-        k.prefetch_kb,
-        ctx.processor_partitions.clone(),
-    )?);
+    let consumer = Arc::new(
+        group::subscribe_with(
+            k,
+            &k.consumer_group,
+            &[&k.topics.events.name, &k.topics.actions.name],
+            k.prefetch_kb,
+            ctx.processor_partitions.clone(),
+        )
+        .map_err(failed)?,
+    );
     // Execution records and dead letters for other devices and tools. The
     // SQLite rows are the record; these are copies, so a failed send is
     // logged, not retried forever.
@@ -96,11 +115,10 @@ pub(crate) fn spawn(
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "30000")
         .create()
-        .map_err(|e| KafkaError::Client(e.to_string()))?;
-    std::thread::Builder::new()
-        .name("kafka-consumer".into())
-        .spawn(move || run(ctx, pipeline, consumer, Arc::new(producer)))
-        .map_err(|e| KafkaError::Client(format!("cannot start the Kafka consumer: {e}")))
+        .map_err(|e| failed(KafkaError::Client(e.to_string())))?;
+    tasks.spawn("kafka-consumer", move || {
+        run(ctx, pipeline, consumer, Arc::new(producer))
+    })
 }
 
 /// Where the outcomes of consumed records go (on the pipeline's committer

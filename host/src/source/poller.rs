@@ -49,7 +49,21 @@ impl Sink for SqliteSink {
     }
 }
 
-pub(crate) fn run(ctx: Arc<HostContext>, pipeline: Arc<Pipeline>, sink: Arc<dyn Sink>) {
+/// The SQLite poller, on its own thread.
+pub struct Poller;
+
+impl super::Source for Poller {
+    fn start(
+        self: Box<Self>,
+        cx: &super::SourceContext,
+        tasks: &crate::supervisor::Supervisor,
+    ) -> Result<(), crate::supervisor::StartError> {
+        let cx = cx.clone();
+        tasks.spawn("sqlite-poller", move || run(cx.ctx, cx.pipeline, cx.sqlite))
+    }
+}
+
+fn run(ctx: Arc<HostContext>, pipeline: Arc<Pipeline>, sink: Arc<dyn Sink>) {
     let poll = ctx.config.poll.clone();
     let active = Duration::from_millis(poll.active_interval_ms);
     let idle = Duration::from_millis(poll.idle_interval_ms);

@@ -47,7 +47,7 @@ pub fn run(config: &Config, target: &Path, event: &Path, attempt: u32) -> anyhow
     let (store, _scratch) = reading_store(&config.data_dir)?;
     let transcript = Arc::new(Mutex::new(Vec::new()));
     let env = Arc::new(CallEnv {
-        host: Arc::new(persona_bus::call_host::CallHost {
+        host: Arc::new(persona_bus::CallHost {
             store,
             schemas: Arc::new(persona_bus::schemas::Schemas::new(config)),
         }),

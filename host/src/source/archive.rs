@@ -10,23 +10,36 @@
 //! single device that is every event, so the archive costs nothing).
 
 use crate::context::HostContext;
-use crate::kafka::KafkaError;
 use crate::kafka::group::{self, GroupWork, Record};
 use crate::kafka::wire::{ExecutionRecord, decode_record};
 use crate::store::RemoteOutcome;
+use crate::supervisor::{StartError, Supervisor};
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 pub fn group_id(k: &crate::kafka::config::KafkaConfig) -> String {
     format!("{}.{}", k.audit_group, k.client_id)
 }
 
-pub(crate) fn spawn(inner: Arc<HostContext>) -> Result<JoinHandle<()>, KafkaError> {
+/// The audit logger: its own group over every topic, other hosts'
+/// execution records into the ledger.
+pub struct AuditLogger;
+
+impl super::Source for AuditLogger {
+    fn start(
+        self: Box<Self>,
+        cx: &super::SourceContext,
+        tasks: &Supervisor,
+    ) -> Result<(), StartError> {
+        start(cx.ctx.clone(), tasks)
+    }
+}
+
+fn start(inner: Arc<HostContext>, tasks: &Supervisor) -> Result<(), StartError> {
     let k = &inner.config.kafka;
     let group = group_id(k);
     let consumer = group::subscribe(
@@ -38,18 +51,16 @@ pub(crate) fn spawn(inner: Arc<HostContext>) -> Result<JoinHandle<()>, KafkaErro
             &k.topics.executions.name,
         ],
         k.prefetch_kb / 4,
-    )?;
-    std::thread::Builder::new()
-        .name("kafka-audit".into())
-        .spawn(move || {
-            let stop = inner.clone();
-            let work = Archive {
-                inner,
-                paused: HashSet::new(),
-            };
-            group::run_loop(&group, consumer, 5_000, move || stop.stopping(), work)
-        })
-        .map_err(|e| KafkaError::Client(format!("cannot start the audit logger: {e}")))
+    )
+    .map_err(|e| StartError::new("audit logger", e))?;
+    let stop = tasks.token().clone();
+    tasks.spawn("kafka-audit", move || {
+        let work = Archive {
+            inner,
+            paused: HashSet::new(),
+        };
+        group::run_loop(&group, consumer, 5_000, &stop, work)
+    })
 }
 
 struct Archive {

@@ -7,6 +7,7 @@ use crate::kafka::wire::{WireEvent, framed_headers, headers};
 use crate::kafka::{KafkaError, client_config};
 use crate::schemas::Schemas;
 use crate::store::Store;
+use crate::supervisor::{StartError, StopToken, Supervisor};
 use crate::switch::SourceSwitch;
 use crate::wakeup::Wakeup;
 use persona_bus_model::sync::Locked;
@@ -16,7 +17,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Events read from the outbox per round.
@@ -46,14 +46,14 @@ impl ProducerContext for Deliveries {
 
 /// Starts the relay thread; it ends when `stop()` says so, after a last
 /// short flush.
-pub fn spawn(
+pub fn start(
     store: Arc<Store>,
     k: KafkaConfig,
     wakeup: Arc<Wakeup>,
     source: Arc<SourceSwitch>,
     schemas: Arc<Schemas>,
-    stop: impl Fn() -> bool + Send + 'static,
-) -> Result<JoinHandle<()>, KafkaError> {
+    tasks: &Supervisor,
+) -> Result<(), StartError> {
     let producer: ThreadedProducer<Deliveries> = client_config(&k)
         // Exactly-once per producer session and in order per partition.
         .set("enable.idempotence", "true")
@@ -64,11 +64,11 @@ pub fn spawn(
         // in the outbox for the next round.
         .set("message.timeout.ms", "30000")
         .create_with_context(Deliveries::default())
-        .map_err(|e| KafkaError::Client(e.to_string()))?;
-    std::thread::Builder::new()
-        .name("kafka-outbox".into())
-        .spawn(move || relay(store, k, producer, wakeup, source, &schemas, stop))
-        .map_err(|e| KafkaError::Client(format!("cannot start the outbox relay: {e}")))
+        .map_err(|e| StartError::new("outbox relay", KafkaError::Client(e.to_string())))?;
+    let stop = tasks.token().clone();
+    tasks.spawn("kafka-outbox", move || {
+        relay(store, k, producer, wakeup, source, &schemas, &stop)
+    })
 }
 
 fn relay(
@@ -78,7 +78,7 @@ fn relay(
     wakeup: Arc<Wakeup>,
     source: Arc<SourceSwitch>,
     schemas: &Schemas,
-    stop: impl Fn() -> bool,
+    stop: &StopToken,
 ) {
     // Produced but not yet acknowledged (or failed): never sent twice. With
     // when each was produced, to tell a stale failure from a fresh one.
@@ -86,7 +86,7 @@ fn relay(
     let mut retry = Retry::default();
     tracing::info!(brokers = %k.brokers, "kafka outbox relay started (dual write)");
     loop {
-        let stopping = stop();
+        let stopping = stop.is_stopped();
         settle(&store, &producer, &source, &mut in_flight, &mut retry);
         if stopping {
             let _ = producer.flush(Duration::from_secs(2));

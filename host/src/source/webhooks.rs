@@ -9,32 +9,37 @@
 
 use crate::context::HostContext;
 use crate::event::{Event, EventError, NewEvent};
-use crate::kafka::KafkaError;
 use crate::kafka::group::{self, GroupWork, Record};
 use crate::kafka::wire::WebhookRecord;
+use crate::supervisor::{StartError, Supervisor};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 /// The event type webhooks are routed as.
 pub const WEBHOOK_RECEIVED: &str = "webhook_received";
 
-pub(crate) fn spawn(inner: Arc<HostContext>) -> Result<JoinHandle<()>, KafkaError> {
+/// The webhook ingester: its own group over the webhooks topic, each
+/// record into an event.
+pub struct WebhookIngester;
+
+impl super::Source for WebhookIngester {
+    fn start(
+        self: Box<Self>,
+        cx: &super::SourceContext,
+        tasks: &Supervisor,
+    ) -> Result<(), StartError> {
+        start(cx.ctx.clone(), tasks)
+    }
+}
+
+fn start(inner: Arc<HostContext>, tasks: &Supervisor) -> Result<(), StartError> {
     let k = &inner.config.kafka;
     let group = k.webhook_group.clone();
-    let consumer = group::subscribe(k, &group, &[&k.topics.webhooks.name], k.prefetch_kb / 4)?;
-    std::thread::Builder::new()
-        .name("kafka-webhooks".into())
-        .spawn(move || {
-            let stop = inner.clone();
-            group::run_loop(
-                &group,
-                consumer,
-                1_000,
-                move || stop.stopping(),
-                Route(inner),
-            )
-        })
-        .map_err(|e| KafkaError::Client(format!("cannot start the webhook ingester: {e}")))
+    let consumer = group::subscribe(k, &group, &[&k.topics.webhooks.name], k.prefetch_kb / 4)
+        .map_err(|e| StartError::new("webhook ingester", e))?;
+    let stop = tasks.token().clone();
+    tasks.spawn("kafka-webhooks", move || {
+        group::run_loop(&group, consumer, 1_000, &stop, Route(inner))
+    })
 }
 
 /// Why a record on the webhooks topic was refused.
