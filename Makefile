@@ -175,6 +175,7 @@ bench: toolchain kafka-up handlers
 	$(CARGO) bench -p persona-bus-tests --bench kafka
 	$(CARGO) bench -p persona-bus-tests --bench state
 	$(CARGO) bench -p persona-bus-tests --bench schemas
+	$(CARGO) bench -p persona-bus-tests --bench ordering
 	$(MAKE) bench-http
 
 # Serial state per project: one project's 100,000-event backlog through a

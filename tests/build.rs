@@ -28,6 +28,7 @@ const GUESTS: &[(&str, &str, Option<&str>)] = &[
     ("SLOW", "guest-slow", None),
     ("WRONG_WORLD", "guest-wrong-world", None),
     ("HOSTILE", "guest-hostile", None),
+    ("KEYED", "guest-keyed", None),
     ("TEMPLATE_RUST", "handler-template-rust", None),
 ];
 

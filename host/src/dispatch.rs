@@ -6,8 +6,9 @@
 //! lane, one event at a time.
 
 use crate::event::{Event, now_millis};
+use crate::manifest::OrderBy;
 use crate::outcome::{Resolution, Run, Verdict};
-use crate::registry::Registry;
+use crate::registry::{LoadedHandler, Registry};
 use crate::runtime::{CallEnv, Origin, Runtime};
 use crate::store::{Store, StoreError};
 use crate::traces::{EventSpan, Traces};
@@ -109,7 +110,7 @@ impl Dispatcher {
 
     /// Runs every matching handler that has not finished `event` yet
     /// (`done`, from its ledger), one after the other, each under its own
-    /// limits and deadline.
+    /// limits and deadline: every handler in the project's unit.
     pub async fn resolve(
         &self,
         event: Event,
@@ -117,28 +118,103 @@ impl Dispatcher {
         origin: &Origin,
     ) -> (Resolution, Option<EventSpan>) {
         let mut trace = self.traces.dispatching(&event);
-        let snapshot = self.registry.snapshot();
-        let native = self.native.read_locked().clone();
-        let subscribers: Vec<_> = if event.chain_depth > self.env.limits.max_chain_depth {
+        let (subscribers, earlier) = self.subscribers(&event, done);
+        let runs = self
+            .run_handlers(
+                &event,
+                &subscribers,
+                &event.project_id,
+                origin,
+                trace.as_ref(),
+            )
+            .await;
+        let resolution = self.finish(event, subscribers.len(), &earlier, runs, trace.as_mut());
+        (resolution, trace)
+    }
+
+    /// The handlers `event` is for now, without those its ledger says
+    /// finished it (`done`); and those finished outcomes.
+    pub fn subscribers(
+        &self,
+        event: &Event,
+        done: &[(String, String)],
+    ) -> (Vec<Arc<LoadedHandler>>, Vec<String>) {
+        if event.chain_depth > self.env.limits.max_chain_depth {
             // Only an event from a host with a laxer limit gets here.
             tracing::warn!(event_id = %event.id, depth = event.chain_depth, "not dispatching: chain too deep");
-            Vec::new()
-        } else {
-            snapshot
-                .matcher
-                .subscribers(&event)
-                .into_iter()
-                .filter_map(|name| snapshot.handlers.get(&name).cloned())
-                .collect()
-        };
-        let attempt = event.retry_count + 1;
+            return (Vec::new(), Vec::new());
+        }
+        let snapshot = self.registry.snapshot();
         let mut earlier = Vec::new();
-        let mut runs = Vec::with_capacity(subscribers.len());
-        for handler in &subscribers {
-            if let Some((_, outcome)) = done.iter().find(|(name, _)| **name == *handler.name) {
-                earlier.push(outcome.clone());
-                continue;
+        let subscribers = snapshot
+            .matcher
+            .subscribers(event)
+            .into_iter()
+            .filter_map(|name| snapshot.handlers.get(&name).cloned())
+            .filter(|h| match done.iter().find(|(name, _)| **name == *h.name) {
+                Some((_, outcome)) => {
+                    earlier.push(outcome.clone());
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        (subscribers, earlier)
+    }
+
+    /// Which handlers of `event` run in which unit (see
+    /// [`crate::manifest::OrderBy`]): the project-ordered ones together in
+    /// the project's unit, each key-ordered one in its key's unit, each
+    /// unordered one alone.
+    pub fn plan(&self, event: &Event, handlers: Vec<Arc<LoadedHandler>>) -> Vec<Part> {
+        let mut parts: Vec<Part> = Vec::new();
+        let mut project = Vec::new();
+        for h in handlers {
+            match &h.manifest.ordering {
+                OrderBy::Project => project.push(h),
+                OrderBy::Key(source) => {
+                    let key = source.key_of(event);
+                    parts.push(Part {
+                        unit: Unit::Key(KeyUnit {
+                            handler: h.name.clone(),
+                            project: event.project_id.clone(),
+                            key,
+                        }),
+                        handlers: vec![h],
+                    });
+                }
+                OrderBy::None => parts.push(Part {
+                    unit: Unit::Alone,
+                    handlers: vec![h],
+                }),
             }
+        }
+        if !project.is_empty() {
+            parts.insert(
+                0,
+                Part {
+                    unit: Unit::Project,
+                    handlers: project,
+                },
+            );
+        }
+        parts
+    }
+
+    /// Runs `handlers` on `event` one after the other, each under its own
+    /// limits and deadline, reading the pending state of `unit`.
+    pub async fn run_handlers(
+        &self,
+        event: &Event,
+        handlers: &[Arc<LoadedHandler>],
+        unit: &str,
+        origin: &Origin,
+        trace: Option<&EventSpan>,
+    ) -> Vec<Run> {
+        let native = self.native.read_locked().clone();
+        let attempt = event.retry_count + 1;
+        let mut runs = Vec::with_capacity(handlers.len());
+        for handler in handlers {
             let started = std::time::SystemTime::now();
             let clock = std::time::Instant::now();
             // A panic in host code during the call (a host import, the
@@ -148,7 +224,8 @@ impl Dispatcher {
                 None => {
                     let call = std::pin::pin!(self.runtime.invoke(
                         handler.handle_ref(),
-                        &event,
+                        event,
+                        unit,
                         origin,
                         attempt,
                         &self.env,
@@ -156,7 +233,7 @@ impl Dispatcher {
                     CatchPanic(call).await
                 }
                 Some(f) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    call_native(f, &handler.name, &event)
+                    call_native(f, &handler.name, event)
                 }))
                 .map_err(panic_message),
             }
@@ -177,18 +254,64 @@ impl Dispatcher {
                 effects: inv.effects,
                 note: inv.note,
             };
-            if let Some(t) = &trace {
+            if let Some(t) = trace {
                 self.traces.handler_ran(t, &mut run, started);
             }
             runs.push(run);
         }
-        let resolution = Resolution::summarize(event, subscribers.len(), &earlier, runs);
+        runs
+    }
+
+    /// What happens to `event` after `runs`: its [`Resolution`].
+    pub fn finish(
+        &self,
+        event: Event,
+        subscribers: usize,
+        earlier: &[String],
+        runs: Vec<Run>,
+        trace: Option<&mut EventSpan>,
+    ) -> Resolution {
+        let resolution = Resolution::summarize(event, subscribers, earlier, runs);
         if let (Some(t), crate::outcome::Next::Final { error: Some(e), .. }) =
-            (trace.as_mut(), &resolution.next)
+            (trace, &resolution.next)
         {
             t.set_error(e.clone());
         }
-        (resolution, trace)
+        resolution
+    }
+}
+
+/// Handlers of one event that run in one ordering unit.
+pub struct Part {
+    pub unit: Unit,
+    pub handlers: Vec<Arc<LoadedHandler>>,
+}
+
+/// An ordering unit: its events run one at a time, in order, and its
+/// handlers' calls read each other's pending state writes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// The event's project (handlers ordered by project).
+    Project,
+    /// A handler's events of one project with one key.
+    Key(KeyUnit),
+    /// The event alone (a handler with no order).
+    Alone,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyUnit {
+    pub handler: Arc<str>,
+    pub project: String,
+    pub key: String,
+}
+
+impl KeyUnit {
+    /// The unit's name in the state overlay: apart from every project's,
+    /// since a project id is trimmed and so never starts with a newline,
+    /// and from every other key's (the project's length comes first).
+    pub fn overlay_name(&self) -> String {
+        format!("\n{}:{}\n{}", self.project.len(), self.project, self.key)
     }
 }
 

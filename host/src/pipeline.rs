@@ -1,5 +1,5 @@
-//! The pipeline: takes deliveries from the sources, runs them in
-//! per-project lanes, and hands durable outcomes back to each source's
+//! The pipeline: takes deliveries from the sources, runs them in lanes,
+//! one per ordering unit, and hands durable outcomes back to each source's
 //! [`Sink`].
 //!
 //! ```text
@@ -14,9 +14,12 @@
 //!   (up to its deadline) delays only the later events of its own project;
 //!   every other lane keeps running, and the committer keeps committing
 //!   whatever is ready, many outcomes per transaction.
-//! - **Order per project** holds for both sources: the SQLite poller claims
+//! - **Order per unit** holds for both sources: the SQLite poller claims
 //!   in publish order and Kafka delivers a partition in order, and a lane
-//!   never runs two events of its project at once.
+//!   never runs two events of its unit at once. The unit is the project
+//!   unless a handler's `[ordering]` says otherwise: then its events run in
+//!   a lane per (handler, project, key), or each alone, and the event is a
+//!   [`Tracked`] one whose outcome waits for all its parts.
 //! - **Bounded.** At most `runtime.max_in_flight` events are between submit
 //!   and commit; a source submitting more waits. A project whose lane holds
 //!   `runtime.lane_depth` events is reported by [`Pipeline::full_lanes`], so
@@ -35,9 +38,11 @@
 //!   were abandoned (the SQLite one returns them to `pending`; the Kafka one
 //!   stores no offset past them).
 
-use crate::dispatch::{Delivery, Dispatcher};
+use crate::dispatch::{Delivery, Dispatcher, KeyUnit, Ledger, Part, Unit};
+use crate::event::Event;
 use crate::fast_map::FastMap;
-use crate::outcome::Resolution;
+use crate::outcome::{Resolution, Run};
+use crate::registry::LoadedHandler;
 use crate::runtime::{Origin, Written};
 use crate::store::StoreError;
 use persona_bus_model::sync::{Locked, Waits};
@@ -58,6 +63,13 @@ const COMMIT_BATCH: usize = 4096;
 /// about a tenth here. An event alone in flight (a low rate) never waits.
 const COMMIT_LINGER: Duration = Duration::from_micros(500);
 const LINGER_UNTIL: usize = 64;
+
+/// What a tracked event runs: its handlers still to run, grouped in parts.
+struct Plan {
+    subscribers: usize,
+    earlier: Vec<String>,
+    parts: Vec<Part>,
+}
 
 /// An event's outcome with where it came from.
 pub struct Finished {
@@ -88,10 +100,64 @@ pub enum Refused {
     Store(#[from] StoreError),
 }
 
-struct Job {
+#[expect(
+    clippy::large_enum_variant,
+    reason = "`Whole` is every event's job by default: boxing it would allocate once per event"
+)]
+enum Job {
+    /// Every handler of the event, in its project's lane: how events run
+    /// while every handler orders by project (the default).
+    Whole {
+        ticket: u64,
+        delivery: Delivery,
+        done: Vec<(String, String)>,
+    },
+    /// Some of a tracked event's handlers, in one unit (see [`Tracked`]).
+    Part(PartJob),
+}
+
+struct PartJob {
     ticket: u64,
-    delivery: Delivery,
-    done: Vec<(String, String)>,
+    event: Arc<Event>,
+    origin: Origin,
+    handlers: Vec<Arc<LoadedHandler>>,
+    /// The unit's name in the state overlay.
+    unit: String,
+    trace: Option<Arc<crate::traces::EventSpan>>,
+}
+
+/// A lane: a project's, or a key-ordered handler's key's.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum LaneId {
+    Project(String),
+    Key(KeyUnit),
+}
+
+/// An event whose handlers run in more than one unit, or in a unit other
+/// than its project (some handler orders by key or not at all). Its parts
+/// run in their lanes independently; its outcome is sent to the committer
+/// once every part is done and every event before it in each of its lanes
+/// has been sent: an outcome is never committed before one whose state
+/// writes it may have read. While any event is tracked, every new event is
+/// (so that order holds across a reload that changes handlers' ordering).
+struct Tracked {
+    /// Taken when its outcome is made.
+    event: Option<Arc<Event>>,
+    origin: Origin,
+    /// Handlers still to run on it, and the ledger outcomes of the others.
+    subscribers: usize,
+    earlier: Vec<String>,
+    runs: Vec<Run>,
+    written: Vec<Written>,
+    parts_left: usize,
+    /// Events before it in its lanes, not sent to the committer yet.
+    waiting: usize,
+    /// Events after it in its lanes that count it in their `waiting`.
+    successors: Vec<u64>,
+    lanes: Vec<LaneId>,
+    trace: Option<Arc<crate::traces::EventSpan>>,
+    /// The outcome, once every part is done.
+    ready: Option<Ready>,
 }
 
 /// An outcome on its way to the committer.
@@ -117,6 +183,11 @@ struct State {
     /// Queued events per project; a project is here while its lane task
     /// runs (an empty queue means its last event is being handled).
     lanes: FastMap<String, VecDeque<Job>>,
+    /// The same for the units of key-ordered handlers.
+    key_lanes: FastMap<KeyUnit, VecDeque<Job>>,
+    tracked: FastMap<u64, Tracked>,
+    /// The last tracked event queued in each lane, until it is sent.
+    tails: FastMap<LaneId, u64>,
     in_flight: FastMap<u64, Entry>,
     next_ticket: u64,
     closed: bool,
@@ -188,6 +259,13 @@ impl Pipeline {
         }
         let mut ledger = self.dispatcher.ledger_for(&deliveries)?;
         let n = deliveries.len();
+        // Planning (matching, ordering keys) happens here, outside the
+        // lock, when some handler orders otherwise than by project.
+        let mut plans = if self.dispatcher.registry().snapshot().all_by_project() {
+            None
+        } else {
+            Some(self.plan(&deliveries, &mut ledger))
+        };
         let mut state = self.state.locked();
         while !state.closed
             && !state.in_flight.is_empty()
@@ -197,6 +275,14 @@ impl Pipeline {
         }
         if state.closed {
             return Err(Refused::Closed);
+        }
+        if plans.is_none() && !state.tracked.is_empty() {
+            // Tracked events are still in flight after a reload made every
+            // handler project-ordered: these must be tracked too (rare).
+            plans = Some(self.plan(&deliveries, &mut ledger));
+        }
+        if let Some(plans) = plans {
+            return self.submit_tracked(state, deliveries, plans, sink);
         }
         let mut start = Vec::new();
         for delivery in deliveries {
@@ -212,7 +298,7 @@ impl Pipeline {
             );
             let done = ledger.remove(&delivery.event.id).unwrap_or_default();
             let project = delivery.event.project_id.clone();
-            let job = Job {
+            let job = Job::Whole {
                 ticket,
                 delivery,
                 done,
@@ -227,20 +313,257 @@ impl Pipeline {
         }
         drop(state);
         for project in start {
-            self.handle.spawn(lane(self.clone(), project));
+            self.handle
+                .spawn(lane(self.clone(), LaneId::Project(project)));
         }
         Ok(())
     }
 
-    /// Projects whose lanes are full: claim none of their events for now.
+    /// Each delivery's ledger entries, handlers still to run and parts.
+    fn plan(&self, deliveries: &[Delivery], ledger: &mut Ledger) -> Vec<Plan> {
+        deliveries
+            .iter()
+            .map(|d| {
+                let done = ledger.remove(&d.event.id).unwrap_or_default();
+                let (handlers, earlier) = self.dispatcher.subscribers(&d.event, &done);
+                let subscribers = handlers.len();
+                let parts = self.dispatcher.plan(&d.event, handlers);
+                Plan {
+                    subscribers,
+                    earlier,
+                    parts,
+                }
+            })
+            .collect()
+    }
+
+    /// [`Pipeline::submit`] for tracked events (see [`Tracked`]).
+    fn submit_tracked(
+        self: &Arc<Self>,
+        mut state: std::sync::MutexGuard<'_, State>,
+        deliveries: Vec<Delivery>,
+        plans: Vec<Plan>,
+        sink: &Arc<dyn Sink>,
+    ) -> Result<(), Refused> {
+        let to_committer = self.to_committer.locked().clone();
+        let mut start = Vec::new();
+        let mut alone = Vec::new();
+        let mut finished = Vec::new();
+        for (delivery, plan) in deliveries.into_iter().zip(plans) {
+            let ticket = state.next_ticket;
+            state.next_ticket += 1;
+            state.in_flight.insert(
+                ticket,
+                Entry {
+                    event_id: delivery.event.id.clone(),
+                    origin: delivery.origin.clone(),
+                    sink: sink.clone(),
+                },
+            );
+            let trace = self
+                .dispatcher
+                .traces()
+                .dispatching(&delivery.event)
+                .map(Arc::new);
+            let event = Arc::new(delivery.event);
+            let mut lanes = Vec::new();
+            let mut waiting = 0;
+            for part in plan.parts {
+                let (lane, unit) = match part.unit {
+                    Unit::Project => (
+                        Some(LaneId::Project(event.project_id.clone())),
+                        event.project_id.clone(),
+                    ),
+                    Unit::Key(k) => {
+                        let unit = k.overlay_name();
+                        (Some(LaneId::Key(k)), unit)
+                    }
+                    // Its own unit: no other call reads its pending writes
+                    // (apart from projects and keys: see `KeyUnit`).
+                    Unit::Alone => (None, format!("\n\n{}", event.id)),
+                };
+                let job = PartJob {
+                    ticket,
+                    event: event.clone(),
+                    origin: delivery.origin.clone(),
+                    handlers: part.handlers,
+                    unit,
+                    trace: trace.clone(),
+                };
+                let Some(lane) = lane else {
+                    alone.push(job);
+                    continue;
+                };
+                if let Some(before) = state.tails.insert(lane.clone(), ticket)
+                    && let Some(t) = state.tracked.get_mut(&before)
+                {
+                    t.successors.push(ticket);
+                    waiting += 1;
+                }
+                let queue = match &lane {
+                    LaneId::Project(p) => state.lanes.get_mut(p),
+                    LaneId::Key(k) => state.key_lanes.get_mut(k),
+                };
+                match queue {
+                    Some(queue) => queue.push_back(Job::Part(job)),
+                    None => {
+                        let queue = VecDeque::from([Job::Part(job)]);
+                        match &lane {
+                            LaneId::Project(p) => state.lanes.insert(p.clone(), queue),
+                            LaneId::Key(k) => state.key_lanes.insert(k.clone(), queue),
+                        };
+                        start.push(lane.clone());
+                    }
+                }
+                lanes.push(lane);
+            }
+            let parts_left = lanes.len() + alone.iter().filter(|j| j.ticket == ticket).count();
+            state.tracked.insert(
+                ticket,
+                Tracked {
+                    event: Some(event),
+                    origin: delivery.origin,
+                    subscribers: plan.subscribers,
+                    earlier: plan.earlier,
+                    runs: Vec::new(),
+                    written: Vec::new(),
+                    parts_left,
+                    waiting,
+                    successors: Vec::new(),
+                    lanes,
+                    trace,
+                    ready: None,
+                },
+            );
+            if parts_left == 0 {
+                // No handler to run (none matches, or all finished it).
+                finished.push(ticket);
+            }
+        }
+        for ticket in finished {
+            self.complete(&mut state, ticket, to_committer.as_ref());
+        }
+        drop(state);
+        for lane_id in start {
+            self.handle.spawn(lane(self.clone(), lane_id));
+        }
+        for job in alone {
+            let pipeline = self.clone();
+            self.handle
+                .spawn(async move { pipeline.run_part(job).await });
+        }
+        Ok(())
+    }
+
+    /// Runs one part of a tracked event, puts its calls' state writes in
+    /// the overlay (its unit's next event reads them), and records it.
+    async fn run_part(self: &Arc<Self>, job: PartJob) {
+        let PartJob {
+            ticket,
+            event,
+            origin,
+            handlers,
+            unit,
+            trace,
+        } = job;
+        let mut runs = self
+            .dispatcher
+            .run_handlers(&event, &handlers, &unit, &origin, trace.as_deref())
+            .await;
+        drop((event, trace));
+        let overlay = &self.dispatcher.env().overlay;
+        let mut written = Vec::new();
+        for run in &mut runs {
+            let view = std::mem::take(&mut run.effects.view);
+            if !view.is_empty() {
+                written.push(overlay.apply(&run.handler, &unit, view));
+            }
+        }
+        let to_committer = self.to_committer.locked().clone();
+        let mut state = self.state.locked();
+        let Some(t) = state.tracked.get_mut(&ticket) else {
+            // Closed meanwhile: abandoned with the rest.
+            return;
+        };
+        t.runs.extend(runs);
+        t.written.extend(written);
+        t.parts_left -= 1;
+        if t.parts_left == 0 {
+            self.complete(&mut state, ticket, to_committer.as_ref());
+        }
+    }
+
+    /// Every part of `ticket` is done: its outcome is ready, and sent with
+    /// every outcome it held back once nothing before them is unsent.
+    fn complete(&self, state: &mut State, ticket: u64, to_committer: Option<&mpsc::Sender<Ready>>) {
+        let Some(t) = state.tracked.get_mut(&ticket) else {
+            return;
+        };
+        let Some(event) = t.event.take() else {
+            return;
+        };
+        let event = Arc::try_unwrap(event).unwrap_or_else(|shared| (*shared).clone());
+        let mut trace = t.trace.take().and_then(|span| Arc::try_unwrap(span).ok());
+        let runs = std::mem::take(&mut t.runs);
+        let resolution =
+            self.dispatcher
+                .finish(event, t.subscribers, &t.earlier, runs, trace.as_mut());
+        t.ready = Some(Ready {
+            ticket,
+            finished: Finished {
+                resolution,
+                origin: t.origin.clone(),
+            },
+            trace,
+            written: std::mem::take(&mut t.written),
+        });
+        if t.waiting > 0 {
+            return;
+        }
+        // Sent under the state lock, so an outcome always reaches the
+        // committer before the outcomes that waited for it.
+        let mut send = vec![ticket];
+        while let Some(ticket) = send.pop() {
+            let Some(mut t) = state.tracked.remove(&ticket) else {
+                continue;
+            };
+            for lane in &t.lanes {
+                if state.tails.get(lane) == Some(&ticket) {
+                    state.tails.remove(lane);
+                }
+            }
+            for s in std::mem::take(&mut t.successors) {
+                if let Some(next) = state.tracked.get_mut(&s) {
+                    next.waiting -= 1;
+                    if next.waiting == 0 && next.ready.is_some() {
+                        send.push(s);
+                    }
+                }
+            }
+            if let (Some(ready), Some(tx)) = (t.ready.take(), to_committer) {
+                // Closed: abandoned with the rest.
+                let _ = tx.send(ready);
+            }
+        }
+    }
+
+    /// Projects whose lanes are full, their own or one of their keys':
+    /// claim none of their events for now (a slow key holds up its project's
+    /// claims, never the memory of the whole pipeline).
     pub fn full_lanes(&self) -> Vec<String> {
-        self.state
-            .locked()
+        let state = self.state.locked();
+        let mut full: Vec<String> = state
             .lanes
             .iter()
             .filter(|(_, q)| q.len() >= self.lane_depth)
             .map(|(p, _)| p.clone())
-            .collect()
+            .collect();
+        for (k, q) in &state.key_lanes {
+            if q.len() >= self.lane_depth && !full.contains(&k.project) {
+                full.push(k.project.clone());
+            }
+        }
+        full
     }
 
     /// Waits until the pipeline has room, and returns how many events it
@@ -332,6 +655,9 @@ impl Pipeline {
         let left: Vec<Entry> = {
             let mut state = self.state.locked();
             state.lanes.clear();
+            state.key_lanes.clear();
+            state.tracked.clear();
+            state.tails.clear();
             state.in_flight.drain().map(|(_, e)| e).collect()
         };
         self.freed.notify_all();
@@ -376,11 +702,11 @@ impl Pipeline {
     }
 }
 
-/// One project's lane: its events, one at a time, in submit order. It takes
+/// One lane: its events, one at a time, in submit order. It takes
 /// everything queued at once (one lock per wave, not per event: the lock is
 /// shared with every other lane and the sources) and ends when it finds the
 /// queue empty.
-async fn lane(pipeline: Arc<Pipeline>, project: String) {
+async fn lane(pipeline: Arc<Pipeline>, id: LaneId) {
     let Some(to_committer) = pipeline.to_committer.locked().clone() else {
         return;
     };
@@ -391,20 +717,33 @@ async fn lane(pipeline: Arc<Pipeline>, project: String) {
     loop {
         {
             let mut state = pipeline.state.locked();
-            match state.lanes.get_mut(&project) {
+            let queue = match &id {
+                LaneId::Project(p) => state.lanes.get_mut(p),
+                LaneId::Key(k) => state.key_lanes.get_mut(k),
+            };
+            match queue {
                 Some(queue) if !queue.is_empty() => std::mem::swap(queue, &mut jobs),
                 _ => {
-                    state.lanes.remove(&project);
+                    match &id {
+                        LaneId::Project(p) => state.lanes.remove(p),
+                        LaneId::Key(k) => state.key_lanes.remove(k),
+                    };
                     return;
                 }
             }
         }
         while let Some(job) = jobs.pop_front() {
-            let Job {
-                ticket,
-                delivery,
-                done,
-            } = job;
+            let (ticket, delivery, done) = match job {
+                Job::Part(part) => {
+                    pipeline.run_part(part).await;
+                    continue;
+                }
+                Job::Whole {
+                    ticket,
+                    delivery,
+                    done,
+                } => (ticket, delivery, done),
+            };
             let origin = delivery.origin;
             let (mut resolution, trace) = pipeline
                 .dispatcher

@@ -30,6 +30,7 @@ mod lifecycle;
 mod matching;
 mod migration;
 mod monitoring;
+mod ordering;
 mod outbound;
 mod outcomes;
 mod plan;

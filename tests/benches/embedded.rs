@@ -436,13 +436,27 @@ fn dispatch_cost(n: usize, only: &[&str]) {
         let wasm_ns = exec.block_on(async {
             for _ in 0..200 {
                 runtime
-                    .invoke(h.handle_ref(), &event, &Origin::Sqlite, 1, &env)
+                    .invoke(
+                        h.handle_ref(),
+                        &event,
+                        &event.project_id,
+                        &Origin::Sqlite,
+                        1,
+                        &env,
+                    )
                     .await;
             }
             let t = Instant::now();
             for _ in 0..n {
                 let inv = runtime
-                    .invoke(h.handle_ref(), &event, &Origin::Sqlite, 1, &env)
+                    .invoke(
+                        h.handle_ref(),
+                        &event,
+                        &event.project_id,
+                        &Origin::Sqlite,
+                        1,
+                        &env,
+                    )
                     .await;
                 assert_eq!(inv.outcome, persona_bus::outcome::RunOutcome::Completed);
             }

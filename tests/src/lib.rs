@@ -7,6 +7,7 @@ pub mod fuzz;
 pub mod kafka;
 pub mod otel;
 pub mod registry;
+pub mod service;
 
 use persona_bus::config::Config;
 use persona_bus::event::NewEvent;

@@ -35,6 +35,8 @@ struct RawManifest {
     #[serde(default)]
     instances: Instances,
     #[serde(default)]
+    ordering: RawOrdering,
+    #[serde(default)]
     config: BTreeMap<String, toml::Value>,
     /// Destinations outbound HTTP may reach (deny by default):
     /// `"https://api.github.com"`, `"http://127.0.0.1:*"`, `"https://*.example.com:8443"`.
@@ -144,6 +146,132 @@ pub struct Instances {
     pub concurrency: Option<u32>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrdering {
+    #[serde(default)]
+    by: Option<String>,
+    /// With `by = "key"`: a JSON pointer into the payload (`/order_id`).
+    #[serde(default)]
+    key: Option<String>,
+    /// With `by = "key"`: a header of the event instead.
+    #[serde(default)]
+    header: Option<String>,
+    /// Most calls of this handler at once (its `instances.concurrency`).
+    #[serde(default)]
+    max_in_flight: Option<u32>,
+}
+
+/// Which of a handler's events run one after another. Its state behaves
+/// as if the events of one ordering unit ran one after another: a call
+/// sees every write of the earlier completed calls of its unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OrderBy {
+    /// Every event of a project, in order, one at a time: the unit is the
+    /// project (the default).
+    #[default]
+    Project,
+    /// Events of a project with the same key, in order, one at a time;
+    /// different keys in parallel. The unit is (project, key).
+    Key(KeySource),
+    /// No order: each event is its own unit, up to the handler's
+    /// concurrency at once.
+    None,
+}
+
+/// Where an event's ordering key is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JSON pointer into the payload (`/order_id`): a string is the key
+    /// as is, any other value its JSON text.
+    Pointer(String),
+    /// A header of the event.
+    Header(String),
+}
+
+impl KeySource {
+    /// The key of `event`; empty when the field or header is missing (such
+    /// events share one unit).
+    pub fn key_of(&self, event: &crate::event::Event) -> String {
+        match self {
+            Self::Header(name) => event
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            Self::Pointer(pointer) => {
+                let Ok(payload) = serde_json::from_str::<serde_json::Value>(&event.payload) else {
+                    return String::new();
+                };
+                match payload.pointer(pointer) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(serde_json::Value::Null) | None => String::new(),
+                    Some(other) => other.to_string(),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for OrderBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Project => f.write_str("project"),
+            Self::Key(KeySource::Pointer(p)) => write!(f, "key {p}"),
+            Self::Key(KeySource::Header(h)) => write!(f, "key header {h}"),
+            Self::None => f.write_str("none"),
+        }
+    }
+}
+
+impl RawOrdering {
+    fn resolve(&self) -> Result<OrderBy, (&'static str, String)> {
+        let by = self.by.as_deref().unwrap_or("project");
+        let order = match (by, &self.key, &self.header) {
+            ("project", None, None) => OrderBy::Project,
+            ("none", None, None) => OrderBy::None,
+            ("project" | "none", _, _) => {
+                return Err((
+                    "ordering",
+                    format!("key and header are for by = \"key\", not by = {by:?}"),
+                ));
+            }
+            ("key", Some(p), None) if p.starts_with('/') => {
+                OrderBy::Key(KeySource::Pointer(p.clone()))
+            }
+            ("key", Some(p), None) => {
+                return Err((
+                    "ordering.key",
+                    format!(
+                        "{p:?} is not a JSON pointer (one starts with `/`, as in \"/order_id\")"
+                    ),
+                ));
+            }
+            ("key", None, Some(h)) if !h.trim().is_empty() => {
+                OrderBy::Key(KeySource::Header(h.clone()))
+            }
+            ("key", None, Some(_)) => {
+                return Err(("ordering.header", "is empty".into()));
+            }
+            ("key", _, _) => {
+                return Err((
+                    "ordering",
+                    "by = \"key\" takes one of key (a JSON pointer into the payload) or header"
+                        .into(),
+                ));
+            }
+            (other, _, _) => {
+                return Err((
+                    "ordering.by",
+                    format!("{other:?} is not one of \"project\", \"key\", \"none\""),
+                ));
+            }
+        };
+        Ok(order)
+    }
+}
+
 /// Deliveries when a manifest sets none: the first and 3 retries, then a
 /// dead letter, as the bus this one replaces did.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
@@ -186,6 +314,8 @@ pub struct Manifest {
     pub retry: RetryPolicy,
     pub capabilities: Capabilities,
     pub instances: Instances,
+    /// Which of its events run one after another (`[ordering]`).
+    pub ordering: OrderBy,
     pub config: BTreeMap<String, String>,
     /// Where outbound HTTP may go; empty: nowhere.
     pub allowed_outbound_hosts: Arc<[OutboundRule]>,
@@ -395,6 +525,24 @@ impl Manifest {
         if raw.instances.concurrency == Some(0) {
             return Err(invalid("instances.concurrency", "must be above 0".into()));
         }
+        let ordering = raw
+            .ordering
+            .resolve()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        let mut instances = raw.instances;
+        match (raw.ordering.max_in_flight, instances.concurrency) {
+            (Some(0), _) => {
+                return Err(invalid("ordering.max_in_flight", "must be above 0".into()));
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "ordering.max_in_flight",
+                    "is instances.concurrency under another name: set one of them".into(),
+                ));
+            }
+            (Some(n), None) => instances.concurrency = Some(n),
+            (None, _) => {}
+        }
         let max_event_bytes = raw.limits.max_event_bytes.unwrap_or(host.max_payload_bytes);
         let max_output_bytes = raw
             .limits
@@ -485,7 +633,8 @@ impl Manifest {
             limits,
             retry,
             capabilities: raw.capabilities,
-            instances: raw.instances,
+            instances,
+            ordering,
             config,
             allowed_outbound_hosts: raw
                 .allowed_outbound_hosts
@@ -551,6 +700,73 @@ mod tests {
         assert!(e.to_string().contains("subscriptions"), "{e}");
         let e = parse(&format!("{MIN}[retry]\nmax_attempts = 0\n")).unwrap_err();
         assert!(e.to_string().contains("retry.max_attempts"), "{e}");
+    }
+
+    #[test]
+    fn ordering_defaults_to_the_project_and_takes_a_key_or_none() {
+        assert_eq!(parse(MIN).unwrap().ordering, OrderBy::Project);
+        let m = parse(&format!(
+            "{MIN}[ordering]\nby = \"key\"\nkey = \"/order/id\"\nmax_in_flight = 64\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            m.ordering,
+            OrderBy::Key(KeySource::Pointer("/order/id".into()))
+        );
+        assert_eq!(m.instances.concurrency, Some(64));
+        let m = parse(&format!(
+            "{MIN}[ordering]\nby = \"key\"\nheader = \"x-key\"\n"
+        ))
+        .unwrap();
+        assert_eq!(m.ordering, OrderBy::Key(KeySource::Header("x-key".into())));
+        assert_eq!(
+            parse(&format!("{MIN}[ordering]\nby = \"none\"\n"))
+                .unwrap()
+                .ordering,
+            OrderBy::None
+        );
+        for (bad, names) in [
+            ("by = \"key\"\n", "ordering"),
+            ("by = \"key\"\nkey = \"order_id\"\n", "JSON pointer"),
+            ("by = \"project\"\nkey = \"/a\"\n", "by = \"key\""),
+            ("by = \"lane\"\n", "ordering.by"),
+            ("by = \"key\"\nkey = \"/a\"\nheader = \"h\"\n", "one of key"),
+            ("max_in_flight = 0\n", "ordering.max_in_flight"),
+        ] {
+            let e = parse(&format!("{MIN}[ordering]\n{bad}")).unwrap_err();
+            assert!(e.to_string().contains(names), "{bad}: {e}");
+        }
+        let e = parse(&format!(
+            "{MIN}[instances]\nconcurrency = 4\n[ordering]\nmax_in_flight = 8\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("set one of them"), "{e}");
+    }
+
+    #[test]
+    fn a_key_is_read_from_the_payload_or_a_header() {
+        let event = |payload: &str| {
+            crate::event::NewEvent {
+                event_type: "t".into(),
+                source_type: "system".into(),
+                payload: serde_json::from_str(payload).ok(),
+                headers: vec![("X-Key".into(), "h1".into())],
+                ..Default::default()
+            }
+            .validate(
+                crate::event::EventLimits {
+                    max_payload_bytes: 1 << 20,
+                },
+                0,
+            )
+            .unwrap()
+        };
+        let pointer = KeySource::Pointer("/order/id".into());
+        assert_eq!(pointer.key_of(&event(r#"{"order":{"id":"a-1"}}"#)), "a-1");
+        assert_eq!(pointer.key_of(&event(r#"{"order":{"id":42}}"#)), "42");
+        assert_eq!(pointer.key_of(&event(r#"{"other":1}"#)), "");
+        assert_eq!(KeySource::Header("x-key".into()).key_of(&event("{}")), "h1");
+        assert_eq!(KeySource::Header("y".into()).key_of(&event("{}")), "");
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub(crate) struct Call {
     pub(crate) limits: Limits,
     pub(crate) event_id: String,
     pub(crate) project_id: String,
+    /// The call's ordering unit, whose pending state writes it reads, when
+    /// it is not the project (the default: no copy made per call).
+    pub(crate) unit: Option<String>,
     pub(crate) chain_depth: u32,
     pub(crate) env: Arc<CallEnv>,
     pub(crate) effects: Effects,
@@ -47,7 +50,7 @@ impl Call {
             &Arc<persona_bus_model::secrets::Secrets>,
         ),
         limits: &Limits,
-        event: &Event,
+        (event, unit): (&Event, &str),
         env: &Arc<CallEnv>,
     ) -> Self {
         Self {
@@ -57,6 +60,7 @@ impl Call {
             limits: limits.clone(),
             event_id: event.id.clone(),
             project_id: event.project_id.clone(),
+            unit: (unit != event.project_id).then(|| unit.to_owned()),
             chain_depth: event.chain_depth,
             env: env.clone(),
             effects: Effects::default(),
@@ -95,7 +99,11 @@ impl Call {
         if let Some(v) = self.written.get(key) {
             return Ok(v.clone());
         }
-        if let Some(v) = self.env.overlay.get(&self.handler, &self.project_id, key) {
+        if let Some(v) = self.env.overlay.get(
+            &self.handler,
+            self.unit.as_deref().unwrap_or(&self.project_id),
+            key,
+        ) {
             return Ok(v);
         }
         self.env

@@ -313,6 +313,7 @@ impl Runtime {
         &self,
         h: HandlerRef<'_>,
         event: &Event,
+        unit: &str,
         origin: &Origin,
         attempt: u32,
         env: &Arc<CallEnv>,
@@ -351,7 +352,13 @@ impl Runtime {
         let started = Instant::now();
         let started_at = now_rfc3339();
         let deadline = started + limits.timeout;
-        let call = host_api::Call::new(h.name, (h.config, &h.manifest.secrets), limits, event, env);
+        let call = host_api::Call::new(
+            h.name,
+            (h.config, &h.manifest.secrets),
+            limits,
+            (event, unit),
+            env,
+        );
         let headers: Vec<(&str, &str)> = event
             .headers
             .iter()

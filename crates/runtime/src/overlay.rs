@@ -5,7 +5,9 @@
 //! this overlay the next call would read the state as committed, one or
 //! more events behind (a lost update for any `get` then `set`). With it, a
 //! call of a handler reads, per key: its own writes, else the pending
-//! value its ordering unit (the project) left here, else SQLite.
+//! value its ordering unit left here, else SQLite. The unit is the
+//! project, the project and a key, or the event alone, as the handler's
+//! `[ordering]` says (`manifest::OrderBy`).
 //!
 //! Invariants (`wit/bus.wit`, interface `state`, says what handlers get):
 //! - Only completed calls are applied, after they end and before their

@@ -150,6 +150,8 @@ pub async fn handlers(State(api): State<Api>) -> Json<serde_json::Value> {
                 "state": "loaded",
                 "subscriptions": h.manifest.subscriptions.iter().map(|s| &s.event_type).collect::<Vec<_>>(),
                 "instances": format!("{:?}", h.manifest.instances.policy).to_lowercase(),
+                "ordering": h.manifest.ordering.to_string(),
+                "concurrency": h.manifest.instances.concurrency,
                 "runs": n,
                 "errors": errors,
                 "error_rate": if n == 0 { 0.0 } else { errors as f64 / n as f64 },

@@ -80,6 +80,16 @@ pub struct Snapshot {
     pub failures: Vec<LoadFailure>,
 }
 
+impl Snapshot {
+    /// Whether every handler orders its events by project (the default):
+    /// then an event's handlers all run in its project's lane.
+    pub fn all_by_project(&self) -> bool {
+        self.handlers
+            .values()
+            .all(|h| h.manifest.ordering == crate::manifest::OrderBy::Project)
+    }
+}
+
 /// What a reload changed.
 #[derive(Debug, Default)]
 pub struct ReloadReport {

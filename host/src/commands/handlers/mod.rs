@@ -45,12 +45,24 @@ pub(super) fn handlers_list(config: &Config, json: bool) -> anyhow::Result<()> {
     let store = open_store(config)?;
     let records = store.handler_records()?;
     let subs = store.subscriptions()?;
+    // How each runs, from its manifest as it is on disk now.
+    let ordering = |r: &persona_bus::store::HandlerRecord| {
+        persona_bus::manifest::Manifest::load(Path::new(&r.manifest_path), &config.limits)
+            .ok()
+            .map(|m| {
+                let at_once = m
+                    .instances
+                    .concurrency
+                    .map_or(String::new(), |n| format!(", {n} at once"));
+                format!("{}{at_once}", m.ordering)
+            })
+    };
     if json {
         let list: Vec<_> = records
             .iter()
             .map(|r| {
                 let mine: Vec<_> = subs.iter().filter(|s| s.persona_id == r.name).collect();
-                serde_json::json!({ "handler": r, "subscriptions": mine })
+                serde_json::json!({ "handler": r, "ordering": ordering(r), "subscriptions": mine })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
@@ -81,10 +93,11 @@ pub(super) fn handlers_list(config: &Config, json: bool) -> anyhow::Result<()> {
             })
             .collect();
         println!(
-            "{:<20} {:<10} {:<8} {}",
+            "{:<20} {:<10} {:<8} {:<24} {}",
             r.name,
             r.version.as_deref().unwrap_or("-"),
             r.status,
+            ordering(&r).unwrap_or_else(|| "-".into()),
             mine.join(", ")
         );
         if let Some(err) = r.error {

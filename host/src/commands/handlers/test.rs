@@ -74,8 +74,14 @@ pub fn run(config: &Config, target: &Path, event: &Path, attempt: u32) -> anyhow
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let inv =
-        tokio.block_on(runtime.invoke(h.handle_ref(), &event, &Origin::Sqlite, attempt, &env));
+    let inv = tokio.block_on(runtime.invoke(
+        h.handle_ref(),
+        &event,
+        &event.project_id,
+        &Origin::Sqlite,
+        attempt,
+        &env,
+    ));
     for line in transcript.locked().iter() {
         println!("  {line}");
     }
