@@ -193,6 +193,23 @@ struct State {
     closed: bool,
 }
 
+impl State {
+    /// Puts `delivery` on the books, in flight until committed; its ticket.
+    fn admit(&mut self, delivery: &Delivery, sink: &Arc<dyn Sink>) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.in_flight.insert(
+            ticket,
+            Entry {
+                event_id: delivery.event.id.clone(),
+                origin: delivery.origin.clone(),
+                sink: sink.clone(),
+            },
+        );
+        ticket
+    }
+}
+
 pub struct Pipeline {
     dispatcher: Arc<Dispatcher>,
     /// The handler threads. Taken at close.
@@ -286,16 +303,7 @@ impl Pipeline {
         }
         let mut start = Vec::new();
         for delivery in deliveries {
-            let ticket = state.next_ticket;
-            state.next_ticket += 1;
-            state.in_flight.insert(
-                ticket,
-                Entry {
-                    event_id: delivery.event.id.clone(),
-                    origin: delivery.origin.clone(),
-                    sink: sink.clone(),
-                },
-            );
+            let ticket = state.admit(&delivery, sink);
             let done = ledger.remove(&delivery.event.id).unwrap_or_default();
             let project = delivery.event.project_id.clone();
             let job = Job::Whole {
@@ -350,16 +358,7 @@ impl Pipeline {
         let mut alone = Vec::new();
         let mut finished = Vec::new();
         for (delivery, plan) in deliveries.into_iter().zip(plans) {
-            let ticket = state.next_ticket;
-            state.next_ticket += 1;
-            state.in_flight.insert(
-                ticket,
-                Entry {
-                    event_id: delivery.event.id.clone(),
-                    origin: delivery.origin.clone(),
-                    sink: sink.clone(),
-                },
-            );
+            let ticket = state.admit(&delivery, sink);
             let trace = self
                 .dispatcher
                 .traces()

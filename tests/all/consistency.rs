@@ -349,17 +349,13 @@ fn killed_host_commits_only_states_that_a_serial_run_reaches() {
         );
     }
 
-    let mut host = start();
+    let host = start();
     wait_for(
         Duration::from_secs(120),
         "every event after the restart",
         || completed(&store) == total,
     );
-    Command::new("kill")
-        .args(["-TERM", &host.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(host.wait().unwrap().success());
+    host.terminate();
     assert_serial(&store, PER_PROJECT);
     for e in &events {
         let done = store

@@ -90,7 +90,7 @@ fn killed_host_loses_nothing_and_handles_nothing_twice() {
         "expected rows left in processing: {counts:?}"
     );
 
-    let mut host = start_host(&sb, &config);
+    let host = start_host(&sb, &config);
     wait_for(
         Duration::from_secs(120),
         "every event to be handled after the restart",
@@ -107,12 +107,7 @@ fn killed_host_loses_nothing_and_handles_nothing_twice() {
         },
     );
     // A graceful stop (SIGTERM) drains and exits cleanly.
-    Command::new("kill")
-        .args(["-TERM", &host.id().to_string()])
-        .status()
-        .unwrap();
-    let status = host.wait().unwrap();
-    assert!(status.success(), "host exited with {status}");
+    host.terminate();
 
     assert_eq!(
         store.state_counter("slow", "count").unwrap(),

@@ -61,6 +61,18 @@ impl std::ops::DerefMut for Host {
     }
 }
 
+impl Host {
+    /// A graceful stop (SIGTERM): the host drains and must exit cleanly.
+    pub fn terminate(mut self) {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.0.wait().unwrap();
+        assert!(status.success(), "host exited with {status}");
+    }
+}
+
 impl Drop for Host {
     fn drop(&mut self) {
         let _ = self.0.kill();

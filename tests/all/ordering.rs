@@ -11,7 +11,6 @@ use persona_bus::{Bus, Event};
 use persona_bus_tests::kafka as k;
 use persona_bus_tests::service::SlowService;
 use persona_bus_tests::{Sandbox, guests, wait_final, wait_for};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const KEYS: u64 = 200;
@@ -245,17 +244,13 @@ fn a_killed_host_keeps_every_keys_order_and_runs_each_event_once() {
         let prefix: Vec<String> = (1..=last).map(|s| s.to_string()).collect();
         assert_eq!(seen, prefix.join(","), "k{key} after the kill");
     }
-    let mut host = start();
+    let host = start();
     wait_for(
         Duration::from_secs(120),
         "every event after the restart",
         || completed(&store) == total,
     );
-    Command::new("kill")
-        .args(["-TERM", &host.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(host.wait().unwrap().success());
+    host.terminate();
     assert_ordered(&store);
     for e in &events {
         let done = store

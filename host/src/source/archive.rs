@@ -35,32 +35,29 @@ impl super::Source for AuditLogger {
         cx: &super::SourceContext,
         tasks: &Supervisor,
     ) -> Result<(), StartError> {
-        start(cx.ctx.clone(), tasks)
+        let inner = cx.ctx.clone();
+        let k = &inner.config.kafka;
+        let group = group_id(k);
+        let consumer = group::subscribe(
+            k,
+            &group,
+            &[
+                &k.topics.events.name,
+                &k.topics.actions.name,
+                &k.topics.executions.name,
+            ],
+            k.prefetch_kb / 4,
+        )
+        .map_err(|e| StartError::new("audit logger", e))?;
+        let stop = tasks.token().clone();
+        tasks.spawn("kafka-audit", move || {
+            let work = Archive {
+                inner,
+                paused: HashSet::new(),
+            };
+            group::run_loop(&group, consumer, 5_000, &stop, work)
+        })
     }
-}
-
-fn start(inner: Arc<HostContext>, tasks: &Supervisor) -> Result<(), StartError> {
-    let k = &inner.config.kafka;
-    let group = group_id(k);
-    let consumer = group::subscribe(
-        k,
-        &group,
-        &[
-            &k.topics.events.name,
-            &k.topics.actions.name,
-            &k.topics.executions.name,
-        ],
-        k.prefetch_kb / 4,
-    )
-    .map_err(|e| StartError::new("audit logger", e))?;
-    let stop = tasks.token().clone();
-    tasks.spawn("kafka-audit", move || {
-        let work = Archive {
-            inner,
-            paused: HashSet::new(),
-        };
-        group::run_loop(&group, consumer, 5_000, &stop, work)
-    })
 }
 
 struct Archive {

@@ -27,19 +27,16 @@ impl super::Source for WebhookIngester {
         cx: &super::SourceContext,
         tasks: &Supervisor,
     ) -> Result<(), StartError> {
-        start(cx.ctx.clone(), tasks)
+        let inner = cx.ctx.clone();
+        let k = &inner.config.kafka;
+        let group = k.webhook_group.clone();
+        let consumer = group::subscribe(k, &group, &[&k.topics.webhooks.name], k.prefetch_kb / 4)
+            .map_err(|e| StartError::new("webhook ingester", e))?;
+        let stop = tasks.token().clone();
+        tasks.spawn("kafka-webhooks", move || {
+            group::run_loop(&group, consumer, 1_000, &stop, Route(inner))
+        })
     }
-}
-
-fn start(inner: Arc<HostContext>, tasks: &Supervisor) -> Result<(), StartError> {
-    let k = &inner.config.kafka;
-    let group = k.webhook_group.clone();
-    let consumer = group::subscribe(k, &group, &[&k.topics.webhooks.name], k.prefetch_kb / 4)
-        .map_err(|e| StartError::new("webhook ingester", e))?;
-    let stop = tasks.token().clone();
-    tasks.spawn("kafka-webhooks", move || {
-        group::run_loop(&group, consumer, 1_000, &stop, Route(inner))
-    })
 }
 
 /// Why a record on the webhooks topic was refused.
