@@ -470,14 +470,7 @@ impl Pipeline {
             .run_handlers(&event, &handlers, &unit, &origin, trace.as_deref())
             .await;
         drop((event, trace));
-        let overlay = &self.dispatcher.env().overlay;
-        let mut written = Vec::new();
-        for run in &mut runs {
-            let view = std::mem::take(&mut run.effects.view);
-            if !view.is_empty() {
-                written.push(overlay.apply(&run.handler, &unit, view));
-            }
-        }
+        let written = self.leave_writes(&mut runs, &unit);
         let to_committer = self.to_committer.locked().clone();
         let mut state = self.state.locked();
         let Some(t) = state.tracked.get_mut(&ticket) else {
@@ -490,6 +483,21 @@ impl Pipeline {
         if t.parts_left == 0 {
             self.complete(&mut state, ticket, to_committer.as_ref());
         }
+    }
+
+    /// Puts what `runs` wrote in the state overlay under `unit`, for the
+    /// unit's next calls to read until it is committed; what to release
+    /// then.
+    fn leave_writes(&self, runs: &mut [Run], unit: &str) -> Vec<Written> {
+        let overlay = &self.dispatcher.env().overlay;
+        let mut written = Vec::new();
+        for run in runs {
+            let view = std::mem::take(&mut run.effects.view);
+            if !view.is_empty() {
+                written.push(overlay.apply(&run.handler, unit, view));
+            }
+        }
+        written
     }
 
     /// Every part of `ticket` is done: its outcome is ready, and sent with
@@ -750,14 +758,7 @@ async fn lane(pipeline: Arc<Pipeline>, id: LaneId) {
                 .await;
             // Before the outcome goes on: the project's next event reads
             // these writes (only completed calls have any).
-            let overlay = &pipeline.dispatcher.env().overlay;
-            let mut written = Vec::new();
-            for run in &mut resolution.runs {
-                let view = std::mem::take(&mut run.effects.view);
-                if !view.is_empty() {
-                    written.push(overlay.apply(&run.handler, &resolution.event.project_id, view));
-                }
-            }
+            let written = pipeline.leave_writes(&mut resolution.runs, &resolution.event.project_id);
             let ready = Ready {
                 ticket,
                 finished: Finished { resolution, origin },

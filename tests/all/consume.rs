@@ -121,14 +121,7 @@ pub(crate) fn wait_for_topic_on(brokers: &str, topic: &str) {
     });
 }
 
-pub(crate) fn completed(store: &Store) -> u64 {
-    store
-        .status_counts()
-        .unwrap()
-        .iter()
-        .find(|(s, _)| *s == EventStatus::Completed)
-        .map_or(0, |(_, n)| *n)
-}
+pub(crate) use persona_bus_tests::completed;
 
 /// Each event ran exactly once on `handler`: one ledger row, one execution
 /// row and a per-event counter of 1.

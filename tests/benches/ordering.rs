@@ -162,13 +162,11 @@ fn run(lang: Lang, service: &SlowService, in_flight: Option<u64>, events: u64, k
         );
     }
     let rate = events as f64 / started.elapsed().as_secs_f64();
-    let completed = store
-        .status_counts()
-        .unwrap()
-        .iter()
-        .find(|(s, _)| *s == persona_bus::EventStatus::Completed)
-        .map_or(0, |(_, n)| *n);
-    assert_eq!(completed, events, "some events did not complete");
+    assert_eq!(
+        persona_bus_tests::completed(&store),
+        events,
+        "some events did not complete"
+    );
     if lang == Lang::Rust {
         let bad = store
             .state_get("waits", "out_of_order")

@@ -159,6 +159,16 @@ pub fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// Events of `store` whose status is `completed`.
+pub fn completed(store: &persona_bus::store::Store) -> u64 {
+    store
+        .status_counts()
+        .unwrap()
+        .iter()
+        .find(|(s, _)| *s == persona_bus::EventStatus::Completed)
+        .map_or(0, |(_, n)| *n)
+}
+
 /// Waits until the event exists and is in a final state, and returns it
 /// (an event consumed from Kafka has no row until a consumer writes it).
 pub fn wait_final(bus: &Bus, id: &str, timeout: Duration) -> Event {
