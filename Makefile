@@ -54,19 +54,21 @@ $(COMPONENTIZE): $(JS_TOOLS)/package.json $(JS_TOOLS)/package-lock.json
 # -d fetch-event: a handler exports `handle`, not wasi:http's incoming
 # handler. Its outgoing HTTP (`http`) is kept: the host links wasi:http, deny
 # by default (README "Outbound HTTP and secrets").
-JS_FLAGS := --wit wit/bus.wit --world-name handler -d fetch-event
+# The handlers export `handle-batch` too (world `batch-handler`); the test
+# guest only `handle`.
+JS_FLAGS := --wit wit/bus.wit -d fetch-event
 $(JS_OUT)/tally-js.wasm: handlers/tally-js/tally-js.js wit/bus.wit $(COMPONENTIZE) Makefile
 	@mkdir -p $(JS_OUT)
-	$(COMPONENTIZE) $< $(JS_FLAGS) -o $@
+	$(COMPONENTIZE) $< $(JS_FLAGS) --world-name batch-handler -o $@
 
 $(JS_OUT)/handler-template-js.wasm: examples/handler-template-js/handler.js wit/bus.wit $(COMPONENTIZE) Makefile
 	@mkdir -p $(JS_OUT)
-	$(COMPONENTIZE) $< $(JS_FLAGS) -o $@
+	$(COMPONENTIZE) $< $(JS_FLAGS) --world-name batch-handler -o $@
 
 # A test guest: fetch() through the host's wasi:http.
 $(JS_OUT)/fetch-js.wasm: tests/guests-js/fetch.js wit/bus.wit $(COMPONENTIZE) Makefile
 	@mkdir -p $(JS_OUT)
-	$(COMPONENTIZE) $< $(JS_FLAGS) -o $@
+	$(COMPONENTIZE) $< $(JS_FLAGS) --world-name handler -o $@
 
 js-handlers: $(JS_WASM)
 
@@ -86,11 +88,11 @@ $(COMPONENTIZE_PY):
 
 $(PY_OUT)/handler-template-python.wasm: examples/handler-template-python/app.py wit/bus.wit $(COMPONENTIZE_PY)
 	@mkdir -p $(PY_OUT)
-	cd examples/handler-template-python && $(COMPONENTIZE_PY) -d ../../wit/bus.wit -w handler componentize app -o $(abspath $@)
+	cd examples/handler-template-python && $(COMPONENTIZE_PY) -d ../../wit/bus.wit -w batch-handler componentize app -o $(abspath $@)
 
 $(PY_OUT)/tally-py.wasm: handlers/tally-py/app.py wit/bus.wit $(COMPONENTIZE_PY)
 	@mkdir -p $(PY_OUT)
-	cd handlers/tally-py && $(COMPONENTIZE_PY) -d ../../wit/bus.wit -w handler componentize app -o $(abspath $@)
+	cd handlers/tally-py && $(COMPONENTIZE_PY) -d ../../wit/bus.wit -w batch-handler componentize app -o $(abspath $@)
 
 py-handlers: $(PY_OUT)/handler-template-python.wasm $(PY_OUT)/tally-py.wasm
 
@@ -176,6 +178,7 @@ bench: toolchain kafka-up handlers
 	$(CARGO) bench -p persona-bus-tests --bench state
 	$(CARGO) bench -p persona-bus-tests --bench schemas
 	$(CARGO) bench -p persona-bus-tests --bench ordering
+	$(CARGO) bench -p persona-bus-tests --bench batches
 	$(MAKE) bench-http
 
 # Serial state per project: one project's 100,000-event backlog through a

@@ -29,6 +29,8 @@ const GUESTS: &[(&str, &str, Option<&str>)] = &[
     ("WRONG_WORLD", "guest-wrong-world", None),
     ("HOSTILE", "guest-hostile", None),
     ("KEYED", "guest-keyed", None),
+    ("BATCH", "guest-batch", None),
+    ("V1_ECHO", "guest-v1-echo", None),
     ("TEMPLATE_RUST", "handler-template-rust", None),
 ];
 

@@ -7,9 +7,10 @@
 
 use crate::event::{Event, now_millis};
 use crate::manifest::OrderBy;
+use crate::outcome::RunOutcome;
 use crate::outcome::{Resolution, Run, Verdict};
 use crate::registry::{LoadedHandler, Registry};
-use crate::runtime::{CallEnv, Origin, Runtime};
+use crate::runtime::{CallEnv, Invocation, Origin, Runtime};
 use crate::store::{Store, StoreError};
 use crate::traces::{EventSpan, Traces};
 use persona_bus_model::sync::ReadWrite;
@@ -165,12 +166,21 @@ impl Dispatcher {
     /// Which handlers of `event` run in which unit (see
     /// [`crate::manifest::OrderBy`]): the project-ordered ones together in
     /// the project's unit, each key-ordered one in its key's unit, each
-    /// unordered one alone.
+    /// unordered one alone. A handler that takes batches has a lane of its
+    /// own for its unit, where its events gather.
     pub fn plan(&self, event: &Event, handlers: Vec<Arc<LoadedHandler>>) -> Vec<Part> {
         let mut parts: Vec<Part> = Vec::new();
         let mut project = Vec::new();
         for h in handlers {
             match &h.manifest.ordering {
+                OrderBy::Project if h.manifest.batch.is_some() => parts.push(Part {
+                    unit: Unit::Key(KeyUnit {
+                        handler: h.name.clone(),
+                        project: event.project_id.clone(),
+                        key: None,
+                    }),
+                    handlers: vec![h],
+                }),
                 OrderBy::Project => project.push(h),
                 OrderBy::Key(source) => {
                     let key = source.key_of(event);
@@ -178,7 +188,7 @@ impl Dispatcher {
                         unit: Unit::Key(KeyUnit {
                             handler: h.name.clone(),
                             project: event.project_id.clone(),
-                            key,
+                            key: Some(key),
                         }),
                         handlers: vec![h],
                     });
@@ -199,6 +209,73 @@ impl Dispatcher {
             );
         }
         parts
+    }
+
+    /// Runs `handler`'s `handle-batch` on `events` (one unit's, in order):
+    /// for each event, its run if the batch call settled it, or None if it
+    /// must run again alone (through `handle`, not counted as an attempt),
+    /// after the settled ones before it. The settled ones are always a
+    /// prefix. `wit/bus.wit` (world `batch-handler`) states the contract.
+    pub async fn run_batch(
+        &self,
+        handler: &Arc<LoadedHandler>,
+        events: &[Batched],
+        unit: &str,
+    ) -> Vec<Option<Run>> {
+        let started = std::time::SystemTime::now();
+        let inv = self
+            .runtime
+            .invoke_batch(
+                handler.handle_ref(),
+                events
+                    .iter()
+                    .map(|(e, origin, _)| (e.clone(), origin.clone(), e.retry_count + 1))
+                    .collect(),
+                unit,
+                &self.env,
+            )
+            .await;
+        let mut settled: Vec<Option<Run>> = Vec::with_capacity(events.len());
+        let share = inv.duration / (inv.taken.max(1) as u32);
+        let run_of = |i: usize, outcome, effects, note| {
+            let (event, _, trace) = &events[i];
+            let attempt = event.retry_count + 1;
+            let inv = Invocation {
+                outcome,
+                effects,
+                started_at: inv.started_at.clone(),
+                duration: share,
+                note,
+            };
+            self.run_of(handler, event, attempt, inv, trace.as_deref(), started)
+        };
+        match inv.per_event {
+            Err(failure) if inv.taken <= 1 => {
+                // Only the first event ran: the failure is its own.
+                settled.push(Some(run_of(0, failure, Default::default(), inv.note)));
+            }
+            Err(failure) => {
+                let why = failure.error().unwrap_or_default();
+                tracing::warn!(handler = %handler.name, events = events.len(), taken = inv.taken,
+                    "a batch call failed as a whole ({why}); its events run again alone");
+            }
+            Ok(taken) => {
+                let calls = inv.taken as u32;
+                for (i, t) in taken.into_iter().enumerate() {
+                    let failed_with_writes = t.outcome != RunOutcome::Completed && t.wrote;
+                    let mut run = run_of(i, t.outcome, t.effects, t.note);
+                    run.call_events = if i == 0 { calls } else { 0 };
+                    settled.push(Some(run));
+                    if failed_with_writes {
+                        // The events after it may have read what it wrote,
+                        // which is never committed: they run again alone.
+                        break;
+                    }
+                }
+            }
+        }
+        settled.resize_with(events.len(), || None);
+        settled
     }
 
     /// Runs `handlers` on `event` one after the other, each under its own
@@ -238,28 +315,41 @@ impl Dispatcher {
                 .map_err(panic_message),
             }
             .unwrap_or_else(|message| panicked(message, started, clock));
-            let verdict =
-                Verdict::decide(&inv.outcome, attempt, &handler.manifest.retry, now_millis());
-            if let Some(error) = inv.outcome.error() {
-                tracing::warn!(handler = %handler.name, event_id = %event.id, attempt, verdict = ?verdict, "{error}");
-            }
-            let mut run = Run {
-                handler: handler.name.clone(),
-                version: handler.version.clone(),
-                attempt,
-                started_at: inv.started_at,
-                duration: inv.duration,
-                outcome: inv.outcome,
-                verdict,
-                effects: inv.effects,
-                note: inv.note,
-            };
-            if let Some(t) = trace {
-                self.traces.handler_ran(t, &mut run, started);
-            }
-            runs.push(run);
+            runs.push(self.run_of(handler, event, attempt, inv, trace, started));
         }
         runs
+    }
+
+    /// The record of one handler's attempt at `event`.
+    fn run_of(
+        &self,
+        handler: &LoadedHandler,
+        event: &Event,
+        attempt: u32,
+        inv: Invocation,
+        trace: Option<&EventSpan>,
+        started: std::time::SystemTime,
+    ) -> Run {
+        let verdict = Verdict::decide(&inv.outcome, attempt, &handler.manifest.retry, now_millis());
+        if let Some(error) = inv.outcome.error() {
+            tracing::warn!(handler = %handler.name, event_id = %event.id, attempt, verdict = ?verdict, "{error}");
+        }
+        let mut run = Run {
+            handler: handler.name.clone(),
+            version: handler.version.clone(),
+            attempt,
+            started_at: inv.started_at,
+            duration: inv.duration,
+            outcome: inv.outcome,
+            verdict,
+            effects: inv.effects,
+            note: inv.note,
+            call_events: 1,
+        };
+        if let Some(t) = trace {
+            self.traces.handler_ran(t, &mut run, started);
+        }
+        run
     }
 
     /// What happens to `event` after `runs`: its [`Resolution`].
@@ -281,6 +371,9 @@ impl Dispatcher {
     }
 }
 
+/// An event of a batch: where it came from, and its dispatch span.
+pub type Batched = (Arc<Event>, Origin, Option<Arc<EventSpan>>);
+
 /// Handlers of one event that run in one ordering unit.
 pub struct Part {
     pub unit: Unit,
@@ -299,19 +392,26 @@ pub enum Unit {
     Alone,
 }
 
+/// A lane of one handler: its events of one project with one key, or, for
+/// a project-ordered handler that takes batches, all its events of the
+/// project (`key: None`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyUnit {
     pub handler: Arc<str>,
     pub project: String,
-    pub key: String,
+    pub key: Option<String>,
 }
 
 impl KeyUnit {
-    /// The unit's name in the state overlay: apart from every project's,
-    /// since a project id is trimmed and so never starts with a newline,
-    /// and from every other key's (the project's length comes first).
+    /// The unit's name in the state overlay: the project's for a project
+    /// lane; for a key, apart from every project's, since a project id is
+    /// trimmed and so never starts with a newline, and from every other
+    /// key's (the project's length comes first).
     pub fn overlay_name(&self) -> String {
-        format!("\n{}:{}\n{}", self.project.len(), self.project, self.key)
+        match &self.key {
+            None => self.project.clone(),
+            Some(key) => format!("\n{}:{}\n{}", self.project.len(), self.project, key),
+        }
     }
 }
 

@@ -16,6 +16,10 @@ const BUCKETS: &[f64] = &[
 
 /// Upper bounds (seconds) of the publish-to-handled histogram: from a
 /// local event handled at once to a backlog drained after minutes.
+/// Upper bounds of the events-per-call histogram (`[batch] max_events` is
+/// at most 1024).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+
 const E2E_BUCKETS: &[f64] = &[
     0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0,
 ];
@@ -69,6 +73,8 @@ struct PerHandler {
     /// (`Arc`): counting a run allocates nothing.
     runs: BTreeMap<(Arc<str>, &'static str), u64>,
     latency: BTreeMap<Arc<str>, Histogram>,
+    /// Events handed to each call: its count is calls, its sum events.
+    per_call: BTreeMap<Arc<str>, Histogram>,
     /// Publish (the event's `created_at`) to its final outcome.
     end_to_end: Histogram,
 }
@@ -78,6 +84,7 @@ impl Default for PerHandler {
         Self {
             runs: BTreeMap::new(),
             latency: BTreeMap::new(),
+            per_call: BTreeMap::new(),
             end_to_end: Histogram::new(E2E_BUCKETS),
         }
     }
@@ -136,6 +143,12 @@ impl Metrics {
                     .entry(run.handler.clone())
                     .or_insert_with(|| Histogram::new(BUCKETS))
                     .record(run.duration.as_secs_f64());
+                if run.call_events > 0 {
+                    per.per_call
+                        .entry(run.handler.clone())
+                        .or_insert_with(|| Histogram::new(BATCH_BUCKETS))
+                        .record(f64::from(run.call_events));
+                }
             }
         }
     }
@@ -261,6 +274,17 @@ impl Metrics {
             hist.render(
                 &mut s,
                 "persona_bus_handler_duration_seconds",
+                &format!("handler=\"{}\",", escape(h)),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP persona_bus_handler_events_per_call Events handed to each committed handler call (`handle`: 1; `handle-batch`: up to [batch] max_events); _count is calls, _sum events.\n# TYPE persona_bus_handler_events_per_call histogram"
+        );
+        for (h, hist) in &per.per_call {
+            hist.render(
+                &mut s,
+                "persona_bus_handler_events_per_call",
                 &format!("handler=\"{}\",", escape(h)),
             );
         }

@@ -20,6 +20,12 @@
 //!   unless a handler's `[ordering]` says otherwise: then its events run in
 //!   a lane per (handler, project, key), or each alone, and the event is a
 //!   [`Tracked`] one whose outcome waits for all its parts.
+//! - **Batches.** A handler with `[batch]` has a lane of its own per unit
+//!   (a [`KeyUnit`], keyless when it orders by project); the lane hands up
+//!   to `max_events` of its queued events to one `handle-batch` call,
+//!   waiting up to `max_wait_ms` for more while the batch is not full. The
+//!   events the call did not settle run alone after it, in order
+//!   (`Dispatcher::run_batch`).
 //! - **Bounded.** At most `runtime.max_in_flight` events are between submit
 //!   and commit; a source submitting more waits. A project whose lane holds
 //!   `runtime.lane_depth` events is reported by [`Pipeline::full_lanes`], so
@@ -41,6 +47,7 @@
 use crate::dispatch::{Delivery, Dispatcher, KeyUnit, Ledger, Part, Unit};
 use crate::event::Event;
 use crate::fast_map::FastMap;
+use crate::manifest::Batching;
 use crate::outcome::{Resolution, Run};
 use crate::registry::LoadedHandler;
 use crate::runtime::{Origin, Written};
@@ -124,6 +131,24 @@ struct PartJob {
     /// The unit's name in the state overlay.
     unit: String,
     trace: Option<Arc<crate::traces::EventSpan>>,
+}
+
+impl PartJob {
+    /// `[batch]` of its handler, if this part can join a batch: a part of
+    /// one handler that takes batches (of more than one event).
+    fn batching(&self) -> Option<Batching> {
+        match self.handlers.as_slice() {
+            [h] => h.manifest.batch.filter(|b| b.max_events > 1),
+            _ => None,
+        }
+    }
+
+    /// Whether `other` can be in the same batch call: the same handler
+    /// version (a reload between them starts a new batch).
+    fn same_handler(&self, other: &PartJob) -> bool {
+        matches!((self.handlers.as_slice(), other.handlers.as_slice()),
+            ([a], [b]) if Arc::ptr_eq(a, b))
+    }
 }
 
 /// A lane: a project's, or a key-ordered handler's key's.
@@ -465,12 +490,49 @@ impl Pipeline {
             unit,
             trace,
         } = job;
-        let mut runs = self
+        let runs = self
             .dispatcher
             .run_handlers(&event, &handlers, &unit, &origin, trace.as_deref())
             .await;
         drop((event, trace));
-        let written = self.leave_writes(&mut runs, &unit);
+        self.part_done(ticket, runs, &unit);
+    }
+
+    /// Runs a batch of parts: one handler's, of one unit, in order (see
+    /// `Dispatcher::run_batch`). The events the batch call did not settle
+    /// run alone after it, each reading what the ones before it wrote.
+    async fn run_batch(self: &Arc<Self>, jobs: Vec<PartJob>) {
+        let handler = jobs[0].handlers[0].clone();
+        let unit = jobs[0].unit.clone();
+        let events: Vec<_> = jobs
+            .iter()
+            .map(|j| (j.event.clone(), j.origin.clone(), j.trace.clone()))
+            .collect();
+        let settled = self.dispatcher.run_batch(&handler, &events, &unit).await;
+        drop(events);
+        for (job, run) in jobs.into_iter().zip(settled) {
+            let runs = match run {
+                Some(run) => vec![run],
+                None => {
+                    self.dispatcher
+                        .run_handlers(
+                            &job.event,
+                            &job.handlers,
+                            &unit,
+                            &job.origin,
+                            job.trace.as_deref(),
+                        )
+                        .await
+                }
+            };
+            self.part_done(job.ticket, runs, &unit);
+        }
+    }
+
+    /// A part of `ticket` ran: puts its calls' state writes in the overlay
+    /// (its unit's next event reads them), and records it.
+    fn part_done(&self, ticket: u64, mut runs: Vec<Run>, unit: &str) {
+        let written = self.leave_writes(&mut runs, unit);
         let to_committer = self.to_committer.locked().clone();
         let mut state = self.state.locked();
         let Some(t) = state.tracked.get_mut(&ticket) else {
@@ -482,6 +544,23 @@ impl Pipeline {
         t.parts_left -= 1;
         if t.parts_left == 0 {
             self.complete(&mut state, ticket, to_committer.as_ref());
+        }
+    }
+
+    /// Moves whatever the shared queue of lane `id` holds to the back of
+    /// `jobs`; false if it held nothing.
+    fn take_queued(&self, id: &LaneId, jobs: &mut VecDeque<Job>) -> bool {
+        let mut state = self.state.locked();
+        let queue = match id {
+            LaneId::Project(p) => state.lanes.get_mut(p),
+            LaneId::Key(k) => state.key_lanes.get_mut(k),
+        };
+        match queue {
+            Some(queue) if !queue.is_empty() => {
+                jobs.extend(queue.drain(..));
+                true
+            }
+            _ => false,
         }
     }
 
@@ -742,7 +821,19 @@ async fn lane(pipeline: Arc<Pipeline>, id: LaneId) {
         while let Some(job) = jobs.pop_front() {
             let (ticket, delivery, done) = match job {
                 Job::Part(part) => {
-                    pipeline.run_part(part).await;
+                    match part.batching() {
+                        Some(b) => {
+                            let batch = gather(&pipeline, &id, part, &mut jobs, b).await;
+                            if batch.len() == 1 {
+                                // A batch of one is a `handle` call.
+                                let part = batch.into_iter().next().expect("one part");
+                                pipeline.run_part(part).await;
+                            } else {
+                                pipeline.run_batch(batch).await;
+                            }
+                        }
+                        None => pipeline.run_part(part).await,
+                    }
                     continue;
                 }
                 Job::Whole {
@@ -772,6 +863,50 @@ async fn lane(pipeline: Arc<Pipeline>, id: LaneId) {
         }
     }
 }
+
+/// The batch that starts with `first`: the parts after it in the lane for
+/// the same handler version, up to `max_events`, waiting up to `max_wait`
+/// for more to be queued while it is not full.
+async fn gather(
+    pipeline: &Pipeline,
+    id: &LaneId,
+    first: PartJob,
+    jobs: &mut VecDeque<Job>,
+    b: Batching,
+) -> Vec<PartJob> {
+    let max = b.max_events as usize;
+    let until = Instant::now() + b.max_wait;
+    let mut batch = vec![first];
+    loop {
+        while batch.len() < max {
+            match jobs.front() {
+                Some(Job::Part(next)) if next.same_handler(&batch[0]) => {
+                    let Some(Job::Part(next)) = jobs.pop_front() else {
+                        unreachable!("just matched")
+                    };
+                    batch.push(next);
+                }
+                _ => break,
+            }
+        }
+        // Full, or the lane holds other work next: run what there is.
+        if batch.len() >= max || !jobs.is_empty() {
+            return batch;
+        }
+        if pipeline.take_queued(id, jobs) {
+            continue;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return batch;
+        }
+        tokio::time::sleep(left.min(BATCH_POLL)).await;
+        pipeline.take_queued(id, jobs);
+    }
+}
+
+/// How often a batch waiting to fill looks at its lane's queue.
+const BATCH_POLL: Duration = Duration::from_millis(1);
 
 /// Commits whatever outcomes are ready, in batches, until the pipeline
 /// closes.

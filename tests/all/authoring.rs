@@ -60,6 +60,27 @@ fn author(lang: &str) {
     ]);
     assert!(out.contains("outcome: completed"), "{out}");
     assert!(out.contains("state increment \"seen\" by 1"), "{out}");
+    // Several events, in order: in one `handle-batch` call where the
+    // template's manifest has [batch] (JavaScript, Python).
+    let events = dir.join("events.jsonl");
+    let out = run(&[
+        "handlers",
+        "test",
+        manifest.to_str().unwrap(),
+        "--event",
+        events.to_str().unwrap(),
+    ]);
+    assert_eq!(out.matches("outcome: completed").count(), 3, "{out}");
+    assert!(out.contains("event 3: custom"), "{out}");
+    assert_eq!(
+        out.matches("state increment \"seen\" by 1").count(),
+        3,
+        "{out}"
+    );
+    // Each reads what the one before wrote: the third sees `seen` at 3.
+    assert!(out.contains("custom #3 from system"), "{out}");
+    let batched = out.contains("one handle-batch call on 3 events");
+    assert_eq!(batched, lang != "rust", "{out}");
 
     // Into a running host, the documented way: copy, then rename.
     let bus = sb.open();

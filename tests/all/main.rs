@@ -10,6 +10,7 @@
 
 mod alerts;
 mod authoring;
+mod batch;
 mod browser;
 mod cli;
 mod cluster;

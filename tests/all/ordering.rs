@@ -11,6 +11,7 @@ use persona_bus::{Bus, Event};
 use persona_bus_tests::kafka as k;
 use persona_bus_tests::service::SlowService;
 use persona_bus_tests::{Sandbox, guests, wait_final, wait_for};
+use persona_bus_tests::{state_number as number, state_text as text};
 use std::time::{Duration, Instant};
 
 const KEYS: u64 = 200;
@@ -59,17 +60,6 @@ fn events() -> Vec<NewEvent> {
         }
     }
     out
-}
-
-fn text(store: &Store, handler: &str, key: &str) -> Option<String> {
-    store
-        .state_get(handler, key)
-        .unwrap()
-        .map(|v| String::from_utf8(v).unwrap())
-}
-
-fn number(store: &Store, handler: &str, key: &str) -> i64 {
-    text(store, handler, key).map_or(0, |v| v.parse().unwrap())
 }
 
 /// Every key saw its events in order, each call read what the one before

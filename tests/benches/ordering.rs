@@ -28,23 +28,14 @@ enum Lang {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let value = |name: &str, default: u64| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .map_or(default, |v| v.parse().unwrap())
-    };
+    let value = |name: &str, default: u64| persona_bus_tests::arg_number(&args, name, default);
     let events = value("--events", 4000);
     let keys = value("--keys", 400);
     let in_flight = value("--in-flight", 64);
     let delay = Duration::from_millis(value("--delay-ms", 20));
     let baseline = value("--baseline-events", 200);
     let rounds = persona_bus_tests::rounds(&args, 3);
-    let lang = args
-        .iter()
-        .position(|a| a == "--lang")
-        .and_then(|i| args.get(i + 1))
-        .map_or("both", String::as_str);
+    let lang = persona_bus_tests::arg_word(&args, "--lang", "both");
     let langs: Vec<Lang> = match lang {
         "rust" => vec![Lang::Rust],
         "js" => vec![Lang::Js],
@@ -130,37 +121,14 @@ fn run(lang: Lang, service: &SlowService, in_flight: Option<u64>, events: u64, k
         })
         .collect();
     // Stored first, then the sources start: the window is the handling.
+    let mut notices = bus.subscribe();
     for chunk in batch.chunks(1000) {
         bus.publish_batch(chunk.to_vec()).unwrap();
     }
-    // The end is seen from the bus's notices: polling the store would
-    // take the CPU the handling needs.
-    let mut notices = bus.subscribe();
     let started = Instant::now();
     bus.start().unwrap();
+    persona_bus_tests::wait_resolved(&bus, &mut notices, events, Duration::from_secs(600));
     let store = bus.store().clone();
-    let mut resolved = 0;
-    while resolved < events {
-        match notices.blocking_recv() {
-            Ok(persona_bus::Notice::Resolved { status, .. }) if status.is_final() => resolved += 1,
-            Ok(_) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                // Missed some: count from the store instead.
-                resolved = store
-                    .status_counts()
-                    .unwrap()
-                    .iter()
-                    .filter(|(s, _)| s.is_final())
-                    .map(|(_, n)| *n)
-                    .sum::<u64>();
-            }
-            Err(e) => panic!("notices ended: {e}"),
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "only {resolved} of {events} events handled after 10 minutes"
-        );
-    }
     let rate = events as f64 / started.elapsed().as_secs_f64();
     assert_eq!(
         persona_bus_tests::completed(&store),

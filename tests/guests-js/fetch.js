@@ -2,7 +2,7 @@
 // (componentize-js over wasi:http) and logs what came back. An async export:
 // the host waits for the promise. A refused destination makes fetch throw,
 // and the handler rejects the event with the reason.
-import { log, config } from 'persona:bus/host@0.1.0';
+import { log, config } from 'persona:bus/host@0.2.0';
 
 export async function handle(event) {
   let r;

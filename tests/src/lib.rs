@@ -219,6 +219,42 @@ pub fn proc_cpu_time(pid: &str) -> std::time::Duration {
 }
 
 /// A random UUIDv4 string: the event id most producers send.
+/// Waits until `events` events have reached a final status, counting the
+/// bus's notices (`notices`, subscribed before the events were submitted):
+/// polling the store would take the CPU the handling needs. Panics after
+/// `limit`.
+pub fn wait_resolved(
+    bus: &Bus,
+    notices: &mut tokio::sync::broadcast::Receiver<persona_bus::Notice>,
+    events: u64,
+    limit: Duration,
+) {
+    let started = Instant::now();
+    let mut resolved = 0;
+    while resolved < events {
+        match notices.blocking_recv() {
+            Ok(persona_bus::Notice::Resolved { status, .. }) if status.is_final() => resolved += 1,
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                // Missed some: count from the store instead.
+                resolved = bus
+                    .store()
+                    .status_counts()
+                    .unwrap()
+                    .iter()
+                    .filter(|(s, _)| s.is_final())
+                    .map(|(_, n)| *n)
+                    .sum::<u64>();
+            }
+            Err(e) => panic!("notices ended: {e}"),
+        }
+        assert!(
+            started.elapsed() < limit,
+            "only {resolved} of {events} events handled after {limit:?}"
+        );
+    }
+}
+
 pub fn uuid_v4() -> String {
     let mut b = fastrand::u128(..).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
@@ -258,6 +294,38 @@ pub fn speed_probe() -> Duration {
     }
     std::hint::black_box(&table);
     started.elapsed()
+}
+
+/// A benchmark's `name N` argument, else `default`.
+pub fn arg_number(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, |v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number, not {v:?}"))
+        })
+}
+
+/// A benchmark's `name WORD` argument, else `default`.
+pub fn arg_word<'a>(args: &'a [String], name: &str, default: &'a str) -> &'a str {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, String::as_str)
+}
+
+/// A handler's state value as text (None when unset).
+pub fn state_text(store: &persona_bus::store::Store, handler: &str, key: &str) -> Option<String> {
+    store
+        .state_get(handler, key)
+        .unwrap()
+        .map(|v| String::from_utf8(v).unwrap())
+}
+
+/// A handler's state value as a number (0 when unset).
+pub fn state_number(store: &persona_bus::store::Store, handler: &str, key: &str) -> i64 {
+    state_text(store, handler, key).map_or(0, |v| v.parse().unwrap())
 }
 
 /// How many times a benchmark repeats its throughput runs: `--rounds N`

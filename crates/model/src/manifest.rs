@@ -37,6 +37,8 @@ struct RawManifest {
     #[serde(default)]
     ordering: RawOrdering,
     #[serde(default)]
+    batch: Option<RawBatch>,
+    #[serde(default)]
     config: BTreeMap<String, toml::Value>,
     /// Destinations outbound HTTP may reach (deny by default):
     /// `"https://api.github.com"`, `"http://127.0.0.1:*"`, `"https://*.example.com:8443"`.
@@ -160,6 +162,30 @@ struct RawOrdering {
     /// Most calls of this handler at once (its `instances.concurrency`).
     #[serde(default)]
     max_in_flight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    max_events: u32,
+    #[serde(default)]
+    max_wait_ms: u64,
+}
+
+/// Most events in one `handle-batch` call.
+pub const MAX_BATCH_EVENTS: u32 = 1024;
+/// Longest a batch may wait to fill.
+pub const MAX_BATCH_WAIT_MS: u64 = 10_000;
+
+/// `[batch]`: many events per call, through the component's
+/// `handle-batch` export (`persona:bus@0.2.0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Most events in one call.
+    pub max_events: u32,
+    /// How long a batch that is not full waits for more of its unit's
+    /// events before it runs; 0: it takes what is queued.
+    pub max_wait: Duration,
 }
 
 /// Which of a handler's events run one after another. Its state behaves
@@ -316,6 +342,8 @@ pub struct Manifest {
     pub instances: Instances,
     /// Which of its events run one after another (`[ordering]`).
     pub ordering: OrderBy,
+    /// Events per call (`[batch]`); None: one, through `handle`.
+    pub batch: Option<Batching>,
     pub config: BTreeMap<String, String>,
     /// Where outbound HTTP may go; empty: nowhere.
     pub allowed_outbound_hosts: Arc<[OutboundRule]>,
@@ -543,6 +571,35 @@ impl Manifest {
             (Some(n), None) => instances.concurrency = Some(n),
             (None, _) => {}
         }
+        let batch = match raw.batch {
+            None => None,
+            Some(b) => {
+                if b.max_events == 0 || b.max_events > MAX_BATCH_EVENTS {
+                    return Err(invalid(
+                        "batch.max_events",
+                        format!("must be 1 to {MAX_BATCH_EVENTS}"),
+                    ));
+                }
+                if b.max_wait_ms > MAX_BATCH_WAIT_MS {
+                    return Err(invalid(
+                        "batch.max_wait_ms",
+                        format!("must be at most {MAX_BATCH_WAIT_MS}"),
+                    ));
+                }
+                if ordering == OrderBy::None {
+                    return Err(invalid(
+                        "batch",
+                        "a batch is events of one ordering unit, and `by = \"none\"` has none: \
+                         order by project or key"
+                            .into(),
+                    ));
+                }
+                Some(Batching {
+                    max_events: b.max_events,
+                    max_wait: Duration::from_millis(b.max_wait_ms),
+                })
+            }
+        };
         let max_event_bytes = raw.limits.max_event_bytes.unwrap_or(host.max_payload_bytes);
         let max_output_bytes = raw
             .limits
@@ -635,6 +692,7 @@ impl Manifest {
             capabilities: raw.capabilities,
             instances,
             ordering,
+            batch,
             config,
             allowed_outbound_hosts: raw
                 .allowed_outbound_hosts
@@ -741,6 +799,36 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.to_string().contains("set one of them"), "{e}");
+    }
+
+    #[test]
+    fn a_batch_is_bounded_and_needs_an_ordering_unit() {
+        assert_eq!(parse(MIN).unwrap().batch, None);
+        let m = parse(&format!("{MIN}[batch]\nmax_events = 64\nmax_wait_ms = 5\n")).unwrap();
+        assert_eq!(
+            m.batch,
+            Some(Batching {
+                max_events: 64,
+                max_wait: Duration::from_millis(5)
+            })
+        );
+        for (bad, names) in [
+            ("[batch]\nmax_events = 0\n", "batch.max_events"),
+            ("[batch]\nmax_events = 5000\n", "batch.max_events"),
+            (
+                "[batch]\nmax_events = 8\nmax_wait_ms = 60000\n",
+                "batch.max_wait_ms",
+            ),
+            ("[batch]\nmax_wait_ms = 5\n", "max_events"),
+            ("[batch]\nmax_events = 8\nsize = 2\n", "size"),
+            (
+                "[ordering]\nby = \"none\"\n[batch]\nmax_events = 8\n",
+                "order by project or key",
+            ),
+        ] {
+            let e = parse(&format!("{MIN}{bad}")).unwrap_err();
+            assert!(e.to_string().contains(names), "{bad}: {e}");
+        }
     }
 
     #[test]

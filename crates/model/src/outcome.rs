@@ -150,6 +150,10 @@ pub struct Run {
     pub effects: Effects,
     /// A limit the handler ran into without failing (publish refused, ...).
     pub note: Option<String>,
+    /// Events handed to the call this run came from, on the first run of
+    /// a call (1 for `handle`); 0 on the other runs of a batch call. Summed
+    /// per handler it is calls and events per call (`/metrics`).
+    pub call_events: u32,
 }
 
 /// The event's next state.

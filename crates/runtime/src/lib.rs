@@ -28,8 +28,10 @@ mod overlay;
 pub use cache::{compile_child_main, compile_in_child, digest, digest_file};
 pub use overlay::{StateOverlay, Written};
 
-use bindings::persona::bus::types as wit;
-use bindings::{Handler, HandlerPre};
+use bindings::v2::persona::bus::types as wit2;
+use bindings::v2::{BatchHandler, BatchHandlerIndices};
+use bindings::v2_single::persona::bus::types as wit;
+use bindings::v2_single::{Handler, HandlerIndices};
 use config::RuntimeConfig;
 use limits::{LimitHit, Limiter};
 use persona_bus_model::event::{Event, SchemaError, now_rfc3339};
@@ -42,7 +44,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::component::{InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -71,6 +73,43 @@ pub enum RuntimeError {
     World { file: PathBuf, reason: String },
 }
 
+/// Which version of the WIT contract a component was built against, read
+/// from what it imports and exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// `persona:bus@0.1.0`: `handle` only.
+    V0_1,
+    /// `persona:bus@0.2.0`, the `handler` world: `handle` only.
+    V0_2,
+    /// `persona:bus@0.2.0`, the `batch-handler` world: also `handle-batch`.
+    V0_2Batch,
+}
+
+impl Contract {
+    /// The package version, as `handlers list` shows it.
+    pub fn version(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "0.1.0",
+            Contract::V0_2 | Contract::V0_2Batch => "0.2.0",
+        }
+    }
+
+    pub fn batches(self) -> bool {
+        self == Contract::V0_2Batch
+    }
+}
+
+impl std::fmt::Display for Contract {
+    /// `0.1.0`, `0.2.0`, or `0.2.0+batch` when it exports `handle-batch`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.version())?;
+        if self.batches() {
+            f.write_str("+batch")?;
+        }
+        Ok(())
+    }
+}
+
 /// Where an event was read from, for the guest's `origin` field.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Origin {
@@ -85,7 +124,11 @@ pub enum Origin {
 /// A component compiled and linked against the host API, ready to
 /// instantiate; one per loaded handler.
 pub struct Prepared {
-    pub(crate) pre: HandlerPre<HostState>,
+    pre: InstancePre<HostState>,
+    handle: HandlerIndices,
+    /// Set when the component exports `handle-batch`.
+    batch: Option<BatchHandlerIndices>,
+    pub contract: Contract,
     pub digest: String,
     /// Warm instances kept by the `reuse` policy.
     warm: Mutex<Vec<Warm>>,
@@ -98,6 +141,7 @@ pub struct Prepared {
 struct Warm {
     store: wasmtime::Store<HostState>,
     handler: Handler,
+    batch: Option<BatchHandler>,
     stderr: MemoryOutputPipe,
     /// Bytes of stderr already attributed to earlier calls.
     stderr_seen: usize,
@@ -143,7 +187,7 @@ pub struct HandlerRef<'a> {
     pub prepared: &'a Prepared,
 }
 
-/// The result of one call.
+/// The result of one `handle` call.
 pub struct Invocation {
     pub outcome: RunOutcome,
     /// Empty unless the call completed.
@@ -236,7 +280,14 @@ impl Runtime {
         // Outbound HTTP, deny by default: only the destinations a manifest
         // lists are reachable (`outbound`).
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_err)?;
-        Handler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+        // Both versions of the host API: a 0.1.0 component imports
+        // `persona:bus/host@0.1.0`, which no 0.2.0 name satisfies.
+        bindings::v1::Handler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(engine_err)?;
+        BatchHandler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |s| s,
         )
@@ -295,10 +346,33 @@ impl Runtime {
             file: file.to_owned(),
             reason: format!("{e:#}"),
         };
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(world)?;
-        let pre = HandlerPre::new(instance_pre).map_err(world)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(world)?;
+        let handle = HandlerIndices::new(&pre).map_err(world)?;
+        let exports_batch = component
+            .component_type()
+            .exports(&self.engine)
+            .any(|(name, _)| name == "handle-batch");
+        let batch = if exports_batch {
+            Some(BatchHandlerIndices::new(&pre).map_err(world)?)
+        } else {
+            None
+        };
+        let speaks_0_2 = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name.starts_with("persona:bus/") && name.ends_with("@0.2.0"));
+        // `handle` is the same at both versions: a component that imports
+        // nothing of the bus's speaks the older one as well.
+        let contract = match (&batch, speaks_0_2) {
+            (Some(_), _) => Contract::V0_2Batch,
+            (None, true) => Contract::V0_2,
+            (None, false) => Contract::V0_1,
+        };
         Ok(Prepared {
             pre,
+            handle,
+            batch,
+            contract,
             digest,
             warm: Mutex::new(Vec::new()),
             slots: OnceLock::new(),
@@ -319,12 +393,7 @@ impl Runtime {
         env: &Arc<CallEnv>,
     ) -> Invocation {
         let limits = &h.manifest.limits;
-        if event.payload.len() > limits.max_event_bytes {
-            let message = format!(
-                "event payload is {} bytes; this handler takes at most {} (limits.max_event_bytes)",
-                event.payload.len(),
-                limits.max_event_bytes
-            );
+        if let Some(message) = too_large(event, limits) {
             return Invocation {
                 outcome: RunOutcome::Failed {
                     kind: FailureKind::InputTooLarge,
@@ -336,6 +405,118 @@ impl Runtime {
                 note: None,
             };
         }
+        let call = host_api::Call::new(
+            h.name,
+            (h.config, &h.manifest.secrets),
+            limits,
+            (event, unit),
+            env,
+        );
+        let headers: Vec<(&str, &str)> = event
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let input = Entry::Handle(to_wit(event, &headers, origin, attempt));
+        let (ended, started_at, duration) = self.run(&h, call, input).await;
+        let secrets = &h.manifest.secrets;
+        let outcome = match ended.result {
+            Ok(Returned::One(outcome)) => outcome,
+            Ok(Returned::Many(_)) => unreachable!("`handle` returns one result"),
+            Err(failed) => failed,
+        };
+        let effects = if outcome == RunOutcome::Completed {
+            ended.effects
+        } else {
+            Effects::default()
+        };
+        Invocation {
+            outcome: scrub(outcome, secrets),
+            effects,
+            started_at,
+            duration,
+            note: ended.note.map(|n| secrets.scrub(n)),
+        }
+    }
+
+    /// Runs `handle-batch` on `events` (of one ordering unit, in order)
+    /// under the handler's limits: one call, whose deadline is the
+    /// handler's `limits.timeout_ms`. Never fails; see [`BatchInvocation`]
+    /// for what the caller does with each event.
+    pub async fn invoke_batch(
+        &self,
+        h: HandlerRef<'_>,
+        events: Vec<(Arc<Event>, Origin, u32)>,
+        unit: &str,
+        env: &Arc<CallEnv>,
+    ) -> BatchInvocation {
+        let limits = &h.manifest.limits;
+        let first = events[0].0.clone();
+        let mut call = host_api::Call::new(
+            h.name,
+            (h.config, &h.manifest.secrets),
+            limits,
+            (&first, unit),
+            env,
+        );
+        let count = events.len() as u32;
+        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        call.batch = Some(host_api::Batch::new(
+            events
+                .into_iter()
+                .map(|(event, origin, attempt)| host_api::BatchEvent {
+                    event,
+                    origin,
+                    attempt,
+                })
+                .collect(),
+            taken.clone(),
+        ));
+        let (ended, started_at, duration) = self.run(&h, call, Entry::Batch(count)).await;
+        let taken = taken.load(std::sync::atomic::Ordering::Relaxed);
+        let secrets = &h.manifest.secrets;
+        let per_event = match ended.result {
+            Ok(Returned::Many(results)) => {
+                let mut done = ended.per_event.into_iter();
+                let mut per_event = Vec::with_capacity(taken);
+                for result in results.into_iter().take(taken) {
+                    let (effects, note) = done.next().unwrap_or_default();
+                    let outcome = scrub(result, secrets);
+                    let wrote = !effects.view.is_empty();
+                    let effects = if outcome == RunOutcome::Completed {
+                        effects
+                    } else {
+                        Effects::default()
+                    };
+                    per_event.push(Taken {
+                        outcome,
+                        wrote,
+                        effects,
+                        note: note.map(|n| secrets.scrub(n)),
+                    });
+                }
+                Ok(per_event)
+            }
+            Ok(Returned::One(_)) => unreachable!("`handle-batch` returns a list"),
+            Err(failed) => Err(scrub(failed, secrets)),
+        };
+        BatchInvocation {
+            per_event,
+            taken,
+            started_at,
+            duration,
+            note: ended.note.map(|n| secrets.scrub(n)),
+        }
+    }
+
+    /// One call of `input`, under the handler's slots and deadline.
+    async fn run(
+        &self,
+        h: &HandlerRef<'_>,
+        call: host_api::Call,
+        input: Entry<'_>,
+    ) -> (Ended, String, Duration) {
+        let limits = &h.manifest.limits;
         // A slot of this handler, then one of the host's. Neither semaphore
         // is ever closed, so acquiring only waits. The wait is not part of
         // the call's time: the deadline starts with the call.
@@ -352,23 +533,10 @@ impl Runtime {
         let started = Instant::now();
         let started_at = now_rfc3339();
         let deadline = started + limits.timeout;
-        let call = host_api::Call::new(
-            h.name,
-            (h.config, &h.manifest.secrets),
-            limits,
-            (event, unit),
-            env,
-        );
-        let headers: Vec<(&str, &str)> = event
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let input = to_wit(event, &headers, origin, attempt);
         let run = async {
             match h.manifest.instances.policy {
-                InstancePolicy::Fresh => self.invoke_fresh(&h, call, input, deadline).await,
-                InstancePolicy::Reuse => self.invoke_warm(&h, call, input, deadline).await,
+                InstancePolicy::Fresh => self.invoke_fresh(h, call, input, deadline).await,
+                InstancePolicy::Reuse => self.invoke_warm(h, call, input, deadline).await,
             }
         };
         // Running wasm traps at the deadline by itself (the epoch callback);
@@ -379,45 +547,17 @@ impl Runtime {
         // (`Dispatcher::resolve`'s was 5,216 bytes, now 1,472), each moved
         // whole as it is created, for every event.
         let run = Box::pin(run);
-        let (outcome, effects, note) = match tokio::time::timeout_at(deadline.into(), run).await {
+        let ended = match tokio::time::timeout_at(deadline.into(), run).await {
             Ok(done) => done,
-            Err(_) => (
-                RunOutcome::Failed {
-                    kind: FailureKind::Timeout,
-                    message: format!(
-                        "ran past its {} ms timeout (stopped while waiting in a host call)",
-                        limits.timeout.as_millis()
-                    ),
-                },
-                Effects::default(),
-                None,
-            ),
+            Err(_) => Ended::failed(RunOutcome::Failed {
+                kind: FailureKind::Timeout,
+                message: format!(
+                    "ran past its {} ms timeout (stopped while waiting in a host call)",
+                    limits.timeout.as_millis()
+                ),
+            }),
         };
-        let effects = if outcome == RunOutcome::Completed {
-            effects
-        } else {
-            Effects::default()
-        };
-        // What is recorded (execution row, dead letter, logs) never holds
-        // a secret's value, whatever the guest put in its messages.
-        let secrets = &h.manifest.secrets;
-        let outcome = match outcome {
-            RunOutcome::Retry(m) => RunOutcome::Retry(secrets.scrub(m)),
-            RunOutcome::Rejected(m) => RunOutcome::Rejected(secrets.scrub(m)),
-            RunOutcome::Failed { kind, message } => RunOutcome::Failed {
-                kind,
-                message: secrets.scrub(message),
-            },
-            done => done,
-        };
-        let note = note.map(|n| secrets.scrub(n));
-        Invocation {
-            outcome,
-            effects,
-            started_at,
-            duration: started.elapsed(),
-            note,
-        }
+        (ended, started_at, started.elapsed())
     }
 
     /// The `fresh` policy: a new instance for this call only.
@@ -425,26 +565,28 @@ impl Runtime {
         &self,
         h: &HandlerRef<'_>,
         call: host_api::Call,
-        input: wit::Event<'_>,
+        input: Entry<'_>,
         deadline: Instant,
-    ) -> (RunOutcome, Effects, Option<String>) {
+    ) -> Ended {
         let (mut store, stderr) = self.new_store(h, call, deadline);
         let result = match h.prepared.pre.instantiate_async(&mut store).await {
-            Ok(instance) => instance
-                .call_handle(&mut store, input)
-                .await
-                .map_err(|e| (e, false)),
+            Ok(instance) => match load(h.prepared, &mut store, &instance) {
+                Ok((handler, batch)) => enter(&handler, batch.as_ref(), &mut store, input)
+                    .await
+                    .map_err(|e| (e, false)),
+                Err(e) => Err((e, true)),
+            },
             Err(e) => Err((e, true)),
         };
-        let outcome = to_outcome(
+        let memory_hit = store.data().limiter.hit;
+        let mut data = store.into_data();
+        Ended::new(
             result,
-            store.data().limiter.hit,
+            memory_hit,
             &h.manifest.limits,
             &stderr.contents(),
-        );
-        let mut data = store.into_data();
-        let note = data.take_note();
-        (outcome, data.call.take_effects(), note)
+            &mut data,
+        )
     }
 
     /// A store for one handler, armed with its limits for one call.
@@ -504,9 +646,9 @@ impl Runtime {
         &self,
         h: &HandlerRef<'_>,
         call: host_api::Call,
-        input: wit::Event<'_>,
+        input: Entry<'_>,
         deadline: Instant,
-    ) -> (RunOutcome, Effects, Option<String>) {
+    ) -> Ended {
         let limits = &h.manifest.limits;
         let pooled = h.prepared.warm.locked().pop();
         let mut warm = match pooled {
@@ -520,49 +662,218 @@ impl Runtime {
             }
             None => {
                 let (mut store, stderr) = self.new_store(h, call, deadline);
-                match h.prepared.pre.instantiate_async(&mut store).await {
-                    Ok(handler) => Warm {
+                let loaded = match h.prepared.pre.instantiate_async(&mut store).await {
+                    Ok(instance) => load(h.prepared, &mut store, &instance),
+                    Err(e) => Err(e),
+                };
+                match loaded {
+                    Ok((handler, batch)) => Warm {
                         store,
                         handler,
+                        batch,
                         stderr,
                         stderr_seen: 0,
                     },
                     Err(e) => {
-                        let outcome = to_outcome(
+                        let memory_hit = store.data().limiter.hit;
+                        let mut data = store.into_data();
+                        return Ended::new(
                             Err((e, true)),
-                            store.data().limiter.hit,
+                            memory_hit,
                             limits,
                             &stderr.contents(),
+                            &mut data,
                         );
-                        return (outcome, Effects::default(), None);
                     }
                 }
             }
         };
-        let result = warm
-            .handler
-            .call_handle(&mut warm.store, input)
+        let result = enter(&warm.handler, warm.batch.as_ref(), &mut warm.store, input)
             .await
             .map_err(|e| (e, false));
         let printed = warm.stderr.contents();
-        let outcome = to_outcome(
-            result,
-            warm.store.data().limiter.hit,
-            limits,
-            &printed[warm.stderr_seen.min(printed.len())..],
-        );
-        warm.stderr_seen = printed.len();
+        let memory_hit = warm.store.data().limiter.hit;
         // The call's record stays in the store until the next call replaces
         // it; only what it produced is taken out.
-        let state = warm.store.data_mut();
-        let (effects, note) = (state.call.take_effects(), state.take_note());
-        if !matches!(outcome, RunOutcome::Failed { .. }) {
+        let ended = Ended::new(
+            result,
+            memory_hit,
+            limits,
+            &printed[warm.stderr_seen.min(printed.len())..],
+            warm.store.data_mut(),
+        );
+        warm.stderr_seen = printed.len();
+        if ended.result.is_ok() {
             let mut pool = h.prepared.warm.locked();
             if pool.len() < h.manifest.instances.concurrency.unwrap_or(DEFAULT_WARM) as usize {
                 pool.push(warm);
             }
         }
-        (outcome, effects, note)
+        ended
+    }
+}
+
+/// What a call enters the guest with.
+enum Entry<'a> {
+    Handle(wit::Event<'a>),
+    /// `handle-batch` with this many events in the store's `Call`.
+    Batch(u32),
+}
+
+/// What the guest returned.
+enum Returned {
+    One(RunOutcome),
+    Many(Vec<RunOutcome>),
+}
+
+/// The typed exports of a new instance.
+fn load(
+    prepared: &Prepared,
+    store: &mut wasmtime::Store<HostState>,
+    instance: &wasmtime::component::Instance,
+) -> wasmtime::Result<(Handler, Option<BatchHandler>)> {
+    let handler = prepared.handle.load(&mut *store, instance)?;
+    let batch = match &prepared.batch {
+        Some(indices) => Some(indices.load(&mut *store, instance)?),
+        None => None,
+    };
+    Ok((handler, batch))
+}
+
+/// Calls the export `input` names.
+async fn enter(
+    handler: &Handler,
+    batch: Option<&BatchHandler>,
+    store: &mut wasmtime::Store<HostState>,
+    input: Entry<'_>,
+) -> wasmtime::Result<Returned> {
+    match input {
+        Entry::Handle(event) => {
+            let result = handler.call_handle(store, event).await?;
+            Ok(Returned::One(match result {
+                Ok(()) => RunOutcome::Completed,
+                Err(wit::HandlerError::Retry(reason)) => RunOutcome::Retry(reason),
+                Err(wit::HandlerError::Reject(reason)) => RunOutcome::Rejected(reason),
+            }))
+        }
+        Entry::Batch(count) => match batch {
+            Some(b) => {
+                let results = b.call_handle_batch(store, count).await?;
+                Ok(Returned::Many(
+                    results
+                        .into_iter()
+                        .map(|r| match r {
+                            Ok(()) => RunOutcome::Completed,
+                            Err(wit2::HandlerError::Retry(reason)) => RunOutcome::Retry(reason),
+                            Err(wit2::HandlerError::Reject(reason)) => RunOutcome::Rejected(reason),
+                        })
+                        .collect(),
+                ))
+            }
+            None => Err(wasmtime::Error::msg(
+                "the component does not export `handle-batch`",
+            )),
+        },
+    }
+}
+
+/// How a call ended, before secrets are scrubbed.
+struct Ended {
+    /// What the guest returned, or the failure that stopped it.
+    result: Result<Returned, RunOutcome>,
+    /// `handle`: what the call did (the caller keeps it only if it
+    /// completed).
+    effects: Effects,
+    /// `handle-batch`: each taken event's effects and note, in order.
+    per_event: Vec<(Effects, Option<String>)>,
+    note: Option<String>,
+}
+
+impl Ended {
+    fn new(
+        result: Result<Returned, (wasmtime::Error, bool)>,
+        memory_hit: bool,
+        limits: &persona_bus_model::manifest::Limits,
+        printed: &[u8],
+        data: &mut HostState,
+    ) -> Self {
+        let result = result.map_err(|(error, instantiating)| {
+            let kind = classify(&error, memory_hit, instantiating);
+            RunOutcome::Failed {
+                kind,
+                message: describe(&error, kind, limits, printed),
+            }
+        });
+        let (effects, per_event, note) = if data.call.batch.is_some() {
+            let note = data.take_note();
+            (Effects::default(), data.call.finish_batch(note), None)
+        } else {
+            (data.call.take_effects(), Vec::new(), data.take_note())
+        };
+        Self {
+            result,
+            effects,
+            per_event,
+            note,
+        }
+    }
+
+    fn failed(outcome: RunOutcome) -> Self {
+        Self {
+            result: Err(outcome),
+            effects: Effects::default(),
+            per_event: Vec::new(),
+            note: None,
+        }
+    }
+}
+
+/// The result of one `handle-batch` call.
+pub struct BatchInvocation {
+    /// One entry per event the guest took and returned a result for, in
+    /// order. Events past the end (not taken, or no result) run again
+    /// alone. `Err`: the call failed as a whole; none of its effects count
+    /// and the events it took (`taken`) run again alone.
+    pub per_event: Result<Vec<Taken>, RunOutcome>,
+    pub taken: usize,
+    pub started_at: String,
+    pub duration: Duration,
+    pub note: Option<String>,
+}
+
+/// One event's part of a batch call.
+pub struct Taken {
+    pub outcome: RunOutcome,
+    /// Whether it wrote state, kept or not: the events after a failed one
+    /// that wrote may have read what was dropped.
+    pub wrote: bool,
+    /// Empty unless it completed.
+    pub effects: Effects,
+    pub note: Option<String>,
+}
+
+/// Why `event` is refused before any call: too large for this handler.
+fn too_large(event: &Event, limits: &persona_bus_model::manifest::Limits) -> Option<String> {
+    (event.payload.len() > limits.max_event_bytes).then(|| {
+        format!(
+            "event payload is {} bytes; this handler takes at most {} (limits.max_event_bytes)",
+            event.payload.len(),
+            limits.max_event_bytes
+        )
+    })
+}
+
+/// What is recorded (execution row, dead letter, logs) never holds a
+/// secret's value, whatever the guest put in its messages.
+fn scrub(outcome: RunOutcome, secrets: &persona_bus_model::secrets::Secrets) -> RunOutcome {
+    match outcome {
+        RunOutcome::Retry(m) => RunOutcome::Retry(secrets.scrub(m)),
+        RunOutcome::Rejected(m) => RunOutcome::Rejected(secrets.scrub(m)),
+        RunOutcome::Failed { kind, message } => RunOutcome::Failed {
+            kind,
+            message: secrets.scrub(message),
+        },
+        done => done,
     }
 }
 
@@ -575,27 +886,6 @@ fn pagemap_scan_supported() -> bool {
         .map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (major, minor) >= (6, 7)
-}
-
-/// Maps what the call returned to an outcome.
-fn to_outcome(
-    result: Result<Result<(), wit::HandlerError>, (wasmtime::Error, bool)>,
-    memory_hit: bool,
-    limits: &persona_bus_model::manifest::Limits,
-    printed: &[u8],
-) -> RunOutcome {
-    match result {
-        Ok(Ok(())) => RunOutcome::Completed,
-        Ok(Err(wit::HandlerError::Retry(reason))) => RunOutcome::Retry(reason),
-        Ok(Err(wit::HandlerError::Reject(reason))) => RunOutcome::Rejected(reason),
-        Err((error, instantiating)) => {
-            let kind = classify(&error, memory_hit, instantiating);
-            RunOutcome::Failed {
-                kind,
-                message: describe(&error, kind, limits, printed),
-            }
-        }
-    }
 }
 
 fn classify(error: &wasmtime::Error, memory_hit: bool, instantiating: bool) -> FailureKind {
@@ -684,6 +974,37 @@ fn to_wit<'a>(
                 offset,
             } => wit::Origin::Kafka(wit::KafkaPosition {
                 topic,
+                partition: *partition,
+                offset: *offset,
+            }),
+        },
+        attempt,
+    }
+}
+
+/// An event as `batch.next` returns it (an owned copy: the guest takes it
+/// from the host, not the other way round).
+pub(crate) fn to_wit_owned(e: &Event, origin: &Origin, attempt: u32) -> wit2::EventResult {
+    wit2::EventResult {
+        id: e.id.clone(),
+        project_id: e.project_id.clone(),
+        event_type: e.event_type.clone(),
+        source_type: e.source_type.clone(),
+        source_id: e.source_id.clone(),
+        target_persona_id: e.target_persona_id.clone(),
+        payload: e.payload.clone(),
+        headers: e.headers.clone(),
+        schema_version: e.schema_version,
+        created_at: e.created_at.clone(),
+        chain_depth: e.chain_depth,
+        origin: match origin {
+            Origin::Sqlite => wit2::OriginResult::Sqlite,
+            Origin::Kafka {
+                topic,
+                partition,
+                offset,
+            } => wit2::OriginResult::Kafka(wit2::KafkaPositionResult {
+                topic: topic.clone(),
                 partition: *partition,
                 offset: *offset,
             }),

@@ -16,6 +16,8 @@ pub struct HandlerRecord {
     pub manifest_path: String,
     /// SHA-256 of the component that is serving.
     pub digest: Option<String>,
+    /// The WIT contract it speaks: `0.1.0`, `0.2.0` or `0.2.0+batch`.
+    pub contract: Option<String>,
     pub updated_at: String,
 }
 
@@ -23,12 +25,12 @@ impl Store {
     pub fn record_handler(&self, r: &HandlerRecord) -> Result<(), StoreError> {
         self.writer()
             .execute(
-                "INSERT INTO persona_handlers (name, version, status, error, manifest_path, digest, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                "INSERT INTO persona_handlers (name, version, status, error, manifest_path, digest, contract, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
                  ON CONFLICT (name) DO UPDATE SET version = excluded.version, status = excluded.status, \
                  error = excluded.error, manifest_path = excluded.manifest_path, digest = excluded.digest, \
-                 updated_at = excluded.updated_at",
-                params![r.name, r.version, r.status, r.error, r.manifest_path, r.digest, now_rfc3339()],
+                 contract = excluded.contract, updated_at = excluded.updated_at",
+                params![r.name, r.version, r.status, r.error, r.manifest_path, r.digest, r.contract, now_rfc3339()],
             )
             .op("record handler")?;
         Ok(())
@@ -55,7 +57,7 @@ impl Store {
     pub fn handler_records(&self) -> Result<Vec<HandlerRecord>, StoreError> {
         self.read(|conn| {
             conn.prepare_cached(
-                "SELECT name, version, status, error, manifest_path, digest, updated_at FROM persona_handlers ORDER BY name",
+                "SELECT name, version, status, error, manifest_path, digest, contract, updated_at FROM persona_handlers ORDER BY name",
             )
             .op("prepare handlers")?
             .query_map([], |r| {
@@ -66,7 +68,8 @@ impl Store {
                     error: r.get(3)?,
                     manifest_path: r.get(4)?,
                     digest: r.get(5)?,
-                    updated_at: r.get(6)?,
+                    contract: r.get(6)?,
+                    updated_at: r.get(7)?,
                 })
             })
             .op("handlers")?

@@ -309,4 +309,9 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX idx_persona_dead_letters_seq ON persona_dead_letters(event_seq);
     "#,
+    // 8: which version of the WIT contract each handler's component speaks
+    //    (`0.1.0`, `0.2.0`, `0.2.0+batch`), for `handlers list`.
+    r#"
+    ALTER TABLE persona_handlers ADD COLUMN contract TEXT;
+    "#,
 ];

@@ -30,6 +30,7 @@ fn done_run(handler: &str, effects: Effects) -> Run {
         verdict: Verdict::Done,
         effects,
         note: None,
+        call_events: 1,
     }
 }
 

@@ -151,6 +151,11 @@ pub async fn handlers(State(api): State<Api>) -> Json<serde_json::Value> {
                 "subscriptions": h.manifest.subscriptions.iter().map(|s| &s.event_type).collect::<Vec<_>>(),
                 "instances": format!("{:?}", h.manifest.instances.policy).to_lowercase(),
                 "ordering": h.manifest.ordering.to_string(),
+                "contract": h.prepared.contract.to_string(),
+                "batch": h.manifest.batch.map(|b| serde_json::json!({
+                    "max_events": b.max_events,
+                    "max_wait_ms": b.max_wait.as_millis() as u64,
+                })),
                 "concurrency": h.manifest.instances.concurrency,
                 "runs": n,
                 "errors": errors,

@@ -93,6 +93,7 @@ pub fn new(name: &str, lang: Lang, dir: Option<&Path>) -> anyhow::Result<PathBuf
             "# {name}\n\nA persona-bus handler ({lang:?}). The contract is `wit/bus.wit`.\n\n\
              ```sh\npersona-bus handlers build .                                   # -> {name}.wasm\n\
              persona-bus handlers test {name}.toml --event event.json      # run once, commit nothing\n\
+             persona-bus handlers test {name}.toml --event events.jsonl    # several, in order (batches with [batch])\n\
              cp {name}.wasm /path/to/handlers/.{name}.wasm.tmp && mv /path/to/handlers/.{name}.wasm.tmp /path/to/handlers/{name}.wasm\n\
              cp {name}.toml /path/to/handlers/\n```\n\n\
              `event.json`: `{{\"event_type\": \"custom\", \"source_type\": \"system\", \"payload\": {{}}}}`.\n"
@@ -101,6 +102,14 @@ pub fn new(name: &str, lang: Lang, dir: Option<&Path>) -> anyhow::Result<PathBuf
     write(
         "event.json",
         "{\"event_type\": \"custom\", \"source_type\": \"system\", \"payload\": {\"hello\": \"world\"}}\n",
+    )?;
+    write(
+        "events.jsonl",
+        &(1..=3)
+            .map(|n| {
+                format!("{{\"event_type\": \"custom\", \"source_type\": \"system\", \"payload\": {{\"n\": {n}}}}}\n")
+            })
+            .collect::<String>(),
     )?;
     Ok(dir)
 }
@@ -158,7 +167,7 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
             .arg(&source)
             .args(["--wit"])
             .arg(dir.join("wit/bus.wit"))
-            .args(["--world-name", "handler", "-d", "fetch-event", "-o"])
+            .args(["--world-name", "batch-handler", "-d", "fetch-event", "-o"])
             .arg(&out))?;
     } else if dir.join("app.py").is_file() {
         let tool = componentize_py(dir)?;
@@ -168,7 +177,7 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
                 "-d",
                 "wit/bus.wit",
                 "-w",
-                "handler",
+                "batch-handler",
                 "componentize",
                 "app",
                 "-o",

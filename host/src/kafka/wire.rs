@@ -499,6 +499,7 @@ mod tests {
             verdict: Verdict::Done,
             effects: Effects::default(),
             note: None,
+            call_events: 1,
         };
         let resolution = Resolution {
             event,

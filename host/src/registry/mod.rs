@@ -54,6 +54,12 @@ pub enum LoadError {
     Manifest(#[from] ManifestError),
     #[error(transparent)]
     Component(#[from] RuntimeError),
+    #[error(
+        "{file}: the manifest asks for [batch], but the component speaks persona:bus@{speaks} \
+         without `handle-batch`: build it against the `batch-handler` world of persona:bus@0.2.0, \
+         or remove [batch]"
+    )]
+    NoBatchExport { file: PathBuf, speaks: &'static str },
     #[error("{file}: handler name `{name}` is already taken by {other}")]
     Duplicate {
         file: PathBuf,
@@ -81,12 +87,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Whether every handler orders its events by project (the default):
-    /// then an event's handlers all run in its project's lane.
+    /// Whether every handler orders its events by project (the default)
+    /// and takes one event per call: then an event's handlers all run in
+    /// its project's lane.
     pub fn all_by_project(&self) -> bool {
-        self.handlers
-            .values()
-            .all(|h| h.manifest.ordering == crate::manifest::OrderBy::Project)
+        self.handlers.values().all(|h| {
+            h.manifest.ordering == crate::manifest::OrderBy::Project && h.manifest.batch.is_none()
+        })
     }
 }
 
@@ -129,6 +136,12 @@ fn read_source(manifest_path: &Path, limits: &HostLimits) -> Result<Source, Load
 
 fn build(runtime: &Runtime, src: Source) -> Result<LoadedHandler, LoadError> {
     let prepared = runtime.prepare(&src.manifest.component, &src.wasm_digest)?;
+    if src.manifest.batch.is_some() && !prepared.contract.batches() {
+        return Err(LoadError::NoBatchExport {
+            file: src.manifest.path.clone(),
+            speaks: prepared.contract.version(),
+        });
+    }
     Ok(LoadedHandler {
         name: Arc::from(src.manifest.name.as_str()),
         version: Arc::from(src.manifest.version.as_str()),
@@ -291,6 +304,7 @@ impl Registry {
                                     error: Some(error.clone()),
                                     manifest_path: path.display().to_string(),
                                     digest: None,
+                                    contract: None,
                                     updated_at: String::new(),
                                 })?;
                             }
@@ -327,6 +341,7 @@ impl Registry {
             error,
             manifest_path: h.manifest.path.display().to_string(),
             digest: Some(h.prepared.digest.clone()),
+            contract: Some(h.prepared.contract.to_string()),
             updated_at: String::new(),
         })
     }

@@ -32,7 +32,9 @@ pub enum HandlersCommand {
         /// A handler's folder (as `new` made it), a manifest (`name.toml`
         /// beside `name.wasm`), or a handler's name in the handlers folder
         handler: PathBuf,
-        /// The event as JSON: {"event_type": ..., "source_type": ..., "payload": {...}}
+        /// The event as JSON: {"event_type": ..., "source_type": ..., "payload": {...}};
+        /// or several, as a JSON array or one per line (run in order, in
+        /// batch calls when the manifest has [batch])
         #[arg(long, value_name = "FILE")]
         event: PathBuf,
         /// The delivery attempt the handler sees
@@ -54,7 +56,10 @@ pub(super) fn handlers_list(config: &Config, json: bool) -> anyhow::Result<()> {
                     .instances
                     .concurrency
                     .map_or(String::new(), |n| format!(", {n} at once"));
-                format!("{}{at_once}", m.ordering)
+                let batch = m.batch.map_or(String::new(), |b| {
+                    format!(", batch {} / {} ms", b.max_events, b.max_wait.as_millis())
+                });
+                format!("{}{at_once}{batch}", m.ordering)
             })
     };
     if json {
@@ -93,10 +98,11 @@ pub(super) fn handlers_list(config: &Config, json: bool) -> anyhow::Result<()> {
             })
             .collect();
         println!(
-            "{:<20} {:<10} {:<8} {:<24} {}",
+            "{:<20} {:<10} {:<8} {:<12} {:<36} {}",
             r.name,
             r.version.as_deref().unwrap_or("-"),
             r.status,
+            r.contract.as_deref().unwrap_or("-"),
             ordering(&r).unwrap_or_else(|| "-".into()),
             mine.join(", ")
         );

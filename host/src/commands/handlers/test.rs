@@ -1,18 +1,22 @@
-//! `persona-bus handlers test`: runs one handler once on one event, with
+//! `persona-bus handlers test`: runs one handler on one event, or on
+//! several (a JSON array, or one event per line) one after another, with
 //! nothing committed, and prints what it did: its log lines, state reads
 //! and writes, the events it would publish, the HTTP requests it made (and
-//! those refused), its outcome and duration. Exits non-zero when the
-//! handler does not complete, so it fits a team's CI.
+//! those refused), each outcome and the duration. Several events go in
+//! batch calls of up to `[batch] max_events` when the manifest has one;
+//! each event reads what the ones before it wrote, as in a host. Exits
+//! non-zero when an event does not complete, so it fits a team's CI.
 //!
 //! State reads see the host's committed state when the data folder has a
 //! store (read only), else an empty one.
 
 use anyhow::{Context, bail};
+use persona_bus::Event;
 use persona_bus::config::Config;
 use persona_bus::event::NewEvent;
 use persona_bus::outcome::{RunOutcome, StateOp};
 use persona_bus::registry::load_handler;
-use persona_bus::runtime::{CallEnv, Origin, Runtime};
+use persona_bus::runtime::{CallEnv, Invocation, Origin, Runtime};
 use persona_bus::store::Store;
 use persona_bus::sync::Locked;
 use std::path::{Path, PathBuf};
@@ -33,10 +37,20 @@ pub fn run(config: &Config, target: &Path, event: &Path, attempt: u32) -> anyhow
     };
     let text = std::fs::read_to_string(event)
         .with_context(|| format!("cannot read the event {}", event.display()))?;
-    let event = NewEvent::from_json(&text)
-        .with_context(|| format!("{} is not an event", event.display()))?
-        .validate(config.limits.event_limits(), 0)
-        .with_context(|| "the event is not valid".to_string())?;
+    let events: Vec<Event> = parse_events(&text)
+        .with_context(|| {
+            format!(
+                "{} is not an event, a JSON array of events or one event per line",
+                event.display()
+            )
+        })?
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            e.validate(config.limits.event_limits(), 0)
+                .with_context(|| format!("event {} is not valid", i + 1))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let runtime = Runtime::new(
         &config.runtime,
         &config.limits,
@@ -55,36 +69,176 @@ pub fn run(config: &Config, target: &Path, event: &Path, attempt: u32) -> anyhow
         overlay: Default::default(),
         transcript: Some(transcript.clone()),
     });
-    println!(
-        "{} {} on {} {} (attempt {attempt})",
-        h.name, h.version, event.event_type, event.id
-    );
-    if !h
-        .manifest
-        .subscriptions
-        .iter()
-        .any(|s| persona_bus::matching::event_type_matches(&s.event_type, &event.event_type))
-    {
-        println!(
-            "note: no subscription of this handler matches {:?}; running it anyway",
-            event.event_type
-        );
+    for event in &events {
+        if !h
+            .manifest
+            .subscriptions
+            .iter()
+            .any(|s| persona_bus::matching::event_type_matches(&s.event_type, &event.event_type))
+        {
+            println!(
+                "note: no subscription of this handler matches {:?}; running it anyway",
+                event.event_type
+            );
+        }
     }
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let inv = tokio.block_on(runtime.invoke(
-        h.handle_ref(),
-        &event,
-        &event.project_id,
-        &Origin::Sqlite,
-        attempt,
-        &env,
-    ));
-    for line in transcript.locked().iter() {
+    let batch = h.manifest.batch.map_or(1, |b| b.max_events as usize).max(1);
+    let mut failed = Vec::new();
+    let mut n = 0;
+    for chunk in events.chunks(batch) {
+        let unit = chunk[0].project_id.clone();
+        let results: Vec<(Invocation, &Event)> = if chunk.len() > 1 {
+            println!(
+                "{} {} (persona:bus@{}): one handle-batch call on {} events (attempt {attempt})",
+                h.name,
+                h.version,
+                h.prepared.contract,
+                chunk.len()
+            );
+            let inv = tokio.block_on(
+                runtime.invoke_batch(
+                    h.handle_ref(),
+                    chunk
+                        .iter()
+                        .map(|e| (Arc::new(e.clone()), Origin::Sqlite, attempt))
+                        .collect(),
+                    &unit,
+                    &env,
+                ),
+            );
+            print_transcript(&transcript);
+            let ms = inv.duration.as_secs_f64() * 1e3;
+            match inv.per_event {
+                Err(failure) => {
+                    println!(
+                        "outcome of the call: {} in {ms:.2} ms: {} (in a host, its events would run again one by one)",
+                        failure.label(),
+                        failure.error().unwrap_or_default()
+                    );
+                    bail!("the batch call failed ({})", failure.label());
+                }
+                Ok(taken) => {
+                    println!("the call took {ms:.2} ms");
+                    if taken.len() < chunk.len() {
+                        println!(
+                            "note: the handler returned {} results for {} events; in a host the rest run again one by one",
+                            taken.len(),
+                            chunk.len()
+                        );
+                    }
+                    taken
+                        .into_iter()
+                        .zip(chunk)
+                        .map(|(t, e)| {
+                            let inv = Invocation {
+                                outcome: t.outcome,
+                                effects: t.effects,
+                                started_at: inv.started_at.clone(),
+                                duration: std::time::Duration::ZERO,
+                                note: t.note,
+                            };
+                            (inv, e)
+                        })
+                        .collect()
+                }
+            }
+        } else {
+            let event = &chunk[0];
+            println!(
+                "{} {} (persona:bus@{}) on {} {} (attempt {attempt})",
+                h.name, h.version, h.prepared.contract, event.event_type, event.id
+            );
+            let inv = tokio.block_on(runtime.invoke(
+                h.handle_ref(),
+                event,
+                &unit,
+                &Origin::Sqlite,
+                attempt,
+                &env,
+            ));
+            print_transcript(&transcript);
+            vec![(inv, event)]
+        };
+        for (mut inv, event) in results {
+            n += 1;
+            if events.len() > 1 {
+                println!("event {n}: {} {}", event.event_type, event.id);
+            }
+            print_effects(&inv);
+            // The next events read this one's writes, as in a host.
+            let view = std::mem::take(&mut inv.effects.view);
+            if !view.is_empty() {
+                env.overlay.apply(&h.name, &unit, view);
+            }
+            let ms = inv.duration.as_secs_f64() * 1e3;
+            let took = if inv.duration.is_zero() {
+                String::new()
+            } else {
+                format!(" in {ms:.2} ms")
+            };
+            match &inv.outcome {
+                RunOutcome::Completed => {
+                    println!("outcome: completed{took} (nothing was committed)")
+                }
+                other => {
+                    println!(
+                        "outcome: {}{took}: {}",
+                        other.label(),
+                        other.error().unwrap_or_default()
+                    );
+                    failed.push(format!("event {n}: {}", other.label()));
+                }
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("the handler did not complete ({})", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// One event (a JSON object), a JSON array of them, or one per line.
+fn parse_events(text: &str) -> anyhow::Result<Vec<NewEvent>> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('[') {
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(trimmed).context("not a JSON array")?;
+        return list
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                NewEvent::from_json(&v.to_string()).with_context(|| format!("event {}", i + 1))
+            })
+            .collect();
+    }
+    match NewEvent::from_json(trimmed) {
+        Ok(one) => Ok(vec![one]),
+        Err(whole) => {
+            let lines: Vec<&str> = trimmed.lines().filter(|l| !l.trim().is_empty()).collect();
+            if lines.len() < 2 {
+                return Err(whole.into());
+            }
+            lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| NewEvent::from_json(l).with_context(|| format!("line {}", i + 1)))
+                .collect()
+        }
+    }
+}
+
+fn print_transcript(transcript: &Arc<Mutex<Vec<String>>>) {
+    for line in transcript.locked().drain(..) {
         println!("  {line}");
     }
+}
+
+/// What one event's call would have committed.
+fn print_effects(inv: &Invocation) {
     for op in &inv.effects.state {
         match op {
             StateOp::Set(k, v) => println!("  state set {k:?} = {:?}", String::from_utf8_lossy(v)),
@@ -103,21 +257,6 @@ pub fn run(config: &Config, target: &Path, event: &Path, attempt: u32) -> anyhow
     }
     if let Some(note) = &inv.note {
         println!("  note: {note}");
-    }
-    let ms = inv.duration.as_secs_f64() * 1e3;
-    match &inv.outcome {
-        RunOutcome::Completed => {
-            println!("outcome: completed in {ms:.2} ms (nothing was committed)");
-            Ok(())
-        }
-        other => {
-            println!(
-                "outcome: {} in {ms:.2} ms: {}",
-                other.label(),
-                other.error().unwrap_or_default()
-            );
-            bail!("the handler did not complete ({})", other.label())
-        }
     }
 }
 
