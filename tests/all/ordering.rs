@@ -105,6 +105,14 @@ fn keys_run_at_once_and_each_key_in_order_from_sqlite() {
     bus.shutdown();
     assert_ordered(&store);
     assert_eq!(service.requests(), KEYS * PER_KEY);
+    // Kept-alive connections: about one per call at once (32), not one
+    // per request.
+    assert!(
+        service.connections() <= 2 * 32,
+        "{} connections for {} requests",
+        service.connections(),
+        service.requests()
+    );
     // One lane would take 2,000 x 20 ms = 40 s.
     assert!(
         service.most_at_once() >= 8,

@@ -1,6 +1,6 @@
 //! A local HTTP service that answers every request after a fixed delay:
 //! the outside API a handler waits on, for tests and benchmarks. It counts
-//! requests and the most it was answering at once.
+//! requests, connections and the most it was answering at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 #[derive(Default)]
 struct Stats {
     requests: AtomicU64,
+    connections: AtomicU64,
     now: AtomicU64,
     most: AtomicU64,
 }
@@ -43,6 +44,7 @@ impl SlowService {
                         let Ok((stream, _)) = listener.accept().await else {
                             continue;
                         };
+                        shared.connections.fetch_add(1, Ordering::Relaxed);
                         tokio::spawn(serve(stream, shared.clone(), delay));
                     }
                 });
@@ -57,6 +59,11 @@ impl SlowService {
 
     pub fn requests(&self) -> u64 {
         self.stats.requests.load(Ordering::Relaxed)
+    }
+
+    /// Connections it accepted.
+    pub fn connections(&self) -> u64 {
+        self.stats.connections.load(Ordering::Relaxed)
     }
 
     /// The most requests it was answering at the same time.

@@ -21,6 +21,7 @@ pub mod bindings;
 mod cache;
 pub mod config;
 mod host_api;
+mod http_pool;
 mod limits;
 pub mod outbound;
 mod overlay;
@@ -231,6 +232,8 @@ pub struct Runtime {
     /// `concurrency`: half of `calls`, so one slow handler never takes every
     /// call slot from the others.
     default_concurrency: usize,
+    /// Handlers' kept-alive outbound connections.
+    http_pool: Arc<http_pool::HttpPool>,
 }
 
 impl Runtime {
@@ -313,6 +316,7 @@ impl Runtime {
             calls: Semaphore::new(calls),
             max_calls: calls,
             default_concurrency: (calls / 2).max(1),
+            http_pool: Default::default(),
         })
     }
 
@@ -603,7 +607,7 @@ impl Runtime {
         } else {
             wasi.stderr(stderr.clone());
         }
-        let outbound = outbound::Outbound::for_call(h, &call, deadline);
+        let outbound = outbound::Outbound::for_call(h, &call, deadline, &self.http_pool);
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -654,7 +658,7 @@ impl Runtime {
         let mut warm = match pooled {
             Some(mut w) => {
                 let state = w.store.data_mut();
-                state.outbound = outbound::Outbound::for_call(h, &call, deadline);
+                state.outbound = outbound::Outbound::for_call(h, &call, deadline, &self.http_pool);
                 state.call = call;
                 state.limiter.hit = false;
                 Self::arm(&mut w.store, limits, deadline);

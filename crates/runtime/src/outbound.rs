@@ -37,6 +37,8 @@ pub struct Outbound {
     pub notes: Vec<String>,
     /// `handlers test`: every request and what became of it.
     transcript: Option<super::Transcript>,
+    /// Kept-alive connections for `http://` requests.
+    pool: Arc<super::http_pool::HttpPool>,
 }
 
 impl Outbound {
@@ -46,6 +48,7 @@ impl Outbound {
         h: &super::HandlerRef<'_>,
         call: &super::host_api::Call,
         deadline: Instant,
+        pool: &Arc<super::http_pool::HttpPool>,
     ) -> Self {
         let limits = &h.manifest.limits;
         Self {
@@ -59,6 +62,7 @@ impl Outbound {
             sent: 0,
             notes: Vec::new(),
             transcript: call.env.transcript.clone(),
+            pool: pool.clone(),
         }
     }
 
@@ -137,9 +141,21 @@ impl WasiHttpHooks for Outbound {
             between_bytes_timeout: bound(options.between_bytes_timeout),
         };
         let limit = self.max_response_bytes;
+        let pooled = (request.uri().scheme() == Some(&http::uri::Scheme::HTTP))
+            .then(|| (self.pool.clone(), self.handler.clone()));
         Box::new(async move {
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let (response, io): (_, Box<dyn Future<Output = _> + Send>) = match pooled {
+                // The connection's I/O runs in a task of its own.
+                Some((pool, handler)) => (
+                    pool.send(handler, request, options).await?,
+                    Box::new(async { Ok(()) }),
+                ),
+                None => {
+                    let (response, io) =
+                        wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+                    (response.map(|b| b.boxed_unsync()), Box::new(io))
+                }
+            };
             if response
                 .headers()
                 .get(http::header::CONTENT_LENGTH)
@@ -157,7 +173,7 @@ impl WasiHttpHooks for Outbound {
                     })
                     .boxed_unsync()
             });
-            Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
+            Ok((response, io))
         })
     }
 }
