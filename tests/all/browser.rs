@@ -41,7 +41,8 @@ fn dashboard_charts_filters_detail_and_dead_letter_actions() {
             "filters narrowed",
             "detail view showed",
             "retried from the page",
-            "purged from the page"
+            "purged from the page",
+            "redriven by filter"
         ]
         .iter()
         .all(|step| stdout.contains(step)),

@@ -72,6 +72,10 @@ impl Server {
         }
     }
 
+    pub(crate) fn bus(&self) -> &Arc<Bus> {
+        &self.bus
+    }
+
     fn agent() -> ureq::Agent {
         ureq::Agent::config_builder()
             .http_status_as_error(false)

@@ -35,6 +35,7 @@ mod ordering;
 mod outbound;
 mod outcomes;
 mod plan;
+mod redrive;
 mod retention;
 mod schemas;
 mod secure;

@@ -8,7 +8,8 @@
 // 3. the filters narrow the table by project, type and status;
 // 4. the detail view shows payload, headers and every handler run;
 // 5. a dead letter is retried from the page (the token is asked for once),
-//    and another is purged.
+//    and another is purged;
+// 6. a redrive by filter shows its count, then sends back that many.
 import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -161,6 +162,21 @@ try {
   }
   if (!dialogs.includes("confirm")) throw new Error("the purge was not confirmed");
   console.log(`dead letter ${again.id} purged from the page`);
+
+  // 6. Redrive by filter: the count first, then exactly that many.
+  const third = await publish("boom");
+  let fresh;
+  await until("a dead letter to redrive", async () =>
+    (fresh = (await letters()).find((d) => d.event_id === third && d.retried_at === null)));
+  const waiting = (await letters()).filter((d) => d.handler === "trap" && d.retried_at === null).length;
+  await page.fill('#redrive input[name="handler"]', "trap");
+  await page.fill('#redrive input[name="error_contains"]', "TRAP");
+  await page.click("#redrive-count");
+  await page.locator("#redrive-note", { hasText: `${waiting} dead letters match` }).waitFor(T);
+  await page.click("#redrive-go");
+  await page.locator("#redrive-note", { hasText: `${waiting} sent back` }).waitFor(T);
+  await until("the redrive", async () => (await letters()).some((d) => d.id === fresh.id && d.retried_at !== null));
+  console.log(`${waiting} dead letter(s) redriven by filter after a count of ${waiting}`);
 } finally {
   await browser.close();
 }

@@ -13,6 +13,10 @@ pub struct DeadLetterFilter {
     pub event_type: Option<String>,
     /// Only those created at or after this RFC 3339 time.
     pub since: Option<String>,
+    /// Only those created before this RFC 3339 time.
+    pub until: Option<String>,
+    /// Only those whose last error or reason contains this text (any case).
+    pub error_contains: Option<String>,
     /// Include letters already retried.
     pub include_retried: bool,
     pub limit: usize,
@@ -21,8 +25,36 @@ pub struct DeadLetterFilter {
 const COLUMNS: &str = "d.id, d.event_id, d.handler, d.handler_version, d.attempts, d.reason, d.last_error, \
      d.headers, d.created_at, d.retried_at, e.event_type";
 
+/// Times compare as text: every stored time is RFC 3339 UTC with
+/// milliseconds (`now_rfc3339`), and the filter's are written the same way
+/// ([`DeadLetterFilter::time`]).
 const FILTER: &str = "(?1 IS NULL OR d.handler = ?1) AND (?2 IS NULL OR e.event_type = ?2) \
-     AND (?3 IS NULL OR d.created_at >= ?3) AND (?4 OR d.retried_at IS NULL)";
+     AND (?3 IS NULL OR d.created_at >= ?3) AND (?4 OR d.retried_at IS NULL) \
+     AND (?5 IS NULL OR d.created_at < ?5) \
+     AND (?6 IS NULL OR instr(lower(d.last_error), lower(?6)) > 0 OR instr(lower(d.reason), lower(?6)) > 0)";
+
+impl DeadLetterFilter {
+    /// `text` (RFC 3339, UTC, with or without fractions) as the store
+    /// writes times, so that it compares with them as text; `None` when it
+    /// is not such a time.
+    pub fn time(text: &str) -> Option<String> {
+        humantime::parse_rfc3339_weak(text.trim())
+            .ok()
+            .map(|t| humantime::format_rfc3339_millis(t).to_string())
+    }
+
+    /// The filter's parameters ?1 to ?6, in `FILTER`'s order.
+    fn params(&self) -> [&dyn rusqlite::ToSql; 6] {
+        [
+            &self.handler,
+            &self.event_type,
+            &self.since,
+            &self.include_retried,
+            &self.until,
+            &self.error_contains,
+        ]
+    }
+}
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<DeadLetter> {
     Ok(DeadLetter {
@@ -49,11 +81,16 @@ impl Store {
         self.read(|conn| {
             conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM persona_dead_letters d LEFT JOIN persona_events e ON e.seq = d.event_seq \
-                 WHERE {FILTER} ORDER BY d.id DESC LIMIT ?5"
+                 WHERE {FILTER} ORDER BY d.id DESC LIMIT ?7"
             ))
             .op("prepare dead letters")?
             .query_map(
-                params![filter.handler, filter.event_type, filter.since, filter.include_retried, filter.limit.max(1) as i64],
+                rusqlite::params_from_iter(
+                    filter
+                        .params()
+                        .into_iter()
+                        .chain([&(filter.limit.max(1) as i64) as &dyn rusqlite::ToSql]),
+                ),
                 from_row,
             )
             .op("dead letters")?
@@ -163,8 +200,23 @@ impl Store {
                     "DELETE FROM persona_dead_letters WHERE id IN (SELECT d.id FROM persona_dead_letters d \
                      LEFT JOIN persona_events e ON e.seq = d.event_seq WHERE {FILTER})"
                 ),
-                params![filter.handler, filter.event_type, filter.since, filter.include_retried],
+                filter.params().as_slice(),
             )
             .op("purge dead letters")
+    }
+
+    /// How many dead letters match `filter` (its limit aside): what a
+    /// redrive or a purge with it would touch.
+    pub fn count_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(&format!(
+                "SELECT count(*) FROM persona_dead_letters d LEFT JOIN persona_events e ON e.seq = d.event_seq \
+                 WHERE {FILTER}"
+            ))
+            .op("prepare dead letter count")?
+            .query_row(filter.params().as_slice(), |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .op("count dead letters")
+        })
     }
 }

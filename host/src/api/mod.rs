@@ -181,6 +181,14 @@ pub fn router(bus: Arc<Bus>) -> Router {
         .route("/api/personas/dead-letters", get(ops::dead_letters))
         .route("/api/personas/alerts", get(ops::alerts))
         .route(
+            "/api/personas/dead-letters/redrive",
+            post(ops::redrive_dead_letters),
+        )
+        .route(
+            "/api/personas/dead-letters/purge",
+            post(ops::purge_dead_letters),
+        )
+        .route(
             "/api/personas/dead-letters/{id}",
             axum::routing::delete(ops::purge_dead_letter),
         )

@@ -183,6 +183,106 @@ pub struct DlqQuery {
     limit: Option<usize>,
 }
 
+/// Which dead letters a redrive or a purge takes, and whether only to
+/// count them (`dry_run`): the dashboard shows the count before anyone
+/// confirms.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqSelection {
+    handler: Option<String>,
+    event_type: Option<String>,
+    error_contains: Option<String>,
+    /// RFC 3339, UTC.
+    since: Option<String>,
+    until: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+impl DlqSelection {
+    fn filter(self) -> Result<(crate::store::DeadLetterFilter, bool), ApiError> {
+        let time = |name: &str, t: Option<String>| {
+            t.filter(|t| !t.trim().is_empty())
+                .map(|t| {
+                    crate::store::DeadLetterFilter::time(&t).ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "{name} {t:?} is not an RFC 3339 time (UTC, like 2026-12-07T10:00:00Z)"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let text = |t: Option<String>| t.filter(|t| !t.trim().is_empty());
+        Ok((
+            crate::store::DeadLetterFilter {
+                handler: text(self.handler),
+                event_type: text(self.event_type),
+                error_contains: text(self.error_contains),
+                since: time("since", self.since)?,
+                until: time("until", self.until)?,
+                include_retried: false,
+                limit: usize::MAX >> 1,
+            },
+            self.dry_run,
+        ))
+    }
+}
+
+/// Sends every dead letter matching the selection back to its handler
+/// (`dlq retry` with filters); with `dry_run`, only counts them.
+pub async fn redrive_dead_letters(
+    State(api): State<Api>,
+    Json(selection): Json<DlqSelection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (filter, dry_run) = selection.filter()?;
+    let bus = api.bus.clone();
+    blocking(move || {
+        let store = bus.store();
+        if dry_run {
+            let matched = store.count_dead_letters(&filter)?;
+            return Ok(Json(
+                serde_json::json!({ "matched": matched, "dry_run": true }),
+            ));
+        }
+        let letters = store.dead_letters_where(&filter)?;
+        let mut retried = 0u64;
+        for d in &letters {
+            if store.retry_dead_letter(d.id)?.is_some() {
+                retried += 1;
+            }
+        }
+        bus.wake();
+        Ok(Json(
+            serde_json::json!({ "matched": letters.len(), "retried": retried }),
+        ))
+    })
+    .await
+}
+
+/// Deletes every dead letter matching the selection; with `dry_run`, only
+/// counts them.
+pub async fn purge_dead_letters(
+    State(api): State<Api>,
+    Json(selection): Json<DlqSelection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (filter, dry_run) = selection.filter()?;
+    let bus = api.bus.clone();
+    blocking(move || {
+        let store = bus.store();
+        let matched = store.count_dead_letters(&filter)?;
+        if dry_run {
+            return Ok(Json(
+                serde_json::json!({ "matched": matched, "dry_run": true }),
+            ));
+        }
+        let purged = store.purge_dead_letters(&filter)?;
+        Ok(Json(
+            serde_json::json!({ "matched": matched, "purged": purged }),
+        ))
+    })
+    .await
+}
+
 pub async fn dead_letters(
     State(api): State<Api>,
     Query(q): Query<DlqQuery>,

@@ -14,9 +14,15 @@ pub struct DlqFilterArgs {
     /// Only dead events of this type
     #[arg(long)]
     pub event_type: Option<String>,
-    /// Only dead letters created at or after this RFC 3339 time
+    /// Only dead letters created at or after this RFC 3339 time (UTC)
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
+    /// Only dead letters created before this RFC 3339 time (UTC)
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Only dead letters whose last error or reason contains this text (any case)
+    #[arg(long, value_name = "TEXT")]
+    pub error_contains: Option<String>,
     /// Include letters already retried
     #[arg(long)]
     pub include_retried: bool,
@@ -39,14 +45,19 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Send dead letters back to their handler: one by id, or all matching
-    /// the filters with --all
+    /// Send dead letters back to their handler (a redrive): one by id, or
+    /// every one matching the filters (--all for every one at all). Each
+    /// event keeps its history: earlier attempts and errors stay in
+    /// `events show` and `dlq show`
     Retry {
         id: Option<i64>,
         #[arg(long, conflicts_with = "id")]
         all: bool,
         #[command(flatten)]
         filter: DlqFilterArgs,
+        /// Count and list what would be sent back; change nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Delete dead letters matching the filters (all of them with no filter)
     Purge {
@@ -55,18 +66,38 @@ pub enum DlqCommand {
         /// Required: purging cannot be undone
         #[arg(long)]
         yes: bool,
+        /// Count what would be deleted; change nothing
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
-pub(super) fn dlq_filter(f: DlqFilterArgs, limit: usize) -> anyhow::Result<DeadLetterFilter> {
-    if let Some(since) = &f.since {
-        humantime::parse_rfc3339_weak(since)
-            .with_context(|| format!("--since {since:?} is not an RFC 3339 time"))?;
+impl DlqFilterArgs {
+    /// Whether any filter narrows the selection.
+    fn narrows(&self) -> bool {
+        self.handler.is_some()
+            || self.event_type.is_some()
+            || self.since.is_some()
+            || self.until.is_some()
+            || self.error_contains.is_some()
     }
+}
+
+pub(super) fn dlq_filter(f: DlqFilterArgs, limit: usize) -> anyhow::Result<DeadLetterFilter> {
+    let time = |flag: &str, t: Option<String>| -> anyhow::Result<Option<String>> {
+        t.map(|t| {
+            DeadLetterFilter::time(&t).with_context(|| {
+                format!("{flag} {t:?} is not an RFC 3339 time (UTC, like 2026-12-07T10:00:00Z)")
+            })
+        })
+        .transpose()
+    };
     Ok(DeadLetterFilter {
         handler: f.handler,
         event_type: f.event_type,
-        since: f.since,
+        since: time("--since", f.since)?,
+        until: time("--until", f.until)?,
+        error_contains: f.error_contains.filter(|s| !s.is_empty()),
         include_retried: f.include_retried,
         limit,
     })
@@ -142,18 +173,48 @@ pub(super) fn dlq(config: &Config, cmd: DlqCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        DlqCommand::Retry { id, all, filter } => {
-            let ids: Vec<i64> = match (id, all) {
-                (Some(id), _) => vec![id],
-                (None, true) => store
-                    .dead_letters_where(&dlq_filter(filter, usize::MAX >> 1)?)?
-                    .into_iter()
-                    .map(|d| d.id)
-                    .collect(),
-                (None, false) => {
-                    bail!("give a dead letter id, or --all (with filters) to retry every match")
+        DlqCommand::Retry {
+            id,
+            all,
+            filter,
+            dry_run,
+        } => {
+            let ids: Vec<i64> = match id {
+                Some(id) => vec![id],
+                None if all || filter.narrows() => {
+                    let letters =
+                        store.dead_letters_where(&dlq_filter(filter, usize::MAX >> 1)?)?;
+                    if dry_run {
+                        for d in &letters {
+                            println!(
+                                "{:<6} {}  {}@{}  {}  {}",
+                                d.id,
+                                d.created_at,
+                                d.handler,
+                                d.handler_version,
+                                d.event_id,
+                                d.last_error
+                            );
+                        }
+                        println!(
+                            "{} dead letters match; --dry-run: nothing was sent back",
+                            letters.len()
+                        );
+                        return Ok(());
+                    }
+                    letters.into_iter().map(|d| d.id).collect()
                 }
+                None => bail!(
+                    "give a dead letter id, filters (--handler, --error-contains, --since, ...) or --all"
+                ),
             };
+            if dry_run {
+                println!(
+                    "would send back dead letter {}; --dry-run: nothing was sent back",
+                    ids[0]
+                );
+                return Ok(());
+            }
             let mut retried = 0;
             for id in ids {
                 match store.retry_dead_letter(id)? {
@@ -166,11 +227,21 @@ pub(super) fn dlq(config: &Config, cmd: DlqCommand) -> anyhow::Result<()> {
             }
             println!("{retried} dead letters sent back");
         }
-        DlqCommand::Purge { filter, yes } => {
-            if !yes {
-                bail!("purging deletes dead letters for good: add --yes");
+        DlqCommand::Purge {
+            filter,
+            yes,
+            dry_run,
+        } => {
+            let filter = dlq_filter(filter, 0)?;
+            if dry_run {
+                let n = store.count_dead_letters(&filter)?;
+                println!("{n} dead letters match; --dry-run: nothing was deleted");
+                return Ok(());
             }
-            let n = store.purge_dead_letters(&dlq_filter(filter, 0)?)?;
+            if !yes {
+                bail!("purging deletes dead letters for good: add --yes (or --dry-run to count)");
+            }
+            let n = store.purge_dead_letters(&filter)?;
             println!("purged {n} dead letters");
         }
     }
