@@ -18,7 +18,11 @@ fn dashboard_charts_filters_detail_and_dead_letter_actions() {
         guests::TRAP,
         "[[subscriptions]]\nevent_type = \"boom\"\n[retry]\nmax_attempts = 1",
     );
-    let s = Server::start(sb, |c| c.http.token = Some(TOKEN.into()));
+    let s = Server::start(sb, |c| {
+        c.http.token = Some(TOKEN.into());
+        // History samples often enough to fill a chart during the test.
+        c.http.history_sample_ms = 200;
+    });
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/dashboard.mjs");
     let out = Command::new("node")
         .arg(script)
@@ -42,7 +46,8 @@ fn dashboard_charts_filters_detail_and_dead_letter_actions() {
             "detail view showed",
             "retried from the page",
             "purged from the page",
-            "redriven by filter"
+            "redriven by filter",
+            "of history"
         ]
         .iter()
         .all(|step| stdout.contains(step)),

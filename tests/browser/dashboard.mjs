@@ -9,7 +9,8 @@
 // 4. the detail view shows payload, headers and every handler run;
 // 5. a dead letter is retried from the page (the token is asked for once),
 //    and another is purged;
-// 6. a redrive by filter shows its count, then sends back that many.
+// 6. a redrive by filter shows its count, then sends back that many;
+// 7. a page opened later starts with the host's recent past in its charts.
 import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -177,6 +178,17 @@ try {
   await page.locator("#redrive-note", { hasText: `${waiting} sent back` }).waitFor(T);
   await until("the redrive", async () => (await letters()).some((d) => d.id === fresh.id && d.retried_at !== null));
   console.log(`${waiting} dead letter(s) redriven by filter after a count of ${waiting}`);
+
+  // 7. A page opened now starts with the host's recent past: its charts
+  //    have points before a second live sample could have come (2 s).
+  const opened = Date.now();
+  const later = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  await later.goto(base);
+  await later.waitForFunction(() => Number(document.getElementById("c-throughput").dataset.points || 0) >= 4, null, { timeout: 1500 });
+  const early = await later.evaluate(() => Number(document.getElementById("c-throughput").dataset.points));
+  console.log(`a new page opened with ${early} throughput points of history in ${Date.now() - opened} ms`);
+  await later.selectOption("#window", "60");
+  await later.close();
 } finally {
   await browser.close();
 }

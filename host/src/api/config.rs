@@ -18,6 +18,10 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Webhook triggers by id: `[http.webhooks.github] secret = "..."`.
     pub webhooks: std::collections::BTreeMap<String, WebhookTrigger>,
+    /// The dashboard's memory: a sample of its charted series this often...
+    pub history_sample_ms: u64,
+    /// ...kept this long, so a page opens with the recent past.
+    pub history_minutes: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -44,6 +48,8 @@ impl Default for HttpConfig {
             token: None,
             max_body_bytes: 1024 * 1024,
             webhooks: Default::default(),
+            history_sample_ms: 5000,
+            history_minutes: 60,
         }
     }
 }
@@ -57,6 +63,8 @@ impl std::fmt::Debug for HttpConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("max_body_bytes", &self.max_body_bytes)
             .field("webhooks", &self.webhooks.keys().collect::<Vec<_>>())
+            .field("history_sample_ms", &self.history_sample_ms)
+            .field("history_minutes", &self.history_minutes)
             .finish()
     }
 }
@@ -103,6 +111,18 @@ impl HttpConfig {
         }
         if self.max_body_bytes < 1024 {
             return Err(Invalid::new("http.max_body_bytes", "must be at least 1024"));
+        }
+        if self.history_sample_ms < 100 {
+            return Err(Invalid::new(
+                "http.history_sample_ms",
+                "must be at least 100",
+            ));
+        }
+        if self.history_minutes == 0 || self.history_minutes > 24 * 60 {
+            return Err(Invalid::new(
+                "http.history_minutes",
+                "must be 1 to 1440 (a day)",
+            ));
         }
         if self.webhooks.values().any(|w| w.secret.is_empty()) {
             return Err(Invalid::new(

@@ -10,6 +10,7 @@
 
 pub mod config;
 mod events;
+mod history;
 mod ops;
 mod subscriptions;
 mod webhooks;
@@ -27,6 +28,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Api {
     pub bus: Arc<Bus>,
+    /// The dashboard's recent past, sampled in the background.
+    history: Arc<history::History>,
     /// Publishes from requests, gathered into shared transactions.
     ingest: Ingest,
     /// Produces webhooks to the webhooks topic when Kafka is the source.
@@ -153,9 +156,17 @@ pub async fn blocking<T: Send + 'static>(
 pub fn router(bus: Arc<Bus>) -> Router {
     let http = bus.config().http.clone();
     let webhook_producer = webhook_producer(&bus);
+    let history = Arc::new(history::History::new(
+        std::time::Duration::from_millis(http.history_sample_ms),
+        std::time::Duration::from_secs(http.history_minutes * 60),
+    ));
+    // Called from `serve`, on the runtime that serves the routes: the
+    // sampler ends with it.
+    tokio::spawn(history::sample(bus.clone(), history.clone()));
     let api = Api {
         ingest: Ingest::start(bus.clone()),
         bus,
+        history,
         webhook_producer,
     };
     Router::new()
@@ -178,6 +189,7 @@ pub fn router(bus: Arc<Bus>) -> Router {
             put(subscriptions::update).delete(subscriptions::delete),
         )
         .route("/api/personas/handlers", get(ops::handlers))
+        .route("/api/personas/history", get(ops::history))
         .route("/api/personas/dead-letters", get(ops::dead_letters))
         .route("/api/personas/alerts", get(ops::alerts))
         .route(

@@ -3,6 +3,7 @@
 
 use super::events::kafka_health;
 use super::{Api, ApiError, blocking};
+use crate::Bus;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -64,74 +65,139 @@ pub async fn ready(State(api): State<Api>) -> impl IntoResponse {
 /// Prometheus text format.
 pub async fn metrics(State(api): State<Api>) -> Result<impl IntoResponse, ApiError> {
     let bus = api.bus.clone();
-    let text = blocking(move || {
+    let text = blocking(move || metrics_text(&bus)).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
+
+/// The dashboard's recent past (`history`): samples of its charted series.
+pub async fn history(State(api): State<Api>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "every_ms": api.history.every.as_millis() as u64,
+        "samples": api.history.samples(),
+    }))
+}
+
+/// What `/metrics` answers: the host's counters and the figures read now
+/// (dead letters, the outbox, the breaker, consumer lag).
+pub fn metrics_text(bus: &Bus) -> Result<String, ApiError> {
+    {
         let mut extra = String::new();
         let dead = bus.store().dead_letter_count()?;
-        let _ = writeln!(extra, "# HELP persona_bus_dead_letters Dead letters not yet retried.\n# TYPE persona_bus_dead_letters gauge\npersona_bus_dead_letters {dead}");
+        let _ = writeln!(
+            extra,
+            "# HELP persona_bus_dead_letters Dead letters not yet retried.\n# TYPE persona_bus_dead_letters gauge\npersona_bus_dead_letters {dead}"
+        );
         let pending = bus.store().unfinished()?;
-        let _ = writeln!(extra, "# HELP persona_bus_events_unfinished Events pending or processing in SQLite.\n# TYPE persona_bus_events_unfinished gauge\npersona_bus_events_unfinished {pending}");
+        let _ = writeln!(
+            extra,
+            "# HELP persona_bus_events_unfinished Events pending or processing in SQLite.\n# TYPE persona_bus_events_unfinished gauge\npersona_bus_events_unfinished {pending}"
+        );
         let reloads = bus.registry().reloads();
-        let _ = writeln!(extra, "# HELP persona_bus_handler_reloads_total Handler folder reloads (the first load included).\n# TYPE persona_bus_handler_reloads_total counter\npersona_bus_handler_reloads_total {reloads}");
+        let _ = writeln!(
+            extra,
+            "# HELP persona_bus_handler_reloads_total Handler folder reloads (the first load included).\n# TYPE persona_bus_handler_reloads_total counter\npersona_bus_handler_reloads_total {reloads}"
+        );
         let s = bus.source().status();
         let state = match s.breaker {
             crate::breaker::State::Closed => 0,
             crate::breaker::State::Open => 1,
             crate::breaker::State::HalfOpen => 2,
         };
-        let _ = writeln!(extra, "# HELP persona_bus_breaker_state Circuit breaker: 0 closed, 1 open, 2 half-open.\n# TYPE persona_bus_breaker_state gauge\npersona_bus_breaker_state {state}");
+        let _ = writeln!(
+            extra,
+            "# HELP persona_bus_breaker_state Circuit breaker: 0 closed, 1 open, 2 half-open.\n# TYPE persona_bus_breaker_state gauge\npersona_bus_breaker_state {state}"
+        );
         let [closed, open, half] = bus.source().transition_counts();
-        let _ = writeln!(extra, "# HELP persona_bus_breaker_transitions_total Breaker transitions by destination state.\n# TYPE persona_bus_breaker_transitions_total counter");
+        let _ = writeln!(
+            extra,
+            "# HELP persona_bus_breaker_transitions_total Breaker transitions by destination state.\n# TYPE persona_bus_breaker_transitions_total counter"
+        );
         for (to, n) in [("closed", closed), ("open", open), ("half_open", half)] {
-            let _ = writeln!(extra, "persona_bus_breaker_transitions_total{{to=\"{to}\"}} {n}");
+            let _ = writeln!(
+                extra,
+                "persona_bus_breaker_transitions_total{{to=\"{to}\"}} {n}"
+            );
         }
         let _ = writeln!(
             extra,
             "# HELP persona_bus_schema_refusals_total Payloads refused by their schema (publish and consume).\n# TYPE persona_bus_schema_refusals_total counter\npersona_bus_schema_refusals_total {}",
-            bus.schemas().refused.load(std::sync::atomic::Ordering::Relaxed)
+            bus.schemas()
+                .refused
+                .load(std::sync::atomic::Ordering::Relaxed)
         );
         let (outbox, oldest) = bus.store().outbox_depth()?;
-        let _ = writeln!(extra, "# HELP persona_bus_outbox_events Events stored but not yet acknowledged by Kafka.\n# TYPE persona_bus_outbox_events gauge\npersona_bus_outbox_events {outbox}");
-        let _ = writeln!(extra, "# HELP persona_bus_outbox_oldest_age_seconds Age of the oldest event waiting in the outbox (0 when empty).\n# TYPE persona_bus_outbox_oldest_age_seconds gauge\npersona_bus_outbox_oldest_age_seconds {:.3}", oldest.as_secs_f64());
+        let _ = writeln!(
+            extra,
+            "# HELP persona_bus_outbox_events Events stored but not yet acknowledged by Kafka.\n# TYPE persona_bus_outbox_events gauge\npersona_bus_outbox_events {outbox}"
+        );
+        let _ = writeln!(
+            extra,
+            "# HELP persona_bus_outbox_oldest_age_seconds Age of the oldest event waiting in the outbox (0 when empty).\n# TYPE persona_bus_outbox_oldest_age_seconds gauge\npersona_bus_outbox_oldest_age_seconds {:.3}",
+            oldest.as_secs_f64()
+        );
         let k = &bus.config().kafka;
         if k.consuming() {
             // The three groups of the plan: event processor, audit logger,
             // webhook ingester.
-            let (events, actions) = (k.topics.events.name.as_str(), k.topics.actions.name.as_str());
+            let (events, actions) = (
+                k.topics.events.name.as_str(),
+                k.topics.actions.name.as_str(),
+            );
             // The audit logger leaves the partitions this device's processor
             // owns to it (paused), so its lag there counts records it never
             // needs: alert on role!="audit" (deploy/prometheus/alerts.yml).
             let groups = [
                 ("processor", k.consumer_group.clone(), vec![events, actions]),
-                ("audit", crate::source::archive::group_id(k), vec![events, actions, k.topics.executions.name.as_str()]),
-                ("webhooks", k.webhook_group.clone(), vec![k.topics.webhooks.name.as_str()]),
+                (
+                    "audit",
+                    crate::source::archive::group_id(k),
+                    vec![events, actions, k.topics.executions.name.as_str()],
+                ),
+                (
+                    "webhooks",
+                    k.webhook_group.clone(),
+                    vec![k.topics.webhooks.name.as_str()],
+                ),
             ];
             // Sampled: a scrape within FRESH_FOR of the last one is served
             // the same figures without asking the broker.
-            let _ = writeln!(extra, "# HELP persona_bus_consumer_lag Records not yet consumed, per group and partition (read from the broker at most every {} s).\n# TYPE persona_bus_consumer_lag gauge", crate::kafka::lag::FRESH_FOR.as_secs());
+            let _ = writeln!(
+                extra,
+                "# HELP persona_bus_consumer_lag Records not yet consumed, per group and partition (read from the broker at most every {} s).\n# TYPE persona_bus_consumer_lag gauge",
+                crate::kafka::lag::FRESH_FOR.as_secs()
+            );
             for (role, group, topics) in &groups {
-            let lag = bus.lag().read(k, group, topics, std::time::Duration::from_secs(2), crate::kafka::lag::FRESH_FOR);
-            match lag {
-                Ok(view) => {
-                    for p in &view.partitions {
-                        let _ = writeln!(
-                            extra,
-                            "persona_bus_consumer_lag{{role=\"{role}\",group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
-                            crate::metrics::escape(&view.group),
-                            crate::metrics::escape(&p.topic),
-                            p.partition,
-                            p.lag
-                        );
+                let lag = bus.lag().read(
+                    k,
+                    group,
+                    topics,
+                    std::time::Duration::from_secs(2),
+                    crate::kafka::lag::FRESH_FOR,
+                );
+                match lag {
+                    Ok(view) => {
+                        for p in &view.partitions {
+                            let _ = writeln!(
+                                extra,
+                                "persona_bus_consumer_lag{{role=\"{role}\",group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
+                                crate::metrics::escape(&view.group),
+                                crate::metrics::escape(&p.topic),
+                                p.partition,
+                                p.lag
+                            );
+                        }
                     }
+                    Err(e) => tracing::debug!(group, error = %e, "no consumer lag for /metrics"),
                 }
-                Err(e) => tracing::debug!(group, error = %e, "no consumer lag for /metrics"),
-            }
             }
         }
-        let _ = writeln!(extra, "# HELP persona_bus_consumer_lag_reads_total Times a group's lag was read from the broker.\n# TYPE persona_bus_consumer_lag_reads_total counter\npersona_bus_consumer_lag_reads_total {}", bus.lag().reads());
+        let _ = writeln!(
+            extra,
+            "# HELP persona_bus_consumer_lag_reads_total Times a group's lag was read from the broker.\n# TYPE persona_bus_consumer_lag_reads_total counter\npersona_bus_consumer_lag_reads_total {}",
+            bus.lag().reads()
+        );
         Ok(bus.metrics().render(&extra))
-    })
-    .await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+    }
 }
 
 /// Loaded handlers (version, subscriptions, runs and errors) and refused
