@@ -206,6 +206,13 @@ fn runs(store: &Store, id: &str) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// `e` ran once on `batch`, on its first attempt, and committed once.
+fn completed_once(store: &Store, e: &Event) {
+    let what = &e.payload;
+    assert_eq!(runs(store, &e.id), [(1, "completed".to_owned())], "{what}");
+    assert_eq!(number(store, "batch", &format!("n:{}", e.id)), 1, "{what}");
+}
+
 #[test]
 fn one_event_rejects_and_one_retries_the_rest_of_the_batch_commits_once() {
     let mut events: Vec<NewEvent> = (1..=8)
@@ -235,13 +242,7 @@ fn one_event_rejects_and_one_retries_the_rest_of_the_batch_commits_once() {
         .iter()
         .filter(|e| e.id != rejected.id && e.id != retried.id)
     {
-        assert_eq!(
-            runs(&store, &e.id),
-            [(1, "completed".to_owned())],
-            "{}",
-            e.payload
-        );
-        assert_eq!(number(&store, "batch", &format!("n:{}", e.id)), 1);
+        completed_once(&store, e);
     }
     // The rejected one is dead-lettered, nothing of it committed.
     assert_eq!(
@@ -324,12 +325,7 @@ fn a_batch_call_that_traps_runs_its_events_alone_and_only_the_culprit_is_charged
     assert_eq!(culprit_runs[0], (1, "trap".to_owned()));
     assert_eq!(culprit_runs[1], (2, "completed".to_owned()));
     for e in published.iter().filter(|e| e.id != culprit.id) {
-        assert_eq!(
-            runs(&store, &e.id),
-            [(1, "completed".to_owned())],
-            "{}",
-            e.payload
-        );
+        completed_once(&store, e);
     }
     for e in &published {
         assert_eq!(number(&store, "batch", &format!("n:{}", e.id)), 1);
@@ -364,13 +360,7 @@ fn a_batch_call_that_times_out_runs_its_events_alone_under_their_own_deadline() 
     let outcomes: Vec<String> = runs(&store, &sleeper.id).into_iter().map(|r| r.1).collect();
     assert_eq!(outcomes, ["timeout", "timeout"]);
     for e in published.iter().filter(|e| e.id != sleeper.id) {
-        assert_eq!(
-            runs(&store, &e.id),
-            [(1, "completed".to_owned())],
-            "{}",
-            e.payload
-        );
-        assert_eq!(number(&store, "batch", &format!("n:{}", e.id)), 1);
+        completed_once(&store, e);
     }
     assert_eq!(
         text(&store, "batch", "seen:a").as_deref(),
