@@ -389,3 +389,58 @@ fn a_manifest_asking_for_batches_of_a_component_without_them_is_refused() {
     );
     bus.shutdown();
 }
+
+/// In a batch call, each event's outbound requests carry its own
+/// idempotency keys (derived from its id, counted from 0), so a receiver
+/// sees the same keys when the event runs again alone.
+#[test]
+fn each_event_of_a_batch_sends_its_own_idempotency_keys() {
+    let service = persona_bus_tests::service::SlowService::start(Duration::from_millis(1));
+    let sb = Sandbox::new();
+    sb.install(
+        "batch",
+        guests::BATCH,
+        &format!(
+            "allowed_outbound_hosts = [\"http://127.0.0.1:*\"]\n\
+             [[subscriptions]]\nevent_type = \"b\"\n[batch]\nmax_events = 8\n\
+             [config]\nurl = \"{}\"\n",
+            service.url()
+        ),
+    );
+    let events = sb.root.path().join("events.jsonl");
+    let lines: String = (1..=3)
+        .map(|seq| {
+            format!(
+                "{{\"event_type\": \"b\", \"source_type\": \"system\", \"payload\": {{\"key\": \"a\", \"seq\": {seq}}}}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(&events, lines).unwrap();
+    let manifest = sb.handlers_dir().join("batch.toml");
+    let (ok, out, err) = crate::cli(
+        &sb,
+        &[
+            "handlers",
+            "test",
+            manifest.to_str().unwrap(),
+            "--event",
+            events.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("one handle-batch call on 3 events"), "{out}");
+    let ids: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("event "))
+        .filter_map(|l| l.rsplit(' ').next())
+        .collect();
+    assert_eq!(ids.len(), 3, "{out}");
+    for id in ids {
+        let key = persona_bus::runtime::outbound::idempotency_key(id, "batch", 0);
+        assert!(
+            out.contains(&format!("(idempotency-key {key})")),
+            "{id}: {out}"
+        );
+    }
+    assert_eq!(service.requests(), 3);
+}

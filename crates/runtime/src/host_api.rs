@@ -439,6 +439,9 @@ impl crate::bindings::v2::persona::bus::batch::Host for HostState {
             None
         };
         let next = self.call.advance(note);
+        if let Some(b) = &next {
+            self.outbound.next_event(&b.event.id);
+        }
         Ok(next.map(|b| super::to_wit_owned(&b.event, &b.origin, b.attempt)))
     }
 }

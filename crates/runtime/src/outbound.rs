@@ -72,6 +72,16 @@ impl Outbound {
         }
     }
 
+    /// The next event of a batch call: its requests carry keys derived
+    /// from its own id, counted from 0, and count against its own
+    /// `limits.http_requests`, so the keys are those it sends when it runs
+    /// alone (a retry, or after the batch call failed).
+    pub(crate) fn next_event(&mut self, event_id: &str) {
+        self.event_id.clear();
+        self.event_id.push_str(event_id);
+        self.sent = 0;
+    }
+
     /// The notes of this call, joined (none when there were none).
     pub fn take_note(&mut self) -> Option<String> {
         (!self.notes.is_empty()).then(|| std::mem::take(&mut self.notes).join("; "))

@@ -20,10 +20,17 @@
 //! - `sleep:<ms>`: sleeps that long first;
 //! - `peek:<key>`: also keeps what it read of `last:<key>` in
 //!   `peeked:<id>` (`none` when unset).
+//!
+//! Config `url`: first a GET to that URL per event (its idempotency key is
+//! the event's own, in a batch as alone).
 wit_bindgen::generate!({ path: "../../../wit", world: "batch-handler" });
 
 use persona::bus::batch::next;
+use persona::bus::host::config;
 use persona::bus::state::{get, increment, set};
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{ErrorCode, Fields, Method, OutgoingRequest, Scheme};
+use wasip2::io::streams::StreamError;
 
 struct Batch;
 
@@ -40,7 +47,53 @@ fn retry(e: impl std::fmt::Debug) -> HandlerError {
     HandlerError::Retry(format!("{e:?}"))
 }
 
+/// A GET of `http://authority/path`; the status.
+fn fetch(url: &str) -> Result<u16, ErrorCode> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or(ErrorCode::HttpRequestUriInvalid)?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let req = OutgoingRequest::new(Fields::new());
+    let bad = |_| ErrorCode::HttpRequestUriInvalid;
+    req.set_method(&Method::Get).map_err(bad)?;
+    req.set_scheme(Some(&Scheme::Http)).map_err(bad)?;
+    req.set_authority(Some(authority)).map_err(bad)?;
+    req.set_path_with_query(Some(if path.is_empty() { "/" } else { path }))
+        .map_err(bad)?;
+    let pending = outgoing_handler::handle(req, None)?;
+    pending.subscribe().block();
+    let response = pending
+        .get()
+        .ok_or(ErrorCode::HttpResponseIncomplete)?
+        .map_err(|()| ErrorCode::HttpResponseIncomplete)??;
+    let status = response.status();
+    let body = response
+        .consume()
+        .map_err(|()| ErrorCode::HttpResponseIncomplete)?;
+    let stream = body
+        .stream()
+        .map_err(|()| ErrorCode::HttpResponseIncomplete)?;
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(_) => {}
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(_)) => {
+                return Err(ErrorCode::HttpResponseIncomplete);
+            }
+        }
+    }
+    Ok(status)
+}
+
 fn one(event: &Event) -> Result<(), HandlerError> {
+    if let Some(url) = config("url") {
+        let status = fetch(&url).map_err(retry)?;
+        if status != 200 {
+            return Err(HandlerError::Retry(format!(
+                "the service answered {status}"
+            )));
+        }
+    }
     let key = field(&event.payload, "key").unwrap_or("").to_owned();
     let seq: u64 = field(&event.payload, "seq")
         .and_then(|v| v.parse().ok())
