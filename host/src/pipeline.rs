@@ -219,6 +219,14 @@ struct State {
 }
 
 impl State {
+    /// The queue of lane `id`, while its lane task runs.
+    fn queue(&mut self, id: &LaneId) -> Option<&mut VecDeque<Job>> {
+        match id {
+            LaneId::Project(p) => self.lanes.get_mut(p),
+            LaneId::Key(k) => self.key_lanes.get_mut(k),
+        }
+    }
+
     /// Puts `delivery` on the books, in flight until committed; its ticket.
     fn admit(&mut self, delivery: &Delivery, sink: &Arc<dyn Sink>) -> u64 {
         let ticket = self.next_ticket;
@@ -424,11 +432,7 @@ impl Pipeline {
                     t.successors.push(ticket);
                     waiting += 1;
                 }
-                let queue = match &lane {
-                    LaneId::Project(p) => state.lanes.get_mut(p),
-                    LaneId::Key(k) => state.key_lanes.get_mut(k),
-                };
-                match queue {
+                match state.queue(&lane) {
                     Some(queue) => queue.push_back(Job::Part(job)),
                     None => {
                         let queue = VecDeque::from([Job::Part(job)]);
@@ -551,11 +555,7 @@ impl Pipeline {
     /// `jobs`; false if it held nothing.
     fn take_queued(&self, id: &LaneId, jobs: &mut VecDeque<Job>) -> bool {
         let mut state = self.state.locked();
-        let queue = match id {
-            LaneId::Project(p) => state.lanes.get_mut(p),
-            LaneId::Key(k) => state.key_lanes.get_mut(k),
-        };
-        match queue {
+        match state.queue(id) {
             Some(queue) if !queue.is_empty() => {
                 jobs.extend(queue.drain(..));
                 true
@@ -803,11 +803,7 @@ async fn lane(pipeline: Arc<Pipeline>, id: LaneId) {
     loop {
         {
             let mut state = pipeline.state.locked();
-            let queue = match &id {
-                LaneId::Project(p) => state.lanes.get_mut(p),
-                LaneId::Key(k) => state.key_lanes.get_mut(k),
-            };
-            match queue {
+            match state.queue(&id) {
                 Some(queue) if !queue.is_empty() => std::mem::swap(queue, &mut jobs),
                 _ => {
                     match &id {

@@ -162,15 +162,14 @@ impl Call {
     /// its own from now on; its writes stay readable by the next events)
     /// and makes the next one current, with fresh per-event limits.
     pub(crate) fn advance(&mut self, note: Option<String>) -> Option<BatchEvent> {
-        let batch = self.batch.as_mut()?;
-        if batch.taken > 0 {
-            let mut effects = std::mem::take(&mut self.effects);
-            effects.view = self.written.drain().collect();
+        if self.batch.as_ref()?.taken > 0 {
+            let effects = self.take_effects();
             for (key, value) in &effects.view {
                 self.earlier.insert(key.clone(), value.clone());
             }
-            batch.done.push((effects, note));
+            self.batch.as_mut()?.done.push((effects, note));
         }
+        let batch = self.batch.as_mut()?;
         let next = batch.events.get(batch.taken)?.clone();
         batch.taken += 1;
         batch
@@ -187,15 +186,19 @@ impl Call {
     /// The end of a batch call that returned: closes the event in progress;
     /// each taken event's effects and note, in the order taken.
     pub(crate) fn finish_batch(&mut self, note: Option<String>) -> Vec<(Effects, Option<String>)> {
-        let Some(batch) = self.batch.as_mut() else {
+        let Some(batch) = self.batch.as_ref() else {
             return Vec::new();
         };
         if batch.taken > batch.done.len() {
-            let mut effects = std::mem::take(&mut self.effects);
-            effects.view = self.written.drain().collect();
-            batch.done.push((effects, note));
+            let effects = self.take_effects();
+            if let Some(batch) = self.batch.as_mut() {
+                batch.done.push((effects, note));
+            }
         }
-        std::mem::take(&mut batch.done)
+        self.batch
+            .as_mut()
+            .map(|b| std::mem::take(&mut b.done))
+            .unwrap_or_default()
     }
 
     /// Events a batch call has taken so far.
