@@ -136,13 +136,14 @@ impl Bus {
             overlay: Default::default(),
             transcript: None,
         });
-        let dispatcher = Arc::new(Dispatcher::new(
-            runtime,
-            store.clone(),
-            registry,
-            env,
-            traces.clone(),
-        ));
+        let dispatcher = Arc::new(
+            Dispatcher::new(runtime, store.clone(), registry, env, traces.clone()).map_err(
+                |source| BusError::Io {
+                    what: "start the shadow runner".into(),
+                    source,
+                },
+            )?,
+        );
         let pipeline = Pipeline::start(
             dispatcher,
             config.workers(),
@@ -349,6 +350,11 @@ impl Bus {
 
     pub fn registry(&self) -> &Arc<Registry> {
         self.pipeline.dispatcher().registry()
+    }
+
+    /// Shadows and canaries: their counters.
+    pub(crate) fn rollouts(&self) -> &crate::candidates::Rollouts {
+        self.pipeline.dispatcher().rollouts()
     }
 
     /// Handler calls running now. An event's status says less: it is

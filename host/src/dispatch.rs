@@ -5,6 +5,9 @@
 //! ([`crate::pipeline`]): it calls [`Dispatcher::resolve`] from a project's
 //! lane, one event at a time.
 
+use crate::candidates::Rollouts;
+use crate::candidates::canary::CanaryWatch;
+use crate::candidates::shadow::Shadows;
 use crate::event::{Event, now_millis};
 use crate::manifest::OrderBy;
 use crate::outcome::RunOutcome;
@@ -28,6 +31,8 @@ pub struct Dispatcher {
     /// Spans of dispatches and handler calls (a no-op when tracing is off).
     traces: Arc<Traces>,
     native: std::sync::RwLock<Option<NativeHandler>>,
+    /// Shadows and canaries of the handlers (see [`crate::candidates`]).
+    rollouts: Rollouts,
 }
 
 /// A native Rust function called instead of every handler's WebAssembly
@@ -61,15 +66,25 @@ impl Dispatcher {
         registry: Arc<Registry>,
         env: Arc<CallEnv>,
         traces: Arc<Traces>,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<Self> {
+        let rollouts = Rollouts {
+            shadows: Shadows::start(runtime.clone(), store.clone(), &env)?,
+            canaries: CanaryWatch::new(store.clone()),
+        };
+        Ok(Self {
             runtime,
             store,
             registry,
             env,
             traces,
             native: std::sync::RwLock::new(None),
-        }
+            rollouts,
+        })
+    }
+
+    /// Shadows and canaries (their counters, for `/metrics`).
+    pub fn rollouts(&self) -> &Rollouts {
+        &self.rollouts
     }
 
     /// Calls `f` instead of the handlers' components from now on (None:
@@ -147,11 +162,16 @@ impl Dispatcher {
         }
         let snapshot = self.registry.snapshot();
         let mut earlier = Vec::new();
+        let canaries = !snapshot.candidates.is_empty();
         let subscribers = snapshot
             .matcher
             .subscribers(event)
             .into_iter()
-            .filter_map(|name| snapshot.handlers.get(&name).cloned())
+            .filter_map(|name| snapshot.handlers.get(&name))
+            .map(|h| match canaries {
+                true => snapshot.version_for(h, &event.project_id).clone(),
+                false => h.clone(),
+            })
             .filter(|h| match done.iter().find(|(name, _)| **name == *h.name) {
                 Some((_, outcome)) => {
                     earlier.push(outcome.clone());
@@ -274,6 +294,15 @@ impl Dispatcher {
                 }
             }
         }
+        if self.registry.has_candidates() {
+            let snapshot = self.registry.snapshot();
+            for (run, (event, origin, _)) in settled.iter().zip(events) {
+                if let Some(run) = run {
+                    self.rollouts
+                        .after_run(&snapshot, handler, event, origin, run);
+                }
+            }
+        }
         settled.resize_with(events.len(), || None);
         settled
     }
@@ -291,7 +320,15 @@ impl Dispatcher {
         let native = self.native.read_locked().clone();
         let attempt = event.retry_count + 1;
         let mut runs = Vec::with_capacity(handlers.len());
+        let candidates = self
+            .registry
+            .has_candidates()
+            .then(|| self.registry.snapshot());
         for handler in handlers {
+            let mut target = handler.handle_ref();
+            target.capture_reads = candidates
+                .as_ref()
+                .is_some_and(|s| s.shadow_of(&handler.name).is_some());
             let started = std::time::SystemTime::now();
             let clock = std::time::Instant::now();
             // A panic in host code during the call (a host import, the
@@ -299,14 +336,10 @@ impl Dispatcher {
             // lane and leaving the event in flight.
             let inv = match &native {
                 None => {
-                    let call = std::pin::pin!(self.runtime.invoke(
-                        handler.handle_ref(),
-                        event,
-                        unit,
-                        origin,
-                        attempt,
-                        &self.env,
-                    ));
+                    let call = std::pin::pin!(
+                        self.runtime
+                            .invoke(target, event, unit, origin, attempt, &self.env,)
+                    );
                     CatchPanic(call).await
                 }
                 Some(f) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -315,7 +348,12 @@ impl Dispatcher {
                 .map_err(panic_message),
             }
             .unwrap_or_else(|message| panicked(message, started, clock));
-            runs.push(self.run_of(handler, event, attempt, inv, trace, started));
+            let run = self.run_of(handler, event, attempt, inv, trace, started);
+            if let Some(snapshot) = &candidates {
+                self.rollouts
+                    .after_run(snapshot, handler, event, origin, &run);
+            }
+            runs.push(run);
         }
         runs
     }

@@ -19,7 +19,8 @@
 //! | [`schemas`] | payload schemas: checks at every entry, the registry, the wire codec |
 //! | [`kafka`] | the Kafka client: settings, topics, wire format, consumer-group machinery, lag, admin |
 //! | [`registry`] | loading handlers from the handlers folder, hot reload |
-//! | `dispatch`, `pipeline`, `call_host` | running the matching handlers on one event; per-project lanes to the committer; what a call may ask of the host |
+//! | `candidates` | shadow and canary versions beside the live one: the shadow runner, the canary watch |
+//! | `dispatch`, `pipeline`, `call_host`, [`replay`] | running the matching handlers on one event; per-project lanes to the committer; what a call may ask of the host; one handler replayed over past events |
 //! | `switch`, `context` | who is in charge (SQLite or Kafka); what the running parts share |
 //! | `source`, `outbox`, [`retention`], [`alerts`] | the sources behind one `Source` trait (SQLite poller, Kafka groups); the relay to Kafka; pruning; the host's own alerts |
 //! | [`bus`] | all of the above wired together, started and stopped by one supervisor |
@@ -30,6 +31,7 @@ pub mod api;
 mod breaker;
 pub mod bus;
 mod call_host;
+mod candidates;
 pub mod config;
 mod context;
 mod dispatch;
@@ -39,6 +41,7 @@ mod metrics;
 mod outbox;
 mod pipeline;
 pub mod registry;
+pub mod replay;
 pub mod retention;
 pub mod schemas;
 mod signature;
@@ -50,7 +53,7 @@ mod wakeup;
 
 // The layers below the host, under the names the host's modules use.
 use persona_bus_model::fast_map;
-pub use persona_bus_model::{event, manifest, matching, outcome, sync};
+pub use persona_bus_model::{event, manifest, matching, outcome, rollout, sync};
 pub use persona_bus_runtime as runtime;
 pub use persona_bus_store as store;
 

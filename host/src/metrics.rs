@@ -69,9 +69,9 @@ impl Histogram {
 }
 
 struct PerHandler {
-    /// (handler, outcome label) -> runs. Keys share the handler's name
-    /// (`Arc`): counting a run allocates nothing.
-    runs: BTreeMap<(Arc<str>, &'static str), u64>,
+    /// (handler, version, outcome label) -> runs. Keys share the
+    /// handler's name and version (`Arc`): counting a run allocates nothing.
+    runs: BTreeMap<(Arc<str>, Arc<str>, &'static str), u64>,
     latency: BTreeMap<Arc<str>, Histogram>,
     /// Events handed to each call: its count is calls, its sum events.
     per_call: BTreeMap<Arc<str>, Histogram>,
@@ -137,7 +137,11 @@ impl Metrics {
             }
             for run in &r.runs {
                 *per.runs
-                    .entry((run.handler.clone(), run.outcome.label()))
+                    .entry((
+                        run.handler.clone(),
+                        run.version.clone(),
+                        run.outcome.label(),
+                    ))
                     .or_default() += 1;
                 per.latency
                     .entry(run.handler.clone())
@@ -171,7 +175,7 @@ impl Metrics {
     pub fn handler_runs(&self) -> BTreeMap<String, (u64, u64)> {
         let per = self.handlers.locked();
         let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for ((h, outcome), n) in &per.runs {
+        for ((h, _, outcome), n) in &per.runs {
             let e = out.entry(h.to_string()).or_default();
             e.0 += n;
             if *outcome != "completed" {
@@ -259,11 +263,27 @@ impl Metrics {
             s,
             "# HELP persona_bus_handler_runs_total Handler runs by outcome (errors by kind: trap, timeout, ...).\n# TYPE persona_bus_handler_runs_total counter"
         );
-        for ((h, outcome), n) in &per.runs {
+        let mut by_handler: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for ((h, _, outcome), n) in &per.runs {
+            *by_handler.entry((h, outcome)).or_default() += n;
+        }
+        for ((h, outcome), n) in by_handler {
             let _ = writeln!(
                 s,
                 "persona_bus_handler_runs_total{{handler=\"{}\",outcome=\"{outcome}\"}} {n}",
                 escape(h)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP persona_bus_handler_version_runs_total Handler runs by version and outcome: a canary beside its live version.\n# TYPE persona_bus_handler_version_runs_total counter"
+        );
+        for ((h, version, outcome), n) in &per.runs {
+            let _ = writeln!(
+                s,
+                "persona_bus_handler_version_runs_total{{handler=\"{}\",version=\"{}\",outcome=\"{outcome}\"}} {n}",
+                escape(h),
+                escape(version)
             );
         }
         let _ = writeln!(

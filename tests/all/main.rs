@@ -37,6 +37,7 @@ mod outcomes;
 mod plan;
 mod redrive;
 mod retention;
+mod rollout;
 mod schemas;
 mod secure;
 mod traces;

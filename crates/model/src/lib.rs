@@ -7,7 +7,9 @@
 //! | [`event`]    | the event, its status, input validation, schema refusals |
 //! | [`matching`] | subscriptions and which of them want an event |
 //! | [`manifest`] | handler manifests (`name.toml`), retry policy |
+//! | [`rollout`]    | `[rollout]`: shadow and canary versions of a handler |
 //! | [`secrets`]  | where a manifest's secret values come from |
+//! | [`outbound`]   | where a handler's outbound HTTP may go |
 //! | [`outcome`]  | what a handler run produced and what happens next |
 //! | [`limits`]   | `[limits]`: the ceilings on events and handlers |
 //! | [`alert`]    | an alert of the host's own rules |
@@ -22,7 +24,9 @@ pub mod fast_map;
 pub mod limits;
 pub mod manifest;
 pub mod matching;
+pub mod outbound;
 pub mod outcome;
+pub mod rollout;
 pub mod secrets;
 pub mod settings;
 pub mod sync;

@@ -6,6 +6,8 @@
 
 use crate::limits::HostLimits;
 use crate::matching::SourceFilter;
+/// Where outbound HTTP may go; its own module so `rollout` can name it.
+pub use crate::outbound::OutboundRule;
 use crate::text::line_of;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -38,6 +40,9 @@ struct RawManifest {
     ordering: RawOrdering,
     #[serde(default)]
     batch: Option<RawBatch>,
+    /// A shadow or canary of the live handler of this name.
+    #[serde(default)]
+    rollout: Option<crate::rollout::RawRollout>,
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
     /// Destinations outbound HTTP may reach (deny by default):
@@ -344,91 +349,13 @@ pub struct Manifest {
     pub ordering: OrderBy,
     /// Events per call (`[batch]`); None: one, through `handle`.
     pub batch: Option<Batching>,
+    /// Set when this is a candidate version (`[rollout]`), not the live one.
+    pub rollout: Option<crate::rollout::Rollout>,
     pub config: BTreeMap<String, String>,
     /// Where outbound HTTP may go; empty: nowhere.
     pub allowed_outbound_hosts: Arc<[OutboundRule]>,
     /// Read by the guest through `config(name)`; scrubbed from its output.
     pub secrets: Arc<crate::secrets::Secrets>,
-}
-
-/// One `allowed_outbound_hosts` entry: `scheme://host[:port]`, where the
-/// scheme may be `*`, the host `*` or `*.domain`, and the port `*` (no
-/// port: the scheme's default).
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutboundRule {
-    scheme: String,
-    host: String,
-    port: Option<u16>,
-    any_port: bool,
-}
-
-impl OutboundRule {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (scheme, rest) = text
-            .split_once("://")
-            .ok_or_else(|| format!("{text:?} needs a scheme: https://host, http://host:port"))?;
-        if !matches!(scheme, "http" | "https" | "*") {
-            return Err(format!("{text:?}: the scheme must be http, https or *"));
-        }
-        let rest = rest.trim_end_matches('/');
-        if rest.contains('/') {
-            return Err(format!("{text:?}: a destination has no path"));
-        }
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (rest, None),
-        };
-        if host.is_empty() {
-            return Err(format!("{text:?} has no host"));
-        }
-        let (port, any_port) = match port {
-            None => (None, false),
-            Some("*") => (None, true),
-            Some(p) => (
-                Some(
-                    p.parse()
-                        .map_err(|_| format!("{text:?}: {p:?} is not a port"))?,
-                ),
-                false,
-            ),
-        };
-        Ok(Self {
-            scheme: scheme.into(),
-            host: host.to_ascii_lowercase(),
-            port,
-            any_port,
-        })
-    }
-
-    /// Whether a request to `uri` may go.
-    pub fn allows(&self, uri: &http::Uri) -> bool {
-        let scheme = uri.scheme_str().unwrap_or("https");
-        let Some(host) = uri.host() else { return false };
-        let host = host.to_ascii_lowercase();
-        let default = if scheme == "http" { 80 } else { 443 };
-        let port = uri.port_u16().unwrap_or(default);
-        let scheme_ok = self.scheme == "*" || self.scheme == scheme;
-        let host_ok = self.host == "*"
-            || self.host == host
-            || self
-                .host
-                .strip_prefix("*.")
-                .is_some_and(|d| host.ends_with(&format!(".{d}")));
-        let port_ok = self.any_port
-            || match self.port {
-                Some(p) => p == port,
-                None => {
-                    port == if self.scheme == "http" {
-                        80
-                    } else if self.scheme == "https" {
-                        443
-                    } else {
-                        default
-                    }
-                }
-            };
-        scheme_ok && host_ok && port_ok
-    }
 }
 
 /// A manifest that cannot be loaded; always names the file.
@@ -676,9 +603,22 @@ impl Manifest {
                 format!("{name:?} is both a config key and a secret"),
             ));
         }
+        let rollout = raw
+            .rollout
+            .map(|r| r.resolve())
+            .transpose()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        // A candidate's component is never the live one's by default.
+        let default_stem = match &rollout {
+            Some(_) => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| raw.name.clone()),
+            None => raw.name.clone(),
+        };
         let component = dir.join(
             raw.component
-                .unwrap_or_else(|| PathBuf::from(format!("{}.wasm", raw.name))),
+                .unwrap_or_else(|| PathBuf::from(format!("{default_stem}.wasm"))),
         );
         Ok(Self {
             name: raw.name,
@@ -693,6 +633,7 @@ impl Manifest {
             instances,
             ordering,
             batch,
+            rollout,
             config,
             allowed_outbound_hosts: raw
                 .allowed_outbound_hosts

@@ -30,6 +30,11 @@ pub struct Effects {
     /// the state overlay (`runtime::StateOverlay`); taken by the lane
     /// before the outcome is committed, so never stored.
     pub view: Vec<(String, Option<Vec<u8>>)>,
+    /// The first value the call read of each key it did not write first
+    /// (from the overlay or the store), whatever the outcome: what a
+    /// shadow version is given to read for the same event. Recorded only
+    /// for a handler with a shadow (`HandlerRef::capture_reads`).
+    pub reads: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// Why an attempt failed without the handler saying so.

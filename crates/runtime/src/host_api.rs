@@ -43,6 +43,9 @@ pub(crate) struct Call {
     earlier: persona_bus_model::fast_map::FastMap<String, Option<Vec<u8>>>,
     /// The events of a batch call and where the cursor is; None for `handle`.
     pub(crate) batch: Option<Batch>,
+    /// What the call read from outside itself, when asked to record it
+    /// (see `Effects::reads`).
+    pub(crate) reads: Option<Vec<(String, Option<Vec<u8>>)>>,
     pub(crate) log_lines: u32,
     /// Bytes published and written to state in this call so far.
     pub(crate) output_bytes: usize,
@@ -74,6 +77,7 @@ impl Call {
             written: Default::default(),
             earlier: Default::default(),
             batch: None,
+            reads: None,
             log_lines: 0,
             output_bytes: 0,
             note: None,
@@ -104,30 +108,40 @@ impl Call {
     /// The value of `key` as this call sees it: its own writes, else what
     /// earlier completed calls of its unit wrote and is not committed yet
     /// (the overlay), else the committed value.
-    fn current(&self, key: &str) -> wasmtime::Result<Option<Vec<u8>>> {
+    fn current(&mut self, key: &str) -> wasmtime::Result<Option<Vec<u8>>> {
         if let Some(v) = self.written.get(key) {
             return Ok(v.clone());
         }
         if let Some(v) = self.earlier.get(key) {
             return Ok(v.clone());
         }
-        if let Some(v) = self.env.overlay.get(
+        let value = match self.env.overlay.get(
             &self.handler,
             self.unit.as_deref().unwrap_or(&self.project_id),
             key,
         ) {
-            return Ok(v);
+            Some(v) => v,
+            None => self
+                .env
+                .host
+                .state_get(&self.handler, key)
+                .map_err(|e| wasmtime::Error::msg(format!("state read failed: {e}")))?,
+        };
+        if let Some(reads) = &mut self.reads
+            && !reads.iter().any(|(k, _)| k == key)
+        {
+            reads.push((key.to_owned(), value.clone()));
         }
-        self.env
-            .host
-            .state_get(&self.handler, key)
-            .map_err(|e| wasmtime::Error::msg(format!("state read failed: {e}")))
+        Ok(value)
     }
 
     /// What the call did, with its view of the keys it wrote.
     pub(crate) fn take_effects(&mut self) -> Effects {
         let mut effects = std::mem::take(&mut self.effects);
         effects.view = self.written.drain().collect();
+        if let Some(reads) = &mut self.reads {
+            effects.reads = std::mem::take(reads);
+        }
         effects
     }
 

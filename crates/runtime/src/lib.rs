@@ -186,6 +186,9 @@ pub struct HandlerRef<'a> {
     pub manifest: &'a Manifest,
     pub config: &'a Arc<BTreeMap<String, String>>,
     pub prepared: &'a Prepared,
+    /// Record what a `handle` call reads (`Effects::reads`): set for a
+    /// handler with a shadow.
+    pub capture_reads: bool,
 }
 
 /// The result of one `handle` call.
@@ -409,13 +412,16 @@ impl Runtime {
                 note: None,
             };
         }
-        let call = host_api::Call::new(
+        let mut call = host_api::Call::new(
             h.name,
             (h.config, &h.manifest.secrets),
             limits,
             (event, unit),
             env,
         );
+        if h.capture_reads {
+            call.reads = Some(Vec::new());
+        }
         let headers: Vec<(&str, &str)> = event
             .headers
             .iter()
@@ -432,7 +438,10 @@ impl Runtime {
         let effects = if outcome == RunOutcome::Completed {
             ended.effects
         } else {
-            Effects::default()
+            Effects {
+                reads: ended.effects.reads,
+                ..Effects::default()
+            }
         };
         Invocation {
             outcome: scrub(outcome, secrets),

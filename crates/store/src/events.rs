@@ -218,6 +218,24 @@ pub(crate) fn upsert_final(
     insert_row(conn, ids, e, Some("remote"), &fin)
 }
 
+/// Stores an event a replay read from Kafka that this device never stored
+/// (`remote`, and `skipped`: the other handlers do not run it). Its seq.
+pub(crate) fn insert_replayed(
+    conn: &Connection,
+    ids: &mut TxIds<'_>,
+    e: &Event,
+    now: &str,
+) -> Result<i64, StoreError> {
+    let fin = Initial {
+        status: "skipped",
+        error: Some("stored by a replay of one handler"),
+        processed_at: Some(now),
+        claimed_at: None,
+        claims: 0,
+    };
+    insert_row(conn, ids, e, Some("remote"), &fin)
+}
+
 /// Sets an event's final state (its row is `seq`).
 pub(crate) fn finish_event(
     conn: &Connection,

@@ -36,6 +36,22 @@ impl Store {
         Ok(())
     }
 
+    /// Sets one handler's status and error, leaving the rest of its row.
+    pub fn set_handler_status(
+        &self,
+        name: &str,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.writer()
+            .execute(
+                "UPDATE persona_handlers SET status = ?2, error = ?3, updated_at = ?4 WHERE name = ?1",
+                params![name, status, error, now_rfc3339()],
+            )
+            .op("set handler status")?;
+        Ok(())
+    }
+
     /// Marks every handler not in `present` as removed.
     pub fn mark_removed_except(&self, present: &[String]) -> Result<Vec<String>, StoreError> {
         let all = self.handler_records()?;

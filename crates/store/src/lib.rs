@@ -15,7 +15,9 @@ mod ids;
 mod outbox;
 mod outcomes;
 mod remote;
+mod replays;
 mod retention;
+mod rollouts;
 mod room;
 mod schema;
 mod state;
@@ -31,7 +33,9 @@ pub use handlers::HandlerRecord;
 pub use ids::ID_TAIL;
 pub use outcomes::{Committed, DeadLetter, Execution};
 pub use remote::RemoteOutcome;
+pub use replays::{Replay, ReplayRange};
 pub use retention::{Horizons, Pass, Pruned, RetentionConfig, StoreSize};
+pub use rollouts::{ShadowDiff, ShadowTally};
 pub use subscriptions::NewSubscription;
 
 use persona_bus_model::sync::Locked;
@@ -88,6 +92,8 @@ pub enum StoreError {
     InvalidSubscription(String),
     #[error("subscription {0} not found")]
     SubscriptionNotFound(String),
+    #[error("replay {0} not found")]
+    ReplayNotFound(i64),
     #[error(
         "only {free_mb} MiB free for the data folder, below store.min_free_mb = {floor_mb}: new events are refused until space is freed"
     )]

@@ -299,6 +299,20 @@ impl Store {
 const INSERT_EXECUTION: &str = "INSERT INTO persona_runs (event_seq, handler_no, handler_version, attempt, outcome, duration_us, error, started_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
+/// [`insert_execution`] with its own (cached) statement.
+pub(crate) fn insert_execution_row(
+    conn: &Connection,
+    event_seq: i64,
+    handler_no: i64,
+    run: &Run,
+    now: &str,
+) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(INSERT_EXECUTION)
+        .op("prepare execution")?;
+    insert_execution(&mut stmt, event_seq, handler_no, run, now)
+}
+
 fn insert_execution(
     stmt: &mut rusqlite::Statement<'_>,
     event_seq: i64,
@@ -359,7 +373,7 @@ fn insert_dead_letter(
     Ok(())
 }
 
-fn apply_state(
+pub(crate) fn apply_state(
     conn: &Connection,
     handler: &str,
     ops: &[StateOp],

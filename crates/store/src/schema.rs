@@ -314,4 +314,59 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE persona_handlers ADD COLUMN contract TEXT;
     "#,
+    // 9: changing a handler without fear. Canaries rolled back (kept until
+    //    the component changes), what shadows did beside their live
+    //    versions (tallies, and the events where they differed), and
+    //    replays of one handler with their progress.
+    r#"
+    CREATE TABLE persona_rollbacks (
+        handler TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        version TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (handler, digest)
+    ) WITHOUT ROWID;
+    CREATE TABLE persona_shadow_tallies (
+        handler TEXT NOT NULL,
+        shadow_version TEXT NOT NULL,
+        live_version TEXT NOT NULL,
+        agreed INTEGER NOT NULL DEFAULT 0,
+        differed INTEGER NOT NULL DEFAULT 0,
+        dropped INTEGER NOT NULL DEFAULT 0,
+        first_at TEXT NOT NULL,
+        last_at TEXT NOT NULL,
+        PRIMARY KEY (handler, shadow_version, live_version)
+    ) WITHOUT ROWID;
+    CREATE TABLE persona_shadow_diffs (
+        id INTEGER PRIMARY KEY,
+        handler TEXT NOT NULL,
+        shadow_version TEXT NOT NULL,
+        live_version TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        differs TEXT NOT NULL,      -- outcome,state,published
+        live TEXT NOT NULL,         -- JSON: outcome, state writes, published
+        shadow TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX idx_persona_shadow_diffs_handler ON persona_shadow_diffs(handler, shadow_version, id);
+    CREATE TABLE persona_replays (
+        id INTEGER PRIMARY KEY,
+        handler TEXT NOT NULL,
+        source TEXT NOT NULL,       -- sqlite or kafka
+        from_spec TEXT NOT NULL,
+        to_spec TEXT,
+        project TEXT,
+        status TEXT NOT NULL,       -- running, finished, failed
+        total INTEGER,
+        done INTEGER NOT NULL DEFAULT 0,
+        completed INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        started_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    "#,
 ];

@@ -155,6 +155,9 @@ pub enum Signal {
     /// 1 while the store refuses writes (a full disk, or less free space
     /// than `store.min_free_mb`), else 0.
     StoreRefusing,
+    /// 1 per handler whose canary version was rolled back, while it is
+    /// loaded (a new canary or `handlers discard` ends it).
+    CanaryRolledBack,
 }
 
 impl Signal {
@@ -166,6 +169,7 @@ impl Signal {
             Signal::ErrorRate => "error_rate",
             Signal::OutboxAge => "outbox_age",
             Signal::StoreRefusing => "store_refusing",
+            Signal::CanaryRolledBack => "canary_rolled_back",
         }
     }
 }
@@ -282,5 +286,12 @@ pub fn default_rules() -> Vec<AlertRule> {
         rule("handler-errors", Signal::ErrorRate, 5.0, Some("10m"), "10m"),
         rule("outbox-stale", Signal::OutboxAge, 600.0, None, "5m"),
         rule("store-refusing", Signal::StoreRefusing, 0.0, None, "0s"),
+        rule(
+            "canary-rolled-back",
+            Signal::CanaryRolledBack,
+            0.0,
+            None,
+            "0s",
+        ),
     ]
 }

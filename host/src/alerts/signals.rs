@@ -166,6 +166,34 @@ impl Reader {
                 }])
             }
             Signal::ErrorRate => Ok(self.error_rates(rule, now)),
+            Signal::CanaryRolledBack => {
+                // The registry records each canary's status (`name@canary`),
+                // and the canary watch marks it `rolled_back` with why.
+                let records = ctx.store.handler_records().map_err(|e| e.to_string())?;
+                Ok(records
+                    .into_iter()
+                    .filter_map(|r| {
+                        let handler = r.name.strip_suffix("@canary")?.to_owned();
+                        let rolled = match r.status.as_str() {
+                            "rolled_back" => true,
+                            "canary" => false,
+                            _ => return None,
+                        };
+                        let version = r.version.unwrap_or_default();
+                        Some(Observation {
+                            value: Some(if rolled { 1.0 } else { 0.0 }),
+                            summary: match (rolled, r.error) {
+                                (true, Some(why)) => format!("canary {handler} {version}: {why}"),
+                                (true, None) => {
+                                    format!("canary {handler} {version} was rolled back")
+                                }
+                                (false, _) => format!("canary {handler} {version} is serving"),
+                            },
+                            subject: handler,
+                        })
+                    })
+                    .collect())
+            }
             Signal::StoreRefusing => {
                 let refusals = ctx.store_refusals();
                 Ok(vec![Observation {

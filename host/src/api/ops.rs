@@ -125,6 +125,47 @@ pub fn metrics_text(bus: &Bus) -> Result<String, ApiError> {
                 .refused
                 .load(std::sync::atomic::Ordering::Relaxed)
         );
+        let rollouts = bus.rollouts();
+        let shadows = rollouts.shadows.counters();
+        let _ = writeln!(
+            extra,
+            "# HELP persona_bus_shadow_events_total Events run by shadow versions, by whether they agreed with the live version; dropped: never run (the shadow fell behind).\n# TYPE persona_bus_shadow_events_total counter"
+        );
+        for (result, n) in [
+            ("agreed", &shadows.agreed),
+            ("differed", &shadows.differed),
+            ("dropped", &shadows.dropped),
+        ] {
+            let _ = writeln!(
+                extra,
+                "persona_bus_shadow_events_total{{result=\"{result}\"}} {}",
+                n.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            extra,
+            "# HELP persona_bus_canary_rollbacks_total Canary versions rolled back for erring more than their live version.\n# TYPE persona_bus_canary_rollbacks_total counter\npersona_bus_canary_rollbacks_total {}",
+            rollouts
+                .canaries
+                .rollbacks
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+        let snapshot = bus.registry().snapshot();
+        let _ = writeln!(
+            extra,
+            "# HELP persona_bus_handler_candidate Candidate versions loaded beside a live one (1), by role; a rolled-back canary is 0.\n# TYPE persona_bus_handler_candidate gauge"
+        );
+        for c in snapshot.candidates.values() {
+            let serving = !c.rolled_back.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = writeln!(
+                extra,
+                "persona_bus_handler_candidate{{handler=\"{}\",version=\"{}\",role=\"{}\"}} {}",
+                crate::metrics::escape(&c.name),
+                crate::metrics::escape(&c.version),
+                c.rollout_role(),
+                u8::from(serving)
+            );
+        }
         let (outbox, oldest) = bus.store().outbox_depth()?;
         let _ = writeln!(
             extra,

@@ -145,6 +145,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             handlers::handlers_validate(&config, &path)
         }
         Command::Handlers(HandlersCommand::Reload) => handlers::handlers_reload(&config),
+        Command::Handlers(HandlersCommand::Diff {
+            name,
+            examples,
+            json,
+        }) => handlers::diff(&config, &name, examples, json),
+        Command::Handlers(HandlersCommand::Promote { name }) => handlers::promote(&config, &name),
+        Command::Handlers(HandlersCommand::Discard { name }) => handlers::discard(&config, &name),
         Command::New { name, lang, dir } => {
             let dir = new::new(&name, lang, dir.as_deref())?;
             println!(

@@ -1,4 +1,5 @@
-//! `persona-bus replay`: move a consumer group's offsets so its events are read again.
+//! `persona-bus replay`: move a consumer group's offsets so its events are
+//! read again; or, with `--handler`, run one handler again over past events.
 
 use crate::commands::open_store;
 use anyhow::Context;
@@ -10,10 +11,23 @@ pub struct ReplayArgs {
     /// The group to move [default: KAFKA_CONSUMER_GROUP]
     #[arg(long)]
     pub group: Option<String>,
-    /// earliest, latest, an RFC 3339 time (2026-11-27T09:00:00Z), or
-    /// partition:offset (one partition of the first --topic)
+    /// Where to move the group: earliest, latest, an RFC 3339 time
+    /// (2026-11-27T09:00:00Z), or partition:offset (one partition of the
+    /// first --topic). With --handler: the end of the range (an RFC 3339
+    /// time, exclusive) [default: now]
     #[arg(long, value_name = "WHERE")]
-    pub to: persona_bus::kafka::admin::ReplayTo,
+    pub to: Option<String>,
+    /// Run this handler alone again over the stored events from --from on,
+    /// into a fresh ledger generation (each event once per replay), beside
+    /// a running host; other handlers are untouched
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["group", "topics", "rehandle"])]
+    pub handler: Option<String>,
+    /// With --handler: the first event's time (RFC 3339)
+    #[arg(long, value_name = "TIME", requires = "handler")]
+    pub from: Option<String>,
+    /// With --handler: only this project's events
+    #[arg(long, requires = "handler")]
+    pub project: Option<String>,
     /// Topics to move [default: the events and actions topics]
     #[arg(long = "topic", value_name = "TOPIC")]
     pub topics: Vec<String>,
@@ -29,6 +43,15 @@ pub struct ReplayArgs {
 
 pub(super) fn replay(config: &Config, args: ReplayArgs) -> anyhow::Result<()> {
     use persona_bus::kafka::admin;
+    if let Some(handler) = &args.handler {
+        return replay_handler(config, handler, &args);
+    }
+    let to: admin::ReplayTo = args
+        .to
+        .as_deref()
+        .context("--to WHERE is required (or --handler NAME --from TIME)")?
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
     let k = &config.kafka;
     let group = args.group.unwrap_or_else(|| k.consumer_group.clone());
     let topics: Vec<String> = if args.topics.is_empty() {
@@ -38,7 +61,7 @@ pub(super) fn replay(config: &Config, args: ReplayArgs) -> anyhow::Result<()> {
     };
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     let timeout = std::time::Duration::from_secs(10);
-    let moved = admin::replay(k, &group, &topics, &args.to, timeout)
+    let moved = admin::replay(k, &group, &topics, &to, timeout)
         .with_context(|| format!("cannot replay group {group}"))?;
     let mut cleared = None;
     if let Some(handlers) = &args.rehandle {
@@ -73,5 +96,55 @@ pub(super) fn replay(config: &Config, args: ReplayArgs) -> anyhow::Result<()> {
             "handlers that already processed them skip them (add --rehandle to run them again)"
         ),
     }
+    Ok(())
+}
+
+fn replay_handler(config: &Config, handler: &str, args: &ReplayArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let from = args
+        .from
+        .clone()
+        .context("--handler needs --from TIME (RFC 3339: 2026-12-07T09:00:00Z)")?;
+    let store = std::sync::Arc::new(open_store(config)?);
+    let req = persona_bus::replay::ReplayRequest {
+        handler: handler.to_owned(),
+        from,
+        to: args.to.clone(),
+        project: args.project.clone(),
+    };
+    let started = std::time::Instant::now();
+    let bar = !args.json && std::io::stderr().is_terminal();
+    let mut last_line = std::time::Instant::now();
+    let replay = persona_bus::replay::replay_from_sqlite(config, store, &req, |r| {
+        if args.json {
+            return;
+        }
+        if bar {
+            eprint!("{}", persona_bus::replay::progress_line(r, started, true));
+        } else if last_line.elapsed() >= std::time::Duration::from_secs(3) {
+            eprintln!("{}", persona_bus::replay::progress_line(r, started, false));
+            last_line = std::time::Instant::now();
+        }
+    })
+    .with_context(|| format!("cannot replay handler {handler}"))?;
+    if bar {
+        eprintln!();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&replay)?);
+        return Ok(());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "replay {} of {handler} {}: {} events looked at, {} run: {} completed, {} failed, in {secs:.1} s ({:.0} events/s); its runs are recorded as {}",
+        replay.id,
+        replay.status,
+        replay.done,
+        replay.completed + replay.failed,
+        replay.completed,
+        replay.failed,
+        replay.done as f64 / secs.max(0.001),
+        replay.ledger_name()
+    );
     Ok(())
 }

@@ -19,6 +19,7 @@ use crate::matching::Matcher;
 use crate::runtime::{HandlerRef, Prepared, Runtime, RuntimeError, digest};
 use crate::store::{HandlerRecord, Store, StoreError};
 use persona_bus_model::limits::HostLimits;
+use persona_bus_model::rollout::Rollout;
 use persona_bus_model::sync::{Locked, ReadWrite};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,15 +35,42 @@ pub struct LoadedHandler {
     /// SHA-256 of the manifest text; with the component's digest it tells
     /// whether a rescan found anything new.
     manifest_digest: String,
+    /// A canary that was rolled back: it serves no project (kept across
+    /// restarts by the store until its component changes).
+    pub rolled_back: std::sync::atomic::AtomicBool,
 }
 
 impl LoadedHandler {
+    /// `shadow` or `canary` for a candidate version, else `live`.
+    pub fn rollout_role(&self) -> &'static str {
+        self.manifest.rollout.as_ref().map_or("live", Rollout::role)
+    }
+
+    /// Its row in `persona_handlers`: the name, or `name@shadow` /
+    /// `name@canary` for a candidate (handler names never hold `@`).
+    pub fn record_name(&self) -> String {
+        match &self.manifest.rollout {
+            None => self.name.to_string(),
+            Some(r) => format!("{}@{}", self.name, r.role()),
+        }
+    }
+
+    /// Its `status` in `persona_handlers`.
+    pub fn status(&self) -> &'static str {
+        match &self.manifest.rollout {
+            None => "loaded",
+            Some(_) if self.rolled_back.load(std::sync::atomic::Ordering::Relaxed) => "rolled_back",
+            Some(r) => r.role(),
+        }
+    }
+
     pub fn handle_ref(&self) -> HandlerRef<'_> {
         HandlerRef {
             name: &self.name,
             manifest: &self.manifest,
             config: &self.config,
             prepared: &self.prepared,
+            capture_reads: false,
         }
     }
 }
@@ -82,11 +110,41 @@ pub struct LoadFailure {
 pub struct Snapshot {
     pub handlers: BTreeMap<Arc<str>, Arc<LoadedHandler>>,
     pub matcher: Matcher,
+    /// Shadow and canary versions (`[rollout]`), by the live handler's name.
+    pub candidates: BTreeMap<Arc<str>, Arc<LoadedHandler>>,
     /// Refusals of the last reload.
     pub failures: Vec<LoadFailure>,
 }
 
 impl Snapshot {
+    /// The shadow of `handler`, if one is loaded.
+    pub fn shadow_of(&self, handler: &str) -> Option<&Arc<LoadedHandler>> {
+        self.candidates
+            .get(handler)
+            .filter(|c| matches!(c.manifest.rollout, Some(Rollout::Shadow { .. })))
+    }
+
+    /// The version of `live` that runs `project`'s events: its canary when
+    /// one is loaded, not rolled back, and takes the project.
+    pub fn version_for<'a>(
+        &'a self,
+        live: &'a Arc<LoadedHandler>,
+        project: &str,
+    ) -> &'a Arc<LoadedHandler> {
+        match self.candidates.get(&live.name) {
+            Some(c) => match &c.manifest.rollout {
+                Some(Rollout::Canary(canary))
+                    if canary.takes(project)
+                        && !c.rolled_back.load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    c
+                }
+                _ => live,
+            },
+            None => live,
+        }
+    }
+
     /// Whether every handler orders its events by project (the default)
     /// and takes one event per call: then an event's handlers all run in
     /// its project's lane.
@@ -134,7 +192,12 @@ fn read_source(manifest_path: &Path, limits: &HostLimits) -> Result<Source, Load
     })
 }
 
-fn build(runtime: &Runtime, src: Source) -> Result<LoadedHandler, LoadError> {
+fn build(runtime: &Runtime, mut src: Source) -> Result<LoadedHandler, LoadError> {
+    if let Some(persona_bus_model::rollout::Rollout::Shadow { outbound }) = &src.manifest.rollout {
+        // A shadow's requests would reach the world twice: only the hosts
+        // its rollout names, whatever its allowed_outbound_hosts say.
+        src.manifest.allowed_outbound_hosts = outbound.clone();
+    }
     let prepared = runtime.prepare(&src.manifest.component, &src.wasm_digest)?;
     if src.manifest.batch.is_some() && !prepared.contract.batches() {
         return Err(LoadError::NoBatchExport {
@@ -149,6 +212,7 @@ fn build(runtime: &Runtime, src: Source) -> Result<LoadedHandler, LoadError> {
         manifest: src.manifest,
         prepared,
         manifest_digest: src.manifest_digest,
+        rolled_back: Default::default(),
     })
 }
 
@@ -188,6 +252,8 @@ pub struct Registry {
     reloading: Mutex<()>,
     /// Reloads so far (for `/metrics`).
     reloads: std::sync::atomic::AtomicU64,
+    /// The current snapshot has candidates.
+    candidates_loaded: std::sync::atomic::AtomicBool,
 }
 
 impl Registry {
@@ -200,7 +266,15 @@ impl Registry {
             current: RwLock::new(Arc::new(Snapshot::default())),
             reloading: Mutex::new(()),
             reloads: Default::default(),
+            candidates_loaded: Default::default(),
         }
+    }
+
+    /// Whether any shadow or canary is loaded (the dispatcher skips all
+    /// rollout work otherwise).
+    pub fn has_candidates(&self) -> bool {
+        self.candidates_loaded
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reloads of the handlers folder so far (the first load included).
@@ -229,66 +303,71 @@ impl Registry {
         });
         let mut report = ReloadReport::default();
         let mut handlers: BTreeMap<Arc<str>, Arc<LoadedHandler>> = BTreeMap::new();
+        let mut candidates: BTreeMap<Arc<str>, Arc<LoadedHandler>> = BTreeMap::new();
         // Names still present, serving or refused: everything else is removed.
         let mut present: Vec<String> = Vec::new();
         for path in manifests {
             let previous = old
                 .handlers
                 .values()
+                .chain(old.candidates.values())
                 .find(|h| h.manifest.path == path)
                 .cloned();
             let loaded = read_source(&path, &self.limits).and_then(|src| {
                 if let Some(prev) = previous.as_ref().filter(|p| {
                     p.manifest_digest == src.manifest_digest && p.prepared.digest == src.wasm_digest
                 }) {
-                    return Ok(Err(prev.clone()));
+                    return Ok((prev.clone(), false));
                 }
                 let h = build(&self.runtime, src)?;
-                if let Some(other) = handlers.get(&h.name) {
+                let taken = match h.manifest.rollout {
+                    None => &handlers,
+                    Some(_) => &candidates,
+                };
+                if let Some(other) = taken.get(&h.name) {
                     return Err(LoadError::Duplicate {
                         file: path.clone(),
                         name: h.name.to_string(),
                         other: other.manifest.path.clone(),
                     });
                 }
-                Ok(Ok(h))
+                Ok((Arc::new(h), true))
             });
             match loaded {
-                // Unchanged: keep the compiled handler as it is.
-                Ok(Err(same)) => {
-                    report.unchanged += 1;
-                    present.push(same.name.to_string());
-                    handlers.insert(same.name.clone(), same);
-                }
-                Ok(Ok(h)) => {
-                    self.store
-                        .sync_manifest_subscriptions(&h.name, &h.manifest.subscriptions)?;
-                    self.record(&h, None)?;
-                    match &previous {
-                        Some(p) => {
-                            tracing::info!(handler = %h.name, from = %p.version, to = %h.version, "reloaded handler")
-                        }
-                        None => {
-                            tracing::info!(handler = %h.name, version = %h.version, subscriptions = h.manifest.subscriptions.len(), "loaded handler")
-                        }
+                Ok((h, fresh)) => {
+                    present.push(h.record_name());
+                    if fresh {
+                        self.loaded(&h, previous.as_deref())?;
+                        report.loaded.push((h.record_name(), h.version.to_string()));
+                    } else {
+                        // Unchanged: keep the compiled handler as it is.
+                        report.unchanged += 1;
                     }
-                    report
-                        .loaded
-                        .push((h.name.to_string(), h.version.to_string()));
-                    present.push(h.name.to_string());
-                    handlers.insert(h.name.clone(), Arc::new(h));
+                    match h.manifest.rollout {
+                        None => handlers.insert(h.name.clone(), h),
+                        Some(_) => candidates.insert(h.name.clone(), h),
+                    };
                 }
                 Err(e) => {
                     let error = e.to_string();
                     // A failed reload leaves the previous version serving.
-                    let keep = previous.filter(|p| !handlers.contains_key(&p.name));
+                    let keep = previous.filter(|p| {
+                        let taken = match p.manifest.rollout {
+                            None => &handlers,
+                            Some(_) => &candidates,
+                        };
+                        !taken.contains_key(&p.name)
+                    });
                     let still_serving = keep.as_ref().map(|p| p.version.to_string());
-                    match &keep {
+                    match keep {
                         Some(p) => {
                             tracing::error!(manifest = %path.display(), error = %error, serving = %p.version, "refused new version; the previous one keeps serving");
-                            self.record(p, Some(format!("reload refused: {error}")))?;
-                            present.push(p.name.to_string());
-                            handlers.insert(p.name.clone(), p.clone());
+                            self.record(&p, Some(format!("reload refused: {error}")))?;
+                            present.push(p.record_name());
+                            match p.manifest.rollout {
+                                None => handlers.insert(p.name.clone(), p),
+                                Some(_) => candidates.insert(p.name.clone(), p),
+                            };
                         }
                         None => {
                             tracing::error!(manifest = %path.display(), error = %error, "refused handler");
@@ -319,25 +398,91 @@ impl Registry {
                 }
             }
         }
+        // A candidate is a version *of* a live handler: without one it has
+        // nothing to shadow and no traffic to share.
+        candidates.retain(|name, c| {
+            if handlers.contains_key(name) {
+                return true;
+            }
+            let error = format!(
+                "{}: a {} of `{name}` needs a live handler `{name}` (a manifest without [rollout]) in the folder",
+                c.manifest.path.display(),
+                c.rollout_role()
+            );
+            tracing::error!("{error}");
+            report.failed.push(LoadFailure {
+                manifest: c.manifest.path.clone(),
+                error,
+                still_serving: None,
+            });
+            false
+        });
+        for c in candidates.values() {
+            if let Some(why) = self.store.rolled_back(&c.name, &c.prepared.digest)? {
+                c.rolled_back
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.store.set_handler_status(
+                    &c.record_name(),
+                    "rolled_back",
+                    Some(&format!("rolled back: {why}")),
+                )?;
+                tracing::warn!(handler = %c.name, version = %c.version, "canary stays rolled back: {why}");
+            }
+        }
         for gone in self.store.mark_removed_except(&present)? {
-            self.store.disable_subscriptions(&gone)?;
-            tracing::info!(handler = %gone, "handler removed; its subscriptions are disabled");
+            if !gone.contains('@') {
+                self.store.disable_subscriptions(&gone)?;
+                tracing::info!(handler = %gone, "handler removed; its subscriptions are disabled");
+            } else {
+                tracing::info!(handler = %gone, "candidate version removed");
+            }
             report.removed.push(gone);
         }
         let snapshot = Arc::new(Snapshot {
             matcher: Matcher::new(&self.store.subscriptions()?),
             handlers,
+            candidates,
             failures: report.failed.clone(),
         });
+        self.candidates_loaded.store(
+            !snapshot.candidates.is_empty(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         *self.current.write_locked() = snapshot;
         Ok(report)
     }
 
+    /// Records a handler or candidate loaded for the first time or
+    /// replaced, and syncs a live handler's subscriptions.
+    fn loaded(
+        &self,
+        h: &LoadedHandler,
+        previous: Option<&LoadedHandler>,
+    ) -> Result<(), StoreError> {
+        if h.manifest.rollout.is_none() {
+            self.store
+                .sync_manifest_subscriptions(&h.name, &h.manifest.subscriptions)?;
+        }
+        self.record(h, None)?;
+        match previous {
+            Some(p) => {
+                tracing::info!(handler = %h.record_name(), from = %p.version, to = %h.version, "reloaded handler")
+            }
+            None if h.manifest.rollout.is_some() => {
+                tracing::info!(handler = %h.name, version = %h.version, role = h.rollout_role(), "loaded a candidate version")
+            }
+            None => {
+                tracing::info!(handler = %h.name, version = %h.version, subscriptions = h.manifest.subscriptions.len(), "loaded handler")
+            }
+        }
+        Ok(())
+    }
+
     fn record(&self, h: &LoadedHandler, error: Option<String>) -> Result<(), StoreError> {
         self.store.record_handler(&HandlerRecord {
-            name: h.name.to_string(),
+            name: h.record_name(),
             version: Some(h.version.to_string()),
-            status: "loaded".into(),
+            status: h.status().into(),
             error,
             manifest_path: h.manifest.path.display().to_string(),
             digest: Some(h.prepared.digest.clone()),
@@ -353,6 +498,7 @@ impl Registry {
         let mut current = self.current.write_locked();
         *current = Arc::new(Snapshot {
             handlers: current.handlers.clone(),
+            candidates: current.candidates.clone(),
             matcher: Matcher::new(&subs),
             failures: current.failures.clone(),
         });

@@ -1,6 +1,9 @@
-//! `persona-bus handlers list|validate|reload|build|test`.
+//! `persona-bus handlers list|validate|reload|build|test|diff|promote|discard`.
 
+mod rollout;
 pub mod test;
+
+pub(super) use rollout::{diff, discard, promote};
 
 use crate::commands::open_store;
 use anyhow::{Context, bail};
@@ -41,6 +44,21 @@ pub enum HandlersCommand {
         #[arg(long, default_value_t = 1)]
         attempt: u32,
     },
+    /// How a handler's shadow version did beside the live one: events that
+    /// agreed, differed (and how, with examples) or were dropped
+    Diff {
+        name: String,
+        /// Differing events to show
+        #[arg(long, default_value_t = 10)]
+        examples: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a handler's shadow or canary version the live one (a hot
+    /// reload: no event lost or handled twice)
+    Promote { name: String },
+    /// Drop a handler's shadow or canary version; the live one keeps serving
+    Discard { name: String },
 }
 
 pub(super) fn handlers_list(config: &Config, json: bool) -> anyhow::Result<()> {

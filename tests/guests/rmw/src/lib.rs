@@ -16,7 +16,9 @@
 //! everywhere, then fails (attempt 1 only, except `reject`); any later call
 //! that reads `poison` increments `poison_seen`. `total` counts completed
 //! calls with `increment` across projects. Config `sleep_ms` makes each
-//! call that slow; `pad_bytes` writes that many bytes to `pad:p` per call.
+//! call that slow; `pad_bytes` writes that many bytes to `pad:p` per call;
+//! `skew_every = K` writes `last:p` as `n + 1000` when K divides `n` (a
+//! version that differs from the others on a known subset of events).
 wit_bindgen::generate!({ path: "../../../wit", world: "handler" });
 
 use persona::bus::host::config;
@@ -107,7 +109,11 @@ impl Guest for Rmw {
         }
 
         set(&count_k, (count + 1).to_string().as_bytes()).map_err(err)?;
-        set(&last_k, n.to_string().as_bytes()).map_err(err)?;
+        let skew = config("skew_every")
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|k| n.is_multiple_of(k));
+        let last_written = if skew { n + 1000 } else { n };
+        set(&last_k, last_written.to_string().as_bytes()).map_err(err)?;
         set(&chain_k, fnv(&chain, n).as_bytes()).map_err(err)?;
         if n.is_multiple_of(2) {
             set(&tmp_k, n.to_string().as_bytes()).map_err(err)?;
