@@ -179,6 +179,7 @@ bench: toolchain kafka-up handlers
 	$(CARGO) bench -p persona-bus-tests --bench schemas
 	$(CARGO) bench -p persona-bus-tests --bench ordering
 	$(CARGO) bench -p persona-bus-tests --bench batches
+	$(CARGO) bench -p persona-bus-tests --bench rollout
 	$(MAKE) bench-http
 
 # Serial state per project: one project's 100,000-event backlog through a

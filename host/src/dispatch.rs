@@ -296,7 +296,7 @@ impl Dispatcher {
         }
         if self.registry.has_candidates() {
             let snapshot = self.registry.snapshot();
-            for (run, (event, origin, _)) in settled.iter().zip(events) {
+            for (run, (event, origin, _)) in settled.iter_mut().zip(events) {
                 if let Some(run) = run {
                     self.rollouts
                         .after_run(&snapshot, handler, event, origin, run);
@@ -348,10 +348,10 @@ impl Dispatcher {
                 .map_err(panic_message),
             }
             .unwrap_or_else(|message| panicked(message, started, clock));
-            let run = self.run_of(handler, event, attempt, inv, trace, started);
+            let mut run = self.run_of(handler, event, attempt, inv, trace, started);
             if let Some(snapshot) = &candidates {
                 self.rollouts
-                    .after_run(snapshot, handler, event, origin, &run);
+                    .after_run(snapshot, handler, event, origin, &mut run);
             }
             runs.push(run);
         }

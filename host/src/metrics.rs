@@ -185,6 +185,22 @@ impl Metrics {
         out
     }
 
+    /// Runs of `handler` per version and outcome (a canary beside its
+    /// live version).
+    pub fn version_runs(&self, handler: &str) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
+        let per = self.handlers.locked();
+        let mut out: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
+        for ((h, version, outcome), n) in &per.runs {
+            if **h == *handler {
+                *out.entry(version.to_string())
+                    .or_default()
+                    .entry(outcome)
+                    .or_default() += n;
+            }
+        }
+        out
+    }
+
     /// The Prometheus text exposition of everything above; `extra` is
     /// appended (gauges the caller reads at scrape time).
     pub fn render(&self, extra: &str) -> String {

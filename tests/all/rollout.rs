@@ -641,3 +641,109 @@ fn a_replay_of_one_handler_runs_exactly_its_range_once_beside_live_traffic() {
     assert!(!ok);
     assert!(err.contains("is not an RFC 3339 time"), "{err}");
 }
+
+#[test]
+#[ignore = "needs services: make test"]
+fn a_replay_from_kafka_starts_at_the_offset_of_a_time_and_runs_each_record_once() {
+    use persona_bus_tests::kafka as k;
+    let sb = Sandbox::new();
+    for name in ["rmw", "other"] {
+        sb.install(
+            name,
+            guests::RMW,
+            "[[subscriptions]]\nevent_type = \"rmw\"\n",
+        );
+    }
+    let prefix = k::prefix();
+    let mut config = sb.config();
+    k::consuming(&mut config, &prefix);
+    let topic = config.kafka.topics.events.name.clone();
+    let bus = std::sync::Arc::new(Bus::open(config).unwrap());
+    bus.start().unwrap();
+    let store = bus.store().clone();
+    let limits = EventLimits {
+        max_payload_bytes: 4096,
+    };
+    let producer = k::producer(1);
+    let send = |from: u64, to: u64, project: &str| -> Vec<String> {
+        let events: Vec<_> = (from..to)
+            .map(|n| rmw(project, n).validate(limits, 0).unwrap())
+            .collect();
+        for e in &events {
+            k::send(&producer, &topic, e, "device-elsewhere");
+        }
+        k::flush(&producer);
+        events.into_iter().map(|e| e.id).collect()
+    };
+    let before = send(1, 101, "p0");
+    wait_for(Duration::from_secs(60), "the first records handled", || {
+        completed(&store) == 100
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let from = persona_bus::event::now_rfc3339();
+    std::thread::sleep(Duration::from_millis(50));
+    let range = send(101, 201, "p0");
+    wait_for(
+        Duration::from_secs(60),
+        "the second records handled",
+        || completed(&store) == 200,
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    let to = persona_bus::event::now_rfc3339();
+    // Live records keep coming while the replay reads.
+    let live: Vec<String> = send(1, 51, "p1");
+    let brokers = k::brokers();
+    let (ok, out, err) = run_in(
+        &sb.data_dir(),
+        &[
+            "replay",
+            "--handler",
+            "rmw",
+            "--source",
+            "kafka",
+            "--topic",
+            &topic,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--json",
+        ],
+        &[
+            (
+                "PERSONA_BUS_HANDLERS_DIR",
+                sb.handlers_dir().to_str().unwrap(),
+            ),
+            ("KAFKA_BROKERS", &brokers),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let replay: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(replay["status"], "finished", "{replay:#}");
+    assert_eq!(replay["source"], "kafka");
+    assert_eq!(replay["completed"], 100, "{replay:#}");
+    assert_eq!(replay["total"], 100, "records between the two times");
+    let ledger = format!("rmw#replay-{}", replay["id"]);
+    wait_for(Duration::from_secs(60), "the live records handled", || {
+        completed(&store) == 250
+    });
+    let runs_of = |id: &str, handler: &str| {
+        store
+            .executions(id)
+            .unwrap()
+            .into_iter()
+            .filter(|x| x.handler == handler)
+            .count()
+    };
+    for id in &range {
+        assert_eq!(runs_of(id, &ledger), 1, "{id} in the range");
+        assert_eq!(runs_of(id, "other"), 1, "the other handler ran again");
+    }
+    for id in before.iter().chain(&live) {
+        assert_eq!(runs_of(id, &ledger), 0, "{id} outside the range");
+    }
+    assert_eq!(state_number(&store, "rmw", "total"), 350);
+    assert_eq!(state_number(&store, "other", "total"), 250);
+    bus.shutdown();
+    k::drop_topics(&prefix);
+}

@@ -10,7 +10,9 @@
 // 5. a dead letter is retried from the page (the token is asked for once),
 //    and another is purged;
 // 6. a redrive by filter shows its count, then sends back that many;
-// 7. a page opened later starts with the host's recent past in its charts.
+// 7. a page opened later starts with the host's recent past in its charts;
+// 8. a handler's page shows its versions and its shadow's tallies, and the
+//    replays panel lists a finished replay with its progress.
 import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -189,6 +191,18 @@ try {
   console.log(`a new page opened with ${early} throughput points of history in ${Date.now() - opened} ms`);
   await later.selectOption("#window", "60");
   await later.close();
+
+  // 8. The handler page of audit (it has a shadow), and the replays panel.
+  await page.locator('#handler-rows tr[data-handler="audit"]').click();
+  await page.locator("#handler-page .shadow-tally").first().waitFor(T);
+  const tally = await page.locator("#handler-page .shadow-tally").first().innerText();
+  if (!tally.includes("0.2.0") || !tally.includes("0.1.0")) throw new Error(`shadow tally: ${tally}`);
+  await page.locator("#handler-body", { hasText: "Runs by version" }).waitFor(T);
+  console.log(`handler page showed the shadow beside the live version (${tally.replace(/\s+/g, " ")})`);
+  await page.locator("#replay-rows tr.replay", { hasText: "finished" }).first().waitFor(T);
+  const replay = await page.locator("#replay-rows tr.replay").first().innerText();
+  if (!replay.includes("audit")) throw new Error(`replay row: ${replay}`);
+  console.log(`replay listed with its progress (${replay.replace(/\s+/g, " ")})`);
 } finally {
   await browser.close();
 }

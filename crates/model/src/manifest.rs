@@ -416,7 +416,9 @@ impl Manifest {
         if raw.version.trim().is_empty() {
             return Err(invalid("version", "must not be empty".into()));
         }
-        if raw.subscriptions.is_empty() {
+        // A candidate (`[rollout]`) gets the live version's events: its own
+        // subscriptions, if any, are not used.
+        if raw.subscriptions.is_empty() && raw.rollout.is_none() {
             return Err(invalid(
                 "subscriptions",
                 "a handler needs at least one subscription".into(),

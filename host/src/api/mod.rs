@@ -12,6 +12,7 @@ pub mod config;
 mod events;
 mod history;
 mod ops;
+mod rollouts;
 mod subscriptions;
 mod webhooks;
 
@@ -189,6 +190,8 @@ pub fn router(bus: Arc<Bus>) -> Router {
             put(subscriptions::update).delete(subscriptions::delete),
         )
         .route("/api/personas/handlers", get(ops::handlers))
+        .route("/api/personas/handlers/{name}", get(rollouts::handler))
+        .route("/api/personas/replays", get(rollouts::replays))
         .route("/api/personas/history", get(ops::history))
         .route("/api/personas/dead-letters", get(ops::dead_letters))
         .route("/api/personas/alerts", get(ops::alerts))

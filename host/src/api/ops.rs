@@ -251,7 +251,15 @@ pub async fn handlers(State(api): State<Api>) -> Json<serde_json::Value> {
         .values()
         .map(|h| {
             let (n, errors) = runs.get(&*h.name).copied().unwrap_or_default();
+            let candidate = snapshot.candidates.get(&h.name).map(|c| {
+                serde_json::json!({
+                    "role": c.rollout_role(),
+                    "version": &*c.version,
+                    "rolled_back": c.rolled_back.load(std::sync::atomic::Ordering::Relaxed),
+                })
+            });
             serde_json::json!({
+                "candidate": candidate,
                 "name": &*h.name,
                 "version": &*h.version,
                 "state": "loaded",

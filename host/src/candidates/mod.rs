@@ -35,7 +35,7 @@ impl Rollouts {
         handler: &LoadedHandler,
         event: &Event,
         origin: &Origin,
-        run: &Run,
+        run: &mut Run,
     ) {
         let Some(candidate) = snapshot.candidates.get(&handler.name) else {
             return;

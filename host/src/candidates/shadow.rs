@@ -2,9 +2,11 @@
 //! after it and apart from it, and nothing it does is committed.
 //!
 //! Invariants:
-//! - The live version never waits for its shadow. A run is offered with
-//!   `try_send` to a bounded queue; when it is full the event is dropped
-//!   for the shadow and counted (`dropped`), never queued behind.
+//! - The live version never waits for its shadow. A run is pushed onto a
+//!   bounded queue (a short lock, no wakeup: the runner polls it, so a
+//!   live call never pays for a thread switch); when it is full the event
+//!   is dropped for the shadow and counted (`dropped`), never queued
+//!   behind.
 //! - The shadow runs on one thread of its own, one call at a time, in the
 //!   order the live runs were offered: the live version's order.
 //! - It reads the state the live call read: each key the live call read
@@ -23,8 +25,8 @@ use crate::runtime::{CallEnv, HostView, Origin, Runtime};
 use crate::store::{ShadowDiff, ShadowTally, Store};
 use persona_bus_model::sync::Locked;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,10 @@ const QUEUE: usize = 1024;
 const MAX_DIFFS: u64 = 10_000;
 /// How often tallies and differences reach the store.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// How long the runner sleeps when its queue is empty: from the first, it
+/// doubles while the queue stays empty, up to the last (a host with no
+/// shadow wakes the runner four times a second).
+const IDLE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(250));
 
 /// What the live version did with one event, as the shadow is compared.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,8 +137,7 @@ pub struct ShadowCounters {
 
 /// The shadow runner: a queue, and the thread that empties it.
 pub struct Shadows {
-    /// None once closed (dropping it ends the thread's loop).
-    queue: Option<SyncSender<Job>>,
+    queue: Arc<Mutex<VecDeque<Job>>>,
     /// Set when the host stops: queued runs are dropped, not run.
     closed: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -146,7 +151,8 @@ type TallyKey = (String, String, String);
 impl Shadows {
     /// Starts the runner's thread; it ends when the runner is dropped.
     pub fn start(runtime: Arc<Runtime>, store: Arc<Store>, env: &CallEnv) -> std::io::Result<Self> {
-        let (queue, jobs) = std::sync::mpsc::sync_channel(QUEUE);
+        let queue = Arc::new(Mutex::new(VecDeque::with_capacity(QUEUE)));
+        let jobs = queue.clone();
         let counters = Arc::new(ShadowCounters::default());
         let dropped = Arc::new(Mutex::new(HashMap::new()));
         let view = Arc::new(ShadowView {
@@ -177,7 +183,7 @@ impl Shadows {
             .name("shadows".into())
             .spawn(move || runner.run(jobs))?;
         Ok(Self {
-            queue: Some(queue),
+            queue,
             closed,
             thread: Some(thread),
             counters,
@@ -190,7 +196,14 @@ impl Shadows {
     }
 
     /// Offers the live run `live` of `event` to `shadow`. Never waits.
-    pub fn offer(&self, shadow: &Arc<LoadedHandler>, event: &Event, origin: &Origin, live: &Run) {
+    /// Takes the live run's reads (only the shadow needs them).
+    pub fn offer(
+        &self,
+        shadow: &Arc<LoadedHandler>,
+        event: &Event,
+        origin: &Origin,
+        live: &mut Run,
+    ) {
         let job = Job {
             shadow: shadow.clone(),
             live_version: live.version.clone(),
@@ -198,15 +211,15 @@ impl Shadows {
             origin: origin.clone(),
             attempt: live.attempt,
             live: Observed::of(&live.outcome, &live.effects),
-            reads: live.effects.reads.clone(),
+            reads: std::mem::take(&mut live.effects.reads),
         };
-        let Some(queue) = &self.queue else {
-            return;
-        };
-        if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = queue.try_send(job)
-        {
+        let mut queue = self.queue.locked();
+        if queue.len() >= QUEUE || self.closed.load(Ordering::Relaxed) {
+            drop(queue);
             drop_job(&self.counters, &self.dropped, &job);
+            return;
         }
+        queue.push_back(job);
     }
 }
 
@@ -215,7 +228,6 @@ impl Drop for Shadows {
     /// ends by its deadline, and its thread is joined.
     fn drop(&mut self) {
         self.closed.store(true, Ordering::Relaxed);
-        self.queue = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -288,7 +300,7 @@ struct Runner {
 }
 
 impl Runner {
-    fn run(mut self, jobs: Receiver<Job>) {
+    fn run(mut self, jobs: Arc<Mutex<VecDeque<Job>>>) {
         run_on_spare_cpu();
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -301,14 +313,33 @@ impl Runner {
             }
         };
         let mut flushed = Instant::now();
+        let mut taken = Vec::new();
+        let mut idle = IDLE.0;
         loop {
-            match jobs.recv_timeout(FLUSH_EVERY) {
-                Ok(job) if self.closed.load(Ordering::Relaxed) => {
-                    drop_job(&self.counters, &self.dropped, &job)
+            let closed = self.closed.load(Ordering::Relaxed);
+            {
+                let mut queue = jobs.locked();
+                let n = queue.len().min(64);
+                taken.extend(queue.drain(..n));
+            }
+            if closed {
+                for job in taken.drain(..).chain(jobs.locked().drain(..)) {
+                    drop_job(&self.counters, &self.dropped, &job);
                 }
-                Ok(job) => rt.block_on(self.shadow(job)),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                break;
+            }
+            if taken.is_empty() {
+                std::thread::sleep(idle);
+                idle = (idle * 2).min(IDLE.1);
+            } else {
+                idle = IDLE.0;
+            }
+            for job in taken.drain(..) {
+                if self.closed.load(Ordering::Relaxed) {
+                    drop_job(&self.counters, &self.dropped, &job);
+                } else {
+                    rt.block_on(self.shadow(job));
+                }
             }
             if flushed.elapsed() >= FLUSH_EVERY {
                 self.flush();

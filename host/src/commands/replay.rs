@@ -20,14 +20,19 @@ pub struct ReplayArgs {
     /// Run this handler alone again over the stored events from --from on,
     /// into a fresh ledger generation (each event once per replay), beside
     /// a running host; other handlers are untouched
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["group", "topics", "rehandle"])]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["group", "rehandle"])]
     pub handler: Option<String>,
-    /// With --handler: the first event's time (RFC 3339)
-    #[arg(long, value_name = "TIME", requires = "handler")]
+    /// With --handler: where to start. An RFC 3339 time; from Kafka also
+    /// `earliest` or partition:offset (that partition only)
+    #[arg(long, value_name = "TIME|OFFSET", requires = "handler")]
     pub from: Option<String>,
     /// With --handler: only this project's events
     #[arg(long, requires = "handler")]
     pub project: Option<String>,
+    /// With --handler: read the events from `sqlite` (this device's table)
+    /// or `kafka` (the topics) [default: kafka when Kafka is on, else sqlite]
+    #[arg(long, value_name = "SOURCE", requires = "handler")]
+    pub source: Option<String>,
     /// Topics to move [default: the events and actions topics]
     #[arg(long = "topic", value_name = "TOPIC")]
     pub topics: Vec<String>,
@@ -112,10 +117,42 @@ fn replay_handler(config: &Config, handler: &str, args: &ReplayArgs) -> anyhow::
         to: args.to.clone(),
         project: args.project.clone(),
     };
+    let source = args.source.clone().unwrap_or_else(|| {
+        if config.kafka.enabled {
+            "kafka"
+        } else {
+            "sqlite"
+        }
+        .to_owned()
+    });
+    let mut pages: Box<dyn persona_bus::replay::Pages> = match source.as_str() {
+        "sqlite" => Box::new(persona_bus::replay::SqlitePages::open(store.clone(), &req)?),
+        "kafka" => {
+            use persona_bus::kafka::admin::ReplayTo;
+            let parse = |s: &str| -> anyhow::Result<ReplayTo> {
+                s.parse().map_err(|e: String| anyhow::anyhow!(e))
+            };
+            let k = &config.kafka;
+            let topics: Vec<String> = if args.topics.is_empty() {
+                vec![k.topics.events.name.clone(), k.topics.actions.name.clone()]
+            } else {
+                args.topics.clone()
+            };
+            let to = args.to.as_deref().map(parse).transpose()?;
+            Box::new(persona_bus::replay::kafka::KafkaPages::open(
+                k,
+                std::sync::Arc::new(persona_bus::schemas::Schemas::new(config)),
+                &topics,
+                (&parse(&req.from)?, to.as_ref()),
+                req.project.clone(),
+            )?)
+        }
+        other => anyhow::bail!("--source {other:?}: expected sqlite or kafka"),
+    };
     let started = std::time::Instant::now();
     let bar = !args.json && std::io::stderr().is_terminal();
     let mut last_line = std::time::Instant::now();
-    let replay = persona_bus::replay::replay_from_sqlite(config, store, &req, |r| {
+    let replay = persona_bus::replay::replay(config, store, &req, (&source, pages.as_mut()), |r| {
         if args.json {
             return;
         }

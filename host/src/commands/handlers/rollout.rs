@@ -19,8 +19,23 @@ struct Pair {
     candidate: Manifest,
 }
 
+/// The folder of `name`: where the running host recorded its manifest
+/// (same --data-dir), else the configured handlers folder.
+fn folder_of(config: &Config, name: &str) -> PathBuf {
+    crate::commands::open_store(config)
+        .ok()
+        .and_then(|s| s.handler_records().ok())
+        .and_then(|records| {
+            records
+                .into_iter()
+                .find(|r| r.name == name && r.status == "loaded")
+                .and_then(|r| Path::new(&r.manifest_path).parent().map(Path::to_owned))
+        })
+        .unwrap_or_else(|| config.handlers_dir.clone())
+}
+
 fn find(config: &Config, name: &str) -> anyhow::Result<Pair> {
-    let dir = &config.handlers_dir;
+    let dir = &folder_of(config, name);
     let mut live = None;
     let mut candidate = None;
     for path in manifests_in(dir).with_context(|| format!("cannot read {}", dir.display()))? {
@@ -101,7 +116,7 @@ pub(crate) fn diff(config: &Config, name: &str, examples: usize, json: bool) -> 
 
 pub(crate) fn promote(config: &Config, name: &str) -> anyhow::Result<()> {
     let Pair { live, candidate } = find(config, name)?;
-    let dir = config.handlers_dir.as_path();
+    let dir = live.path.parent().unwrap_or(Path::new("."));
     let text = std::fs::read_to_string(&candidate.path)
         .with_context(|| format!("cannot read {}", candidate.path.display()))?;
     // The component moves to a name of its own first, so the live
@@ -118,7 +133,7 @@ pub(crate) fn promote(config: &Config, name: &str) -> anyhow::Result<()> {
         remove(&candidate.component)?;
     }
     // The old live component, unless another manifest still uses it.
-    if live.component != wasm && !used_by_any(config, &live.component)? {
+    if live.component != wasm && !used_by_any(config, dir, &live.component)? {
         remove(&live.component)?;
     }
     println!(
@@ -134,7 +149,8 @@ pub(crate) fn promote(config: &Config, name: &str) -> anyhow::Result<()> {
 pub(crate) fn discard(config: &Config, name: &str) -> anyhow::Result<()> {
     let Pair { live, candidate } = find(config, name)?;
     remove(&candidate.path)?;
-    if candidate.component != live.component && !used_by_any(config, &candidate.component)? {
+    let dir = live.path.parent().unwrap_or(Path::new("."));
+    if candidate.component != live.component && !used_by_any(config, dir, &candidate.component)? {
         remove(&candidate.component)?;
     }
     println!(
@@ -181,8 +197,8 @@ fn file_safe(version: &str) -> String {
         .collect()
 }
 
-fn used_by_any(config: &Config, wasm: &Path) -> anyhow::Result<bool> {
-    for path in manifests_in(&config.handlers_dir)? {
+fn used_by_any(config: &Config, dir: &Path, wasm: &Path) -> anyhow::Result<bool> {
+    for path in manifests_in(dir)? {
         if let Ok(m) = Manifest::load(&path, &config.limits)
             && m.component == wasm
         {

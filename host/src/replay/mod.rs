@@ -1,7 +1,9 @@
-//! Replaying one handler over past events from the SQLite event table,
-//! beside a running host: `persona-bus replay --handler NAME --from TIME`.
+//! Replaying one handler over past events, from the SQLite event table or
+//! from Kafka ([`kafka`]), beside a running host:
+//! `persona-bus replay --handler NAME --from <TIME | OFFSET>`.
 //!
-//! The handler runs alone, in the events' stored order (`seq`), one event
+//! The handler runs alone, in the events' order (`seq`, or each
+//! partition's offsets), one event
 //! at a time; each call reads the writes of the replay's calls before it
 //! (an overlay of its own until they are committed, as in a lane). Its runs
 //! go to a fresh ledger generation (`<handler>#replay-<id>`, see
@@ -11,6 +13,8 @@
 //! retry policy (its backoff capped at a second); what still fails is
 //! counted as failed and recorded in the replay's executions, not
 //! dead-lettered (the live event's dead letters stay the live handler's).
+
+pub mod kafka;
 
 use crate::call_host::CallHost;
 use crate::config::Config;
@@ -33,16 +37,81 @@ const PAGE: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct ReplayRequest {
     pub handler: String,
-    /// `created_at` at or after this (RFC 3339).
+    /// SQLite: `created_at` at or after this (RFC 3339). Kafka: a time,
+    /// `earliest`, or `partition:offset`.
     pub from: String,
     /// `created_at` before this (default: when the replay starts).
     pub to: Option<String>,
     pub project: Option<String>,
 }
 
+/// Where a replay reads its events, page by page, in order.
+pub trait Pages {
+    /// Up to `max` more events; None once the range is read.
+    fn next_page(&mut self, max: usize) -> Result<Option<Vec<Event>>, ReplayError>;
+    /// Events (or records) in the range, when known.
+    fn total(&self) -> Option<u64>;
+    /// Events (or records) read so far.
+    fn looked(&self) -> u64;
+}
+
+/// The SQLite event table: `created_at` in the range, by `seq`.
+pub struct SqlitePages {
+    store: Arc<Store>,
+    range: ReplayRange,
+    after: i64,
+    total: u64,
+    looked: u64,
+}
+
+impl SqlitePages {
+    pub fn open(store: Arc<Store>, req: &ReplayRequest) -> Result<Self, ReplayError> {
+        let range = ReplayRange {
+            from: stored_time(&req.from)?,
+            // Bounded at the start: live traffic arriving meanwhile is the
+            // live handler's, not the replay's.
+            to: Some(match &req.to {
+                Some(t) => stored_time(t)?,
+                None => crate::event::now_rfc3339(),
+            }),
+            project: req.project.clone(),
+        };
+        let total = store.replay_count(&range)?;
+        Ok(Self {
+            store,
+            range,
+            after: 0,
+            total,
+            looked: 0,
+        })
+    }
+}
+
+impl Pages for SqlitePages {
+    fn next_page(&mut self, max: usize) -> Result<Option<Vec<Event>>, ReplayError> {
+        let page = self.store.replay_page(&self.range, self.after, max)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(None);
+        };
+        self.after = *last;
+        self.looked += page.len() as u64;
+        Ok(Some(page.into_iter().map(|(_, e)| e).collect()))
+    }
+
+    fn total(&self) -> Option<u64> {
+        Some(self.total)
+    }
+
+    fn looked(&self) -> u64 {
+        self.looked
+    }
+}
+
 /// Why a replay could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    #[error("reading Kafka: {0}")]
+    Kafka(String),
     #[error("{0:?} is not an RFC 3339 time (2026-12-07T09:00:00Z)")]
     BadTime(String),
     #[error("no live handler `{name}` in {dir}")]
@@ -66,12 +135,24 @@ pub fn stored_time(text: &str) -> Result<String, ReplayError> {
     Ok(humantime::format_rfc3339_millis(t).to_string())
 }
 
+/// The live manifest of `name`: where the running host recorded it, else
+/// in the configured handlers folder.
 fn live_handler(
     config: &Config,
+    store: &Store,
     runtime: &Runtime,
     name: &str,
 ) -> Result<LoadedHandler, ReplayError> {
-    let dir = &config.handlers_dir;
+    let recorded = store
+        .handler_records()?
+        .into_iter()
+        .find(|r| r.name == name && r.status == "loaded")
+        .and_then(|r| {
+            std::path::Path::new(&r.manifest_path)
+                .parent()
+                .map(|p| p.to_owned())
+        });
+    let dir = recorded.as_deref().unwrap_or(&config.handlers_dir);
     let no_handler = || ReplayError::NoHandler {
         name: name.to_owned(),
         dir: dir.display().to_string(),
@@ -90,29 +171,21 @@ fn live_handler(
     Err(no_handler())
 }
 
-/// Runs the replay to its end; `progress` sees it after every commit.
-pub fn replay_from_sqlite(
+/// Runs a replay to its end; `progress` sees it after every commit.
+/// `source` names it in the record (`sqlite`, `kafka`).
+pub fn replay(
     config: &Config,
     store: Arc<Store>,
     req: &ReplayRequest,
+    (source, pages): (&str, &mut dyn Pages),
     mut progress: impl FnMut(&Replay),
 ) -> Result<Replay, ReplayError> {
-    let range = ReplayRange {
-        from: stored_time(&req.from)?,
-        // Bounded at the start: live traffic arriving meanwhile is the
-        // live handler's, not the replay's.
-        to: Some(match &req.to {
-            Some(t) => stored_time(t)?,
-            None => crate::event::now_rfc3339(),
-        }),
-        project: req.project.clone(),
-    };
     let runtime = Runtime::new(
         &config.runtime,
         &config.limits,
         Some(config.compile_cache_dir()),
     )?;
-    let handler = live_handler(config, &runtime, &req.handler)?;
+    let handler = live_handler(config, &store, &runtime, &req.handler)?;
     let subscriptions: Vec<_> = store
         .subscriptions()?
         .into_iter()
@@ -128,12 +201,11 @@ pub fn replay_from_sqlite(
         overlay: Default::default(),
         transcript: None,
     });
-    let total = store.replay_count(&range)?;
     let mut replay = store.start_replay(
         &req.handler,
-        "sqlite",
-        (&range.from, range.to.as_deref(), range.project.as_deref()),
-        Some(total),
+        source,
+        (&req.from, req.to.as_deref(), req.project.as_deref()),
+        pages.total(),
     )?;
     let ledger = replay.ledger_name();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -141,16 +213,9 @@ pub fn replay_from_sqlite(
         .build()?;
     let mut pending: Vec<(Event, Run)> = Vec::new();
     let mut written = Vec::new();
-    let mut after = 0;
     let result = (|| -> Result<(), ReplayError> {
-        loop {
-            let page = store.replay_page(&range, after, PAGE)?;
-            let Some((last, _)) = page.last() else {
-                break;
-            };
-            after = *last;
-            for (_, event) in page {
-                replay.done += 1;
+        while let Some(page) = pages.next_page(PAGE)? {
+            for event in page {
                 if !matcher
                     .subscribers(&event)
                     .iter()
@@ -173,20 +238,22 @@ pub fn replay_from_sqlite(
                     store.commit_replayed(&ledger, &pending)?;
                     pending.clear();
                     env.overlay.release(std::mem::take(&mut written));
-                    store.replay_progress(
-                        replay.id,
-                        (replay.done, replay.completed, replay.failed),
-                        "running",
-                        None,
-                    )?;
-                    progress(&replay);
                 }
             }
+            replay.done = pages.looked();
+            store.replay_progress(
+                replay.id,
+                (replay.done, replay.completed, replay.failed),
+                "running",
+                None,
+            )?;
+            progress(&replay);
         }
         store.commit_replayed(&ledger, &pending)?;
         env.overlay.release(std::mem::take(&mut written));
         Ok(())
     })();
+    replay.done = pages.looked();
     let (status, error) = match &result {
         Ok(()) => ("finished", None),
         Err(e) => ("failed", Some(e.to_string())),
