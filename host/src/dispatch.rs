@@ -372,18 +372,7 @@ impl Dispatcher {
         if let Some(error) = inv.outcome.error() {
             tracing::warn!(handler = %handler.name, event_id = %event.id, attempt, verdict = ?verdict, "{error}");
         }
-        let mut run = Run {
-            handler: handler.name.clone(),
-            version: handler.version.clone(),
-            attempt,
-            started_at: inv.started_at,
-            duration: inv.duration,
-            outcome: inv.outcome,
-            verdict,
-            effects: inv.effects,
-            note: inv.note,
-            call_events: 1,
-        };
+        let mut run = handler.run(attempt, inv, verdict);
         if let Some(t) = trace {
             self.traces.handler_ran(t, &mut run, started);
         }

@@ -49,6 +49,37 @@ fn interleaved(projects: usize, per: u64) -> Vec<NewEvent> {
         .collect()
 }
 
+/// Runs of `handler` (or of a replay's ledger name) on event `id`.
+fn runs_of(store: &Store, id: &str, handler: &str) -> usize {
+    store
+        .executions(id)
+        .unwrap()
+        .into_iter()
+        .filter(|x| x.handler == handler)
+        .count()
+}
+
+/// A replay recorded as `ledger` ran each event of `range` once, left the
+/// other handler alone on them, and ran none of `outside`.
+fn assert_replayed<'a>(
+    store: &Store,
+    ledger: &str,
+    range: &[String],
+    outside: impl Iterator<Item = &'a String>,
+) {
+    for id in range {
+        assert_eq!(runs_of(store, id, ledger), 1, "{id} in the range");
+        assert_eq!(
+            runs_of(store, id, "other"),
+            1,
+            "the other handler ran again"
+        );
+    }
+    for id in outside {
+        assert_eq!(runs_of(store, id, ledger), 0, "{id} outside the range");
+    }
+}
+
 fn completed(store: &Store) -> u64 {
     persona_bus_tests::completed(store)
 }
@@ -599,21 +630,9 @@ fn a_replay_of_one_handler_runs_exactly_its_range_once_beside_live_traffic() {
         "the live traffic completed",
         || completed(&store) == 300,
     );
-    let runs_of = |id: &str, handler: &str| {
-        store
-            .executions(id)
-            .unwrap()
-            .into_iter()
-            .filter(|x| x.handler == handler)
-            .count()
-    };
+    assert_replayed(&store, &ledger, &range, before.iter().chain(&live_ids));
     for id in &range {
-        assert_eq!(runs_of(id, &ledger), 1, "{id} in the range");
-        assert_eq!(runs_of(id, "rmw"), 1);
-        assert_eq!(runs_of(id, "other"), 1, "the other handler ran again");
-    }
-    for id in before.iter().chain(&live_ids) {
-        assert_eq!(runs_of(id, &ledger), 0, "{id} outside the range");
+        assert_eq!(runs_of(&store, id, "rmw"), 1);
     }
     // The replayed runs took effect once, on the handler's own state: the
     // other handler's did not move.
@@ -727,21 +746,7 @@ fn a_replay_from_kafka_starts_at_the_offset_of_a_time_and_runs_each_record_once(
     wait_for(Duration::from_secs(60), "the live records handled", || {
         completed(&store) == 250
     });
-    let runs_of = |id: &str, handler: &str| {
-        store
-            .executions(id)
-            .unwrap()
-            .into_iter()
-            .filter(|x| x.handler == handler)
-            .count()
-    };
-    for id in &range {
-        assert_eq!(runs_of(id, &ledger), 1, "{id} in the range");
-        assert_eq!(runs_of(id, "other"), 1, "the other handler ran again");
-    }
-    for id in before.iter().chain(&live) {
-        assert_eq!(runs_of(id, &ledger), 0, "{id} outside the range");
-    }
+    assert_replayed(&store, &ledger, &range, before.iter().chain(&live));
     assert_eq!(state_number(&store, "rmw", "total"), 350);
     assert_eq!(state_number(&store, "other", "total"), 250);
     bus.shutdown();

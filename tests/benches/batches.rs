@@ -17,9 +17,7 @@
 //! as real producers send). The summary gives medians, ranges and the
 //! ratio of the medians.
 
-use persona_bus::event::{EventLimits, NewEvent};
 use persona_bus_tests::{Sandbox, guests};
-use std::time::{Duration, Instant};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -91,41 +89,15 @@ fn run(wasm: &str, policy: &str, batch: Option<u64>, events: u64, projects: u64)
         ),
     );
     let bus = persona_bus::Bus::open(sb.config()).unwrap();
-    let limits = EventLimits {
-        max_payload_bytes: 4096,
-    };
-    let backlog: Vec<persona_bus::Event> = (0..events)
-        .map(|i| {
-            let mut e = NewEvent {
-                event_type: "work".into(),
-                source_type: "system".into(),
-                project_id: Some(format!("p{}", i % projects)),
-                payload: Some(serde_json::json!({ "n": i })),
-                ..Default::default()
-            }
-            .validate(limits, 0)
-            .unwrap();
-            e.id = persona_bus_tests::uuid_v4();
-            e
-        })
-        .collect();
-    for chunk in backlog.chunks(5_000) {
-        bus.store().insert_batch(chunk).unwrap();
-    }
-    drop(backlog);
-    let mut notices = bus.subscribe();
-    let started = Instant::now();
-    bus.start().unwrap();
-    persona_bus_tests::wait_resolved(&bus, &mut notices, events, Duration::from_secs(900));
-    let rate = events as f64 / started.elapsed().as_secs_f64();
-    let store = bus.store().clone();
-    assert_eq!(
-        persona_bus_tests::completed(&store),
+    let backlog = persona_bus_tests::uuid_backlog(
         events,
-        "some events did not complete"
+        projects,
+        "work",
+        |i| serde_json::json!({ "n": i }),
     );
+    let rate = persona_bus_tests::drain_backlog(&bus, backlog);
     assert_eq!(
-        store.state_counter("tally", "events").unwrap(),
+        bus.store().state_counter("tally", "events").unwrap(),
         events as i64,
         "the handler's count is off"
     );

@@ -19,9 +19,8 @@
 //!
 //! Summaries give medians, ranges and ratios of the medians.
 
-use persona_bus::event::{EventLimits, NewEvent};
 use persona_bus_tests::{Sandbox, guests};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -72,26 +71,15 @@ fn shadow(events: u64, projects: u64, rounds: usize) {
     );
 }
 
-/// A stored backlog of `events` rmw events over `projects` (random UUIDs).
+/// A stored backlog of `events` rmw events over `projects` (random UUIDs):
+/// `n` counts 1, 2, ... in each project.
 fn backlog(events: u64, projects: u64) -> Vec<persona_bus::Event> {
-    let limits = EventLimits {
-        max_payload_bytes: 4096,
-    };
-    (0..events)
-        .map(|i| {
-            let mut e = NewEvent {
-                event_type: "rmw".into(),
-                source_type: "system".into(),
-                project_id: Some(format!("p{}", i % projects)),
-                payload: Some(serde_json::json!({ "n": i / projects + 1 })),
-                ..Default::default()
-            }
-            .validate(limits, 0)
-            .unwrap();
-            e.id = persona_bus_tests::uuid_v4();
-            e
-        })
-        .collect()
+    persona_bus_tests::uuid_backlog(
+        events,
+        projects,
+        "rmw",
+        |i| serde_json::json!({ "n": i / projects + 1 }),
+    )
 }
 
 fn replay(events: u64, projects: u64, rounds: usize) {
@@ -173,39 +161,8 @@ fn run(shadow: bool, events: u64, projects: u64) -> (f64, f64) {
         bus.registry().snapshot().candidates.len(),
         usize::from(shadow)
     );
-    let limits = EventLimits {
-        max_payload_bytes: 4096,
-    };
-    let backlog: Vec<persona_bus::Event> = (0..events)
-        .map(|i| {
-            let mut e = NewEvent {
-                event_type: "rmw".into(),
-                source_type: "system".into(),
-                project_id: Some(format!("p{}", i % projects)),
-                payload: Some(serde_json::json!({ "n": i / projects + 1 })),
-                ..Default::default()
-            }
-            .validate(limits, 0)
-            .unwrap();
-            e.id = persona_bus_tests::uuid_v4();
-            e
-        })
-        .collect();
-    for chunk in backlog.chunks(5_000) {
-        bus.store().insert_batch(chunk).unwrap();
-    }
-    drop(backlog);
-    let mut notices = bus.subscribe();
-    let started = Instant::now();
-    bus.start().unwrap();
-    persona_bus_tests::wait_resolved(&bus, &mut notices, events, Duration::from_secs(900));
-    let rate = events as f64 / started.elapsed().as_secs_f64();
+    let rate = persona_bus_tests::drain_backlog(&bus, backlog(events, projects));
     let store = bus.store().clone();
-    assert_eq!(
-        persona_bus_tests::completed(&store),
-        events,
-        "some events did not complete"
-    );
     assert_eq!(store.state_counter("rmw", "total").unwrap(), events as i64);
     bus.shutdown();
     let shadowed = store

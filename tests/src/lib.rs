@@ -426,6 +426,56 @@ pub fn handled_window(
     )
 }
 
+/// `events` events of `event_type` over `projects` projects (`p0`, `p1`,
+/// ...), payload `payload(i)`, with random UUID ids as real producers send.
+pub fn uuid_backlog(
+    events: u64,
+    projects: u64,
+    event_type: &str,
+    payload: impl Fn(u64) -> serde_json::Value,
+) -> Vec<Event> {
+    let limits = persona_bus::event::EventLimits {
+        max_payload_bytes: 4096,
+    };
+    (0..events)
+        .map(|i| {
+            let mut e = NewEvent {
+                event_type: event_type.into(),
+                source_type: "system".into(),
+                project_id: Some(format!("p{}", i % projects)),
+                payload: Some(payload(i)),
+                ..Default::default()
+            }
+            .validate(limits, 0)
+            .unwrap();
+            e.id = uuid_v4();
+            e
+        })
+        .collect()
+}
+
+/// Stores `backlog` in `bus` before it starts, starts it, waits until every
+/// event is resolved, and checks that every one completed: events/s from
+/// the start.
+pub fn drain_backlog(bus: &Bus, backlog: Vec<Event>) -> f64 {
+    let events = backlog.len() as u64;
+    for chunk in backlog.chunks(5_000) {
+        bus.store().insert_batch(chunk).unwrap();
+    }
+    drop(backlog);
+    let mut notices = bus.subscribe();
+    let started = Instant::now();
+    bus.start().unwrap();
+    wait_resolved(bus, &mut notices, events, Duration::from_secs(900));
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(
+        completed(bus.store()),
+        events,
+        "some events did not complete"
+    );
+    rate
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

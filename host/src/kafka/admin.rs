@@ -352,6 +352,20 @@ pub fn replay(
     Ok(moved)
 }
 
+/// A consumer for reading records again: a group of its own that commits
+/// nothing, so no live group notices it; partitions are assigned by hand.
+pub(crate) fn reader(k: &KafkaConfig) -> Result<BaseConsumer, KafkaError> {
+    client_config(k)
+        .set(
+            "group.id",
+            format!("persona-bus-replay-{}", ulid::Ulid::new()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|e| KafkaError::Client(e.to_string()))
+}
+
 /// The ids of the events between each moved partition's new offset and
 /// its end at replay time: the events the group will see again.
 pub fn replayed_event_ids(
@@ -363,15 +377,7 @@ pub fn replayed_event_ids(
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    let consumer: BaseConsumer = client_config(k)
-        .set(
-            "group.id",
-            format!("persona-bus-replay-{}", ulid::Ulid::new()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .map_err(|e| KafkaError::Client(e.to_string()))?;
+    let consumer = reader(k)?;
     let mut tpl = TopicPartitionList::new();
     for m in &wanted {
         tpl.add_partition_offset(&m.topic, m.partition, Offset::Offset(m.to))

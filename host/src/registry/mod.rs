@@ -64,6 +64,27 @@ impl LoadedHandler {
         }
     }
 
+    /// The record of this version's `attempt` that ended as `inv` says.
+    pub fn run(
+        &self,
+        attempt: u32,
+        inv: crate::runtime::Invocation,
+        verdict: crate::outcome::Verdict,
+    ) -> crate::outcome::Run {
+        crate::outcome::Run {
+            handler: self.name.clone(),
+            version: self.version.clone(),
+            attempt,
+            started_at: inv.started_at,
+            duration: inv.duration,
+            outcome: inv.outcome,
+            verdict,
+            effects: inv.effects,
+            note: inv.note,
+            call_events: 1,
+        }
+    }
+
     pub fn handle_ref(&self) -> HandlerRef<'_> {
         HandlerRef {
             name: &self.name,

@@ -7,7 +7,7 @@ use super::{Pages, ReplayError};
 use crate::event::Event;
 use crate::kafka::admin::ReplayTo;
 use crate::kafka::config::KafkaConfig;
-use crate::kafka::{client_config, group, wire};
+use crate::kafka::{group, wire};
 use crate::schemas::Schemas;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -44,16 +44,7 @@ impl KafkaPages {
         project: Option<String>,
     ) -> Result<Self, ReplayError> {
         let timeout = Duration::from_secs(10);
-        let consumer: BaseConsumer = client_config(k)
-            .set(
-                "group.id",
-                format!("persona-bus-replay-{}", ulid::Ulid::new()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .map_err(kafka_error)?;
+        let consumer = crate::kafka::admin::reader(k).map_err(kafka_error)?;
         let mut partitions = Vec::new();
         for topic in topics {
             let metadata = consumer

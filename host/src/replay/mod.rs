@@ -291,18 +291,7 @@ async fn run_once(runtime: &Runtime, h: &LoadedHandler, event: &Event, env: &Arc
             attempt += 1;
             continue;
         }
-        return Run {
-            handler: h.name.clone(),
-            version: h.version.clone(),
-            attempt,
-            started_at: inv.started_at,
-            duration: inv.duration,
-            outcome: inv.outcome,
-            verdict,
-            effects: inv.effects,
-            note: inv.note,
-            call_events: 1,
-        };
+        return h.run(attempt, inv, verdict);
     }
 }
 
