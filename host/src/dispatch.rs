@@ -326,7 +326,7 @@ impl Dispatcher {
             .then(|| self.registry.snapshot());
         for handler in handlers {
             let mut target = handler.handle_ref();
-            target.capture_reads = candidates
+            target.record_io = candidates
                 .as_ref()
                 .is_some_and(|s| s.shadow_of(&handler.name).is_some());
             let started = std::time::SystemTime::now();

@@ -486,7 +486,12 @@ fn an_erring_canary_is_rolled_back_and_says_so_everywhere() {
         ),
     )
     .unwrap();
-    let host = spawn_host(&sb, &sb.data_dir(), &config, &[]);
+    let port = persona_bus_tests::kafka::free_port();
+    let http = [(
+        "PERSONA_BUS_HTTP_ADDR".to_owned(),
+        format!("127.0.0.1:{port}"),
+    )];
+    let host = spawn_host(&sb, &sb.data_dir(), &config, &http);
     let store = Store::open(&sb.data_dir()).unwrap();
     wait_for(Duration::from_secs(30), "the canary loaded", || {
         store
@@ -540,8 +545,24 @@ fn an_erring_canary_is_rolled_back_and_says_so_everywhere() {
     });
     let log = std::fs::read_to_string(sb.data_dir().with_extension("log")).unwrap();
     assert!(log.contains("canary rolled back"), "{log}");
+    let metrics = ureq::get(format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("persona_bus_canary_rollbacks_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "persona_bus_handler_candidate{handler=\"rmw\",version=\"2-bad\",role=\"canary\"} 0"
+        ),
+        "{metrics}"
+    );
     host.terminate();
-    let host = spawn_host(&sb, &sb.data_dir(), &config, &[]);
+    let host = spawn_host(&sb, &sb.data_dir(), &config, &http);
     publish(400, 500);
     wait_for(
         Duration::from_secs(30),
@@ -751,4 +772,62 @@ fn a_replay_from_kafka_starts_at_the_offset_of_a_time_and_runs_each_record_once(
     assert_eq!(state_number(&store, "other", "total"), 250);
     bus.shutdown();
     k::drop_topics(&prefix);
+}
+
+#[test]
+fn a_shadows_requests_are_recorded_and_refused_unless_its_rollout_names_the_host() {
+    const EVENTS: u64 = 10;
+    let service = persona_bus_tests::service::SlowService::start(Duration::from_millis(1));
+    let sb = Sandbox::new();
+    let url = service.url();
+    sb.install(
+        "fetch",
+        guests::FETCH,
+        &format!(
+            "allowed_outbound_hosts = [\"http://127.0.0.1:*\"]\n[[subscriptions]]\nevent_type = \"rmw\"\n\
+             [config]\nurls = \"{url}/live\""
+        ),
+    );
+    // The same guest asking for another path; its manifest allows every
+    // host, but a shadow only reaches what its [rollout] names: nothing.
+    put(
+        &sb,
+        "fetch.shadow",
+        guests::FETCH,
+        &format!(
+            "name = \"fetch\"\nversion = \"2\"\nallowed_outbound_hosts = [\"http://127.0.0.1:*\"]\n\
+             [rollout]\nshadow = true\n[config]\nurls = \"{url}/shadow\""
+        ),
+    );
+    let bus = sb.open();
+    bus.start().unwrap();
+    bus.publish_batch((1..=EVENTS).map(|n| rmw("p0", n)).collect())
+        .unwrap();
+    let store = bus.store().clone();
+    wait_for(Duration::from_secs(30), "every event completed", || {
+        completed(&store) == EVENTS
+    });
+    wait_for(
+        Duration::from_secs(30),
+        "the shadow ran every event",
+        || {
+            store
+                .shadow_tallies("fetch")
+                .unwrap()
+                .iter()
+                .map(|t| t.differed)
+                .sum::<u64>()
+                == EVENTS
+        },
+    );
+    bus.shutdown();
+    // Only the live version's requests reached the service.
+    assert_eq!(service.requests(), EVENTS);
+    let d = &store.shadow_diffs("fetch", "2", 1).unwrap()[0];
+    assert!(d.differs.contains("outbound"), "{d:?}");
+    assert_eq!(d.live["outbound"][0], format!("GET {url}/live"));
+    assert_eq!(d.shadow["outbound"][0], format!("GET {url}/shadow"));
+    // What it got back differs too: the live call stored a status, the
+    // shadow's request was refused.
+    assert!(d.differs.contains("state"), "{d:?}");
 }

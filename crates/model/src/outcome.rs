@@ -33,8 +33,12 @@ pub struct Effects {
     /// The first value the call read of each key it did not write first
     /// (from the overlay or the store), whatever the outcome: what a
     /// shadow version is given to read for the same event. Recorded only
-    /// for a handler with a shadow (`HandlerRef::capture_reads`).
+    /// for a handler with a shadow (`HandlerRef::record_io`).
     pub reads: Vec<(String, Option<Vec<u8>>)>,
+    /// `METHOD URI` of each outbound request the call made, sent or
+    /// refused, whatever the outcome; recorded as `reads` are, so a shadow
+    /// can be compared on what it would have sent.
+    pub requests: Vec<String>,
 }
 
 /// Why an attempt failed without the handler saying so.

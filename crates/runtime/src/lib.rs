@@ -186,9 +186,10 @@ pub struct HandlerRef<'a> {
     pub manifest: &'a Manifest,
     pub config: &'a Arc<BTreeMap<String, String>>,
     pub prepared: &'a Prepared,
-    /// Record what a `handle` call reads (`Effects::reads`): set for a
-    /// handler with a shadow.
-    pub capture_reads: bool,
+    /// Record what a `handle` call reads and the requests it makes
+    /// (`Effects::reads`, `Effects::requests`): set for a handler with a
+    /// shadow, and for the shadow.
+    pub record_io: bool,
 }
 
 /// The result of one `handle` call.
@@ -419,7 +420,7 @@ impl Runtime {
             (event, unit),
             env,
         );
-        if h.capture_reads {
+        if h.record_io {
             call.reads = Some(Vec::new());
         }
         let headers: Vec<(&str, &str)> = event
@@ -440,6 +441,7 @@ impl Runtime {
         } else {
             Effects {
                 reads: ended.effects.reads,
+                requests: ended.effects.requests,
                 ..Effects::default()
             }
         };
@@ -821,7 +823,11 @@ impl Ended {
             let note = data.take_note();
             (Effects::default(), data.call.finish_batch(note), None)
         } else {
-            (data.call.take_effects(), Vec::new(), data.take_note())
+            let mut effects = data.call.take_effects();
+            if let Some(requests) = &mut data.outbound.requests {
+                effects.requests = std::mem::take(requests);
+            }
+            (effects, Vec::new(), data.take_note())
         };
         Self {
             result,

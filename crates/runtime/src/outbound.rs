@@ -39,6 +39,9 @@ pub struct Outbound {
     transcript: Option<super::Transcript>,
     /// Kept-alive connections for `http://` requests.
     pool: Arc<super::http_pool::HttpPool>,
+    /// `METHOD URI` of every request, sent or refused, when the call
+    /// records its I/O (`HandlerRef::record_io`).
+    pub(crate) requests: Option<Vec<String>>,
 }
 
 impl Outbound {
@@ -63,6 +66,7 @@ impl Outbound {
             notes: Vec::new(),
             transcript: call.env.transcript.clone(),
             pool: pool.clone(),
+            requests: h.record_io.then(Vec::new),
         }
     }
 
@@ -120,6 +124,9 @@ impl WasiHttpHooks for Outbound {
     ) -> Box<dyn Future<Output = Result<Sent, HttpError>> + Send> {
         drop(fut);
         let uri = request.uri().clone();
+        if let Some(r) = &mut self.requests {
+            r.push(format!("{} {uri}", request.method()));
+        }
         if !self.allowed.iter().any(|rule| rule.allows(&uri)) {
             return self.deny(format!(
                 "destination not allowed: {uri} (not in the manifest's allowed_outbound_hosts)"

@@ -52,6 +52,8 @@ struct Observed {
     /// (type, target, payload) of each follow-up event: ids differ by
     /// nature, the rest must not.
     published: Vec<(String, Option<String>, String)>,
+    /// `METHOD URI` of each outbound request, sent or refused.
+    requests: Vec<String>,
 }
 
 impl Observed {
@@ -71,10 +73,12 @@ impl Observed {
                     )
                 })
                 .collect(),
+            requests: effects.requests.clone(),
         }
     }
 
-    /// What differs from `other`: `outcome`, `state`, `published`.
+    /// What differs from `other`: `outcome`, `state`, `published`,
+    /// `outbound`.
     fn differs(&self, other: &Self) -> Vec<&'static str> {
         let mut out = Vec::new();
         if self.outcome != other.outcome {
@@ -85,6 +89,9 @@ impl Observed {
         }
         if self.published != other.published {
             out.push("published");
+        }
+        if self.requests != other.requests {
+            out.push("outbound");
         }
         out
     }
@@ -113,6 +120,7 @@ impl Observed {
             "error": self.error,
             "state": state,
             "published": published,
+            "outbound": self.requests,
         })
     }
 }
@@ -351,10 +359,13 @@ impl Runner {
 
     async fn shadow(&mut self, job: Job) {
         *self.view.reads.locked() = job.reads.into_iter().collect();
+        let mut target = job.shadow.handle_ref();
+        // Its requests are compared with the live call's.
+        target.record_io = true;
         let inv = self
             .runtime
             .invoke(
-                job.shadow.handle_ref(),
+                target,
                 &job.event,
                 &job.event.project_id,
                 &job.origin,

@@ -91,7 +91,7 @@ impl LoadedHandler {
             manifest: &self.manifest,
             config: &self.config,
             prepared: &self.prepared,
-            capture_reads: false,
+            record_io: false,
         }
     }
 }
