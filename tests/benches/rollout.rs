@@ -45,7 +45,8 @@ fn shadow(events: u64, projects: u64, rounds: usize) {
     );
     // Warm-up: the compiled component lands in the cache.
     run(false, 5_000, projects);
-    let (mut alone, mut shadowed, mut ran) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut alone, mut shadowed, mut ran, mut ratios) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         println!("{}", persona_bus_tests::round_line(round, rounds));
         let (a, _) = run(false, events, projects);
@@ -56,12 +57,21 @@ fn shadow(events: u64, projects: u64, rounds: usize) {
         );
         alone.push(a);
         shadowed.push(s);
+        ratios.push(s / a);
         ran.push(share * 100.0);
     }
-    for v in [&mut alone, &mut shadowed, &mut ran] {
+    for v in [&mut alone, &mut shadowed, &mut ran, &mut ratios] {
         v.sort_by(f64::total_cmp);
     }
     let ratio = persona_bus_tests::median(&shadowed) / persona_bus_tests::median(&alone);
+    // The machine's speed drifts between rounds; each round's pair runs
+    // back to back, so its own ratio is the steadier figure.
+    println!(
+        "with / alone per round: median {:.2} ({:.2}-{:.2})",
+        persona_bus_tests::median(&ratios),
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
     println!(
         "alone {}; with a shadow {}; with / alone {ratio:.2}; shadowed {:.0}-{:.0} % of the events",
         persona_bus_tests::rate_summary(&alone),

@@ -154,7 +154,9 @@ pub struct Shadows {
     dropped: Arc<Mutex<HashMap<TallyKey, u64>>>,
 }
 
-type TallyKey = (String, String, String);
+/// (handler, shadow version, live version): `Arc`s of the loaded
+/// handlers, so counting allocates nothing.
+type TallyKey = (Arc<str>, Arc<str>, Arc<str>);
 
 impl Shadows {
     /// Starts the runner's thread; it ends when the runner is dropped.
@@ -212,6 +214,16 @@ impl Shadows {
         origin: &Origin,
         live: &mut Run,
     ) {
+        // Under a backlog the queue is full most of the time: count the
+        // drop before copying anything.
+        if self.queue.locked().len() >= QUEUE || self.closed.load(Ordering::Relaxed) {
+            self.count_drop((
+                shadow.name.clone(),
+                shadow.version.clone(),
+                live.version.clone(),
+            ));
+            return;
+        }
         let job = Job {
             shadow: shadow.clone(),
             live_version: live.version.clone(),
@@ -222,12 +234,17 @@ impl Shadows {
             reads: std::mem::take(&mut live.effects.reads),
         };
         let mut queue = self.queue.locked();
-        if queue.len() >= QUEUE || self.closed.load(Ordering::Relaxed) {
+        if queue.len() >= QUEUE {
             drop(queue);
             drop_job(&self.counters, &self.dropped, &job);
             return;
         }
         queue.push_back(job);
+    }
+
+    fn count_drop(&self, key: TallyKey) {
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        *self.dropped.locked().entry(key).or_default() += 1;
     }
 }
 
@@ -247,9 +264,9 @@ fn drop_job(counters: &ShadowCounters, dropped: &Mutex<HashMap<TallyKey, u64>>, 
     *dropped
         .locked()
         .entry((
-            job.shadow.name.to_string(),
-            job.shadow.version.to_string(),
-            job.live_version.to_string(),
+            job.shadow.name.clone(),
+            job.shadow.version.clone(),
+            job.live_version.clone(),
         ))
         .or_default() += 1;
 }
@@ -376,9 +393,9 @@ impl Runner {
         let shadow = Observed::of(&inv.outcome, &inv.effects);
         let differs = job.live.differs(&shadow);
         let key = (
-            job.shadow.name.to_string(),
-            job.shadow.version.to_string(),
-            job.live_version.to_string(),
+            job.shadow.name.clone(),
+            job.shadow.version.clone(),
+            job.live_version.clone(),
         );
         let tally = self.tallies.entry(key.clone()).or_default();
         if differs.is_empty() {
@@ -417,9 +434,9 @@ impl Runner {
             .tallies
             .drain()
             .map(|((handler, shadow_version, live_version), t)| ShadowTally {
-                handler,
-                shadow_version,
-                live_version,
+                handler: handler.to_string(),
+                shadow_version: shadow_version.to_string(),
+                live_version: live_version.to_string(),
                 ..t
             })
             .collect();
