@@ -31,6 +31,7 @@ mod lifecycle;
 mod matching;
 mod migration;
 mod monitoring;
+mod oci;
 mod ordering;
 mod outbound;
 mod outcomes;

@@ -152,6 +152,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }) => handlers::diff(&config, &name, examples, json),
         Command::Handlers(HandlersCommand::Promote { name }) => handlers::promote(&config, &name),
         Command::Handlers(HandlersCommand::Discard { name }) => handlers::discard(&config, &name),
+        Command::Handlers(HandlersCommand::Push { path, reference }) => {
+            handlers::push(&path, &reference)
+        }
+        Command::Handlers(HandlersCommand::Pull { reference, output }) => {
+            handlers::pull(&reference, output.as_deref())
+        }
+        Command::Handlers(HandlersCommand::Sign { target, key }) => handlers::sign(&target, &key),
         Command::New { name, lang, dir } => {
             let dir = new::new(&name, lang, dir.as_deref())?;
             println!(

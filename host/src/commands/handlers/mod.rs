@@ -1,8 +1,10 @@
 //! `persona-bus handlers list|validate|reload|build|test|diff|promote|discard`.
 
+mod oci;
 mod rollout;
 pub mod test;
 
+pub(super) use oci::{pull, push, sign};
 pub(super) use rollout::{diff, discard, promote};
 
 use crate::commands::open_store;
@@ -59,6 +61,30 @@ pub enum HandlersCommand {
     Promote { name: String },
     /// Drop a handler's shadow or canary version; the live one keeps serving
     Discard { name: String },
+    /// Push a component (a .wasm, a manifest's, or a built handler folder's)
+    /// to an OCI registry as a Wasm OCI artifact (what `wkg oci push` makes)
+    Push {
+        path: PathBuf,
+        /// host[:port]/repository:tag
+        reference: String,
+    },
+    /// Pull a component from an OCI registry by tag or digest
+    Pull {
+        /// host[:port]/repository:tag or ...@sha256:<hex>
+        reference: String,
+        /// Where to write it [default: <repository name>.wasm]
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Sign a component with an ECDSA P-256 key (PKCS#8 PEM): a file gets
+    /// `name.wasm.sig` beside it (as `cosign sign-blob`), a registry
+    /// reference a signature in the registry (as `cosign sign`)
+    Sign {
+        /// A .wasm file, or a registry reference
+        target: String,
+        #[arg(long, value_name = "KEY.pem")]
+        key: PathBuf,
+    },
 }
 
 pub(super) fn handlers_list(config: &Config, json: bool) -> anyhow::Result<()> {

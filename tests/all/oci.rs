@@ -1,0 +1,212 @@
+//! Handlers in a real OCI registry (`make oci-up`: go-containerregistry's
+//! `registry` on 127.0.0.1:5050): push and pull by tag and by digest with
+//! our commands, and cosign-compatible signatures made by `handlers sign`,
+//! verified offline against trusted keys (issue 37, first part).
+
+use crate::cli;
+use persona_bus_oci::cosign::TrustedKeys;
+use persona_bus_oci::{OciClient, SignatureError};
+use persona_bus_tests::{Sandbox, guests};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The registry `make oci-up` starts (`PERSONA_BUS_TEST_OCI` for another).
+fn registry() -> String {
+    std::env::var("PERSONA_BUS_TEST_OCI").unwrap_or_else(|_| "127.0.0.1:5050".into())
+}
+
+/// A repository of its own per test run.
+fn repository(name: &str) -> String {
+    format!(
+        "{}/t{}/{name}",
+        registry(),
+        ulid::Ulid::new().to_string().to_lowercase()
+    )
+}
+
+/// An ECDSA P-256 key pair made by openssl: (private PKCS#8 PEM, public PEM).
+fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let private = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub"));
+    let ok = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&private)
+        .status()
+        .unwrap()
+        .success()
+        && Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .unwrap()
+            .success();
+    assert!(ok, "openssl made no key pair");
+    (private, public)
+}
+
+fn client() -> OciClient {
+    OciClient::new(&[registry()], None).unwrap()
+}
+
+/// The `digest sha256:...` line of a push or pull.
+fn digest_in(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("digest "))
+        .unwrap_or_else(|| panic!("no digest in {out}"))
+        .to_owned()
+}
+
+#[test]
+#[ignore = "needs services: make test"]
+fn push_then_pull_by_tag_and_by_digest_gives_the_same_component() {
+    let sb = Sandbox::new();
+    let reference = format!("{}:1.0.0", repository("rmw"));
+    let (ok, out, err) = cli(&sb, &["handlers", "push", guests::RMW, &reference]);
+    assert!(ok, "{out}{err}");
+    let digest = digest_in(&out);
+    assert!(digest.starts_with("sha256:"), "{out}");
+    let original = std::fs::read(guests::RMW).unwrap();
+    for r in [
+        reference.clone(),
+        format!(
+            "{}@{digest}",
+            reference.split(':').take(2).collect::<Vec<_>>().join(":")
+        ),
+    ] {
+        let file = sb.root.path().join("pulled.wasm");
+        let (ok, out, err) = cli(&sb, &["handlers", "pull", &r, "-o", file.to_str().unwrap()]);
+        assert!(ok, "{r}: {out}{err}");
+        assert_eq!(digest_in(&out), digest, "{r}");
+        assert_eq!(std::fs::read(&file).unwrap(), original, "{r}");
+    }
+    // The library agrees, and a tag resolves to the digest.
+    assert_eq!(client().resolve(&reference).unwrap(), digest);
+    // A missing tag is a clear error that names it.
+    let missing = format!("{}:nope", repository("rmw"));
+    let (ok, _, err) = cli(&sb, &["handlers", "pull", &missing]);
+    assert!(!ok);
+    assert!(err.contains(&missing) && err.contains("pull"), "{err}");
+}
+
+#[test]
+#[ignore = "needs services: make test"]
+fn a_signed_component_verifies_with_its_key_only_and_only_for_its_digest() {
+    let sb = Sandbox::new();
+    let dir = sb.root.path();
+    let (private, public) = keypair(dir, "team");
+    let (_, stranger) = keypair(dir, "stranger");
+    let reference = format!("{}:1", repository("rmw"));
+    let (ok, out, err) = cli(&sb, &["handlers", "push", guests::RMW, &reference]);
+    assert!(ok, "{out}{err}");
+    let digest = digest_in(&out);
+    let keys = TrustedKeys::load(std::slice::from_ref(&public)).unwrap();
+    let c = client();
+    // Unsigned first.
+    assert!(matches!(
+        c.verify(&reference, &digest, &keys),
+        Err(SignatureError::Unsigned(_))
+    ));
+    let (ok, out, err) = cli(
+        &sb,
+        &[
+            "handlers",
+            "sign",
+            &reference,
+            "--key",
+            private.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(&digest), "{out}");
+    let signer = c.verify(&reference, &digest, &keys).unwrap();
+    assert!(signer.starts_with("team:"), "{signer}");
+    // Another key's list does not accept it.
+    let others = TrustedKeys::load(&[stranger]).unwrap();
+    assert!(matches!(
+        c.verify(&reference, &digest, &others),
+        Err(SignatureError::Untrusted(_))
+    ));
+    // A new component under the same tag has another digest: unsigned.
+    let (ok, out, _) = cli(&sb, &["handlers", "push", guests::NOOP, &reference]);
+    assert!(ok);
+    let changed = digest_in(&out);
+    assert_ne!(changed, digest);
+    assert!(matches!(
+        c.verify(&reference, &changed, &keys),
+        Err(SignatureError::Unsigned(_))
+    ));
+    // No key material in what the commands print.
+    let key_text = std::fs::read_to_string(&private).unwrap();
+    let body = key_text.lines().nth(1).unwrap();
+    assert!(!out.contains(body) && !err.contains(body));
+}
+
+#[test]
+fn a_file_signature_is_cosign_sign_blob_and_breaks_when_the_file_changes() {
+    let sb = Sandbox::new();
+    let dir = sb.root.path();
+    let (private, public) = keypair(dir, "team");
+    let wasm = dir.join("rmw.wasm");
+    std::fs::copy(guests::RMW, &wasm).unwrap();
+    let (ok, out, err) = cli(
+        &sb,
+        &[
+            "handlers",
+            "sign",
+            wasm.to_str().unwrap(),
+            "--key",
+            private.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let sig = std::fs::read_to_string(dir.join("rmw.wasm.sig")).unwrap();
+    let keys = TrustedKeys::load(&[public]).unwrap();
+    let bytes = std::fs::read(&wasm).unwrap();
+    assert!(keys.verify_blob(&bytes, &sig).unwrap().starts_with("team:"));
+    // openssl, knowing nothing of us, verifies it too (DER ECDSA, SHA-256).
+    let der = dir.join("sig.der");
+    std::fs::write(&der, base64_decode(sig.trim())).unwrap();
+    let status = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(dir.join("team.pub"))
+        .arg("-signature")
+        .arg(&der)
+        .arg(&wasm)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    let mut changed = bytes.clone();
+    changed.push(0);
+    assert!(matches!(
+        keys.verify_blob(&changed, &sig),
+        Err(SignatureError::Untrusted(_))
+    ));
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(["base64", "-d", "-A"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(text.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    out.stdout
+}
