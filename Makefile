@@ -10,7 +10,7 @@
 #   make kafka-up-secure         a second one with TLS + SASL (9096) and mutual TLS (9097)
 #   make kafka-up-cluster        a three-broker cluster (9192-9194)
 #   make registry-up / registry-down   a real schema registry (Apicurio) on 127.0.0.1:8081
-#   make oci-up / oci-down       a real OCI registry (go-containerregistry) on 127.0.0.1:5050
+#   make oci-up / oci-down       a real OCI registry (CNCF Distribution) on 127.0.0.1:5050
 #   make screenshot              docs/dashboard.png, the dashboard under load in headless Chromium
 
 CARGO       ?= cargo
@@ -30,7 +30,7 @@ COMPONENTIZE := $(JS_TOOLS)/node_modules/.bin/componentize-js
 JS_OUT      := $(TARGET_DIR)/js
 JS_WASM     := $(JS_OUT)/tally-js.wasm $(JS_OUT)/handler-template-js.wasm $(JS_OUT)/fetch-js.wasm
 
-.PHONY: all toolchain build handlers js-handlers py-handlers run test test-fast lint fmt fuzz bench bench-state bench-kafka bench-schemas bench-peer bench-http bench-tracing soak soak-retention screenshot otelcol browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down kafka-reset registry-up registry-down oci-up oci-down
+.PHONY: all toolchain build handlers js-handlers py-handlers run test test-fast lint fmt fuzz bench bench-state bench-kafka bench-schemas bench-peer bench-http bench-tracing soak soak-retention screenshot otelcol browser-deps prometheus-deps clean kafka-up kafka-up-secure kafka-up-cluster kafka-down kafka-reset registry-up registry-down oci-up oci-down oci-tools
 
 all: build
 
@@ -123,7 +123,7 @@ run: build
 # handler compilation is not slowed by a debug cranelift.
 # Kafka tests run against the real brokers (`make kafka-up`,
 # `make kafka-up-secure` and `make kafka-up-cluster`, left running).
-test: toolchain js-handlers py-handlers browser-deps prometheus-deps otelcol kafka-up kafka-up-secure kafka-up-cluster registry-up oci-up
+test: toolchain js-handlers py-handlers browser-deps prometheus-deps otelcol kafka-up kafka-up-secure kafka-up-cluster registry-up oci-up oci-tools
 	$(CARGO) test --release -- --include-ignored
 
 # The fast tier, which is also plain `cargo test`: the unit tests and the
@@ -264,6 +264,11 @@ oci-up:
 
 oci-down:
 	scripts/oci.sh down
+
+# cosign and wkg, for the tests that check our OCI artifacts and signatures
+# against the ecosystem's own tools (built once into the cache folder).
+oci-tools:
+	scripts/oci-tools.sh
 
 registry-up:
 	scripts/registry.sh up

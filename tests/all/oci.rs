@@ -210,3 +210,242 @@ fn base64_decode(text: &str) -> Vec<u8> {
         .unwrap();
     out.stdout
 }
+
+/// A tool `make oci-tools` built (`scripts/oci-tools.sh`).
+fn tool(name: &str, version: &str) -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+    let bin = cache
+        .join("persona-bus")
+        .join(format!("{name}-{version}"))
+        .join("bin")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `make oci-tools`",
+        bin.display()
+    );
+    bin
+}
+
+fn run(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{} {args:?}: {text}", bin.display());
+    text
+}
+
+#[test]
+#[ignore = "needs services: make test"]
+fn components_travel_both_ways_between_our_commands_and_wkg() {
+    let wkg = tool("wkg", "0.16.1");
+    let sb = Sandbox::new();
+    let dir = sb.root.path();
+    let insecure = registry();
+    // Ours -> wkg.
+    let ours = format!("{}:1", repository("echo"));
+    let (ok, out, err) = cli(&sb, &["handlers", "push", guests::ECHO, &ours]);
+    assert!(ok, "{out}{err}");
+    let got = dir.join("by-wkg.wasm");
+    run(
+        &wkg,
+        &[
+            "oci",
+            "pull",
+            "--insecure",
+            &insecure,
+            &ours,
+            "-o",
+            got.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        std::fs::read(guests::ECHO).unwrap()
+    );
+    // wkg -> ours, and the pulled component loads as a handler.
+    let theirs = format!("{}:1", repository("echo"));
+    run(
+        &wkg,
+        &[
+            "oci",
+            "push",
+            "--insecure",
+            &insecure,
+            &theirs,
+            guests::ECHO,
+        ],
+        &[],
+    );
+    let handlers = dir.join("pulled");
+    std::fs::create_dir_all(&handlers).unwrap();
+    let wasm = handlers.join("echo.wasm");
+    let (ok, out, err) = cli(
+        &sb,
+        &["handlers", "pull", &theirs, "-o", wasm.to_str().unwrap()],
+    );
+    assert!(ok, "{out}{err}");
+    std::fs::write(
+        handlers.join("echo.toml"),
+        "name = \"echo\"\nversion = \"1\"\n[[subscriptions]]\nevent_type = \"e\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = cli(&sb, &["handlers", "validate", handlers.to_str().unwrap()]);
+    assert!(ok && out.contains("ok     echo 1"), "{out}{err}");
+}
+
+#[test]
+#[ignore = "needs services: make test"]
+fn signatures_verify_both_ways_between_our_commands_and_cosign() {
+    let cosign = tool("cosign", "v2.6.5");
+    let sb = Sandbox::new();
+    let dir = sb.root.path();
+    let (private, public) = keypair(dir, "team");
+    let env = [("COSIGN_PASSWORD", ""), ("COSIGN_YES", "true")];
+    // cosign's own key pair (its encrypted private key format).
+    let out = Command::new(&cosign)
+        .current_dir(dir)
+        .args(["generate-key-pair"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cosign_pub = dir.join("cosign.pub");
+    let cosign_key = dir.join("cosign.key");
+
+    // Signed by us, verified by cosign.
+    let reference = format!("{}:1", repository("rmw"));
+    let (ok, out, _) = cli(&sb, &["handlers", "push", guests::RMW, &reference]);
+    assert!(ok);
+    let digest = digest_in(&out);
+    let (ok, out, err) = cli(
+        &sb,
+        &[
+            "handlers",
+            "sign",
+            &reference,
+            "--key",
+            private.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let by_digest = format!("{}@{digest}", reference.rsplit_once(':').unwrap().0);
+    run(
+        &cosign,
+        &[
+            "verify",
+            "--key",
+            public.to_str().unwrap(),
+            "--insecure-ignore-tlog=true",
+            "--allow-insecure-registry",
+            &by_digest,
+        ],
+        &env,
+    );
+
+    // Signed by cosign, verified by us.
+    let other = format!("{}:1", repository("noop"));
+    let (ok, out, _) = cli(&sb, &["handlers", "push", guests::NOOP, &other]);
+    assert!(ok);
+    let other_digest = digest_in(&out);
+    let other_by_digest = format!("{}@{other_digest}", other.rsplit_once(':').unwrap().0);
+    run(
+        &cosign,
+        &[
+            "sign",
+            "--key",
+            cosign_key.to_str().unwrap(),
+            "--tlog-upload=false",
+            "--allow-insecure-registry",
+            &other_by_digest,
+        ],
+        &env,
+    );
+    let keys = TrustedKeys::load(std::slice::from_ref(&cosign_pub)).unwrap();
+    let signer = client().verify(&other, &other_digest, &keys).unwrap();
+    assert!(signer.starts_with("cosign:"), "{signer}");
+    let (ok, out, err) = cli(
+        &sb,
+        &[
+            "handlers",
+            "verify",
+            &other,
+            "--key",
+            cosign_pub.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && out.contains("signed by cosign:"), "{out}{err}");
+    let (ok, _, err) = cli(
+        &sb,
+        &[
+            "handlers",
+            "verify",
+            &other,
+            "--key",
+            public.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && err.contains("not signed by a trusted key"), "{err}");
+
+    // Blobs: ours verified by cosign verify-blob, cosign's by us.
+    let wasm = dir.join("rmw.wasm");
+    std::fs::copy(guests::RMW, &wasm).unwrap();
+    let (ok, _, err) = cli(
+        &sb,
+        &[
+            "handlers",
+            "sign",
+            wasm.to_str().unwrap(),
+            "--key",
+            private.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    run(
+        &cosign,
+        &[
+            "verify-blob",
+            "--key",
+            public.to_str().unwrap(),
+            "--insecure-ignore-tlog=true",
+            "--signature",
+            dir.join("rmw.wasm.sig").to_str().unwrap(),
+            wasm.to_str().unwrap(),
+        ],
+        &env,
+    );
+    let theirs = dir.join("by-cosign.sig");
+    run(
+        &cosign,
+        &[
+            "sign-blob",
+            "--key",
+            cosign_key.to_str().unwrap(),
+            "--tlog-upload=false",
+            "--output-signature",
+            theirs.to_str().unwrap(),
+            wasm.to_str().unwrap(),
+        ],
+        &env,
+    );
+    let sig = std::fs::read_to_string(&theirs).unwrap();
+    assert!(
+        keys.verify_blob(&std::fs::read(&wasm).unwrap(), &sig)
+            .unwrap()
+            .starts_with("cosign:")
+    );
+}

@@ -159,6 +159,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             handlers::pull(&reference, output.as_deref())
         }
         Command::Handlers(HandlersCommand::Sign { target, key }) => handlers::sign(&target, &key),
+        Command::Handlers(HandlersCommand::Verify { target, keys }) => {
+            handlers::verify(&target, &keys)
+        }
         Command::New { name, lang, dir } => {
             let dir = new::new(&name, lang, dir.as_deref())?;
             println!(

@@ -4,7 +4,7 @@ mod oci;
 mod rollout;
 pub mod test;
 
-pub(super) use oci::{pull, push, sign};
+pub(super) use oci::{pull, push, sign, verify};
 pub(super) use rollout::{diff, discard, promote};
 
 use crate::commands::open_store;
@@ -84,6 +84,15 @@ pub enum HandlersCommand {
         target: String,
         #[arg(long, value_name = "KEY.pem")]
         key: PathBuf,
+    },
+    /// Check a component's signature (ours or cosign's) against public
+    /// keys, offline; exits non-zero with the reason unless one verifies
+    Verify {
+        /// A .wasm file (its .sig beside it), or a registry reference
+        target: String,
+        /// A public key (PEM, as cosign.pub); repeatable
+        #[arg(long = "key", value_name = "KEY.pub", required = true)]
+        keys: Vec<PathBuf>,
     },
 }
 

@@ -128,3 +128,25 @@ pub(crate) fn sign(target: &str, key: &Path) -> anyhow::Result<()> {
     println!("signed {target} ({digest}): signature at {sig_ref} (as `cosign sign` does)");
     Ok(())
 }
+
+pub(crate) fn verify(target: &str, keys: &[PathBuf]) -> anyhow::Result<()> {
+    let keys = persona_bus_oci::TrustedKeys::load(keys)?;
+    let file = Path::new(target);
+    if file.exists() {
+        let wasm_file = component_of(file)?;
+        let bytes = std::fs::read(&wasm_file)
+            .with_context(|| format!("cannot read {}", wasm_file.display()))?;
+        let sig_file = PathBuf::from(format!("{}.sig", wasm_file.display()));
+        let sig = std::fs::read_to_string(&sig_file).map_err(|_| {
+            persona_bus_oci::SignatureError::Unsigned(format!("no {}", sig_file.display()))
+        })?;
+        let signer = keys.verify_blob(&bytes, &sig)?;
+        println!("{}: signed by {signer}", wasm_file.display());
+        return Ok(());
+    }
+    let client = client_for(target)?;
+    let digest = client.resolve(target)?;
+    let signer = client.verify(target, &digest, &keys)?;
+    println!("{target} ({digest}): signed by {signer}");
+    Ok(())
+}
