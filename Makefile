@@ -172,7 +172,7 @@ lint: toolchain
 fmt:
 	$(CARGO) fmt --all
 
-bench: toolchain kafka-up handlers
+bench: toolchain kafka-up oci-up handlers
 	$(CARGO) build --release -p persona-bus-tests --bin persona-bus-host
 	$(CARGO) bench -p persona-bus-tests --bench embedded
 	$(CARGO) bench -p persona-bus-tests --bench kafka
@@ -181,6 +181,7 @@ bench: toolchain kafka-up handlers
 	$(CARGO) bench -p persona-bus-tests --bench ordering
 	$(CARGO) bench -p persona-bus-tests --bench batches
 	$(CARGO) bench -p persona-bus-tests --bench rollout
+	$(CARGO) bench -p persona-bus-tests --bench oci
 	$(MAKE) bench-http
 
 # Serial state per project: one project's 100,000-event backlog through a
