@@ -185,6 +185,14 @@ pub fn simple_signing_payload(repository: &str, digest: &str) -> Vec<u8> {
     .expect("a JSON value serialises")
 }
 
+/// Where a file's `cosign sign-blob` signature lives: beside it, `.sig`
+/// appended (`router.wasm.sig`).
+pub fn signature_file(wasm: &Path) -> PathBuf {
+    let mut name = wasm.as_os_str().to_owned();
+    name.push(".sig");
+    PathBuf::from(name)
+}
+
 /// The tag of the signatures of `digest` (`sha256:<hex>` -> `sha256-<hex>.sig`).
 pub fn signature_tag(digest: &str) -> String {
     format!("{}.sig", digest.replace(':', "-"))

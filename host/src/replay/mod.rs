@@ -129,9 +129,9 @@ pub enum ReplayError {
 /// A time as events store it (RFC 3339, milliseconds, UTC), so text
 /// comparison in SQL orders it right.
 pub fn stored_time(text: &str) -> Result<String, ReplayError> {
-    let t = humantime::parse_rfc3339_weak(text.trim_end_matches('Z'))
-        .or_else(|_| humantime::parse_rfc3339_weak(text))
-        .map_err(|_| ReplayError::BadTime(text.to_owned()))?;
+    // The weak parser takes the `Z` or leaves it out, as events store it.
+    let t =
+        humantime::parse_rfc3339_weak(text).map_err(|_| ReplayError::BadTime(text.to_owned()))?;
     Ok(humantime::format_rfc3339_millis(t).to_string())
 }
 

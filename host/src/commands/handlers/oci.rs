@@ -76,10 +76,16 @@ fn component_of(path: &Path) -> anyhow::Result<PathBuf> {
     )
 }
 
-pub(crate) fn push(path: &Path, reference: &str) -> anyhow::Result<()> {
+/// The component of `path` (see [`component_of`]) and its bytes.
+fn read_component(path: &Path) -> anyhow::Result<(PathBuf, Vec<u8>)> {
     let wasm_file = component_of(path)?;
-    let wasm = std::fs::read(&wasm_file)
+    let bytes = std::fs::read(&wasm_file)
         .with_context(|| format!("cannot read {}", wasm_file.display()))?;
+    Ok((wasm_file, bytes))
+}
+
+pub(crate) fn push(path: &Path, reference: &str) -> anyhow::Result<()> {
+    let (wasm_file, wasm) = read_component(path)?;
     let digest = client_for(reference)?.push(reference, wasm)?;
     println!("pushed {} to {reference}", wasm_file.display());
     println!("digest {digest}");
@@ -111,10 +117,8 @@ pub(crate) fn sign(target: &str, key: &Path) -> anyhow::Result<()> {
     let key = persona_bus_oci::cosign::load_signing_key(key)?;
     let file = Path::new(target);
     if file.exists() {
-        let wasm_file = component_of(file)?;
-        let bytes = std::fs::read(&wasm_file)
-            .with_context(|| format!("cannot read {}", wasm_file.display()))?;
-        let sig_file = PathBuf::from(format!("{}.sig", wasm_file.display()));
+        let (wasm_file, bytes) = read_component(file)?;
+        let sig_file = persona_bus_oci::cosign::signature_file(&wasm_file);
         std::fs::write(&sig_file, persona_bus_oci::cosign::sign_blob(&key, &bytes))
             .with_context(|| format!("cannot write {}", sig_file.display()))?;
         println!(
@@ -133,10 +137,8 @@ pub(crate) fn verify(target: &str, keys: &[PathBuf]) -> anyhow::Result<()> {
     let keys = persona_bus_oci::TrustedKeys::load(keys)?;
     let file = Path::new(target);
     if file.exists() {
-        let wasm_file = component_of(file)?;
-        let bytes = std::fs::read(&wasm_file)
-            .with_context(|| format!("cannot read {}", wasm_file.display()))?;
-        let sig_file = PathBuf::from(format!("{}.sig", wasm_file.display()));
+        let (wasm_file, bytes) = read_component(file)?;
+        let sig_file = persona_bus_oci::cosign::signature_file(&wasm_file);
         let sig = std::fs::read_to_string(&sig_file).map_err(|_| {
             persona_bus_oci::SignatureError::Unsigned(format!("no {}", sig_file.display()))
         })?;
