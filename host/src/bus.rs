@@ -115,11 +115,16 @@ impl Bus {
             &config.limits,
             Some(config.compile_cache_dir()),
         )?);
+        let sources = crate::registry::Sources::of(&config).map_err(|reason| BusError::Io {
+            what: "read the [trust] keys".into(),
+            source: std::io::Error::other(reason),
+        })?;
         let registry = Arc::new(Registry::new(
             config.handlers_dir.clone(),
             runtime.clone(),
             store.clone(),
             config.limits.clone(),
+            Arc::new(sources),
         ));
         registry.reload()?;
         let schemas = Arc::new(crate::schemas::Schemas::new(&config));
@@ -206,6 +211,13 @@ impl Bus {
                     what: "watch the handlers folder".into(),
                     source: std::io::Error::other(e),
                 }
+            })?;
+        }
+        {
+            let registry = self.pipeline.dispatcher().registry().clone();
+            crate::registry::start_follower(registry, tasks).map_err(|e| BusError::Io {
+                what: "follow OCI references".into(),
+                source: std::io::Error::other(e),
             })?;
         }
         crate::alerts::start(ctx.clone(), tasks)?;

@@ -19,6 +19,7 @@ pub use crate::kafka::config::{
     BreakerConfig, EndpointIdentification, KafkaConfig, OffsetReset, SaslMechanism, TopicConfig,
     TopicsConfig, is_secret_setting,
 };
+pub use crate::registry::config::{OciConfig, TrustConfig};
 pub use crate::runtime::config::RuntimeConfig;
 pub use crate::schemas::config::{SchemasConfig, WireFormat};
 pub use crate::source::config::PollConfig;
@@ -51,6 +52,10 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// OTLP traces, off without an endpoint (see `traces`).
     pub traces: TracesConfig,
+    /// The keys whose signatures a component needs (see `registry`).
+    pub trust: TrustConfig,
+    /// Components pulled from OCI registries (see `registry`).
+    pub oci: OciConfig,
     /// On SIGINT/SIGTERM (or `Bus::shutdown`): how long handler calls in
     /// flight may take to finish. Calls still running then are abandoned:
     /// nothing of theirs is committed, their events go back to `pending`
@@ -73,6 +78,8 @@ impl Default for Config {
             schemas: SchemasConfig::default(),
             alerts: Default::default(),
             traces: Default::default(),
+            trust: Default::default(),
+            oci: Default::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -124,6 +131,8 @@ pub fn env_vars() -> Vec<EnvDoc> {
         docs(HttpConfig::ENV),
         docs(AlertsConfig::ENV),
         docs(TracesConfig::ENV),
+        docs(TrustConfig::ENV),
+        docs(OciConfig::ENV),
     ]
     .concat()
 }
@@ -236,6 +245,8 @@ impl Config {
         apply(&mut self.http, HttpConfig::ENV, &env)?;
         apply(&mut self.alerts, AlertsConfig::ENV, &env)?;
         apply(&mut self.traces, TracesConfig::ENV, &env)?;
+        apply(&mut self.trust, TrustConfig::ENV, &env)?;
+        apply(&mut self.oci, OciConfig::ENV, &env)?;
         Ok(())
     }
 
@@ -251,6 +262,8 @@ impl Config {
         self.schemas.validate()?;
         self.traces.validate()?;
         self.alerts.validate()?;
+        self.trust.validate()?;
+        self.oci.validate()?;
         Ok(())
     }
 

@@ -206,7 +206,9 @@ impl HostContext {
         for r in resolutions {
             let (status, error) = match &r.next {
                 Next::Final { status, error } => (*status, error.clone()),
-                Next::Retry { error, .. } => (EventStatus::Pending, Some(error.clone())),
+                Next::Retry { error, .. } | Next::Wait { reason: error, .. } => {
+                    (EventStatus::Pending, Some(error.clone()))
+                }
             };
             let _ = self.notices.send(Notice::Resolved {
                 event_id: r.event.id.clone(),

@@ -134,53 +134,75 @@ impl Dispatcher {
         origin: &Origin,
     ) -> (Resolution, Option<EventSpan>) {
         let mut trace = self.traces.dispatching(&event);
-        let (subscribers, earlier) = self.subscribers(&event, done);
+        let subs = self.subscribers(&event, done);
         let runs = self
             .run_handlers(
                 &event,
-                &subscribers,
+                &subs.handlers,
                 &event.project_id,
                 origin,
                 trace.as_ref(),
             )
             .await;
-        let resolution = self.finish(event, subscribers.len(), &earlier, runs, trace.as_mut());
+        let resolution = self.finish(
+            event,
+            subs.handlers.len(),
+            &subs.earlier,
+            &subs.held,
+            runs,
+            trace.as_mut(),
+        );
         (resolution, trace)
     }
 
     /// The handlers `event` is for now, without those its ledger says
-    /// finished it (`done`); and those finished outcomes.
-    pub fn subscribers(
-        &self,
-        event: &Event,
-        done: &[(String, String)],
-    ) -> (Vec<Arc<LoadedHandler>>, Vec<String>) {
+    /// finished it (`done`); those finished outcomes; and the held
+    /// handlers it must wait for.
+    pub fn subscribers(&self, event: &Event, done: &[(String, String)]) -> Subscribers {
         if event.chain_depth > self.env.limits.max_chain_depth {
             // Only an event from a host with a laxer limit gets here.
             tracing::warn!(event_id = %event.id, depth = event.chain_depth, "not dispatching: chain too deep");
-            return (Vec::new(), Vec::new());
+            return Subscribers::default();
         }
         let snapshot = self.registry.snapshot();
         let mut earlier = Vec::new();
+        let mut held = Vec::new();
         let canaries = !snapshot.candidates.is_empty();
-        let subscribers = snapshot
-            .matcher
-            .subscribers(event)
-            .into_iter()
-            .filter_map(|name| snapshot.handlers.get(&name))
-            .map(|h| match canaries {
-                true => snapshot.version_for(h, &event.project_id).clone(),
-                false => h.clone(),
-            })
-            .filter(|h| match done.iter().find(|(name, _)| **name == *h.name) {
-                Some((_, outcome)) => {
-                    earlier.push(outcome.clone());
-                    false
+        // A handler its ledger says finished the event: its outcome goes
+        // to `earlier`, and it runs (or waits) no more.
+        let mut finished = |name: &str| match done.iter().find(|(n, _)| n == name) {
+            Some((_, outcome)) => {
+                earlier.push(outcome.clone());
+                true
+            }
+            None => false,
+        };
+        let mut handlers = Vec::new();
+        for name in snapshot.matcher.subscribers(event) {
+            match snapshot.handlers.get(&name) {
+                Some(h) => {
+                    let h = match canaries {
+                        true => snapshot.version_for(h, &event.project_id),
+                        false => h,
+                    };
+                    if !finished(&h.name) {
+                        handlers.push(h.clone());
+                    }
                 }
-                None => true,
-            })
-            .collect();
-        (subscribers, earlier)
+                None => {
+                    if let Some(why) = snapshot.held.get(&name)
+                        && !finished(&name)
+                    {
+                        held.push((name, why.clone()));
+                    }
+                }
+            }
+        }
+        Subscribers {
+            handlers,
+            earlier,
+            held,
+        }
     }
 
     /// Which handlers of `event` run in which unit (see
@@ -385,10 +407,12 @@ impl Dispatcher {
         event: Event,
         subscribers: usize,
         earlier: &[String],
+        held: &[(Arc<str>, Arc<str>)],
         runs: Vec<Run>,
         trace: Option<&mut EventSpan>,
     ) -> Resolution {
-        let resolution = Resolution::summarize(event, subscribers, earlier, runs);
+        let resolution = Resolution::summarize(event, subscribers, earlier, runs)
+            .waiting_for(held, crate::event::now_millis() + WAIT_MS);
         if let (Some(t), crate::outcome::Next::Final { error: Some(e), .. }) =
             (trace, &resolution.next)
         {
@@ -396,6 +420,21 @@ impl Dispatcher {
         }
         resolution
     }
+}
+
+/// How long an event waits for a held handler before it is tried again,
+/// unless a reload wakes it first (see `Registry::reload`).
+const WAIT_MS: i64 = 30_000;
+
+/// The handlers an event is for now (see [`Dispatcher::subscribers`]).
+#[derive(Default)]
+pub struct Subscribers {
+    pub handlers: Vec<Arc<LoadedHandler>>,
+    /// The ledger outcomes of those that finished it in earlier attempts.
+    pub earlier: Vec<String>,
+    /// Held handlers (refused by `[trust]`, or not pulled yet) it waits
+    /// for, with why.
+    pub held: Vec<(Arc<str>, Arc<str>)>,
 }
 
 /// An event of a batch: where it came from, and its dispatch span.

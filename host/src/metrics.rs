@@ -104,6 +104,8 @@ pub struct Metrics {
     dead_letter: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
+    /// Deliveries that left their event waiting for a held handler.
+    waited: AtomicU64,
     pub undecodable: AtomicU64,
     /// Rows retention deleted: events, execution rows, dead letters.
     pub pruned: [AtomicU64; 3],
@@ -121,6 +123,7 @@ impl Metrics {
         for r in resolutions {
             let counter = match &r.next {
                 Next::Retry { .. } => &self.retried,
+                Next::Wait { .. } => &self.waited,
                 Next::Final { status, .. } => match status.as_str() {
                     "completed" => &self.completed,
                     "skipped" => &self.skipped,
@@ -165,6 +168,7 @@ impl Metrics {
             &self.dead_letter,
             &self.failed,
             &self.retried,
+            &self.waited,
         ]
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
@@ -267,6 +271,7 @@ impl Metrics {
             ("dead_letter", &self.dead_letter),
             ("failed", &self.failed),
             ("retry", &self.retried),
+            ("waiting", &self.waited),
         ] {
             let _ = writeln!(
                 s,

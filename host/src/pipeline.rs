@@ -75,6 +75,7 @@ const LINGER_UNTIL: usize = 64;
 struct Plan {
     subscribers: usize,
     earlier: Vec<String>,
+    held: Vec<(Arc<str>, Arc<str>)>,
     parts: Vec<Part>,
 }
 
@@ -172,6 +173,8 @@ struct Tracked {
     /// Handlers still to run on it, and the ledger outcomes of the others.
     subscribers: usize,
     earlier: Vec<String>,
+    /// Held handlers it waits for (see `dispatch::Subscribers`).
+    held: Vec<(Arc<str>, Arc<str>)>,
     runs: Vec<Run>,
     written: Vec<Written>,
     parts_left: usize,
@@ -366,12 +369,13 @@ impl Pipeline {
             .iter()
             .map(|d| {
                 let done = ledger.remove(&d.event.id).unwrap_or_default();
-                let (handlers, earlier) = self.dispatcher.subscribers(&d.event, &done);
-                let subscribers = handlers.len();
-                let parts = self.dispatcher.plan(&d.event, handlers);
+                let subs = self.dispatcher.subscribers(&d.event, &done);
+                let subscribers = subs.handlers.len();
+                let parts = self.dispatcher.plan(&d.event, subs.handlers);
                 Plan {
                     subscribers,
-                    earlier,
+                    earlier: subs.earlier,
+                    held: subs.held,
                     parts,
                 }
             })
@@ -453,6 +457,7 @@ impl Pipeline {
                     origin: delivery.origin,
                     subscribers: plan.subscribers,
                     earlier: plan.earlier,
+                    held: plan.held,
                     runs: Vec::new(),
                     written: Vec::new(),
                     parts_left,
@@ -591,9 +596,14 @@ impl Pipeline {
         let event = Arc::try_unwrap(event).unwrap_or_else(|shared| (*shared).clone());
         let mut trace = t.trace.take().and_then(|span| Arc::try_unwrap(span).ok());
         let runs = std::mem::take(&mut t.runs);
-        let resolution =
-            self.dispatcher
-                .finish(event, t.subscribers, &t.earlier, runs, trace.as_mut());
+        let resolution = self.dispatcher.finish(
+            event,
+            t.subscribers,
+            &t.earlier,
+            &t.held,
+            runs,
+            trace.as_mut(),
+        );
         t.ready = Some(Ready {
             ticket,
             finished: Finished {

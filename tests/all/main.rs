@@ -19,6 +19,7 @@ mod consume;
 mod crash;
 mod embedded;
 mod failover;
+mod fleet;
 mod fuzz;
 mod hostile;
 mod http;

@@ -1,57 +1,15 @@
-//! Handlers in a real OCI registry (`make oci-up`: go-containerregistry's
-//! `registry` on 127.0.0.1:5050): push and pull by tag and by digest with
+//! Handlers in a real OCI registry (`make oci-up`: CNCF Distribution on
+//! 127.0.0.1:5050): push and pull by tag and by digest with
 //! our commands, and cosign-compatible signatures made by `handlers sign`,
 //! verified offline against trusted keys (issue 37, first part).
 
 use crate::cli;
 use persona_bus_oci::cosign::TrustedKeys;
 use persona_bus_oci::{OciClient, SignatureError};
+use persona_bus_tests::oci::{keypair, registry, repository};
 use persona_bus_tests::{Sandbox, guests};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// The registry `make oci-up` starts (`PERSONA_BUS_TEST_OCI` for another).
-fn registry() -> String {
-    std::env::var("PERSONA_BUS_TEST_OCI").unwrap_or_else(|_| "127.0.0.1:5050".into())
-}
-
-/// A repository of its own per test run.
-fn repository(name: &str) -> String {
-    format!(
-        "{}/t{}/{name}",
-        registry(),
-        ulid::Ulid::new().to_string().to_lowercase()
-    )
-}
-
-/// An ECDSA P-256 key pair made by openssl: (private PKCS#8 PEM, public PEM).
-fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let private = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub"));
-    let ok = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-        ])
-        .arg(&private)
-        .status()
-        .unwrap()
-        .success()
-        && Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(&private)
-            .arg("-out")
-            .arg(&public)
-            .status()
-            .unwrap()
-            .success();
-    assert!(ok, "openssl made no key pair");
-    (private, public)
-}
 
 fn client() -> OciClient {
     OciClient::new(&[registry()], None).unwrap()

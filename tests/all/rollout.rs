@@ -33,13 +33,7 @@ fn shadow_manifest(name: &str, version: &str, extra: &str) -> String {
 
 /// Event `n` of `project` for the rmw guest.
 fn rmw(project: &str, n: u64) -> NewEvent {
-    NewEvent {
-        event_type: "rmw".into(),
-        source_type: "system".into(),
-        project_id: Some(project.into()),
-        payload: Some(serde_json::json!({ "n": n })),
-        ..Default::default()
-    }
+    persona_bus_tests::rmw_event(project, n)
 }
 
 /// n = 1..=per in each of `projects` projects, interleaved.

@@ -426,7 +426,14 @@ fn dispatch_cost(n: usize, only: &[&str]) {
         Ok(())
     };
     for (name, _, policy) in handlers {
-        let h = load_handler(&runtime, &dir.join(format!("{name}.toml")), &config.limits).unwrap();
+        let sources = persona_bus::registry::Sources::of(&config).unwrap();
+        let h = load_handler(
+            &runtime,
+            &dir.join(format!("{name}.toml")),
+            &config.limits,
+            &sources,
+        )
+        .unwrap();
         // Calls are async (each ends by its deadline); a current-thread
         // executor adds no thread hops, so this is the cost of a call.
         let exec = tokio::runtime::Builder::new_current_thread()

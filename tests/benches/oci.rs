@@ -1,19 +1,23 @@
 //! Handlers in OCI registries, measured against the local registry
 //! (`make oci-up`): push, pull by digest, and what verification costs at
 //! load, for a small Rust component (`rmw`) and a large JavaScript one
-//! (`tally-js`, about 12 MB).
+//! (`tally-js`, about 12 MB); and the time from pushing (and signing) a
+//! new build of a handler to the first event it handles on a host that
+//! follows its tag with `poll_secs = 1` and `[trust]` on.
 //!
 //! ```text
-//! cargo bench -p persona-bus-tests --bench oci -- [--rounds N]
+//! cargo bench -p persona-bus-tests --bench oci -- [--rounds N] [--pushes N]
 //! ```
 //!
 //! Each figure is the median of `--rounds` (default 20) runs, with its
-//! range; a fresh repository per component.
+//! range; a fresh repository per component. Push-to-first-event is the
+//! median of `--pushes` (default 10) pushes, after one untimed.
 
+use persona_bus::event::NewEvent;
 use persona_bus_oci::OciClient;
 use persona_bus_oci::cosign::{TrustedKeys, load_signing_key, sign_blob};
-use persona_bus_tests::guests;
-use std::time::Instant;
+use persona_bus_tests::{Sandbox, guests};
+use std::time::{Duration, Instant};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -23,35 +27,7 @@ fn main() {
     println!("OCI benchmark against {registry}; {rounds} round(s) per figure");
     println!("{}", persona_bus_tests::speed_line());
     let dir = tempfile::tempdir().unwrap();
-    let private = dir.path().join("k.pem");
-    let public = dir.path().join("k.pub");
-    for args in [
-        vec![
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            private.to_str().unwrap(),
-        ],
-        vec![
-            "pkey",
-            "-pubout",
-            "-in",
-            private.to_str().unwrap(),
-            "-out",
-            public.to_str().unwrap(),
-        ],
-    ] {
-        assert!(
-            std::process::Command::new("openssl")
-                .args(&args)
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
+    let (private, public) = persona_bus_tests::oci::keypair(dir.path(), "k");
     let key = load_signing_key(&private).unwrap();
     let keys = TrustedKeys::load(std::slice::from_ref(&public)).unwrap();
     let client = OciClient::new(std::slice::from_ref(&registry), None).unwrap();
@@ -102,4 +78,81 @@ fn main() {
         line("verify its registry signature", &verify);
         line("verify a file signature (hash + ECDSA)", &blob);
     }
+    // A release: a new build pushed to the tag, then signed.
+    let release = |reference: &str, build: u64| {
+        client
+            .push(
+                reference,
+                persona_bus_tests::oci::variant(guests::RMW, build),
+            )
+            .unwrap();
+        client.sign(reference, &key).unwrap();
+    };
+    follow(&registry, &release, &public, &args);
+}
+
+/// Push-to-first-event: a host follows `rmw`'s tag (`poll_secs = 1`,
+/// `[trust]` on); each round pushes and signs a new build, then publishes
+/// one event at a time until one is handled by the new version.
+fn follow(registry: &str, release: &dyn Fn(&str, u64), public: &std::path::Path, args: &[String]) {
+    let pushes = persona_bus_tests::arg_number(args, "--pushes", 10) as usize;
+    let sb = Sandbox::new();
+    let reference = format!(
+        "{registry}/bench{}/router:live",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    release(&reference, 0);
+    std::fs::write(
+        sb.handlers_dir().join("rmw.toml"),
+        format!(
+            "name = \"rmw\"\nversion = \"1\"\n[oci]\nreference = \"{reference}\"\npoll_secs = 1\n\
+             [[subscriptions]]\nevent_type = \"rmw\"\n"
+        ),
+    )
+    .unwrap();
+    let mut config = sb.config();
+    config.trust.keys = vec![public.to_owned()];
+    let bus = persona_bus::Bus::open(config).unwrap();
+    bus.start().unwrap();
+    let mut n = 0u64;
+    let mut handled_by = || {
+        n += 1;
+        let id = bus
+            .publish(NewEvent {
+                event_type: "rmw".into(),
+                source_type: "system".into(),
+                payload: Some(serde_json::json!({ "n": n })),
+                ..Default::default()
+            })
+            .unwrap()
+            .id;
+        persona_bus_tests::wait_final(&bus, &id, Duration::from_secs(30));
+        bus.store().executions(&id).unwrap()[0]
+            .handler_version
+            .clone()
+    };
+    let mut serving = handled_by();
+    let mut times: Vec<f64> = Vec::new();
+    for build in 1..=pushes as u64 {
+        let t = Instant::now();
+        release(&reference, build);
+        loop {
+            let v = handled_by();
+            if v != serving {
+                serving = v;
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "no new version");
+        }
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "  push + sign to the first event handled by the new build (poll_secs = 1, [trust] on, {pushes} pushes): \
+         p50 {:.0} ms ({:.0}-{:.0})",
+        persona_bus_tests::median(&times),
+        times[0],
+        times[times.len() - 1]
+    );
+    bus.shutdown();
 }

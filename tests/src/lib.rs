@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod fuzz;
 pub mod kafka;
+pub mod oci;
 pub mod otel;
 pub mod registry;
 pub mod service;
@@ -143,6 +144,17 @@ pub fn event(event_type: &str) -> NewEvent {
     NewEvent {
         event_type: event_type.into(),
         source_type: "system".into(),
+        ..Default::default()
+    }
+}
+
+/// Event `n` of `project` for the `rmw` guest (`{"n": n}`).
+pub fn rmw_event(project: &str, n: u64) -> NewEvent {
+    NewEvent {
+        event_type: "rmw".into(),
+        source_type: "system".into(),
+        project_id: Some(project.into()),
+        payload: Some(serde_json::json!({ "n": n })),
         ..Default::default()
     }
 }

@@ -26,6 +26,9 @@ struct RawManifest {
     /// The component file, relative to the manifest; default `<name>.wasm`.
     #[serde(default)]
     component: Option<PathBuf>,
+    /// The component from an OCI registry instead of a file (`[oci]`).
+    #[serde(default)]
+    oci: Option<RawOci>,
     #[serde(default)]
     subscriptions: Vec<RawSubscription>,
     #[serde(default)]
@@ -52,6 +55,32 @@ struct RawManifest {
     /// Values from the host's environment or files (`crate::secrets`).
     #[serde(default)]
     secrets: BTreeMap<String, crate::secrets::SecretSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOci {
+    reference: String,
+    #[serde(default)]
+    poll_secs: Option<u64>,
+}
+
+/// `[oci]`: the component is pulled from a registry, not read from the
+/// handlers folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OciSource {
+    /// `host[:port]/repository:tag` or `...@sha256:<hex>`.
+    pub reference: String,
+    /// How often a tag is checked for a new digest; None: the host's
+    /// `[oci] poll_secs`. A reference by digest never moves.
+    pub poll_secs: Option<u64>,
+}
+
+impl OciSource {
+    /// Whether the reference names a digest (it never changes).
+    pub fn pinned(&self) -> bool {
+        self.reference.contains("@sha256:")
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,7 +368,11 @@ pub struct Manifest {
     pub description: Option<String>,
     /// The manifest file itself.
     pub path: PathBuf,
+    /// The component file: beside the manifest, or, for `[oci]`, the
+    /// host's cached copy once pulled and verified.
     pub component: PathBuf,
+    /// Where the component is pulled from, if from a registry.
+    pub oci: Option<OciSource>,
     pub subscriptions: Vec<ManifestSubscription>,
     pub limits: Limits,
     pub retry: RetryPolicy,
@@ -618,6 +651,37 @@ impl Manifest {
                 .unwrap_or_else(|| raw.name.clone()),
             None => raw.name.clone(),
         };
+        let oci = match raw.oci {
+            Some(_) if raw.component.is_some() => {
+                return Err(invalid(
+                    "oci",
+                    "give `component` (a file) or [oci] (a registry reference), not both".into(),
+                ));
+            }
+            Some(o) => {
+                let r = o.reference.trim();
+                let (repo, rest) = r.split_once('/').unwrap_or(("", ""));
+                if repo.is_empty() || rest.is_empty() || r.contains(char::is_whitespace) {
+                    return Err(invalid(
+                        "oci.reference",
+                        format!(
+                            "{r:?} is not an OCI reference: host[:port]/repository[:tag|@sha256:<hex>]"
+                        ),
+                    ));
+                }
+                if o.poll_secs == Some(0) {
+                    return Err(invalid(
+                        "oci.poll_secs",
+                        "must be at least 1 (a reference by digest is never polled)".into(),
+                    ));
+                }
+                Some(OciSource {
+                    reference: r.to_owned(),
+                    poll_secs: o.poll_secs,
+                })
+            }
+            None => None,
+        };
         let component = dir.join(
             raw.component
                 .unwrap_or_else(|| PathBuf::from(format!("{default_stem}.wasm"))),
@@ -628,6 +692,7 @@ impl Manifest {
             description: raw.description,
             path: path.to_owned(),
             component,
+            oci,
             subscriptions,
             limits,
             retry,

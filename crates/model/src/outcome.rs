@@ -174,6 +174,11 @@ pub enum Next {
     },
     /// Back to `pending` until this time, for the handlers still owed a run.
     Retry { at_ms: i64, error: String },
+    /// Back to `pending` until this time (or until a handler loads) without
+    /// an attempt counted: a handler it is for is held, refused by
+    /// `[trust]` or its component not pulled yet. A refusal is the host's
+    /// doing, not the event's, so it never dead-letters the event.
+    Wait { at_ms: i64, reason: String },
 }
 
 /// Everything to commit for one claimed event.
@@ -232,6 +237,22 @@ impl Resolution {
             }
         };
         Self { event, runs, next }
+    }
+
+    /// Makes the event wait for `held` (`(handler, why)`), unless a run
+    /// asked for a retry: the held handlers are still owed a run then,
+    /// and the retry brings the event back anyway.
+    pub fn waiting_for(mut self, held: &[(Arc<str>, Arc<str>)], at_ms: i64) -> Self {
+        if held.is_empty() || matches!(self.next, Next::Retry { .. }) {
+            return self;
+        }
+        let reason = held
+            .iter()
+            .map(|(h, why)| format!("waiting for {h}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.next = Next::Wait { at_ms, reason };
+        self
     }
 }
 

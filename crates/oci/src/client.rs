@@ -44,6 +44,8 @@ pub enum OciError {
     },
     #[error("cannot start the registry client: {0}")]
     Io(#[from] std::io::Error),
+    #[error("registry credentials: {0}")]
+    Credentials(String),
 }
 
 /// A component pulled from a registry.
@@ -67,6 +69,86 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(bytes);
     format!("sha256:{:x}", h.finalize())
+}
+
+/// Credentials from `PERSONA_BUS_OCI_USERNAME` and `PERSONA_BUS_OCI_PASSWORD`
+/// (or `PERSONA_BUS_OCI_PASSWORD_FILE`), if a user name is set.
+pub fn credentials_from_env() -> Result<Option<Credentials>, OciError> {
+    let Ok(username) = std::env::var("PERSONA_BUS_OCI_USERNAME") else {
+        return Ok(None);
+    };
+    let password = match std::env::var("PERSONA_BUS_OCI_PASSWORD_FILE") {
+        Ok(file) => std::fs::read_to_string(&file)
+            .map_err(|e| {
+                OciError::Credentials(format!(
+                    "cannot read PERSONA_BUS_OCI_PASSWORD_FILE ({file}): {e}"
+                ))
+            })?
+            .trim_end()
+            .to_owned(),
+        Err(_) => std::env::var("PERSONA_BUS_OCI_PASSWORD").map_err(|_| {
+            OciError::Credentials(
+                "PERSONA_BUS_OCI_USERNAME is set: set PERSONA_BUS_OCI_PASSWORD or \
+                 PERSONA_BUS_OCI_PASSWORD_FILE too"
+                    .into(),
+            )
+        })?,
+    };
+    Ok(Some(Credentials { username, password }))
+}
+
+/// The registry (`host[:port]`) a reference names.
+pub fn registry_of(reference: &str) -> &str {
+    reference.split('/').next().unwrap_or(reference)
+}
+
+/// Whether `registry` must be spoken to over plain HTTP: it is on the
+/// loopback interface (a registry on the device itself, a test's), or
+/// `PERSONA_BUS_OCI_PLAIN_HTTP` (`host:port,...`) names it.
+fn plain_http(registry: &str) -> bool {
+    let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+        || std::env::var("PERSONA_BUS_OCI_PLAIN_HTTP")
+            .unwrap_or_default()
+            .split(',')
+            .any(|s| s.trim() == registry)
+}
+
+/// A registry error as an operator needs it: the HTTP status when there
+/// is one, and what to do about a refusal of credentials.
+pub fn describe(e: &oci_client::errors::OciDistributionError) -> String {
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
+    match e {
+        E::UnauthorizedError { url } => format!(
+            "401 unauthorized at {url}: the registry wants credentials \
+             (PERSONA_BUS_OCI_USERNAME and PERSONA_BUS_OCI_PASSWORD or _PASSWORD_FILE) \
+             or refused the ones given"
+        ),
+        E::AuthenticationFailure(m) => format!("401 authentication failed: {m}"),
+        E::ImageManifestNotFoundError(m) => format!("404 not found: {m}"),
+        E::RegistryError { envelope, url }
+            if envelope.errors.iter().any(|x| {
+                matches!(
+                    x.code,
+                    C::ManifestUnknown | C::NameUnknown | C::NotFound | C::BlobUnknown
+                )
+            }) =>
+        {
+            format!("404 not found at {url}: {envelope}")
+        }
+        E::ServerError { code, url, message } => {
+            format!("{code} from the registry at {url}: {message}")
+        }
+        other => format!("{other:#}"),
+    }
+}
+
+/// [`describe`] of an error from the Wasm client, which wraps the
+/// registry's.
+fn describe_any(e: &anyhow::Error) -> String {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<oci_client::errors::OciDistributionError>())
+        .map_or_else(|| format!("{e:#}"), describe)
 }
 
 pub fn parse_reference(text: &str) -> Result<Reference, OciError> {
@@ -97,6 +179,18 @@ impl OciClient {
         })
     }
 
+    /// A client for `registry` (`host[:port]`) as the environment
+    /// configures it: credentials from `PERSONA_BUS_OCI_*`, plain HTTP for
+    /// loopback and `PERSONA_BUS_OCI_PLAIN_HTTP`, HTTPS otherwise.
+    pub fn from_env(registry: &str) -> Result<Self, OciError> {
+        let plain: Vec<String> = if plain_http(registry) {
+            vec![registry.to_owned()]
+        } else {
+            Vec::new()
+        };
+        Self::new(&plain, credentials_from_env()?)
+    }
+
     /// Pushes a component under `reference`; returns its manifest digest.
     pub fn push(&self, reference: &str, wasm: Vec<u8>) -> Result<String, OciError> {
         let r = parse_reference(reference)?;
@@ -111,11 +205,11 @@ impl OciClient {
             self.client
                 .push(&r, &self.auth, layer, config, None)
                 .await
-                .map_err(|e| fail("push", format!("{e:#}")))?;
+                .map_err(|e| fail("push", describe_any(&e)))?;
             self.client
                 .fetch_manifest_digest(&r, &self.auth)
                 .await
-                .map_err(|e| fail("read back the digest", e.to_string()))
+                .map_err(|e| fail("read back the digest", describe(&e)))
         })
     }
 
@@ -128,7 +222,7 @@ impl OciClient {
             .map_err(|e| OciError::Registry {
                 reference: reference.to_owned(),
                 what: "resolve",
-                message: e.to_string(),
+                message: describe(&e),
             })
     }
 
@@ -142,7 +236,7 @@ impl OciClient {
             .map_err(|e| OciError::Registry {
                 reference: reference.to_owned(),
                 what: "pull",
-                message: format!("{e:#}"),
+                message: describe_any(&e),
             })?;
         let digest = data.digest.clone().ok_or_else(|| OciError::Registry {
             reference: reference.to_owned(),

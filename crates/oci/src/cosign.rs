@@ -234,7 +234,7 @@ impl OciClient {
             .map_err(|e| OciError::Registry {
                 reference: sig_ref.clone(),
                 what: "push the signature",
-                message: e.to_string(),
+                message: crate::client::describe(&e),
             })?;
         Ok((digest, sig_ref))
     }
@@ -247,6 +247,15 @@ impl OciClient {
         digest: &str,
         keys: &TrustedKeys,
     ) -> Result<String, SignatureError> {
+        keys.verify_signed(&self.signatures(reference, digest)?, digest)
+    }
+
+    /// The cosign signatures stored for manifest `digest` in `reference`'s
+    /// repository (none: `Unsigned`). Each payload is checked against its
+    /// layer digest; whether a trusted key made it is for
+    /// [`TrustedKeys::verify_signed`], which needs no registry: a host
+    /// keeps these to verify its cached components again offline.
+    pub fn signatures(&self, reference: &str, digest: &str) -> Result<Vec<Signed>, SignatureError> {
         let r = parse_reference(reference).map_err(|e| SignatureError::Registry(e.to_string()))?;
         let sig_ref = format!(
             "{}/{}:{}",
@@ -264,9 +273,14 @@ impl OciClient {
                     "no signature at {sig_ref}"
                 )));
             }
-            Err(e) => return Err(SignatureError::Registry(format!("{sig_ref}: {e}"))),
+            Err(e) => {
+                return Err(SignatureError::Registry(format!(
+                    "{sig_ref}: {}",
+                    crate::client::describe(&e)
+                )));
+            }
         };
-        let mut last = SignatureError::Unsigned(format!("{sig_ref} holds no cosign signature"));
+        let mut out = Vec::new();
         for layer in manifest
             .layers
             .iter()
@@ -281,14 +295,47 @@ impl OciClient {
             };
             let mut payload = Vec::new();
             rt.block_on(client.pull_blob(&target, layer, &mut payload))
-                .map_err(|e| SignatureError::Registry(format!("{sig_ref}: {e}")))?;
+                .map_err(|e| {
+                    SignatureError::Registry(format!("{sig_ref}: {}", crate::client::describe(&e)))
+                })?;
             if sha256_digest(&payload) != layer.digest {
-                last = SignatureError::Untrusted(
-                    "the signed payload does not match its digest".into(),
-                );
-                continue;
+                return Err(SignatureError::Untrusted(format!(
+                    "{sig_ref}: the signed payload does not match its digest"
+                )));
             }
-            match keys.verify_payload(&payload, signature, digest) {
+            out.push(Signed {
+                payload: B64.encode(&payload),
+                signature: signature.clone(),
+            });
+        }
+        if out.is_empty() {
+            return Err(SignatureError::Unsigned(format!(
+                "{sig_ref} holds no cosign signature"
+            )));
+        }
+        Ok(out)
+    }
+}
+
+/// One cosign signature of a pushed component: the simple-signing payload
+/// (base64) and the signature over it (base64 DER).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Signed {
+    pub payload: String,
+    pub signature: String,
+}
+
+impl TrustedKeys {
+    /// The trusted key that made one of `signed` over a payload naming
+    /// `digest`; else why none did (the last reason).
+    pub fn verify_signed(&self, signed: &[Signed], digest: &str) -> Result<String, SignatureError> {
+        let mut last = SignatureError::Unsigned("no cosign signature".into());
+        for s in signed {
+            let Ok(payload) = B64.decode(&s.payload) else {
+                last = SignatureError::Untrusted("the signed payload is not base64".into());
+                continue;
+            };
+            match self.verify_payload(&payload, &s.signature, digest) {
                 Ok(signer) => return Ok(signer),
                 Err(e) => last = e,
             }
@@ -297,7 +344,6 @@ impl OciClient {
     }
 }
 
-/// Whether the registry says the manifest is not there.
 fn not_found(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::ImageManifestNotFoundError(_) => true,

@@ -14,4 +14,4 @@ pub mod client;
 pub mod cosign;
 
 pub use client::{Credentials, OciClient, OciError, Pulled};
-pub use cosign::{SignatureError, TrustedKeys};
+pub use cosign::{SignatureError, Signed, TrustedKeys};

@@ -297,13 +297,15 @@ fn insert_row(
 pub enum ClaimScope {
     /// What this device must handle itself: SQLite is the source (Kafka
     /// off, or the breaker open). That is every event not yet on Kafka
-    /// (never queued, or still in the outbox) and retries scheduled here.
+    /// (never queued, or still in the outbox) and retries and waits
+    /// scheduled here.
     /// Events already on Kafka (`sent`, `remote`) are left to whichever
     /// device owns their partition, after recovery: taking them here could
     /// run them on two devices.
     Local,
     /// Kafka is the source and healthy: only what Kafka will not bring
-    /// (events never queued for it, and retries, which are scheduled here).
+    /// (events never queued for it, and retries and events waiting for a
+    /// held handler, which are scheduled here).
     Leftovers,
 }
 
@@ -311,9 +313,9 @@ impl ClaimScope {
     fn condition(self) -> &'static str {
         match self {
             ClaimScope::Local => {
-                "(kafka_state IS NULL OR kafka_state <> 'remote' OR retry_count > 0)"
+                "(kafka_state IS NULL OR kafka_state <> 'remote' OR retry_count > 0 OR waiting = 1)"
             }
-            ClaimScope::Leftovers => "(kafka_state IS NULL OR retry_count > 0)",
+            ClaimScope::Leftovers => "(kafka_state IS NULL OR retry_count > 0 OR waiting = 1)",
         }
     }
 }

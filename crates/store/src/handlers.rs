@@ -18,6 +18,14 @@ pub struct HandlerRecord {
     pub digest: Option<String>,
     /// The WIT contract it speaks: `0.1.0`, `0.2.0` or `0.2.0+batch`.
     pub contract: Option<String>,
+    /// Where the component came from: `file`, or the OCI reference with
+    /// the digest it resolved to (`host/repo:tag@sha256:...`).
+    pub source: Option<String>,
+    /// The `[trust]` key that signed it (`name:fingerprint`), if trust is
+    /// configured.
+    pub signer: Option<String>,
+    /// When the serving version was loaded (RFC 3339); kept while it serves.
+    pub loaded_at: Option<String>,
     pub updated_at: String,
 }
 
@@ -25,12 +33,26 @@ impl Store {
     pub fn record_handler(&self, r: &HandlerRecord) -> Result<(), StoreError> {
         self.writer()
             .execute(
-                "INSERT INTO persona_handlers (name, version, status, error, manifest_path, digest, contract, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                "INSERT INTO persona_handlers (name, version, status, error, manifest_path, digest, contract, \
+                 source, signer, loaded_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
                  ON CONFLICT (name) DO UPDATE SET version = excluded.version, status = excluded.status, \
                  error = excluded.error, manifest_path = excluded.manifest_path, digest = excluded.digest, \
-                 contract = excluded.contract, updated_at = excluded.updated_at",
-                params![r.name, r.version, r.status, r.error, r.manifest_path, r.digest, r.contract, now_rfc3339()],
+                 contract = excluded.contract, source = excluded.source, signer = excluded.signer, \
+                 loaded_at = excluded.loaded_at, updated_at = excluded.updated_at",
+                params![
+                    r.name,
+                    r.version,
+                    r.status,
+                    r.error,
+                    r.manifest_path,
+                    r.digest,
+                    r.contract,
+                    r.source,
+                    r.signer,
+                    r.loaded_at,
+                    now_rfc3339()
+                ],
             )
             .op("record handler")?;
         Ok(())
@@ -73,7 +95,8 @@ impl Store {
     pub fn handler_records(&self) -> Result<Vec<HandlerRecord>, StoreError> {
         self.read(|conn| {
             conn.prepare_cached(
-                "SELECT name, version, status, error, manifest_path, digest, contract, updated_at FROM persona_handlers ORDER BY name",
+                "SELECT name, version, status, error, manifest_path, digest, contract, source, signer, loaded_at, \
+                 updated_at FROM persona_handlers ORDER BY name",
             )
             .op("prepare handlers")?
             .query_map([], |r| {
@@ -85,12 +108,27 @@ impl Store {
                     manifest_path: r.get(4)?,
                     digest: r.get(5)?,
                     contract: r.get(6)?,
-                    updated_at: r.get(7)?,
+                    source: r.get(7)?,
+                    signer: r.get(8)?,
+                    loaded_at: r.get(9)?,
+                    updated_at: r.get(10)?,
                 })
             })
             .op("handlers")?
             .collect::<rusqlite::Result<_>>()
             .op("read handlers")
         })
+    }
+
+    /// Makes the events waiting for a held handler due now (a handler
+    /// loaded: it may be one they wait for); returns how many.
+    pub fn wake_waiting(&self) -> Result<usize, StoreError> {
+        self.writer()
+            .execute(
+                "UPDATE persona_events SET next_attempt_at = 0 \
+                 WHERE status = 'pending' AND waiting = 1 AND next_attempt_at > 0",
+                [],
+            )
+            .op("wake waiting events")
     }
 }

@@ -113,20 +113,36 @@ impl Store {
                     }
                     seq
                 }
-                Next::Retry { at_ms, error } => {
+                Next::Retry { at_ms, error }
+                | Next::Wait {
+                    at_ms,
+                    reason: error,
+                } => {
                     let seq = if from_kafka {
                         Some(insert_remote(&tx, &mut ids, &res.event)?.seq)
                     } else {
                         ids.seq(&tx, &res.event.id)?
                     };
-                    if let Some(seq) = seq {
-                        tx.prepare_cached(
+                    // A retry counts an attempt; a wait for a held handler
+                    // does not, and marks the row claimable whatever its
+                    // Kafka state (see `ClaimScope`).
+                    let (sql, what) = match &res.next {
+                        Next::Retry { .. } => (
                             "UPDATE persona_events SET status = 'pending', error_message = ?2, next_attempt_at = ?3, \
                              retry_count = retry_count + 1, claimed_at = NULL WHERE seq = ?1",
-                        )
-                        .op("prepare schedule retry")?
-                        .execute(params![seq, error, at_ms])
-                        .op("schedule retry")?;
+                            "schedule retry",
+                        ),
+                        _ => (
+                            "UPDATE persona_events SET status = 'pending', error_message = ?2, next_attempt_at = ?3, \
+                             waiting = 1, claimed_at = NULL WHERE seq = ?1",
+                            "wait for a held handler",
+                        ),
+                    };
+                    if let Some(seq) = seq {
+                        tx.prepare_cached(sql)
+                            .op(what)?
+                            .execute(params![seq, error, at_ms])
+                            .op(what)?;
                     }
                     seq
                 }

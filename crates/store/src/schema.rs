@@ -369,4 +369,16 @@ pub const MIGRATIONS: &[&str] = &[
         finished_at TEXT
     );
     "#,
+    // 10: handlers from OCI registries, and trust. Where each handler's
+    //     component came from (`file` or the OCI reference it resolved),
+    //     who signed it and when it was loaded; and events that wait for a
+    //     handler refused by `[trust]` or not yet pulled (`waiting = 1`):
+    //     pending without an attempt counted, claimable whatever their
+    //     Kafka state, and woken when a handler loads.
+    r#"
+    ALTER TABLE persona_handlers ADD COLUMN source TEXT;
+    ALTER TABLE persona_handlers ADD COLUMN signer TEXT;
+    ALTER TABLE persona_handlers ADD COLUMN loaded_at TEXT;
+    ALTER TABLE persona_events ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

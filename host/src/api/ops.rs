@@ -241,8 +241,8 @@ pub fn metrics_text(bus: &Bus) -> Result<String, ApiError> {
     }
 }
 
-/// Loaded handlers (version, subscriptions, runs and errors) and refused
-/// manifests.
+/// Loaded handlers (version, source, signer, subscriptions, runs and
+/// errors), refused manifests, and held handlers.
 pub async fn handlers(State(api): State<Api>) -> Json<serde_json::Value> {
     let snapshot = api.bus.registry().snapshot();
     let runs = api.bus.metrics().handler_runs();
@@ -267,6 +267,10 @@ pub async fn handlers(State(api): State<Api>) -> Json<serde_json::Value> {
                 "instances": format!("{:?}", h.manifest.instances.policy).to_lowercase(),
                 "ordering": h.manifest.ordering.to_string(),
                 "contract": h.prepared.contract.to_string(),
+                "source": &h.origin.source,
+                "digest": &h.prepared.digest,
+                "signer": &h.origin.signer,
+                "loaded_at": &h.origin.loaded_at,
                 "batch": h.manifest.batch.map(|b| serde_json::json!({
                     "max_events": b.max_events,
                     "max_wait_ms": b.max_wait.as_millis() as u64,
@@ -290,7 +294,13 @@ pub async fn handlers(State(api): State<Api>) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    Json(serde_json::json!({ "handlers": loaded, "refused": refused }))
+    // Held: no version serves, and their events wait for one.
+    let held: Vec<_> = snapshot
+        .held
+        .iter()
+        .map(|(name, why)| serde_json::json!({ "name": &**name, "state": "held", "error": &**why }))
+        .collect();
+    Json(serde_json::json!({ "handlers": loaded, "refused": refused, "held": held }))
 }
 
 #[derive(Deserialize)]

@@ -378,7 +378,8 @@ impl<'a> ExecutionRecord<'a> {
     ) -> Vec<Self> {
         let (status, error) = match &r.next {
             crate::outcome::Next::Final { status, error } => (status.as_str(), error.as_deref()),
-            crate::outcome::Next::Retry { error, .. } => ("pending", Some(error.as_str())),
+            crate::outcome::Next::Retry { error, .. }
+            | crate::outcome::Next::Wait { reason: error, .. } => ("pending", Some(error.as_str())),
         };
         let event = Self {
             kind: Cow::Borrowed("event"),

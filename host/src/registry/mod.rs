@@ -10,8 +10,13 @@
 //! previous version, if any, keeps serving. A handler whose manifest is gone
 //! is removed and its subscriptions disabled, not deleted.
 
+pub mod config;
+mod follow;
+mod source;
 mod watcher;
 
+pub use follow::start_follower;
+pub use source::{Origin, Sources};
 pub use watcher::{RELOAD_REQUEST_FILE, start_watcher};
 
 use crate::manifest::{Manifest, ManifestError};
@@ -38,6 +43,8 @@ pub struct LoadedHandler {
     /// A canary that was rolled back: it serves no project (kept across
     /// restarts by the store until its component changes).
     pub rolled_back: std::sync::atomic::AtomicBool,
+    /// Where its component came from, who signed it, when it loaded.
+    pub origin: Origin,
 }
 
 impl LoadedHandler {
@@ -115,6 +122,15 @@ pub enum LoadError {
         name: String,
         other: PathBuf,
     },
+    /// Its component is refused by `[trust]` or cannot be had yet: the
+    /// handler is *held* and its events wait for it.
+    #[error("{}: {reason}", manifest.path.display())]
+    Held {
+        manifest: Box<Manifest>,
+        reason: String,
+        /// Refused by `[trust]` (else: not fetched yet).
+        refused: bool,
+    },
 }
 
 /// A handler that failed to load.
@@ -135,6 +151,10 @@ pub struct Snapshot {
     pub candidates: BTreeMap<Arc<str>, Arc<LoadedHandler>>,
     /// Refusals of the last reload.
     pub failures: Vec<LoadFailure>,
+    /// Handlers held (refused by `[trust]`, or their component not pulled
+    /// yet) with no version serving, by name, with why: their events
+    /// wait instead of skipping them.
+    pub held: BTreeMap<Arc<str>, Arc<str>>,
 }
 
 impl Snapshot {
@@ -189,16 +209,71 @@ pub struct ReloadReport {
 /// A manifest and its component bytes, read once.
 struct Source {
     manifest: Manifest,
+    /// Of the manifest text and, under `[trust]`, the signature file: a
+    /// change to either is a new version.
     manifest_digest: String,
     wasm_digest: String,
+    /// `file` or the resolved OCI reference.
+    source: String,
+    /// The signer of a pulled component (checked when fetched); a file's
+    /// is checked by [`build`], once per new version.
+    signer: Option<String>,
 }
 
-fn read_source(manifest_path: &Path, limits: &HostLimits) -> Result<Source, LoadError> {
+fn read_source(
+    manifest_path: &Path,
+    limits: &HostLimits,
+    sources: &Sources,
+) -> Result<Source, LoadError> {
     let text = std::fs::read_to_string(manifest_path).map_err(|source| ManifestError::Read {
         file: manifest_path.to_owned(),
         source,
     })?;
-    let manifest = Manifest::parse(manifest_path, &text, limits)?;
+    let mut manifest = Manifest::parse(manifest_path, &text, limits)?;
+    let (source, signer) = match manifest.oci.clone() {
+        Some(oci) => {
+            let fetched = sources.fetch(&oci).map_err(|reason| LoadError::Held {
+                refused: reason.starts_with("refused"),
+                manifest: Box::new(manifest.clone()),
+                reason,
+            })?;
+            manifest.component = fetched.path;
+            // Executions record the version: a followed tag's digests are
+            // told apart by it.
+            manifest.version = format!("{}+{}", manifest.version, &fetched.digest[7..19]);
+            let source = match oci.pinned() {
+                true => oci.reference.clone(),
+                false => format!("{}@{}", oci.reference, fetched.digest),
+            };
+            let wasm_digest =
+                crate::runtime::digest_file(&manifest.component).map_err(|source| {
+                    RuntimeError::Read {
+                        file: manifest.component.clone(),
+                        source,
+                    }
+                })?;
+            if wasm_digest != fetched.layer_hex {
+                let _ = std::fs::remove_file(&manifest.component);
+                return Err(LoadError::Held {
+                    manifest: Box::new(manifest),
+                    reason: format!(
+                        "the cached component of {} changed on disk: pulled again at the next check",
+                        oci.reference
+                    ),
+                    refused: false,
+                });
+            }
+            return Ok(Source {
+                // A new digest is a new version even with the same bytes.
+                manifest_digest: digest(format!("{text}\n{}", fetched.digest).as_bytes()),
+                wasm_digest,
+                manifest,
+                source,
+                signer: fetched.signer,
+            });
+        }
+        None => ("file".to_owned(), None),
+    };
     // Digested in pieces; the bytes are read whole only to compile (see
     // `cache::digest_file`).
     let wasm_digest =
@@ -206,18 +281,31 @@ fn read_source(manifest_path: &Path, limits: &HostLimits) -> Result<Source, Load
             file: manifest.component.clone(),
             source,
         })?;
+    let manifest_digest = match sources.signature_text(&manifest.component) {
+        Some(sig) => digest(format!("{text}\n{sig}").as_bytes()),
+        None => digest(text.as_bytes()),
+    };
     Ok(Source {
-        manifest_digest: digest(text.as_bytes()),
+        manifest_digest,
         wasm_digest,
         manifest,
+        source,
+        signer,
     })
 }
 
-fn build(runtime: &Runtime, mut src: Source) -> Result<LoadedHandler, LoadError> {
+fn build(
+    runtime: &Runtime,
+    sources: &Sources,
+    mut src: Source,
+) -> Result<LoadedHandler, LoadError> {
     if let Some(persona_bus_model::rollout::Rollout::Shadow { outbound }) = &src.manifest.rollout {
         // A shadow's requests would reach the world twice: only the hosts
         // its rollout names, whatever its allowed_outbound_hosts say.
         src.manifest.allowed_outbound_hosts = outbound.clone();
+    }
+    if src.manifest.oci.is_none() && sources.trusted_only() {
+        src.signer = Some(verify_file(sources, &src)?);
     }
     let prepared = runtime.prepare(&src.manifest.component, &src.wasm_digest)?;
     if src.manifest.batch.is_some() && !prepared.contract.batches() {
@@ -234,7 +322,38 @@ fn build(runtime: &Runtime, mut src: Source) -> Result<LoadedHandler, LoadError>
         prepared,
         manifest_digest: src.manifest_digest,
         rolled_back: Default::default(),
+        origin: Origin {
+            source: src.source,
+            signer: src.signer,
+            loaded_at: crate::event::now_rfc3339(),
+        },
     })
+}
+
+/// The signer of a file component under `[trust]`: the bytes checked are
+/// the bytes digested (a file replaced in between is refused until the
+/// next reload reads it whole).
+fn verify_file(sources: &Sources, src: &Source) -> Result<String, LoadError> {
+    let file = &src.manifest.component;
+    let wasm = std::fs::read(file).map_err(|source| RuntimeError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    let held = |reason: String| LoadError::Held {
+        manifest: Box::new(src.manifest.clone()),
+        reason,
+        refused: true,
+    };
+    if digest(&wasm) != src.wasm_digest {
+        return Err(held(format!(
+            "refused by [trust]: {} changed while it was read",
+            file.display()
+        )));
+    }
+    match sources.verify_file(file, &wasm) {
+        Ok(signer) => Ok(signer.unwrap_or_default()),
+        Err(reason) => Err(held(reason)),
+    }
 }
 
 /// Loads one handler from its manifest: parse, check limits, compile, link.
@@ -242,8 +361,13 @@ pub fn load_handler(
     runtime: &Runtime,
     manifest_path: &Path,
     limits: &HostLimits,
+    sources: &Sources,
 ) -> Result<LoadedHandler, LoadError> {
-    build(runtime, read_source(manifest_path, limits)?)
+    build(
+        runtime,
+        sources,
+        read_source(manifest_path, limits, sources)?,
+    )
 }
 
 /// The manifests (`*.toml`) in a folder, sorted, so loading is deterministic.
@@ -268,6 +392,7 @@ pub struct Registry {
     runtime: Arc<Runtime>,
     store: Arc<Store>,
     limits: HostLimits,
+    sources: Arc<Sources>,
     current: RwLock<Arc<Snapshot>>,
     /// One reload at a time (the watcher and `handlers reload` may race).
     reloading: Mutex<()>,
@@ -278,12 +403,19 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(dir: PathBuf, runtime: Arc<Runtime>, store: Arc<Store>, limits: HostLimits) -> Self {
+    pub fn new(
+        dir: PathBuf,
+        runtime: Arc<Runtime>,
+        store: Arc<Store>,
+        limits: HostLimits,
+        sources: Arc<Sources>,
+    ) -> Self {
         Self {
             dir,
             runtime,
             store,
             limits,
+            sources,
             current: RwLock::new(Arc::new(Snapshot::default())),
             reloading: Mutex::new(()),
             reloads: Default::default(),
@@ -307,6 +439,11 @@ impl Registry {
         &self.dir
     }
 
+    /// Where components come from and whether they may run.
+    pub fn sources(&self) -> &Sources {
+        &self.sources
+    }
+
     /// The handlers serving now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.read_locked().clone()
@@ -318,6 +455,7 @@ impl Registry {
         self.reloads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let old = self.snapshot();
+        self.sources.reset_due();
         let manifests = manifests_in(&self.dir).unwrap_or_else(|e| {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read the handlers folder");
             Vec::new()
@@ -325,6 +463,7 @@ impl Registry {
         let mut report = ReloadReport::default();
         let mut handlers: BTreeMap<Arc<str>, Arc<LoadedHandler>> = BTreeMap::new();
         let mut candidates: BTreeMap<Arc<str>, Arc<LoadedHandler>> = BTreeMap::new();
+        let mut held: BTreeMap<Arc<str>, Arc<str>> = BTreeMap::new();
         // Names still present, serving or refused: everything else is removed.
         let mut present: Vec<String> = Vec::new();
         for path in manifests {
@@ -334,13 +473,13 @@ impl Registry {
                 .chain(old.candidates.values())
                 .find(|h| h.manifest.path == path)
                 .cloned();
-            let loaded = read_source(&path, &self.limits).and_then(|src| {
+            let loaded = read_source(&path, &self.limits, &self.sources).and_then(|src| {
                 if let Some(prev) = previous.as_ref().filter(|p| {
                     p.manifest_digest == src.manifest_digest && p.prepared.digest == src.wasm_digest
                 }) {
                     return Ok((prev.clone(), false));
                 }
-                let h = build(&self.runtime, src)?;
+                let h = build(&self.runtime, &self.sources, src)?;
                 let taken = match h.manifest.rollout {
                     None => &handlers,
                     Some(_) => &candidates,
@@ -390,6 +529,21 @@ impl Registry {
                                 Some(_) => candidates.insert(p.name.clone(), p),
                             };
                         }
+                        None if matches!(&e, LoadError::Held { manifest, .. } if manifest.rollout.is_none()) =>
+                        {
+                            let LoadError::Held {
+                                manifest, refused, ..
+                            } = e
+                            else {
+                                unreachable!("matched above")
+                            };
+                            self.hold(&manifest, &error, refused)?;
+                            present.push(manifest.name.clone());
+                            held.insert(
+                                Arc::from(manifest.name.as_str()),
+                                Arc::from(error.as_str()),
+                            );
+                        }
                         None => {
                             tracing::error!(manifest = %path.display(), error = %error, "refused handler");
                             let name = path
@@ -405,6 +559,9 @@ impl Registry {
                                     manifest_path: path.display().to_string(),
                                     digest: None,
                                     contract: None,
+                                    source: None,
+                                    signer: None,
+                                    loaded_at: None,
                                     updated_at: String::new(),
                                 })?;
                             }
@@ -459,11 +616,38 @@ impl Registry {
             }
             report.removed.push(gone);
         }
+        // A registry that cannot answer is shown on the handlers it
+        // serves, which keep running their last digest.
+        for h in handlers.values().chain(candidates.values()) {
+            if let Some(oci) = &h.manifest.oci
+                && !report.failed.iter().any(|f| f.manifest == h.manifest.path)
+            {
+                let error = self.sources.failing(&oci.reference).map(|e| {
+                    format!("the registry cannot answer ({e}): the last digest that ran here keeps running")
+                });
+                self.store
+                    .set_handler_status(&h.record_name(), h.status(), error.as_deref())?;
+            }
+        }
+        // A handler that is serving is not held (a refused new version of
+        // it left the previous one serving).
+        held.retain(|name, _| !handlers.contains_key(name));
+        if !report.loaded.is_empty() {
+            // It may be one that events wait for.
+            let woken = self.store.wake_waiting()?;
+            if woken > 0 {
+                tracing::info!(
+                    events = woken,
+                    "handlers loaded: events waiting for held handlers are due again"
+                );
+            }
+        }
         let snapshot = Arc::new(Snapshot {
             matcher: Matcher::new(&self.store.subscriptions()?),
             handlers,
             candidates,
             failures: report.failed.clone(),
+            held,
         });
         self.candidates_loaded.store(
             !snapshot.candidates.is_empty(),
@@ -487,16 +671,43 @@ impl Registry {
         self.record(h, None)?;
         match previous {
             Some(p) => {
-                tracing::info!(handler = %h.record_name(), from = %p.version, to = %h.version, "reloaded handler")
+                tracing::info!(handler = %h.record_name(), from = %p.version, to = %h.version, source = %h.origin.source, "reloaded handler")
             }
             None if h.manifest.rollout.is_some() => {
                 tracing::info!(handler = %h.name, version = %h.version, role = h.rollout_role(), "loaded a candidate version")
             }
             None => {
-                tracing::info!(handler = %h.name, version = %h.version, subscriptions = h.manifest.subscriptions.len(), "loaded handler")
+                tracing::info!(handler = %h.name, version = %h.version, source = %h.origin.source, signer = h.origin.signer.as_deref().unwrap_or("-"), subscriptions = h.manifest.subscriptions.len(), "loaded handler")
             }
         }
         Ok(())
+    }
+
+    /// Records a held handler (refused by `[trust]`, or its component not
+    /// pulled yet) and syncs its subscriptions, so that its events match
+    /// it and wait.
+    fn hold(&self, manifest: &Manifest, error: &str, refused: bool) -> Result<(), StoreError> {
+        tracing::error!(handler = %manifest.name, error = %error, "handler held: its events wait for a version that can run");
+        self.store
+            .sync_manifest_subscriptions(&manifest.name, &manifest.subscriptions)?;
+        self.store.record_handler(&HandlerRecord {
+            name: manifest.name.clone(),
+            version: Some(manifest.version.clone()),
+            status: if refused { "refused" } else { "waiting" }.into(),
+            error: Some(error.to_owned()),
+            manifest_path: manifest.path.display().to_string(),
+            digest: None,
+            contract: None,
+            source: Some(
+                manifest
+                    .oci
+                    .as_ref()
+                    .map_or("file".to_owned(), |o| o.reference.clone()),
+            ),
+            signer: None,
+            loaded_at: None,
+            updated_at: String::new(),
+        })
     }
 
     fn record(&self, h: &LoadedHandler, error: Option<String>) -> Result<(), StoreError> {
@@ -508,6 +719,9 @@ impl Registry {
             manifest_path: h.manifest.path.display().to_string(),
             digest: Some(h.prepared.digest.clone()),
             contract: Some(h.prepared.contract.to_string()),
+            source: Some(h.origin.source.clone()),
+            signer: h.origin.signer.clone(),
+            loaded_at: Some(h.origin.loaded_at.clone()),
             updated_at: String::new(),
         })
     }
@@ -522,6 +736,7 @@ impl Registry {
             candidates: current.candidates.clone(),
             matcher: Matcher::new(&subs),
             failures: current.failures.clone(),
+            held: current.held.clone(),
         });
         Ok(())
     }

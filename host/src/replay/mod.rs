@@ -162,10 +162,15 @@ fn live_handler(
             continue;
         };
         if m.name == name && m.rollout.is_none() {
-            return load_handler(runtime, &path, &config.limits).map_err(|e| ReplayError::Load {
+            let load = |error: String| ReplayError::Load {
                 name: name.to_owned(),
-                error: e.to_string(),
-            });
+                error,
+            };
+            // The same trust and registry as the host: a replay runs only
+            // what the host would.
+            let sources = crate::registry::Sources::of(config).map_err(load)?;
+            return load_handler(runtime, &path, &config.limits, &sources)
+                .map_err(|e| load(e.to_string()));
         }
     }
     Err(no_handler())

@@ -159,6 +159,14 @@ pub(super) fn handlers_list(config: &Config, json: bool) -> anyhow::Result<()> {
             ordering(&r).unwrap_or_else(|| "-".into()),
             mine.join(", ")
         );
+        if let Some(source) = &r.source {
+            println!(
+                "    source {source}, digest {}, signer {}, loaded {}",
+                r.digest.as_deref().map_or("-", |d| &d[..d.len().min(16)]),
+                r.signer.as_deref().unwrap_or("-"),
+                r.loaded_at.as_deref().unwrap_or("-"),
+            );
+        }
         if let Some(err) = r.error {
             println!("    error: {err}");
         }
@@ -176,9 +184,10 @@ pub(super) fn handlers_validate(config: &Config, path: &Path) -> anyhow::Result<
         bail!("no manifests (*.toml) in {}", path.display());
     }
     let runtime = Runtime::new(&config.runtime, &config.limits, None)?;
+    let sources = persona_bus::registry::Sources::of(config).map_err(anyhow::Error::msg)?;
     let mut failed = 0;
     for m in &manifests {
-        match load_handler(&runtime, m, &config.limits) {
+        match load_handler(&runtime, m, &config.limits, &sources) {
             Ok(h) => println!(
                 "ok     {} {} ({} subscriptions, timeout {:?}, memory {} MiB)",
                 h.name,

@@ -8,43 +8,14 @@
 //! HTTP; every other over HTTPS.
 
 use anyhow::{Context, bail};
-use persona_bus_oci::{Credentials, OciClient};
+use persona_bus_oci::OciClient;
 use std::path::{Path, PathBuf};
-
-/// The registry's `host:port` of a reference, if it is on loopback.
-fn loopback_registry(reference: &str) -> Option<String> {
-    let registry = reference.split('/').next()?;
-    let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
-    matches!(host, "127.0.0.1" | "localhost" | "[::1]").then(|| registry.to_owned())
-}
-
-/// Credentials from the environment, if any.
-pub(crate) fn credentials() -> anyhow::Result<Option<Credentials>> {
-    let Ok(username) = std::env::var("PERSONA_BUS_OCI_USERNAME") else {
-        return Ok(None);
-    };
-    let password = match std::env::var("PERSONA_BUS_OCI_PASSWORD_FILE") {
-        Ok(file) => std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read PERSONA_BUS_OCI_PASSWORD_FILE ({file})"))?
-            .trim_end()
-            .to_owned(),
-        Err(_) => std::env::var("PERSONA_BUS_OCI_PASSWORD")
-            .context("PERSONA_BUS_OCI_USERNAME is set: set PERSONA_BUS_OCI_PASSWORD or PERSONA_BUS_OCI_PASSWORD_FILE too")?,
-    };
-    Ok(Some(Credentials { username, password }))
-}
 
 /// A client for `reference`'s registry.
 pub(crate) fn client_for(reference: &str) -> anyhow::Result<OciClient> {
-    let mut plain: Vec<String> = std::env::var("PERSONA_BUS_OCI_PLAIN_HTTP")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    plain.extend(loopback_registry(reference));
-    Ok(OciClient::new(&plain, credentials()?)?)
+    Ok(OciClient::from_env(persona_bus_oci::client::registry_of(
+        reference,
+    ))?)
 }
 
 /// The component of `path`: a `.wasm`, a manifest (its component), or a
