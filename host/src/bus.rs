@@ -126,6 +126,7 @@ impl Bus {
             config.limits.clone(),
             Arc::new(sources),
         ));
+        registry.wake_poller_with(wakeup.clone());
         registry.reload()?;
         let schemas = Arc::new(crate::schemas::Schemas::new(&config));
         let traces = Arc::new(crate::traces::Traces::new(

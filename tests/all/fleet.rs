@@ -457,6 +457,13 @@ fn a_followed_tag_moves_through_two_new_digests_under_load() {
         );
     }
     assert_eq!(state_number(&store, "rmw", "stale"), 0);
+    // The cache keeps the build that serves, not every one that did.
+    let cached = std::fs::read_dir(sb.data_dir().join("oci"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".wasm"))
+        .count();
+    assert_eq!(cached, 1, "components cached after three builds");
     bus.shutdown();
 }
 
@@ -662,4 +669,61 @@ fn registry_credentials_appear_in_no_log_status_metric_or_page() {
     for (place, text) in &seen {
         assert!(!text.contains(password), "the password appears in {place}");
     }
+}
+
+#[test]
+#[ignore = "needs services: make test"]
+fn events_consumed_from_kafka_wait_for_a_held_handler_too() {
+    use persona_bus::event::EventLimits;
+    let sb = Sandbox::new();
+    let (team, team_pub) = keypair(sb.root.path(), "team");
+    let wasm = sb.handlers_dir().join("rmw.wasm");
+    std::fs::copy(guests::RMW, &wasm).unwrap(); // unsigned, for now
+    put_manifest(
+        &sb,
+        "rmw",
+        &format!("name = \"rmw\"\nversion = \"1\"\n{STRICT}"),
+    );
+    let prefix = persona_bus_tests::kafka::prefix();
+    let mut config = sb.config();
+    persona_bus_tests::kafka::consuming(&mut config, &prefix);
+    config.trust.keys = vec![team_pub];
+    // Another device's events, straight onto the topic: this device has
+    // no row of them until it consumes them.
+    let events: Vec<persona_bus::Event> = (1..=30)
+        .map(|n| {
+            rmw("p0", n)
+                .validate(
+                    EventLimits {
+                        max_payload_bytes: 4096,
+                    },
+                    0,
+                )
+                .unwrap()
+        })
+        .collect();
+    crate::consume::backlog_from_elsewhere(&config, &events);
+    let bus = Bus::open(config).unwrap();
+    bus.start().unwrap();
+    let store = bus.store().clone();
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    wait_for(
+        Duration::from_secs(60),
+        "every event consumed and waiting",
+        || {
+            ids.iter().all(|id| {
+                store.event(id).is_ok_and(|e| {
+                    e.status == EventStatus::Pending
+                        && e.error_message.as_deref().is_some_and(|m| {
+                            m.contains("waiting for rmw:") && m.contains("refused by [trust]")
+                        })
+                })
+            })
+        },
+    );
+    assert!(runs_per_event(&store, &ids, "rmw").iter().all(|&n| n == 0));
+    // Signed: the device runs them from its own table, once each, in order.
+    sign(&sb, wasm.to_str().unwrap(), &team);
+    assert_handled_once(&bus, &ids, &["rmw"], 30);
+    bus.shutdown();
 }

@@ -669,6 +669,16 @@ impl Manifest {
                         ),
                     ));
                 }
+                if let Some((_, d)) = r.split_once('@')
+                    && !d.strip_prefix("sha256:").is_some_and(|hex| {
+                        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+                    })
+                {
+                    return Err(invalid(
+                        "oci.reference",
+                        format!("{r:?}: a digest is sha256:<64 hex digits>"),
+                    ));
+                }
                 if o.poll_secs == Some(0) {
                     return Err(invalid(
                         "oci.poll_secs",
@@ -741,6 +751,40 @@ mod tests {
         assert_eq!(m.limits.timeout, Duration::from_millis(5_000));
         assert_eq!(m.retry.max_attempts, 4, "3 retries, as the original bus");
         assert_eq!(m.capabilities, Capabilities::default());
+    }
+
+    #[test]
+    fn a_component_from_a_registry_is_a_reference_by_tag_or_digest() {
+        let hex = "ab".repeat(32);
+        let m = parse(&format!(
+            "{MIN}[oci]\nreference = \"reg.example:5000/team/x@sha256:{hex}\"\n"
+        ))
+        .unwrap();
+        let oci = m.oci.unwrap();
+        assert!(oci.pinned());
+        assert_eq!(oci.poll_secs, None);
+        let m = parse(&format!(
+            "{MIN}[oci]\nreference = \"reg.example/team/x:1.4\"\npoll_secs = 5\n"
+        ))
+        .unwrap();
+        assert!(!m.oci.as_ref().unwrap().pinned());
+        assert_eq!(m.oci.unwrap().poll_secs, Some(5));
+        for (body, says) in [
+            ("reference = \"x:1\"", "not an OCI reference"),
+            ("reference = \"reg/x@sha256:12\"", "sha256:<64 hex digits>"),
+            ("reference = \"reg/x:1\"\npoll_secs = 0", "at least 1"),
+        ] {
+            let e = parse(&format!("{MIN}[oci]\n{body}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{body}: {e}");
+        }
+        let e = parse(&format!(
+            "component = \"y.wasm\"\n{MIN}[oci]\nreference = \"reg/x:1\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not both"), "{e}");
     }
 
     #[test]

@@ -89,6 +89,17 @@ impl Store {
         // It also gives each row's seq, which the ledger and executions
         // refer to. Then the runs, in the order they finished, so execution
         // rows keep the order handlers ran in.
+        if from_kafka {
+            // A consumed event that goes back to pending (a retry, or a
+            // wait for a held handler) gets its row here first, in the
+            // order the events came: the poller takes pending rows by seq,
+            // so a project's waiting events run again in their order.
+            for res in resolutions {
+                if matches!(res.next, Next::Retry { .. } | Next::Wait { .. }) {
+                    insert_remote(&tx, &mut ids, &res.event)?;
+                }
+            }
+        }
         let mut by_id: Vec<usize> = (0..resolutions.len()).collect();
         by_id.sort_unstable_by(|&a, &b| resolutions[a].event.id.cmp(&resolutions[b].event.id));
         let mut seqs: Vec<Option<i64>> = vec![None; resolutions.len()];

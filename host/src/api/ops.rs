@@ -285,6 +285,8 @@ pub async fn handlers(State(api): State<Api>) -> Json<serde_json::Value> {
     let refused: Vec<_> = snapshot
         .failures
         .iter()
+        // A held handler is listed under `held`, once.
+        .filter(|f| !snapshot.held.values().any(|why| **why == f.error))
         .map(|f| {
             serde_json::json!({
                 "manifest": f.manifest,

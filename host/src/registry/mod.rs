@@ -218,6 +218,8 @@ struct Source {
     /// The signer of a pulled component (checked when fetched); a file's
     /// is checked by [`build`], once per new version.
     signer: Option<String>,
+    /// The manifest digest of a pulled component.
+    oci_digest: Option<String>,
 }
 
 fn read_source(
@@ -240,7 +242,8 @@ fn read_source(
             manifest.component = fetched.path;
             // Executions record the version: a followed tag's digests are
             // told apart by it.
-            manifest.version = format!("{}+{}", manifest.version, &fetched.digest[7..19]);
+            let short = fetched.digest.get(7..19).unwrap_or(&fetched.digest);
+            manifest.version = format!("{}+{short}", manifest.version);
             let source = match oci.pinned() {
                 true => oci.reference.clone(),
                 false => format!("{}@{}", oci.reference, fetched.digest),
@@ -270,6 +273,7 @@ fn read_source(
                 manifest,
                 source,
                 signer: fetched.signer,
+                oci_digest: Some(fetched.digest),
             });
         }
         None => ("file".to_owned(), None),
@@ -291,6 +295,7 @@ fn read_source(
         manifest,
         source,
         signer,
+        oci_digest: None,
     })
 }
 
@@ -324,6 +329,7 @@ fn build(
         rolled_back: Default::default(),
         origin: Origin {
             source: src.source,
+            digest: src.oci_digest,
             signer: src.signer,
             loaded_at: crate::event::now_rfc3339(),
         },
@@ -400,6 +406,10 @@ pub struct Registry {
     reloads: std::sync::atomic::AtomicU64,
     /// The current snapshot has candidates.
     candidates_loaded: std::sync::atomic::AtomicBool,
+    /// Rung when events waiting for a held handler are made due, so the
+    /// SQLite poller takes them now (with Kafka in charge it looks at its
+    /// table only now and then).
+    poller: std::sync::OnceLock<Arc<crate::wakeup::Wakeup>>,
 }
 
 impl Registry {
@@ -420,7 +430,13 @@ impl Registry {
             reloading: Mutex::new(()),
             reloads: Default::default(),
             candidates_loaded: Default::default(),
+            poller: Default::default(),
         }
+    }
+
+    /// Rings `poller` when waiting events fall due (see [`Registry::reload`]).
+    pub fn wake_poller_with(&self, poller: Arc<crate::wakeup::Wakeup>) {
+        let _ = self.poller.set(poller);
     }
 
     /// Whether any shadow or canary is loaded (the dispatcher skips all
@@ -632,16 +648,12 @@ impl Registry {
         // A handler that is serving is not held (a refused new version of
         // it left the previous one serving).
         held.retain(|name, _| !handlers.contains_key(name));
-        if !report.loaded.is_empty() {
-            // It may be one that events wait for.
-            let woken = self.store.wake_waiting()?;
-            if woken > 0 {
-                tracing::info!(
-                    events = woken,
-                    "handlers loaded: events waiting for held handlers are due again"
-                );
-            }
-        }
+        let serving: Vec<String> = handlers
+            .values()
+            .chain(candidates.values())
+            .filter_map(|h| h.origin.digest.clone())
+            .collect();
+        self.sources.prune(&serving);
         let snapshot = Arc::new(Snapshot {
             matcher: Matcher::new(&self.store.subscriptions()?),
             handlers,
@@ -654,6 +666,23 @@ impl Registry {
             std::sync::atomic::Ordering::Relaxed,
         );
         *self.current.write_locked() = snapshot;
+        if !report.loaded.is_empty() {
+            // It may be one that events wait for. Only now that the new
+            // snapshot serves: woken earlier, they could meet the old one
+            // and wait again.
+            let woken = self.store.wake_waiting()?;
+            if woken > 0
+                && let Some(poller) = self.poller.get()
+            {
+                poller.ring();
+            }
+            if woken > 0 {
+                tracing::info!(
+                    events = woken,
+                    "handlers loaded: events waiting for held handlers are due again"
+                );
+            }
+        }
         Ok(report)
     }
 

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 pub struct Origin {
     /// `file`, or the OCI reference with the digest it resolved to.
     pub source: String,
+    /// The OCI manifest digest of a pulled component.
+    pub digest: Option<String>,
     /// The `[trust]` key that signed it; None without `[trust]`.
     pub signer: Option<String>,
     /// When this version was loaded (RFC 3339).
@@ -273,8 +275,61 @@ impl Sources {
     }
 
     /// Pulls (or finds in the cache) and verifies the component `src`
-    /// names; the reason it is held if it cannot be had or is refused.
+    /// names; the reason it is held if it cannot be had or is refused
+    /// (then it is tried again within [`RETRY_HELD`], a pinned digest too:
+    /// its signature may arrive later).
     pub fn fetch(&self, src: &OciSource) -> Result<Fetched, String> {
+        let fetched = self.pull_verified(src);
+        if fetched.is_err() {
+            let poll = src.poll_secs.map_or(self.poll, Duration::from_secs);
+            self.due_at(Instant::now() + poll.min(RETRY_HELD));
+        }
+        fetched
+    }
+
+    /// Drops cached components (and their signatures) of digests not in
+    /// `keep`: those serving, and the last good digest of each followed
+    /// reference, so a device that follows a busy tag keeps two builds of
+    /// a handler at most, not every one it ever ran.
+    pub fn prune(&self, keep: &[String]) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut keep: Vec<String> = keep.iter().map(|d| d.replace(':', "-")).collect();
+        // What the followed tags name now, loaded or not yet.
+        keep.extend(
+            self.followed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .map(|f| f.digest.replace(':', "-")),
+        );
+        if let Ok(refs) = std::fs::read_dir(self.dir.join("refs")) {
+            keep.extend(
+                refs.flatten()
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .map(|d| d.trim().replace(':', "-")),
+            );
+        }
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name
+                .strip_suffix(".wasm")
+                .or_else(|| name.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            if stem.starts_with("sha256-") && !keep.iter().any(|k| k == stem) {
+                let _ = std::fs::remove_file(e.path());
+                self.verified
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&stem.replacen('-', ":", 1));
+            }
+        }
+    }
+
+    fn pull_verified(&self, src: &OciSource) -> Result<Fetched, String> {
         let digest = self.resolve(src)?;
         let repository = src
             .reference
