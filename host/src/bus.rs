@@ -296,9 +296,16 @@ impl Bus {
             return results;
         }
         if let Err(e) = self.store_published(valid.clone()) {
+            // Each caller gets the error as text; a full disk must still
+            // read as one (a 507 and a retry, not a 500), also when it was
+            // recognised from the free space rather than from its words.
+            let full = e.is_out_of_space();
             let message = e.to_string();
             for r in results.iter_mut().filter(|r| r.is_ok()) {
-                *r = Err(BusError::Store(StoreError::GroupCommit(message.clone())));
+                *r = Err(BusError::Store(match full {
+                    true => StoreError::Full(message.clone()),
+                    false => StoreError::GroupCommit(message.clone()),
+                }));
             }
             return results;
         }
