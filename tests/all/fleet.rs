@@ -177,6 +177,15 @@ fn folder_components_run_only_when_a_trusted_key_signed_them() {
     assert_eq!(trusted.source.as_deref(), Some("file"));
     assert!(trusted.loaded_at.is_some());
 
+    // Which build runs, from where, signed by whom, and why the others
+    // do not: on the command line too.
+    for args in [&["status"][..], &["handlers", "list"]] {
+        let (ok, out, err) = cli(&sb, args);
+        assert!(ok, "{args:?}: {err}");
+        assert!(out.contains("source file, digest "), "{args:?}: {out}");
+        assert!(out.contains("signer team:"), "{args:?}: {out}");
+        assert!(out.contains("refused"), "{args:?}: {out}");
+    }
     let ids: Vec<String> = (1..=20)
         .map(|n| bus.publish(rmw("p0", n)).unwrap().id)
         .collect();

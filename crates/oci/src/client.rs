@@ -166,6 +166,11 @@ impl OciClient {
             .build()?;
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(plain_http.to_vec()),
+            // A registry that stops answering must not hold a host's
+            // reload (which runs one at a time) for ever: it then counts
+            // as down, and the last good digest keeps running.
+            connect_timeout: Some(std::time::Duration::from_secs(10)),
+            read_timeout: Some(std::time::Duration::from_secs(30)),
             ..Default::default()
         };
         let auth = match credentials {

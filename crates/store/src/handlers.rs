@@ -29,6 +29,22 @@ pub struct HandlerRecord {
     pub updated_at: String,
 }
 
+impl HandlerRecord {
+    /// Which build runs, from where, signed by whom, since when: one line
+    /// for `status` and `handlers list`.
+    pub fn provenance(&self) -> String {
+        let mut out = format!("source {}", self.source.as_deref().unwrap_or("file"));
+        if let Some(d) = &self.digest {
+            out += &format!(", digest {}", &d[..d.len().min(16)]);
+        }
+        out += &format!(", signer {}", self.signer.as_deref().unwrap_or("-"));
+        if let Some(t) = &self.loaded_at {
+            out += &format!(", loaded {t}");
+        }
+        out
+    }
+}
+
 impl Store {
     pub fn record_handler(&self, r: &HandlerRecord) -> Result<(), StoreError> {
         self.writer()

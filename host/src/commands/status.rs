@@ -129,17 +129,11 @@ pub(super) fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     // Which version runs here, from where, signed by whom.
     for h in handlers.iter().filter(|h| h.status != "removed") {
         println!(
-            "          {} {} {}: {}{}{}",
+            "          {} {} {}: {}",
             h.name,
             h.version.as_deref().unwrap_or("-"),
             h.status,
-            h.source.as_deref().unwrap_or("file"),
-            h.signer
-                .as_deref()
-                .map_or(String::new(), |s| format!(", signed by {s}")),
-            h.loaded_at
-                .as_deref()
-                .map_or(String::new(), |t| format!(", loaded {t}")),
+            h.provenance()
         );
     }
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);

@@ -159,13 +159,8 @@ pub(super) fn handlers_list(config: &Config, json: bool) -> anyhow::Result<()> {
             ordering(&r).unwrap_or_else(|| "-".into()),
             mine.join(", ")
         );
-        if let Some(source) = &r.source {
-            println!(
-                "    source {source}, digest {}, signer {}, loaded {}",
-                r.digest.as_deref().map_or("-", |d| &d[..d.len().min(16)]),
-                r.signer.as_deref().unwrap_or("-"),
-                r.loaded_at.as_deref().unwrap_or("-"),
-            );
+        if r.status != "removed" {
+            println!("    {}", r.provenance());
         }
         if let Some(err) = r.error {
             println!("    error: {err}");
