@@ -46,6 +46,8 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 SECURE_ENV="${KAFKA_SECURE_ENV:-$REPO/build/kafka-secure.env}"
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
+# shellcheck source=scripts/service.sh
+. "$(dirname "$0")/service.sh"
 
 java_ok() {
     command -v java >/dev/null || die "Java 17 is required (apt-get install openjdk-17-jre-headless)"
@@ -92,10 +94,6 @@ POM
         -DoutputDirectory="$LIBS" -DincludeScope=runtime >"$HOME_DIR/fetch.log" 2>&1 \
         || { tail -20 "$HOME_DIR/fetch.log" >&2; die "could not fetch the Kafka jars (see $HOME_DIR/fetch.log)"; }
     touch "$LIBS/.complete-$RECIPE"
-}
-
-running() {
-    [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null
 }
 
 port_open() {
@@ -348,33 +346,11 @@ up() {
         -Dorg.slf4j.simpleLogger.defaultLogLevel=info -Dorg.slf4j.simpleLogger.showDateTime=true \
         -cp "$LIBS/*" kafka.Kafka "$CONF" >"$LOG" 2>&1 &
     echo $! >"$PIDFILE"
-    for _ in $(seq 1 120); do
-        if port_open "$PORT"; then
-            echo "kafka is up (pid $(cat "$PIDFILE"))"
-            return 0
-        fi
-        running || { tail -30 "$LOG" >&2; die "kafka exited during start-up"; }
-        sleep 0.5
-    done
-    tail -30 "$LOG" >&2
-    die "kafka did not open port $PORT within 60 s"
+    await_up "kafka" 120 0.5 port_open "$PORT"
 }
 
 down() {
-    if running; then
-        local pid
-        pid=$(cat "$PIDFILE")
-        kill "$pid"
-        for _ in $(seq 1 60); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.5
-        done
-        kill -9 "$pid" 2>/dev/null || true
-        echo "kafka stopped"
-    else
-        echo "kafka is not running"
-    fi
-    rm -f "$PIDFILE"
+    stop_service "kafka" 60 0.5
 }
 
 # Runs one of Kafka's command-line tools with the cached jars, e.g.

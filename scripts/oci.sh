@@ -26,6 +26,8 @@ LOG="$INSTANCE/registry.log"
 PIDFILE="$INSTANCE/registry.pid"
 
 die() { echo "oci.sh: $*" >&2; exit 1; }
+# shellcheck source=scripts/service.sh
+. "$(dirname "$0")/service.sh"
 
 build() {
     [ -x "$BIN" ] && return 0
@@ -34,10 +36,6 @@ build() {
     echo "building the OCI registry (CNCF Distribution $VERSION) into $BIN (once, about a minute)"
     GOBIN="$CACHE/bin" GOFLAGS=-mod=mod go install "github.com/distribution/distribution/v3/cmd/registry@$VERSION" \
         >"$CACHE/build.log" 2>&1 || { tail -20 "$CACHE/build.log" >&2; die "could not build the registry (see $CACHE/build.log)"; }
-}
-
-running() {
-    [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null
 }
 
 ready() {
@@ -69,33 +67,11 @@ YAML
     echo "starting the OCI registry on 127.0.0.1:$PORT (log: $LOG)"
     nohup "$BIN" serve "$INSTANCE/config.yml" </dev/null >"$LOG" 2>&1 &
     echo $! >"$PIDFILE"
-    for _ in $(seq 1 100); do
-        if ready; then
-            echo "OCI registry is up (pid $(cat "$PIDFILE"))"
-            return 0
-        fi
-        running || { tail -30 "$LOG" >&2; die "the registry exited during start-up"; }
-        sleep 0.1
-    done
-    tail -30 "$LOG" >&2
-    die "the registry did not answer within 10 s"
+    await_up "OCI registry" 100 0.1 ready
 }
 
 down() {
-    if running; then
-        local pid
-        pid=$(cat "$PIDFILE")
-        kill "$pid"
-        for _ in $(seq 1 40); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-        echo "OCI registry stopped"
-    else
-        echo "OCI registry is not running"
-    fi
-    rm -f "$PIDFILE"
+    stop_service "OCI registry" 40 0.1
 }
 
 case "${1:-}" in

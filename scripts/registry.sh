@@ -23,6 +23,8 @@ LOG="$INSTANCE/registry.log"
 PIDFILE="$INSTANCE/registry.pid"
 
 die() { echo "registry.sh: $*" >&2; exit 1; }
+# shellcheck source=scripts/service.sh
+. "$(dirname "$0")/service.sh"
 
 fetch() {
     [ -f "$APP/.complete" ] && return 0
@@ -42,10 +44,6 @@ fetch() {
 
 runner() {
     find "$APP" -name "apicurio-registry-app-*-runner.jar" -print -quit 2>/dev/null
-}
-
-running() {
-    [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null
 }
 
 ready() {
@@ -73,33 +71,11 @@ up() {
         -Dquarkus.log.level=WARN -Dquarkus.banner.enabled=false \
         -jar "$jar" </dev/null >"$LOG" 2>&1 &
     echo $! >"$PIDFILE"
-    for _ in $(seq 1 240); do
-        if ready; then
-            echo "registry is up (pid $(cat "$PIDFILE"))"
-            return 0
-        fi
-        running || { tail -30 "$LOG" >&2; die "the registry exited during start-up"; }
-        sleep 0.5
-    done
-    tail -30 "$LOG" >&2
-    die "the registry did not answer within 120 s"
+    await_up "registry" 240 0.5 ready
 }
 
 down() {
-    if running; then
-        local pid
-        pid=$(cat "$PIDFILE")
-        kill "$pid"
-        for _ in $(seq 1 40); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.25
-        done
-        kill -9 "$pid" 2>/dev/null || true
-        echo "registry stopped"
-    else
-        echo "registry is not running"
-    fi
-    rm -f "$PIDFILE"
+    stop_service "registry" 40 0.25
 }
 
 case "${1:-}" in
