@@ -6,6 +6,7 @@
 //! writes and reads again across events.
 
 use crate::cli;
+use crate::oci::sign;
 use persona_bus::Bus;
 use persona_bus::event::{EventStatus, NewEvent};
 use persona_bus::store::Store;
@@ -13,7 +14,7 @@ use persona_bus_tests::oci::proxy::{Mode, OciProxy};
 use persona_bus_tests::oci::{keypair, registry, repository, repository_on, variant};
 use persona_bus_tests::{Sandbox, guests, state_number, wait_for};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -54,20 +55,7 @@ fn push(sb: &Sandbox, bytes: &[u8], reference: &str) -> String {
         .path()
         .join(format!("push-{}.wasm", ulid::Ulid::new()));
     std::fs::write(&file, bytes).unwrap();
-    let (ok, out, err) = cli(sb, &["handlers", "push", file.to_str().unwrap(), reference]);
-    assert!(ok, "push {reference}: {out}{err}");
-    out.lines()
-        .find_map(|l| l.strip_prefix("digest "))
-        .unwrap()
-        .to_owned()
-}
-
-fn sign(sb: &Sandbox, target: &str, key: &Path) {
-    let (ok, out, err) = cli(
-        sb,
-        &["handlers", "sign", target, "--key", key.to_str().unwrap()],
-    );
-    assert!(ok, "sign {target}: {out}{err}");
+    crate::oci::push(sb, file.to_str().unwrap(), reference)
 }
 
 /// Executions of `handler` per event id.
