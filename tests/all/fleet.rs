@@ -11,7 +11,7 @@ use persona_bus::Bus;
 use persona_bus::event::{EventStatus, NewEvent};
 use persona_bus::store::Store;
 use persona_bus_tests::oci::proxy::{Mode, OciProxy};
-use persona_bus_tests::oci::{keypair, registry, repository, repository_on, variant};
+use persona_bus_tests::oci::{keypair, registry, repository, variant};
 use persona_bus_tests::{Sandbox, guests, state_number, wait_for};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -470,10 +470,10 @@ fn a_device_restarting_while_the_registry_is_down_runs_its_cached_digest() {
     let sb = Sandbox::new();
     let (team, team_pub) = keypair(sb.root.path(), "team");
     let proxy = OciProxy::start(&registry());
-    let reference = format!("{}:1", repository_on(&proxy.addr, "router"));
+    let reference = format!("{}:1", proxy.repository("router"));
     // Pushed and signed straight to the registry; the device pulls through
     // the proxy.
-    let direct = reference.replacen(&proxy.addr, &registry(), 1);
+    let direct = proxy.direct(&reference);
     push(&sb, &variant(guests::RMW, 7), &direct);
     sign(&sb, &direct, &team);
     put_manifest(&sb, "rmw", &oci_manifest("rmw", &reference));
@@ -527,15 +527,11 @@ fn a_device_restarting_while_the_registry_is_down_runs_its_cached_digest() {
 fn registry_errors_are_clear_and_the_running_version_keeps_running() {
     let sb = Sandbox::new();
     let proxy = OciProxy::start(&registry());
-    let reference = format!("{}:1", repository_on(&proxy.addr, "router"));
-    push(
-        &sb,
-        &variant(guests::RMW, 3),
-        &reference.replacen(&proxy.addr, &registry(), 1),
-    );
+    let reference = format!("{}:1", proxy.repository("router"));
+    push(&sb, &variant(guests::RMW, 3), &proxy.direct(&reference));
     put_manifest(&sb, "rmw", &oci_manifest("rmw", &reference));
     // A tag that was never pushed: held, its events wait.
-    let missing = format!("{}:nope", repository_on(&proxy.addr, "missing"));
+    let missing = format!("{}:nope", proxy.repository("missing"));
     put_manifest(&sb, "missing", &oci_manifest("missing", &missing));
     let bus = open(&sb, &[]);
     bus.start().unwrap();
@@ -574,11 +570,7 @@ fn registry_errors_are_clear_and_the_running_version_keeps_running() {
     }
     assert_eq!(state_number(&store, "rmw", "stale"), 0);
     // The missing tag arrives: its handler loads and its events run.
-    push(
-        &sb,
-        &variant(guests::RMW, 4),
-        &missing.replacen(&proxy.addr, &registry(), 1),
-    );
+    push(&sb, &variant(guests::RMW, 4), &proxy.direct(&missing));
     wait_for(
         Duration::from_secs(30),
         "the missing handler loaded",
@@ -597,12 +589,8 @@ fn registry_credentials_appear_in_no_log_status_metric_or_page() {
     let proxy = OciProxy::start(&registry());
     let password = "oci-Pa55word-that-must-not-leak";
     proxy.require_basic("device", password);
-    let reference = format!("{}:1", repository_on(&proxy.addr, "router"));
-    push(
-        &sb,
-        &variant(guests::RMW, 5),
-        &reference.replacen(&proxy.addr, &registry(), 1),
-    );
+    let reference = format!("{}:1", proxy.repository("router"));
+    push(&sb, &variant(guests::RMW, 5), &proxy.direct(&reference));
     put_manifest(&sb, "rmw", &oci_manifest("rmw", &reference));
     let config = sb.root.path().join("host.toml");
     std::fs::write(&config, "").unwrap();

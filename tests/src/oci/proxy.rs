@@ -23,6 +23,8 @@ pub enum Mode {
 pub struct OciProxy {
     /// `127.0.0.1:<port>`: the registry to name in references.
     pub addr: String,
+    /// The registry behind it.
+    upstream: String,
     mode: Arc<Mutex<Mode>>,
     /// `Authorization` header value required to forward (`Basic ...`).
     required: Arc<Mutex<Option<String>>>,
@@ -37,6 +39,7 @@ impl OciProxy {
         let addr = listener.local_addr().unwrap().to_string();
         let proxy = Self {
             addr,
+            upstream: upstream.to_owned(),
             mode: Arc::new(Mutex::new(Mode::Forward)),
             required: Default::default(),
             seen: Default::default(),
@@ -58,6 +61,17 @@ impl OciProxy {
             }
         });
         proxy
+    }
+
+    /// A repository of its own per test run, reached through the proxy.
+    pub fn repository(&self, name: &str) -> String {
+        super::repository_on(&self.addr, name)
+    }
+
+    /// `reference` (through the proxy) on the registry itself: where to
+    /// push and sign without the proxy's faults.
+    pub fn direct(&self, reference: &str) -> String {
+        reference.replacen(&self.addr, &self.upstream, 1)
     }
 
     pub fn set(&self, mode: Mode) {
