@@ -411,8 +411,10 @@ impl Dispatcher {
         runs: Vec<Run>,
         trace: Option<&mut EventSpan>,
     ) -> Resolution {
-        let resolution = Resolution::summarize(event, subscribers, earlier, runs)
-            .waiting_for(held, crate::event::now_millis() + WAIT_MS);
+        let mut resolution = Resolution::summarize(event, subscribers, earlier, runs);
+        if !held.is_empty() {
+            resolution = resolution.waiting_for(held, crate::event::now_millis() + WAIT_MS);
+        }
         if let (Some(t), crate::outcome::Next::Final { error: Some(e), .. }) =
             (trace, &resolution.next)
         {

@@ -535,8 +535,8 @@ impl Registry {
                         !taken.contains_key(&p.name)
                     });
                     let still_serving = keep.as_ref().map(|p| p.version.to_string());
-                    match keep {
-                        Some(p) => {
+                    match (keep, e) {
+                        (Some(p), _) => {
                             tracing::error!(manifest = %path.display(), error = %error, serving = %p.version, "refused new version; the previous one keeps serving");
                             self.record(&p, Some(format!("reload refused: {error}")))?;
                             present.push(p.record_name());
@@ -545,14 +545,12 @@ impl Registry {
                                 Some(_) => candidates.insert(p.name.clone(), p),
                             };
                         }
-                        None if matches!(&e, LoadError::Held { manifest, .. } if manifest.rollout.is_none()) =>
-                        {
-                            let LoadError::Held {
+                        (
+                            None,
+                            LoadError::Held {
                                 manifest, refused, ..
-                            } = e
-                            else {
-                                unreachable!("matched above")
-                            };
+                            },
+                        ) if manifest.rollout.is_none() => {
                             self.hold(&manifest, &error, refused)?;
                             present.push(manifest.name.clone());
                             held.insert(
@@ -560,7 +558,7 @@ impl Registry {
                                 Arc::from(error.as_str()),
                             );
                         }
-                        None => {
+                        (None, _) => {
                             tracing::error!(manifest = %path.display(), error = %error, "refused handler");
                             let name = path
                                 .file_stem()

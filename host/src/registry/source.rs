@@ -183,11 +183,17 @@ impl Sources {
     }
 
     fn kept_file(&self, digest: &str) -> PathBuf {
-        self.dir.join(format!("{}.json", digest.replace(':', "-")))
+        self.dir.join(format!("{}.json", cached_stem(digest)))
     }
 
     fn wasm_file(&self, digest: &str) -> PathBuf {
-        self.dir.join(format!("{}.wasm", digest.replace(':', "-")))
+        self.dir.join(format!("{}.wasm", cached_stem(digest)))
+    }
+
+    /// How often `src`'s tag is checked: its manifest's `poll_secs`, else
+    /// the host's.
+    fn poll_of(&self, src: &OciSource) -> Duration {
+        src.poll_secs.map_or(self.poll, Duration::from_secs)
     }
 
     /// The digest a reference resolved to when it last ran here, kept on
@@ -212,7 +218,7 @@ impl Sources {
         if let Some((_, d)) = reference.split_once('@') {
             return Ok(d.to_owned());
         }
-        let poll = src.poll_secs.map_or(self.poll, Duration::from_secs);
+        let poll = self.poll_of(src);
         let mut followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = followed.get(reference)
             && f.checked.elapsed() < poll
@@ -245,7 +251,6 @@ impl Sources {
                 Ok(digest)
             }
             Err(error) => {
-                self.due_at(now + poll.min(RETRY_HELD));
                 let last = followed
                     .get(reference)
                     .map(|f| f.digest.clone())
@@ -255,8 +260,10 @@ impl Sources {
                             .map(|d| d.trim().to_owned())
                     });
                 let Some(digest) = last else {
+                    // `fetch` asks again soon.
                     return Err(format!("cannot fetch {reference}: {error}"));
                 };
+                self.due_at(now + poll.min(RETRY_HELD));
                 let first = followed.get(reference).is_none_or(|f| f.failing.is_none());
                 if first {
                     tracing::warn!(reference = %reference, digest = %digest, error = %error, "the registry cannot answer: the last digest that ran here keeps running");
@@ -281,8 +288,7 @@ impl Sources {
     pub fn fetch(&self, src: &OciSource) -> Result<Fetched, String> {
         let fetched = self.pull_verified(src);
         if fetched.is_err() {
-            let poll = src.poll_secs.map_or(self.poll, Duration::from_secs);
-            self.due_at(Instant::now() + poll.min(RETRY_HELD));
+            self.due_at(Instant::now() + self.poll_of(src).min(RETRY_HELD));
         }
         fetched
     }
@@ -295,20 +301,20 @@ impl Sources {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
-        let mut keep: Vec<String> = keep.iter().map(|d| d.replace(':', "-")).collect();
+        let mut keep: Vec<String> = keep.iter().map(|d| cached_stem(d)).collect();
         // What the followed tags name now, loaded or not yet.
         keep.extend(
             self.followed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .values()
-                .map(|f| f.digest.replace(':', "-")),
+                .map(|f| cached_stem(&f.digest)),
         );
         if let Ok(refs) = std::fs::read_dir(self.dir.join("refs")) {
             keep.extend(
                 refs.flatten()
                     .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-                    .map(|d| d.trim().replace(':', "-")),
+                    .map(|d| cached_stem(d.trim())),
             );
         }
         for e in entries.flatten() {
@@ -431,6 +437,12 @@ impl Sources {
             .insert(digest.to_owned(), signer.clone());
         Ok(signer)
     }
+}
+
+/// The name a digest's cached files share: `sha256-<hex>` (no `:` in
+/// file names).
+fn cached_stem(digest: &str) -> String {
+    digest.replace(':', "-")
 }
 
 /// Runs a registry call on a thread of its own: the client blocks on its
