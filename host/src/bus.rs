@@ -115,7 +115,7 @@ impl Bus {
             &config.limits,
             Some(config.compile_cache_dir()),
         )?);
-        let sources = config.handler_sources().map_err(|reason| BusError::Io {
+        let sources = crate::registry::Sources::of(&config).map_err(|reason| BusError::Io {
             what: "read the [trust] keys".into(),
             source: std::io::Error::other(reason),
         })?;

@@ -276,13 +276,6 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("cache"))
     }
 
-    /// Where handler components come from and which may run (`[trust]`,
-    /// `[oci]`): what the host uses, and a replay, `handlers validate`
-    /// and `handlers test` too, so they run only what the host would.
-    pub fn handler_sources(&self) -> Result<crate::registry::Sources, String> {
-        crate::registry::Sources::new(&self.trust, &self.oci, &self.data_dir)
-    }
-
     /// Worker threads to run handlers on.
     pub fn workers(&self) -> usize {
         match self.runtime.workers {

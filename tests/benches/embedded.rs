@@ -426,7 +426,7 @@ fn dispatch_cost(n: usize, only: &[&str]) {
         Ok(())
     };
     for (name, _, policy) in handlers {
-        let sources = config.handler_sources().unwrap();
+        let sources = persona_bus::registry::Sources::of(&config).unwrap();
         let h = load_handler(
             &runtime,
             &dir.join(format!("{name}.toml")),

@@ -106,6 +106,12 @@ impl Sources {
         })
     }
 
+    /// As the host configures them: what a replay, `handlers validate`
+    /// and `handlers test` use too, so they run only what the host would.
+    pub fn of(config: &crate::config::Config) -> Result<Self, String> {
+        Self::new(&config.trust, &config.oci, &config.data_dir)
+    }
+
     /// The registry's last error for `reference`, while it cannot answer
     /// (the last digest that ran here keeps running meanwhile).
     pub fn failing(&self, reference: &str) -> Option<String> {

@@ -168,7 +168,7 @@ fn live_handler(
             };
             // The same trust and registry as the host: a replay runs only
             // what the host would.
-            let sources = config.handler_sources().map_err(load)?;
+            let sources = crate::registry::Sources::of(config).map_err(load)?;
             return load_handler(runtime, &path, &config.limits, &sources)
                 .map_err(|e| load(e.to_string()));
         }

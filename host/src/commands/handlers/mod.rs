@@ -179,7 +179,7 @@ pub(super) fn handlers_validate(config: &Config, path: &Path) -> anyhow::Result<
         bail!("no manifests (*.toml) in {}", path.display());
     }
     let runtime = Runtime::new(&config.runtime, &config.limits, None)?;
-    let sources = config.handler_sources().map_err(anyhow::Error::msg)?;
+    let sources = persona_bus::registry::Sources::of(config).map_err(anyhow::Error::msg)?;
     let mut failed = 0;
     for m in &manifests {
         match load_handler(&runtime, m, &config.limits, &sources) {

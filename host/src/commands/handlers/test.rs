@@ -56,7 +56,7 @@ pub fn run(config: &Config, target: &Path, event: &Path, attempt: u32) -> anyhow
         &config.limits,
         Some(config.compile_cache_dir()),
     )?;
-    let sources = config.handler_sources().map_err(anyhow::Error::msg)?;
+    let sources = persona_bus::registry::Sources::of(config).map_err(anyhow::Error::msg)?;
     let h = load_handler(&runtime, &manifest, &config.limits, &sources)
         .with_context(|| format!("cannot load {}", manifest.display()))?;
     let (store, _scratch) = reading_store(&config.data_dir)?;
